@@ -8,10 +8,18 @@ process, then fixed or pinned (docs/DECISIONS.md, "Review 42 (polish42)").
    Every float setting of the configuration, at `nan`, `inf` and `-inf`, is refused with
    one line naming the key and saying what is wrong, exit 2, at `config check` and `run`
    (`inf` as `hub.poll_interval_s` excepted: taken as a day with a warning, review 39).
+2. `run`'s pull at the file size limit logged "resuming snapshot 1 at byte 0" at every
+   retry, a resume that did not happen: now a resume is said only when it resumes, once.
+3. A signed bundle whose payload was cut short was "truncated" at a till without a hub
+   and "the signature is not the hub's" at an enrolled till: the enrolled till checks the
+   declared size and SHA-256 before the signature too; the cache is kept either way.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
 import json
 import os
 import subprocess
@@ -200,3 +208,64 @@ def test_s9_a_resume_that_fails_at_the_same_byte_again_is_said_once(tmp_path: Pa
     assert 0 < offset <= 256 * 1024, result
     said = f"resuming snapshot 1 at byte {offset}"
     assert _resumes(result) == [("INFO", said), ("DEBUG", said), ("DEBUG", said)], result["records"]
+
+
+# ---------------------------------------------------------------- 3. a cut bundle at an enrolled till
+
+
+@pytest.fixture()
+def bundle_doc(hub: Any, tmp_path: Path) -> dict[str, Any]:
+    """The hub's signed bundle of version 1 as `hub export` writes it, the till in
+    `tmp_path / "data"` (the `cli` fixture's) enrolled with the hub."""
+    from tillpoint.sync.signing import write_signed_file
+
+    hub.enroll("till-1", tmp_path / "data")
+    out = io.StringIO()
+    write_signed_file(out, hub.server.builder.bundle(1, 0))
+    doc: dict[str, Any] = json.loads(out.getvalue())
+    return doc
+
+
+def _damaged(doc: dict[str, Any], path: Path, payload: bytes) -> Path:
+    path.write_text(json.dumps(dict(doc, payload=base64.b64encode(payload).decode())))
+    return path
+
+
+@pytest.mark.parametrize("at", ["enrolled", "no hub"])
+def test_s3_a_cut_bundle_is_told_as_cut_at_both_tills(
+    cli: CLI, tmp_path: Path, bundle_doc: dict[str, Any], at: str
+) -> None:
+    """CONTRACT §3 (a truncated or damaged file is refused), §10 (exit 2, one line). The
+    payload cut to half (the bundle's JSON still whole): "truncated (N of M bytes)" at
+    both; a byte changed: "its checksum does not match (corrupted)" at both. An enrolled
+    till said "the signature is not the hub's" of both, which sends a support engineer
+    after a forged file or a wrong key instead of a copy cut on its way."""
+    payload = base64.b64decode(bundle_doc["payload"])
+    data = ["--data-dir", tmp_path / "alone"] if at == "no hub" else []
+    cut = _damaged(bundle_doc, tmp_path / "cut.json", payload[: len(payload) // 2])
+    result = cli(*data, "snapshot", "load", cut)
+    assert result.code == 2 and result.out == "", result
+    half = f"{len(payload) // 2} of {len(payload)} bytes"
+    assert result.err == f"tillpoint: snapshot refused: truncated ({half})\n", result.err
+    flipped = _damaged(bundle_doc, tmp_path / "flip.json", payload[:-1] + b"x")
+    result = cli(*data, "snapshot", "load", flipped)
+    assert result.code == 2, result
+    assert result.err == "tillpoint: snapshot refused: its checksum does not match (corrupted)\n"
+    assert cli(*data, "status", "--json").json()["cacheVersion"] == 0  # nothing applied
+
+
+def test_s3_an_enrolled_till_still_refuses_a_bundle_signed_with_another_key(
+    cli: CLI, tmp_path: Path, bundle_doc: dict[str, Any]
+) -> None:
+    """The declared size and SHA-256 are not signed: a payload changed with them written
+    to match is the signature's to refuse, as before; the whole bundle loads."""
+    payload = base64.b64decode(bundle_doc["payload"])
+    changed = payload[:-1] + b"x"
+    doc = dict(bundle_doc, sha256=hashlib.sha256(changed).hexdigest())
+    path = _damaged(doc, tmp_path / "forged.json", changed)
+    result = cli("snapshot", "load", path)
+    assert result.code == 2, result
+    assert "the signature is not the hub's" in result.err, result.err
+    whole = _damaged(bundle_doc, tmp_path / "whole.json", payload)
+    assert cli("snapshot", "load", whole).code == 0
+    assert cli("status", "--json").json()["cacheVersion"] == 1
