@@ -264,7 +264,8 @@ def read_json(
     except _Twice as exc:
         raise InputError(f"import: {exc}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"import: not valid JSON ({_not_json(exc)})") from None
+        hint = _jsonl_hint(raw) if isinstance(exc, json.JSONDecodeError) else ""
+        raise InputError(f"import: not valid JSON ({_not_json(exc)}){hint}") from None
     except (RecursionError, ValueError) as exc:
         raise InputError(f"import: not valid JSON ({_beyond_json(exc)})") from None
     if not isinstance(doc, dict):
@@ -282,7 +283,8 @@ def read_json(
         raise InputError(f"import: the file is {what}, not master data")
     unknown = set(doc) - {"program", "removed", *SECTIONS, *IGNORED_HEADER}
     if unknown:
-        raise InputError(f"import: {sorted(unknown)[0]} is not a known section")
+        hint = _jsonl_hint(raw) if len(doc) == 1 else ""
+        raise InputError(f"import: {sorted(unknown)[0]} is not a known section{hint}")
     rows = sum(len(v) for k, v in doc.items() if k in SECTIONS and isinstance(v, list))
     rows = max(rows, 1)
     done = 0
@@ -302,6 +304,18 @@ def read_json(
         yield from _removed(doc["removed"], "removed")
     if progress is not None:
         progress(total, total)
+
+
+def _jsonl_hint(raw: bytes) -> str:
+    """What to say after a JSON document's refusal when the text is JSON Lines (its first
+    line a header or a row, `sniff_format`'s test): a file whose name does not say so
+    (`hub import /dev/stdin`, `rows.txt`) is read as one document, and "Extra data at line
+    2 column 1" alone did not say that `--format jsonl` reads it (review 42, polish42)."""
+    lines = (line for line in raw.split(b"\n", 64)[:64] if line.strip())
+    first = next(lines, b"")
+    if sniff_format(first) != "jsonl":
+        return ""
+    return "; the text is JSON Lines (one row a line): give --format jsonl, or name it .jsonl"
 
 
 def _not_json(exc: UnicodeDecodeError | json.JSONDecodeError, line: int | None = None) -> str:

@@ -13,6 +13,9 @@ process, then fixed or pinned (docs/DECISIONS.md, "Review 42 (polish42)").
 3. A signed bundle whose payload was cut short was "truncated" at a till without a hub
    and "the signature is not the hub's" at an enrolled till: the enrolled till checks the
    declared size and SHA-256 before the signature too; the cache is kept either way.
+4. `hub import /dev/stdin` (or `rows.txt`) of JSON Lines is read as one JSON document
+   (the name does not say JSON Lines): "not valid JSON (Extra data at line 2 column 1)"
+   now says the text is JSON Lines and that `--format jsonl` reads it.
 """
 
 from __future__ import annotations
@@ -269,3 +272,66 @@ def test_s3_an_enrolled_till_still_refuses_a_bundle_signed_with_another_key(
     whole = _damaged(bundle_doc, tmp_path / "whole.json", payload)
     assert cli("snapshot", "load", whole).code == 0
     assert cli("status", "--json").json()["cacheVersion"] == 1
+
+
+# ---------------------------------------------------------------- 4. JSON Lines not named so
+
+ROWS = (
+    '{"product": {"sku": "4600000000011", "name": "Milk", "category": "dairy"}}\n'
+    '{"product": {"sku": "4600000000012", "name": "Bread", "category": "dairy"}}\n'
+)
+HINT = "; the text is JSON Lines (one row a line): give --format jsonl, or name it .jsonl"
+
+
+def test_s10_hub_import_of_json_lines_from_dev_stdin_hints_at_format_jsonl(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §10 (exit 2, one line that says what to do): the real `hub import
+    /dev/stdin` with a pipe; with `--format jsonl` the same text is imported."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("TILLPOINT_")}
+    hub_dir = ["--hub-dir", str(tmp_path / "hub")]
+
+    def hub_import(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [TILLPOINT, "hub", "import", *hub_dir, *args, "/dev/stdin"],
+            input=ROWS,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=False,
+        )
+
+    refused = hub_import()
+    assert refused.returncode == 2 and refused.stdout == "", refused
+    assert refused.stderr == (
+        f"tillpoint: import: not valid JSON (Extra data at line 2 column 1){HINT}\n"
+    ), refused.stderr
+    taken = hub_import("--format", "jsonl")
+    assert taken.returncode == 0, taken.stderr
+    assert taken.stdout.startswith("imported 2 product;"), taken.stdout
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        (ROWS, "not valid JSON (Extra data at line 2 column 1)" + HINT),
+        ("\n" + ROWS.splitlines()[0], "product is not a known section" + HINT),
+        (
+            '{"format": "tillpoint.snapshot/jsonl", "version": 1}\n' + ROWS,
+            "not valid JSON (Extra data at line 2 column 1)" + HINT,
+        ),
+        # a JSON document that is not JSON Lines gets no hint
+        ('{"products": []} {"x": 1}\n', "not valid JSON (Extra data at line 1 column 18)"),
+        ('{"products": [\n  {"sku": 1}\n]}\nx', "not valid JSON (Extra data at line 4 column 1)"),
+        ('{"prods": []}\n', "prods is not a known section"),
+    ],
+)
+def test_s10_hub_import_of_a_file_not_named_jsonl(
+    cli: CLI, tmp_path: Path, text: str, said: str
+) -> None:
+    path = tmp_path / "rows.txt"
+    path.write_text(text, encoding="utf-8")
+    result = cli("hub", "import", "--hub-dir", tmp_path / "hub", path)
+    assert result.code == 2, result
+    assert result.err == f"tillpoint: import: {said}\n", result.err
