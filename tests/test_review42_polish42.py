@@ -16,6 +16,9 @@ process, then fixed or pinned (docs/DECISIONS.md, "Review 42 (polish42)").
 4. `hub import /dev/stdin` (or `rows.txt`) of JSON Lines is read as one JSON document
    (the name does not say JSON Lines): "not valid JSON (Extra data at line 2 column 1)"
    now says the text is JSON Lines and that `--format jsonl` reads it.
+5. `sync now` when the hub is behind the till (restored from an older backup): kept, and
+   pinned, as exit 0 with its one warning line naming the mend (CONTRACT §10's codes: the
+   push and the pull did what they could, nothing at the till to mend or retry).
 """
 
 from __future__ import annotations
@@ -335,3 +338,64 @@ def test_s10_hub_import_of_a_file_not_named_jsonl(
     result = cli("hub", "import", "--hub-dir", tmp_path / "hub", path)
     assert result.code == 2, result
     assert result.err == f"tillpoint: import: {said}\n", result.err
+
+
+# ---------------------------------------------------------------- 5. a hub behind the till
+
+
+def test_s10_sync_now_with_the_hub_behind_the_till_is_exit_0_with_one_warning(
+    cli: CLI, hub: Any, tmp_path: Path
+) -> None:
+    """The hub restored from a backup taken at version 1 after the till applied version 2:
+    `sync now` pushes, keeps the till's version 2 (§3: an older version is never taken)
+    and exits 0, its warning the one stderr line naming the hub's version and the mend
+    (`hub publish --min-version 3`); `--json` says it in `pull.message` too. After the
+    mend the next `sync now` applies version 3. Exit 1 is the CLI's "the machine's fault,
+    retry" (DECISIONS, rev40c): retrying at the till changes nothing here."""
+    import shutil
+
+    hub.enroll("till-1", tmp_path / "data")
+    assert cli("sync", "now").code == 0
+    hub.server.stop(grace=0)
+    backup = tmp_path / "hub-at-v1"
+    shutil.copytree(hub.root, backup)  # the hub's backup, taken at version 1
+    hub.restart()
+    hub.publish()
+    assert "snapshot 2 applied" in cli("sync", "now").out
+    hub.server.stop(grace=0)
+    shutil.rmtree(hub.root)
+    shutil.copytree(backup, hub.root)  # restored: its newest is version 1
+    hub.restart()
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("TILLPOINT_")}
+    env.update(TILLPOINT_DATA_DIR=str(tmp_path / "data"), TILLPOINT_DEVICE_ID="till-1")
+
+    def sync_now(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [TILLPOINT, "sync", "now", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    result = sync_now()  # a real process: its warning is its logging's, on its stderr
+    assert result.returncode == 0, result
+    assert result.stdout.startswith(
+        "pushed 0 transaction(s), 0 waiting; snapshot 2 is the newest"
+    ), result.stdout
+    assert result.stderr == (
+        "tillpoint: warning: the hub's newest version 1 is older than this till's cache 2:"
+        " publish on the hub with --min-version 3\n"
+    ), result.stderr
+    as_json = sync_now("--json")
+    assert as_json.returncode == 0, as_json
+    pull = json.loads(as_json.stdout)["pull"]
+    assert pull["status"] == "UP_TO_DATE" and pull["version"] == 2, pull
+    assert "--min-version 3" in pull["message"] and as_json.stderr.count("\n") == 1
+    assert cli("status", "--json").json()["cacheVersion"] == 2
+    published = cli("hub", "publish", "--hub-dir", hub.root, "--min-version", "3")
+    assert published.code == 0, published
+    mended = sync_now()
+    assert mended.returncode == 0 and "snapshot 3 applied" in mended.stdout, mended
+    assert mended.stderr == ""
