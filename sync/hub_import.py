@@ -332,6 +332,35 @@ State = tuple[bool, str | None]  # (a JSON Lines snapshot?, its current section'
 PARALLEL_WORKERS = 1  # the reading processes by default (see read_jsonl)
 CHUNK_LINES = 2000
 
+# A JSON Lines line (a row, or a snapshot's header) longer than this is refused, naming
+# it, before it is read whole: a line had no bound, and a 300 MB one (a file that is not
+# JSON Lines, a producer that lost its newlines) took 650 MB (review 40, rev40f; review 42,
+# polish42). 16 times a POS request's 4 MiB (`limits.REQUEST_MAX_BYTES`): an offer naming
+# four million SKUs, or a header's `appliedThrough` of 500,000 tills, still fits.
+ROW_MAX_BYTES = 64 << 20
+
+
+def _line_too_long(number: int) -> InputError:
+    return InputError(
+        f"import refused, nothing was imported: line {number} is longer than"
+        f" {ROW_MAX_BYTES >> 20} MiB (one row a line: is the file JSON Lines?)"
+    )
+
+
+def _bounded_lines(stream: IO[bytes], number: int, count: int = CHUNK_LINES) -> list[bytes]:
+    """Up to `count` lines of `stream` (each with its newline), the first being line
+    `number` of the file, none read past `ROW_MAX_BYTES` (InputError naming it)."""
+    readline = stream.readline
+    lines = []
+    for i in range(count):
+        line = readline(ROW_MAX_BYTES + 1)
+        if len(line) > ROW_MAX_BYTES and not line.endswith(b"\n"):
+            raise _line_too_long(number + i)
+        if not line:
+            break
+        lines.append(line)
+    return lines
+
 
 def _line_rows(
     number: int, line: bytes, state: State, first: bool
@@ -411,7 +440,9 @@ def _read_chunks(
     first = stream.readline(HEAD_BYTES)  # the header of a snapshot, or a first row
     refuse_non_object(first, "import", "an import file")
     if first and not first.endswith(b"\n"):  # a long first line: the rest of it
-        first += stream.readline()
+        first += stream.readline(ROW_MAX_BYTES + 1 - len(first))
+        if len(first) > ROW_MAX_BYTES and not first.endswith(b"\n"):
+            raise _line_too_long(1)
     done = len(first)
     first = first.removeprefix(BOM)  # Windows tools write one
     if first:
@@ -421,7 +452,7 @@ def _read_chunks(
         yield from _read_jsonl_parallel(stream, total, progress, workers, state, done, chunk)
         return
     number = 2
-    while lines := list(islice(stream, CHUNK_LINES)):
+    while lines := _bounded_lines(stream, number):
         found, state = chunk((number, lines, state))
         number += len(lines)
         done += sum(map(len, lines))
@@ -656,13 +687,8 @@ def _read_jsonl_parallel(
             yield from rows
 
         while True:
-            lines = []
-            size = 0
-            for line in stream:
-                lines.append(line)
-                size += len(line)
-                if len(lines) == CHUNK_LINES:
-                    break
+            lines = _bounded_lines(stream, number)
+            size = sum(map(len, lines))
             if not lines:
                 break
             started = guess

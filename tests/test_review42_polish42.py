@@ -19,6 +19,8 @@ process, then fixed or pinned (docs/DECISIONS.md, "Review 42 (polish42)").
 5. `sync now` when the hub is behind the till (restored from an older backup): kept, and
    pinned, as exit 0 with its one warning line naming the mend (CONTRACT §10's codes: the
    push and the pull did what they could, nothing at the till to mend or retry).
+6. A JSON Lines row of `hub import` had no length bound (a 300 MB line was read whole,
+   1.3 GB): a line past `ROW_MAX_BYTES` (64 MiB) is refused naming its line number.
 """
 
 from __future__ import annotations
@@ -399,3 +401,106 @@ def test_s10_sync_now_with_the_hub_behind_the_till_is_exit_0_with_one_warning(
     mended = sync_now()
     assert mended.returncode == 0 and "snapshot 3 applied" in mended.stdout, mended
     assert mended.stderr == ""
+
+
+# ---------------------------------------------------------------- 6. a JSON Lines row's bound
+
+
+def test_s10_hub_import_refuses_a_line_past_the_row_bound_naming_it(tmp_path: Path) -> None:
+    """The real `hub import` of a file whose third line is one byte past 64 MiB: exit 2,
+    one line naming line 3 and the bound, nothing imported (the draft stays empty)."""
+    from tillpoint.sync.hub_import import ROW_MAX_BYTES
+
+    path = tmp_path / "chain.jsonl"
+    head = b'{"product": {"sku": "1", "name": "'
+    with path.open("wb") as f:
+        f.write(ROWS.encode())
+        f.write(head + b"x" * (ROW_MAX_BYTES + 1 - len(head)))  # no newline needed: cut off
+        f.write(b'"}}\n' + ROWS.encode())
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("TILLPOINT_")}
+    hub_dir = ["--hub-dir", str(tmp_path / "hub")]
+    done = subprocess.run(
+        [TILLPOINT, "hub", "import", *hub_dir, str(path), "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2 and done.stdout == "", done
+    assert done.stderr == (
+        "tillpoint: import refused, nothing was imported: line 3 is longer than 64 MiB"
+        " (one row a line: is the file JSON Lines?)\n"
+    ), done.stderr
+    status = subprocess.run(
+        [TILLPOINT, "hub", "status", *hub_dir, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["draftRows"] == 0, status.stdout
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_s10_the_row_bound_at_its_edge(monkeypatch: pytest.MonkeyPatch, workers: int) -> None:
+    """The bound read at its edge (made 100 bytes here): a line of 100 bytes and its
+    newline is read, one of 101 is refused by its number, by the reading of one process
+    and of worker processes (the lines are read in this one)."""
+    from tillpoint.agent.errors import InputError
+    from tillpoint.sync import hub_import
+
+    monkeypatch.setattr(hub_import, "ROW_MAX_BYTES", 100)
+
+    def row(size: int) -> bytes:
+        head = b'{"product": {"sku": "1", "category": "dairy", "name": "'
+        return head + b"x" * (size - len(head) - 3) + b'"}}'
+
+    def read(*lines: bytes) -> list[Any]:
+        text = b"\n".join(lines) + b"\n"
+        return list(hub_import.read_jsonl(io.BytesIO(text), len(text), None, workers))
+
+    assert len(read(row(100), row(100), row(100))) == 3
+    for at in (2, 3):
+        lines = [row(100)] * 3
+        lines[at - 1] = row(101)
+        with pytest.raises(InputError, match=f"line {at} is longer than 0 MiB"):
+            read(*lines)
+
+
+def test_s10_a_first_line_past_the_row_bound_is_refused() -> None:
+    """The first line is read apart (a snapshot's header, read 4 KiB first): bounded too."""
+    from tillpoint.agent.errors import InputError
+    from tillpoint.sync.hub_import import ROW_MAX_BYTES, read_jsonl
+
+    text = b'{"product": {"sku": "1", "name": "' + b"x" * ROW_MAX_BYTES + b'"}}\n' + ROWS.encode()
+    with pytest.raises(InputError, match="line 1 is longer than 64 MiB"):
+        list(read_jsonl(io.BytesIO(text), len(text), None))
+
+
+def test_s10_a_line_past_the_row_bound_leaves_each_store_as_it_was(
+    hub_store_factory: Any, tmp_path: Path
+) -> None:
+    """Both hub stores (SQLite's row by row, PostgreSQL's COPY of blocks): the refusal
+    comes from the reading, inside the import's transaction, and the draft stays empty."""
+    from tillpoint.agent.errors import InputError
+    from tillpoint.sync.hub_import import ROW_MAX_BYTES, read_file
+
+    path = tmp_path / "chain.jsonl"
+    with path.open("wb") as f:
+        f.write(ROWS.encode() * 3)
+        f.write(b'{"product": {"sku": "1", "name": "' + b"x" * ROW_MAX_BYTES + b'"}}\n')
+    store = hub_store_factory()
+    with pytest.raises(InputError, match="line 7 is longer than 64 MiB"):
+        store.import_rows(read_file(path))
+    assert store.draft_size() == 0
+    store.import_rows(read_file(_rows_file(tmp_path)))
+    assert store.draft_size() == 2
+
+
+def _rows_file(tmp_path: Path) -> Path:
+    path = tmp_path / "rows.jsonl"
+    path.write_text(ROWS, encoding="utf-8")
+    return path
