@@ -21,6 +21,9 @@ process, then fixed or pinned (docs/DECISIONS.md, "Review 42 (polish42)").
    push and the pull did what they could, nothing at the till to mend or retry).
 6. A JSON Lines row of `hub import` had no length bound (a 300 MB line was read whole,
    1.3 GB): a line past `ROW_MAX_BYTES` (64 MiB) is refused naming its line number.
+7. `tillpoint --help >&-` exited 0 (argparse wrote the help to stderr instead) and
+   `--help > /dev/full` exited 0 (argparse drops a failed write): the help now follows
+   CONTRACT §10's rule for every answer (as `--version` does): exit 1 and one line.
 """
 
 from __future__ import annotations
@@ -504,3 +507,46 @@ def _rows_file(tmp_path: Path) -> Path:
     path = tmp_path / "rows.jsonl"
     path.write_text(ROWS, encoding="utf-8")
     return path
+
+
+# ---------------------------------------------------------------- 7. --help to a shut stdout
+
+CLOSED = (
+    "tillpoint: the output could not be written: standard output is closed"
+    " (what the command did stands)\n"
+)
+FULL = (
+    "tillpoint: the output could not be written: No space left on device"
+    " (what the command did stands)\n"
+)
+
+
+def _shell(command: str) -> subprocess.CompletedProcess[str]:
+    """`command` run by sh with $T the `tillpoint` executable (a real process, its
+    descriptors as the shell's redirections leave them)."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("TILLPOINT_")}
+    env["T"] = TILLPOINT
+    return subprocess.run(
+        ["sh", "-c", command], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+@pytest.mark.parametrize("args", ["--help", "-h", "status --help", "hub import --help"])
+def test_s10_help_to_a_closed_or_full_stdout_is_exit_1_and_one_line(args: str) -> None:
+    """CONTRACT §10: a closed stdout (`>&-`) is "the output could not be written: standard
+    output is closed", exit 1, and a full one (`/dev/full`) its error's words, as every
+    answer and `--version` are; `--help` exited 0 both ways (the help went to stderr, or
+    nowhere). To a stdout that takes it: the help, exit 0, nothing on stderr."""
+    closed = _shell(f'exec "$T" {args} >&-')
+    assert (closed.returncode, closed.stdout, closed.stderr) == (1, "", CLOSED), closed
+    full = _shell(f'exec "$T" {args} > /dev/full')
+    assert (full.returncode, full.stdout, full.stderr) == (1, "", FULL), full
+    shown = _shell(f'exec "$T" {args}')
+    assert shown.returncode == 0 and shown.stderr == "", shown
+    assert shown.stdout.startswith("usage: tillpoint"), shown.stdout
+
+
+def test_s10_version_to_a_closed_stdout_is_the_same_line() -> None:
+    """The rule `--help` now follows (review 27's, `--version` among its answers)."""
+    closed = _shell('exec "$T" --version >&-')
+    assert (closed.returncode, closed.stderr) == (1, CLOSED), closed
