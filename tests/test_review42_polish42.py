@@ -24,6 +24,11 @@ process, then fixed or pinned (docs/DECISIONS.md, "Review 42 (polish42)").
 7. `tillpoint --help >&-` exited 0 (argparse wrote the help to stderr instead) and
    `--help > /dev/full` exited 0 (argparse drops a failed write): the help now follows
    CONTRACT §10's rule for every answer (as `--version` does): exit 1 and one line.
+8. The Kazakh і (U+0456) on a CP866 printer prints as Latin i (as the Ukrainian І as
+   Latin I): kept, the same glyph, pinned on the wire. The better way is the code page
+   with every Kazakh letter, KZ-1048 (`codepage = "kz1048"`, Epson's slot 53, which the
+   profiles already give): the virtual printer's decoder did not know slot 53, so
+   `print preview` and the tests showed "�" for every Cyrillic letter; it does now.
 """
 
 from __future__ import annotations
@@ -550,3 +555,73 @@ def test_s10_version_to_a_closed_stdout_is_the_same_line() -> None:
     """The rule `--help` now follows (review 27's, `--version` among its answers)."""
     closed = _shell('exec "$T" --version >&-')
     assert (closed.returncode, closed.stderr) == (1, CLOSED), closed
+
+
+# ---------------------------------------------------------------- 8. the Kazakh і on the code pages
+
+
+def _receipt_text(first_name: str, text: str, **config: Any) -> tuple[bytes, str]:
+    """The offers block as the printer gets it (bytes) and as the virtual printer's
+    decoder reads them back (text)."""
+    from tillpoint.printer.config import PrinterConfig
+    from tillpoint.printer.decode import decode
+    from tillpoint.printer.layout import offers_blocks, render_escpos
+    from tillpoint.printer.payload import parse_payload
+    from tillpoint.printer.profiles import resolve_profile
+
+    payload = {
+        "receiptId": "s1-t1-000123",
+        "at": "2026-11-23T10:15:00+05:00",
+        "firstName": first_name,
+        "offers": [
+            {
+                "id": "o-1",
+                "text": text,
+                "validFrom": "2026-11-01T00:00:00+05:00",
+                "validTo": "2026-11-30T23:59:59+05:00",
+                "code": "TP1-o-1",
+            }
+        ],
+    }
+    data = render_escpos(
+        offers_blocks(parse_payload(payload)), resolve_profile(PrinterConfig(**config))
+    )
+    (doc,) = decode(data)
+    return data, doc.text
+
+
+KAZAKH = "Әлімжан, Қасым, Ұлан, Үміт, Ғалия, Өмір, Ңң, Һ"
+
+
+def test_s7_the_kazakh_i_prints_as_latin_i_on_cp866_the_same_glyph() -> None:
+    """CONTRACT §7, docs/PRINTING.md: CP866 has no І/і (Ukrainian, Belarusian, Kazakh);
+    the Latin letters are drawn alike, so the name reads as written ("Әлімжан" as
+    "Алiмжан": the plain letter under Ә's mark, і as the Latin i), where the Russian
+    spelling's и ("Алимжан") would change the letter. Every byte on the wire is CP866."""
+    data, text = _receipt_text("Әлімжан", KAZAKH)
+    assert data.startswith(b"\x1b@\x1bt\x11")  # CP866, slot 17
+    assert "Алiмжан, ждём вас снова!" in text, text
+    assert "Алiмжан, Касым, Улан, Умiт, Галия, Омiр, Нн, Х" in text, text
+    assert "Алiмжан".encode("cp866") in data  # the Latin i, byte 0x69
+    assert "\ufffd" not in text and "?" not in text
+    _, ukrainian = _receipt_text("Іван", "Іі")
+    assert "Iван" in ukrainian and "Ii" in ukrainian
+
+
+@pytest.mark.parametrize(
+    ("codepage", "slot", "shown"),
+    [
+        ("kz1048", 53, KAZAKH),  # every Kazakh letter
+        ("cp1251", 46, "Алімжан, Касым, Улан, Уміт, Галия, Омір"),
+        ("cp1125", 44, "Алімжан, Касым, Улан, Уміт, Галия, Омір"),
+    ],
+)
+def test_s7_a_code_page_with_the_letters_prints_them(codepage: str, slot: int, shown: str) -> None:
+    """The code pages a printer may hold with Cyrillic і: Windows-1251 and CP1125 print
+    it (the other Kazakh letters as the plain ones), KZ-1048 (RK1048, Epson's slot 53)
+    prints them all. The profile gives the slot; the decoder reads them back: it knew
+    no slot 53 and showed "�" for each Cyrillic letter (review 42, polish42)."""
+    data, text = _receipt_text("Әлімжан", KAZAKH, codepage=codepage)
+    assert data.startswith(b"\x1b@\x1bt" + bytes([slot])), data[:8]
+    assert shown in text, text
+    assert "\ufffd" not in text
