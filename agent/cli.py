@@ -17,12 +17,14 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .errors import InputError, TillpointError, edge_of, one_line
 from .limits import REQUEST_MAX_BYTES, has_lone_surrogate
 
 if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
+
     from .models import Receipt
     from .results import CheckoutResult
 
@@ -68,7 +70,7 @@ class _Version(argparse.Action):
 
 
 class _Parser(argparse.ArgumentParser):
-    def print_help(self, file: IO[str] | None = None) -> None:
+    def print_help(self, file: SupportsWrite[str] | None = None) -> None:
         """`--help`'s answer written as every answer is (`write_out`: a closed or full
         stdout is exit 1 and one line, as `--version`'s): argparse wrote it to stderr when
         stdout was closed, and dropped a failed write, both exit 0 (review 42, polish42)."""

@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import re
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta

@@ -60,7 +60,7 @@ def _float_settings() -> list[tuple[str, str]]:
     for table, model in models.items():
         for key, field in model.model_fields.items():
             kinds = (field.annotation, *typing.get_args(field.annotation))
-            if float in [typing.get_origin(k) and typing.get_args(k)[0] or k for k in kinds]:
+            if float in [(typing.get_origin(k) and typing.get_args(k)[0]) or k for k in kinds]:
                 found.append((table, key))
     return found
 
@@ -155,7 +155,7 @@ root, limit, every, pulls = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]
 data = sample_master_data()
 data["products"] = list(data["products"]) + [
     {"sku": f"99{i:011d}", "name": f"Product number {i}", "category": "dairy"}
-    for i in range(8000)
+    for i in range(4000)
 ]
 config = HubConfig(chunk_size=16 * 1024, heartbeat_s=1.0, watch_interval_s=0.1, publish_every_s=0)
 hub = LoopbackHub(root / "hub", config, data=data)
@@ -209,7 +209,7 @@ def test_s9_a_pull_at_the_file_size_limit_does_not_say_it_resumes_at_byte_0(
     durable (the checkpoint's write is refused too), so each retry downloads from byte 0.
     `run`'s pull logged "resuming snapshot 1 at byte 0" at each retry, a resume that did
     not happen; now nothing is said of a resume (the refusal is said, as before)."""
-    result = _pulls_at_limit(tmp_path, 256 * 1024, 32 * 1024 * 1024)
+    result = _pulls_at_limit(tmp_path, 128 * 1024, 32 * 1024 * 1024)
     assert result["offset"] == 0
     assert all(r and "file size limit" in r for r in result["refusals"]), result["refusals"]
     assert _resumes(result) == [], result["records"]
@@ -219,14 +219,14 @@ def test_s9_a_resume_that_fails_at_the_same_byte_again_is_said_once(tmp_path: Pa
     """The same, with checkpoints before the limit (every 16 KiB): each retry does resume
     at the last durable byte, and fails there again. Said once at INFO with the real
     offset; the same resume again at DEBUG (as the same refusal again is: `_say`)."""
-    result = _pulls_at_limit(tmp_path, 256 * 1024, 16 * 1024, pulls=4)
+    result = _pulls_at_limit(tmp_path, 128 * 1024, 16 * 1024, pulls=4)
     offset = result["offset"]
-    assert 0 < offset <= 256 * 1024, result
+    assert 0 < offset <= 128 * 1024, result
     said = f"resuming snapshot 1 at byte {offset}"
     assert _resumes(result) == [("INFO", said), ("DEBUG", said), ("DEBUG", said)], result["records"]
 
 
-# ---------------------------------------------------------------- 3. a cut bundle at an enrolled till
+# ------------------------------------------------------------ 3. a cut bundle at an enrolled till
 
 
 @pytest.fixture()
