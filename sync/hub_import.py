@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import logging
 import multiprocessing
@@ -310,10 +311,9 @@ def _jsonl_hint(raw: bytes) -> str:
     """What to say after a JSON document's refusal when the text is JSON Lines (its first
     line a header or a row, `sniff_format`'s test): a file whose name does not say so
     (`hub import /dev/stdin`, `rows.txt`) is read as one document, and "Extra data at line
-    2 column 1" alone did not say that `--format jsonl` reads it (review 42, polish42)."""
-    lines = (line for line in raw.split(b"\n", 64)[:64] if line.strip())
-    first = next(lines, b"")
-    if sniff_format(first) != "jsonl":
+    2 column 1" alone did not say that `--format jsonl` reads it (review 42, polish42).
+    The first line is found as `hub import -` finds it, within its first `HEAD_BYTES`."""
+    if sniff_format(_first_line(io.BytesIO(raw[:HEAD_BYTES]))) != "jsonl":
         return ""
     return "; the text is JSON Lines (one row a line): give --format jsonl, or name it .jsonl"
 
