@@ -23,6 +23,8 @@ from .errors import InputError, TillpointError, edge_of, one_line
 from .limits import REQUEST_MAX_BYTES, has_lone_surrogate
 
 if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
+
     from .models import Receipt
     from .results import CheckoutResult
 
@@ -68,6 +70,15 @@ class _Version(argparse.Action):
 
 
 class _Parser(argparse.ArgumentParser):
+    def print_help(self, file: SupportsWrite[str] | None = None) -> None:
+        """`--help`'s answer written as every answer is (`write_out`: a closed or full
+        stdout is exit 1 and one line, as `--version`'s): argparse wrote it to stderr when
+        stdout was closed, and dropped a failed write, both exit 0 (review 42, polish42)."""
+        if file is None:
+            write_out(self.format_help())
+            return
+        super().print_help(file)
+
     def error(self, message: str) -> NoReturn:
         # argparse reads a scanned "-2770000000017-" as an unknown option and then says
         # only that the text is missing: say how to give it

@@ -7,8 +7,10 @@ frozen so the pricing core can take them as plain values.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -1355,10 +1357,24 @@ def _plain_bound(error: Any) -> str | None:
     cashier and the support engineer: "customers[0].favoriteWeekday Input should be less
     than or equal to 7")."""
     bound = _BOUNDS.get(str(error.get("type")))
+    given = _not_finite(error.get("input"))
+    if bound and given is not None:
+        # `nan` misses every bound: it was told "must be more than 0" or "must be 3600 or
+        # less", a bound it does not miss (a setting's TOML `nan`; review 42, polish42)
+        return f"must be a finite number, not {given}"
     limit = (error.get("ctx") or {}).get(bound[0]) if bound else None
     if isinstance(limit, float) and limit.is_integer():
         limit = int(limit)  # a decimal setting's `gt=0`: "more than 0", not pydantic's 0.0
     return None if bound is None or limit is None else bound[1].format(limit)
+
+
+def _not_finite(given: Any) -> float | None:
+    """`given` (a float, or the text of one: an environment variable's "NaN") if it is
+    nan or an infinity, else None."""
+    if isinstance(given, str) and len(given) <= 10:
+        with contextlib.suppress(ValueError):
+            given = float(given)
+    return given if isinstance(given, float) and not math.isfinite(given) else None
 
 
 def _plain_choice(error: Any) -> str | None:

@@ -70,6 +70,7 @@ EPSON_CODEPAGES: dict[int, str] = {
     50: "cp1256",
     51: "cp1257",
     52: "cp1258",
+    53: "kz1048",  # KZ-1048 (RK1048), Kazakh: every Kazakh letter (review 42, polish42)
 }
 
 

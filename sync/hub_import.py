@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import logging
 import multiprocessing
@@ -264,7 +265,8 @@ def read_json(
     except _Twice as exc:
         raise InputError(f"import: {exc}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"import: not valid JSON ({_not_json(exc)})") from None
+        hint = _jsonl_hint(raw) if isinstance(exc, json.JSONDecodeError) else ""
+        raise InputError(f"import: not valid JSON ({_not_json(exc)}){hint}") from None
     except (RecursionError, ValueError) as exc:
         raise InputError(f"import: not valid JSON ({_beyond_json(exc)})") from None
     if not isinstance(doc, dict):
@@ -282,7 +284,8 @@ def read_json(
         raise InputError(f"import: the file is {what}, not master data")
     unknown = set(doc) - {"program", "removed", *SECTIONS, *IGNORED_HEADER}
     if unknown:
-        raise InputError(f"import: {sorted(unknown)[0]} is not a known section")
+        hint = _jsonl_hint(raw) if len(doc) == 1 else ""
+        raise InputError(f"import: {sorted(unknown)[0]} is not a known section{hint}")
     rows = sum(len(v) for k, v in doc.items() if k in SECTIONS and isinstance(v, list))
     rows = max(rows, 1)
     done = 0
@@ -304,6 +307,17 @@ def read_json(
         progress(total, total)
 
 
+def _jsonl_hint(raw: bytes) -> str:
+    """What to say after a JSON document's refusal when the text is JSON Lines (its first
+    line a header or a row, `sniff_format`'s test): a file whose name does not say so
+    (`hub import /dev/stdin`, `rows.txt`) is read as one document, and "Extra data at line
+    2 column 1" alone did not say that `--format jsonl` reads it (review 42, polish42).
+    The first line is found as `hub import -` finds it, within its first `HEAD_BYTES`."""
+    if sniff_format(_first_line(io.BytesIO(raw[:HEAD_BYTES]))) != "jsonl":
+        return ""
+    return "; the text is JSON Lines (one row a line): give --format jsonl, or name it .jsonl"
+
+
 def _not_json(exc: UnicodeDecodeError | json.JSONDecodeError, line: int | None = None) -> str:
     """What is wrong, in the words the agent's reader uses (`cli.parse_json`): "not UTF-8
     text" (not the codec's "'utf-8' codec can't decode byte 0xe9 in position 23", nor, on
@@ -317,6 +331,35 @@ def _not_json(exc: UnicodeDecodeError | json.JSONDecodeError, line: int | None =
 State = tuple[bool, str | None]  # (a JSON Lines snapshot?, its current section's kind)
 PARALLEL_WORKERS = 1  # the reading processes by default (see read_jsonl)
 CHUNK_LINES = 2000
+
+# A JSON Lines line (a row, or a snapshot's header) longer than this is refused, naming
+# it, before it is read whole: a line had no bound, and a 300 MB one (a file that is not
+# JSON Lines, a producer that lost its newlines) took 650 MB (review 40, rev40f; review 42,
+# polish42). 16 times a POS request's 4 MiB (`limits.REQUEST_MAX_BYTES`): an offer naming
+# four million SKUs, or a header's `appliedThrough` of 500,000 tills, still fits.
+ROW_MAX_BYTES = 64 << 20
+
+
+def _line_too_long(number: int) -> InputError:
+    return InputError(
+        f"import refused, nothing was imported: line {number} is longer than"
+        f" {ROW_MAX_BYTES >> 20} MiB (one row a line: is the file JSON Lines?)"
+    )
+
+
+def _bounded_lines(stream: IO[bytes], number: int, count: int = CHUNK_LINES) -> list[bytes]:
+    """Up to `count` lines of `stream` (each with its newline), the first being line
+    `number` of the file, none read past `ROW_MAX_BYTES` (InputError naming it)."""
+    readline = stream.readline
+    lines = []
+    for i in range(count):
+        line = readline(ROW_MAX_BYTES + 1)
+        if len(line) > ROW_MAX_BYTES and not line.endswith(b"\n"):
+            raise _line_too_long(number + i)
+        if not line:
+            break
+        lines.append(line)
+    return lines
 
 
 def _line_rows(
@@ -397,7 +440,9 @@ def _read_chunks(
     first = stream.readline(HEAD_BYTES)  # the header of a snapshot, or a first row
     refuse_non_object(first, "import", "an import file")
     if first and not first.endswith(b"\n"):  # a long first line: the rest of it
-        first += stream.readline()
+        first += stream.readline(ROW_MAX_BYTES + 1 - len(first))
+        if len(first) > ROW_MAX_BYTES and not first.endswith(b"\n"):
+            raise _line_too_long(1)
     done = len(first)
     first = first.removeprefix(BOM)  # Windows tools write one
     if first:
@@ -407,7 +452,7 @@ def _read_chunks(
         yield from _read_jsonl_parallel(stream, total, progress, workers, state, done, chunk)
         return
     number = 2
-    while lines := list(islice(stream, CHUNK_LINES)):
+    while lines := _bounded_lines(stream, number):
         found, state = chunk((number, lines, state))
         number += len(lines)
         done += sum(map(len, lines))
@@ -642,13 +687,8 @@ def _read_jsonl_parallel(
             yield from rows
 
         while True:
-            lines = []
-            size = 0
-            for line in stream:
-                lines.append(line)
-                size += len(line)
-                if len(lines) == CHUNK_LINES:
-                    break
+            lines = _bounded_lines(stream, number)
+            size = sum(map(len, lines))
             if not lines:
                 break
             started = guess

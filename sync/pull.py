@@ -319,6 +319,7 @@ class Puller:
         self._started = self._downloaded = time.monotonic()  # the last pull's phases
         self.meta = self.dir / "pull.json"
         self._said: tuple[int, str, str] | None = None  # the last refusal logged
+        self._resumed: tuple[int, int] | None = None  # the last resume logged (version, byte)
 
     # ------------------------------------------------------------ partial download
 
@@ -537,7 +538,7 @@ class Puller:
             return self._refused(incoming, refusal, discard=False)
         if partial is not None and partial.same_bundle(chunk) and chunk.offset == partial.offset:
             self._check_space(partial.total_size, partial.offset)
-            log.info("resuming snapshot %d at byte %d", chunk.version, partial.offset)
+            self._say_resumed(chunk.version, partial.offset)
             return _Download.resume(self, partial)
         if chunk.offset != 0:
             # Not the bundle we had: forget it and start over next time.
@@ -545,6 +546,18 @@ class Puller:
             raise PullInterrupted("the hub's bundle changed; starting over")
         self._check_space(incoming.total_size, 0)
         return _Download.fresh(self, incoming)
+
+    def _say_resumed(self, version: int, offset: int) -> None:
+        """A resumed download, logged once at INFO; the same resume again (a retry that
+        failed at the same place: the file size limit, a full disk) at DEBUG, and one from
+        byte 0, which resumes nothing, not at all. `run`'s pull at the file size limit
+        logged "resuming snapshot 1 at byte 0" at every retry, a resume that did not
+        happen (review 42, polish42)."""
+        if offset == 0:
+            return
+        level = logging.DEBUG if self._resumed == (version, offset) else logging.INFO
+        self._resumed = (version, offset)
+        log.log(level, "resuming snapshot %d at byte %d", version, offset)
 
     def _holds_base(self, base_issued_at: str) -> bool:
         """Whether the cache's version is the hub's version a delta is made on: the same

@@ -39,7 +39,6 @@ def load_snapshot_file(agent: TillAgent, doc: Any) -> cache_mod.CacheInfo:
         if enrollment is None:
             # no key to check the signature with; the declared size and checksum still
             # tell a truncated or damaged file (it loaded, whatever its bytes had become).
-            # An enrolled till's signature check covers both (it is over what was read).
             signing.check_declared(payload, *signing.declared(doc))
             unchecked = signing.VerifiedSnapshot(signing.read_header(payload), payload)
             return unchecked.apply(agent)
@@ -49,12 +48,19 @@ def load_snapshot_file(agent: TillAgent, doc: Any) -> cache_mod.CacheInfo:
             # twice): its signature is checked all the same, then the cache answers
             # "unchanged", as for a plain file (§3 refuses an *older* version)
             current -= 1
+        # The declared size and SHA-256 first, as a pull and a till without a hub check
+        # them: a payload cut short is "truncated", a changed byte "corrupted", not "the
+        # signature is not the hub's" (review 42, polish42). The signature is still over
+        # what was read: declared values written to match a changed payload are its to refuse.
+        size, sha256 = signing.declared(doc)
         loaded = signing.verify(
             public_key=enrollment.snapshot_public_key(),
             payload=payload,
             signature=signature,
             current_version=current,
             now=agent.clock(),
+            declared_size=size,
+            declared_sha256=sha256,
         ).apply(agent)
         _forget_landing(agent.data_dir, loaded.version)
         return loaded

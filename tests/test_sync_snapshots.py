@@ -464,7 +464,10 @@ def test_an_enrolled_till_refuses_a_plain_file_and_takes_a_signed_one(
     assert signed == in_memory(bundle).to_file()  # streamed or whole: the same document
     tampered = dict(signed)
     tampered["payload"] = base64.b64encode(flip_bit(bundle.payload, 10)).decode()
-    with pytest.raises(SnapshotRefused, match="signature"):
+    with pytest.raises(SnapshotRefused, match="checksum"):  # review 42: as at a till with no hub
+        load_snapshot_file(till.agent, tampered)
+    tampered["sha256"] = hashlib.sha256(flip_bit(bundle.payload, 10)).hexdigest()
+    with pytest.raises(SnapshotRefused, match="signature"):  # the checksum made to match
         load_snapshot_file(till.agent, tampered)
     old = {**signed, "format": "tillpoint-signed-snapshot/1", "deviceId": DEVICE}
     with pytest.raises(SnapshotRefused, match="format /1"):
