@@ -58,6 +58,9 @@ from .till import TillAgent
 
 log = logging.getLogger("tillpoint.sync")
 CONTACT_EVERY_S = 30.0  # lastContactAt is written at most this often (the ledger is on flash)
+# How long `SyncService.stop` waits for its threads (one bound for all of them): the hub
+# call on its way (`call_timeout_s`, 5 s by default) and the ledger's busy wait.
+STOP_WAIT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -159,7 +162,7 @@ class SyncService:
         sub = self._subscription
         if sub is not None:
             sub.cancel()
-        deadline = time.monotonic() + 10  # one bound for all of them, not 10 s each
+        deadline = time.monotonic() + STOP_WAIT_S  # one bound for all of them, not each
         for thread in self._threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self._persist_mode()

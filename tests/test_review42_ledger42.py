@@ -1,0 +1,91 @@
+"""Review 42 (ledger42): the till's SQLite connections and the threads that use them.
+
+Session 40's CI lost a pytest worker to a segmentation fault: a `sqlite3.Connection`
+closed by one thread while another thread was inside a statement on it is freed under
+that thread (a crash in C, not a Python exception). Session 41 made `Agent.close` wait
+for the agent's lock. This file checks the other users of a till's connections that a
+stop closes, each raced for real in a child `python` (a crash is the child's exit status,
+never the pytest worker's death), with the stop's waits lowered in the child so that a
+stop meets the thread mid-statement:
+
+- `SyncService.stop` waits `STOP_WAIT_S` (10 s) for the sync thread, then closed the
+  pusher's ledger connection whether or not the thread had ended (and wrote the sync
+  state on it from the stopping thread too): a sync thread still on a hub call or a busy
+  ledger past the wait then met its connection freed under it. The child starts and
+  stops a sync service with no wait at all, its thread looping on the pusher's
+  connection (`push_check_s = 0`), `ROUNDS` times; before the fix it died of SIGSEGV.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# A stop with no wait for the sync thread, raced with that thread's loop on the
+# pusher's connection: the thread is inside a statement at most stops.
+SYNC_CHILD = r"""
+import faulthandler, random, sys, time
+from dataclasses import replace
+from pathlib import Path
+from tillpoint.sync import service as sync_service
+from tillpoint.sync.client import HubLink
+from tillpoint.sync.loopback import FAST, LoopbackHub, sample_master_data
+from tillpoint.sync.service import SyncService
+
+faulthandler.enable()
+faulthandler.dump_traceback_later(150, exit=True)  # a stop that never ends: exit 1
+base, rounds, seed = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+sync_service.STOP_WAIT_S = 0.0  # the wait a busy hub or ledger outlasts, made nothing
+hub = LoopbackHub(base / "hub", data=sample_master_data())
+till = hub.till("till-1", base / "till", start=False)
+spin = replace(FAST, push_check_s=0.0)  # the sync loop reads the outbox without a pause
+rng = random.Random(seed)
+left_open = 0
+for n in range(rounds):
+    service = SyncService(till.agent, HubLink(hub.address, till.link.enrollment), till.link.enrollment, spin)
+    service.start()
+    time.sleep(rng.uniform(0.0, 0.02))
+    service.stop()
+    for thread in service._threads:
+        thread.join(10)
+        assert not thread.is_alive(), "a sync thread did not end after its stop"
+    # the thread that outlived the stop closed its own connection when it ended
+    left_open += service.pusher._conn is not None
+assert left_open == 0, f"{left_open} pusher connection(s) left open"
+till.link.close()
+till.authoriser.close()
+till.agent.close()
+hub.stop()
+print("rounds done")
+"""
+
+
+def _child(code: str, *args: str, timeout: float = 170) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _sync_rounds(tmp_path: Path, rounds: int, seed: int) -> None:
+    done = _child(SYNC_CHILD, str(tmp_path), str(rounds), str(seed))
+    assert done.returncode == 0, (done.returncode, done.stderr[-4000:])
+    assert "rounds done" in done.stdout
+
+
+def test_a_sync_stop_that_outwaits_its_thread_never_closes_the_ledger_under_it(
+    tmp_path: Path,
+) -> None:
+    _sync_rounds(tmp_path, 60, seed=42)
+
+
+@pytest.mark.slow
+def test_a_sync_stop_that_outwaits_its_thread_never_closes_the_ledger_under_it_long(
+    tmp_path: Path,
+) -> None:
+    _sync_rounds(tmp_path, 400, seed=4242)
