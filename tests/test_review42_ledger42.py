@@ -81,7 +81,7 @@ def _sync_rounds(tmp_path: Path, rounds: int, seed: int) -> None:
 def test_a_sync_stop_that_outwaits_its_thread_never_closes_the_ledger_under_it(
     tmp_path: Path,
 ) -> None:
-    _sync_rounds(tmp_path, 60, seed=42)
+    _sync_rounds(tmp_path, 20, seed=42)
 
 
 @pytest.mark.slow
