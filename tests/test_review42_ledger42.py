@@ -13,7 +13,15 @@ stop meets the thread mid-statement:
   state on it from the stopping thread too): a sync thread still on a hub call or a busy
   ledger past the wait then met its connection freed under it. The child starts and
   stops a sync service with no wait at all, its thread looping on the pusher's
-  connection (`push_check_s = 0`), `ROUNDS` times; before the fix it died of SIGSEGV.
+  connection (`push_check_s = 0`), 20 times (400 in `make test-all`); before the fix
+  it died of SIGSEGV within 2-3 s in each of four runs.
+- The hub's SQLite store (`SqliteHubStore`, one connection a thread) closed every
+  thread's connection at `close`, whichever thread was inside a statement on it: `hub
+  serve` stopped while its snapshot builder built (a chain-scale build takes minutes,
+  the stop waits `BUILD_STOP_WAIT_S`, 10 s) freed the builder's connection under it. The
+  default part races a thread reading the store with `close` (200 rounds, reliably
+  SIGSEGV before the fix); `make test-all` stops real hubs while their builder builds,
+  with no wait for it (300 rounds; crashed in one of two runs of 60 before the fix).
 """
 
 from __future__ import annotations
@@ -63,6 +71,61 @@ print("rounds done")
 """
 
 
+# A thread reading the hub's store while the main thread closes it.
+STORE_CHILD = r"""
+import faulthandler, sys, threading, time
+from pathlib import Path
+from tillpoint.sync.hub_server import HubDir
+from tillpoint.sync.loopback import LoopbackHub, sample_master_data
+
+faulthandler.enable()
+faulthandler.dump_traceback_later(150, exit=True)
+base, rounds = Path(sys.argv[1]), int(sys.argv[2])
+LoopbackHub(base / "hub", data=sample_master_data(), start=False).server.store.close()
+hub_dir = HubDir(base / "hub")
+for n in range(rounds):
+    store = hub_dir.open_store()
+    stop, reading = threading.Event(), threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            assert store.latest() is not None
+            store.delta_floor()
+            reading.set()
+        store.close()  # what the reading thread opened after the close: its own to close
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    reading.wait()
+    time.sleep(0.0005 * (n % 5))
+    store.close()
+    stop.set()
+    thread.join(10)
+    assert not thread.is_alive()
+print("rounds done")
+"""
+
+# `hub serve`'s stop while the snapshot builder builds, with no wait for the build.
+HUB_STOP_CHILD = r"""
+import faulthandler, sys, time
+from pathlib import Path
+from tillpoint.sync import hub_server
+from tillpoint.sync.loopback import LoopbackHub, sample_master_data
+
+faulthandler.enable()
+faulthandler.dump_traceback_later(600, exit=True)
+base, rounds = Path(sys.argv[1]), int(sys.argv[2])
+hub_server.BUILD_STOP_WAIT_S = 0.0
+LoopbackHub(base / "hub", data=sample_master_data(), start=False).server.store.close()
+for n in range(rounds):
+    hub = LoopbackHub(base / "hub", publish=False)
+    hub.server.builder.request_full(hub.publish())  # a new version, built now
+    time.sleep(0.001 * (n % 20))
+    hub.stop()
+print("rounds done")
+"""
+
+
 def _child(code: str, *args: str, timeout: float = 170) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", code, *args],
@@ -89,3 +152,16 @@ def test_a_sync_stop_that_outwaits_its_thread_never_closes_the_ledger_under_it_l
     tmp_path: Path,
 ) -> None:
     _sync_rounds(tmp_path, 400, seed=4242)
+
+
+def test_a_hub_store_closed_while_another_thread_reads_it_never_crashes(tmp_path: Path) -> None:
+    done = _child(STORE_CHILD, str(tmp_path), "200")
+    assert done.returncode == 0, (done.returncode, done.stderr[-4000:])
+    assert "rounds done" in done.stdout
+
+
+@pytest.mark.slow
+def test_a_hub_stopped_while_its_builder_builds_never_crashes(tmp_path: Path) -> None:
+    done = _child(HUB_STOP_CHILD, str(tmp_path), "300", timeout=650)
+    assert done.returncode == 0, (done.returncode, done.stderr[-4000:])
+    assert "rounds done" in done.stdout
