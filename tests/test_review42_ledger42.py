@@ -22,15 +22,23 @@ stop meets the thread mid-statement:
   default part races a thread reading the store with `close` (200 rounds, reliably
   SIGSEGV before the fix); `make test-all` stops real hubs while their builder builds,
   with no wait for it (300 rounds; crashed in one of two runs of 60 before the fix).
+- The suite's gRPC fixtures stopped the server and closed the agent with a health
+  `Watch`'s follower thread still reading `Agent.status` (session 41 saw it read the
+  closed agent). `ReadinessHealth.stop_following` ends it first, as `run` does; pinned
+  here over a real server and real Watch streams.
 """
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
+
+from .conftest import snapshot
 
 # A stop with no wait for the sync thread, raced with that thread's loop on the
 # pusher's connection: the thread is inside a statement at most stops.
@@ -165,3 +173,42 @@ def test_a_hub_stopped_while_its_builder_builds_never_crashes(tmp_path: Path) ->
     done = _child(HUB_STOP_CHILD, str(tmp_path), "300", timeout=650)
     assert done.returncode == 0, (done.returncode, done.stderr[-4000:])
     assert "rounds done" in done.stdout
+
+
+def test_the_health_follower_has_ended_when_stop_following_returns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from tillpoint.agent.server import build_server
+    from tillpoint.agent.service import Agent
+
+    agent = Agent(tmp_path / "data", "till-1")
+    agent.load_snapshot(snapshot())
+    before = set(threading.enumerate())
+    server, port, health = build_server(agent, "127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    streams = [
+        health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=30)
+        for _ in range(3)
+    ]
+    try:
+        for stream in streams:
+            assert next(stream).status == health_pb2.HealthCheckResponse.SERVING
+        followers = [
+            t for t in set(threading.enumerate()) - before if t.name == "health-watch"
+        ]
+        assert followers, "an open Watch has a follower reading the agent"
+        with caplog.at_level(logging.WARNING, logger="tillpoint"):
+            assert health.stop_following()
+            assert not any(t.is_alive() for t in followers)
+            agent.close()  # nothing reads it any more
+            assert next(streams[0]).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        for stream in streams:
+            stream.cancel()
+        channel.close()
+        server.stop(0).wait()
+        agent.close()
+    assert "readiness unavailable" not in caplog.text
