@@ -361,9 +361,7 @@ class SqliteHubStore(SqlHubStore):
         del closing
         self._local = threading.local()
         if left:
-            log.info(
-                "hub database: %d connection(s) of threads still running left to them", left
-            )
+            log.info("hub database: %d connection(s) of threads still running left to them", left)
 
     # ------------------------------------------------------------ master data
 

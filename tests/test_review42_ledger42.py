@@ -61,7 +61,8 @@ spin = replace(FAST, push_check_s=0.0)  # the sync loop reads the outbox without
 rng = random.Random(seed)
 left_open = 0
 for n in range(rounds):
-    service = SyncService(till.agent, HubLink(hub.address, till.link.enrollment), till.link.enrollment, spin)
+    enrollment = till.link.enrollment
+    service = SyncService(till.agent, HubLink(hub.address, enrollment), enrollment, spin)
     service.start()
     time.sleep(rng.uniform(0.0, 0.02))
     service.stop()
@@ -196,9 +197,7 @@ def test_the_health_follower_has_ended_when_stop_following_returns(
     try:
         for stream in streams:
             assert next(stream).status == health_pb2.HealthCheckResponse.SERVING
-        followers = [
-            t for t in set(threading.enumerate()) - before if t.name == "health-watch"
-        ]
+        followers = [t for t in set(threading.enumerate()) - before if t.name == "health-watch"]
         assert followers, "an open Watch has a follower reading the agent"
         with caplog.at_level(logging.WARNING, logger="tillpoint"):
             assert health.stop_following()
