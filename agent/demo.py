@@ -735,7 +735,9 @@ def _until(till: Any, condition: Callable[[TillStatus], bool], timeout: float = 
 def _offers_of(agent: Any, customer_id: str) -> list[dict[str, Any]]:
     from .cache import CacheView
 
-    with CacheView.reading(agent._cache, agent._secret) as view:
+    # under the agent's lock: its sync thread moves `_cache` to a new snapshot's file
+    # (closing the old one) and its other threads use the connections (review 42)
+    with agent._lock, CacheView.reading(agent._cache, agent._secret) as view:
         return [
             o.model_dump(mode="json", by_alias=True)
             for o in view.offers_for(customer_id)
@@ -747,8 +749,9 @@ def _summary(story: Story, tills: list[Any], hub: Any, printer: Any) -> None:
     story.heading("The day's summary")
     receipts = refunds = 0
     for t in tills:
-        kinds = t.agent._ledger.execute("SELECT kind, count(*) FROM journal GROUP BY kind")
-        counts = dict(kinds.fetchall())
+        with t.agent._lock:  # the writer's connection: its other users hold the lock
+            kinds = t.agent._ledger.execute("SELECT kind, count(*) FROM journal GROUP BY kind")
+            counts = dict(kinds.fetchall())
         receipts += counts.get("CHECKOUT", 0)
         refunds += counts.get("REFUND", 0)
         s = t.agent.status()

@@ -110,6 +110,19 @@ class ReadinessHealth(health.HealthServicer):
         for watcher in watchers:
             _tell(watcher, NOT_SERVING)
 
+    def stop_following(self, timeout_s: float = WATCH_READ_S + 1.0) -> bool:
+        """`enter_graceful_shutdown`, then wait (up to `timeout_s`) for the follower of the
+        open Watch streams to end: its reading (`Agent.status` on a till) is over when
+        this returns True, so what it reads may be closed next (review 42: a test that
+        stopped its server and closed its agent had the follower read the closed agent)."""
+        self.enter_graceful_shutdown()
+        with self._guard:
+            follower = self._follower
+        if follower is None:
+            return True
+        follower.join(timeout_s)
+        return not follower.is_alive()
+
     def _status_of(self, service: str) -> Any:
         with self._lock:
             return self._server_status.get(service, SERVICE_UNKNOWN)

@@ -383,6 +383,11 @@ def _name(version: int, base: int) -> str:
     return f"v{version:010d}-full" if base == 0 else f"v{version:010d}-from-{base:010d}"
 
 
+# How long a stop waits for the build on its way (`SnapshotBuilder.stop`): a build at
+# chain scale takes minutes, and is left to end with the process.
+BUILD_STOP_WAIT_S = 10.0
+
+
 class SnapshotBuilder:
     """Builds signed snapshots into `<hub dir>/snapshots/` and serves them from there.
 
@@ -620,7 +625,7 @@ class SnapshotBuilder:
             self._stopping = True
             self._cond.notify_all()
         if self._thread is not None:
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=BUILD_STOP_WAIT_S)
             self._thread = None
 
     def _run(self) -> None:

@@ -8,6 +8,7 @@ builds) see one consistent state. Connections are per thread.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 from collections import defaultdict
@@ -47,6 +48,8 @@ from .hub_store import (
     Publication,
     RowProblem,
 )
+
+log = logging.getLogger("tillpoint.hub")
 
 BUSY_TIMEOUT_MS = 30_000
 MAX_PROBLEMS = 10
@@ -282,7 +285,8 @@ class SqliteHubStore(SqlHubStore):
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        # every connection opened, with the thread it belongs to (`close`)
+        self._all: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._guard = threading.Lock()
         try:
             # the till's files' mechanism: pending steps under the write lock, and a file
@@ -311,7 +315,7 @@ class SqliteHubStore(SqlHubStore):
                 raise StorageError(f"cannot open the hub database {self.path}: {exc}") from None
             self._local.conn = conn
             with self._guard:
-                self._all.append(conn)
+                self._all.append((threading.current_thread(), conn))
         return conn
 
     def _write(self) -> AbstractContextManager[sqlite3.Connection]:
@@ -339,12 +343,25 @@ class SqliteHubStore(SqlHubStore):
         return nullcontext()  # one machine: the snapshot directory's file locks suffice
 
     def close(self) -> None:
+        """Close this thread's connection and those of threads that have ended. Another
+        live thread's connection is left to it: closed here, it was freed under the
+        statement that thread was running, a segmentation fault (review 42: `hub serve`
+        stopped while its snapshot builder built, which the stop waits 10 s for). The
+        store lets go of it, so it closes when that thread lets go of it too."""
+        me = threading.current_thread()
         with self._guard:
-            for conn in self._all:
+            closing, self._all = self._all, []
+        left = 0
+        for owner, conn in closing:
+            if owner is me or not owner.is_alive():
                 with suppress(sqlite3.Error):
                     conn.close()
-            self._all.clear()
+            else:
+                left += 1
+        del closing
         self._local = threading.local()
+        if left:
+            log.info("hub database: %d connection(s) of threads still running left to them", left)
 
     # ------------------------------------------------------------ master data
 

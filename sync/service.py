@@ -58,6 +58,9 @@ from .till import TillAgent
 
 log = logging.getLogger("tillpoint.sync")
 CONTACT_EVERY_S = 30.0  # lastContactAt is written at most this often (the ledger is on flash)
+# How long `SyncService.stop` waits for its threads (one bound for all of them): the hub
+# call on its way (`call_timeout_s`, 5 s by default) and the ledger's busy wait.
+STOP_WAIT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -159,12 +162,26 @@ class SyncService:
         sub = self._subscription
         if sub is not None:
             sub.cancel()
-        deadline = time.monotonic() + 10  # one bound for all of them, not 10 s each
+        deadline = time.monotonic() + STOP_WAIT_S  # one bound for all of them, not each
         for thread in self._threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
-        self._persist_mode()
-        self.pusher.close()
+        if self._sync_thread_running():
+            # Still on a hub call or a busy ledger: the pusher's connection is the sync
+            # thread's, closed by that thread when it ends (`_loop`). Closed here, it was
+            # freed under a statement the thread was running: a segmentation fault
+            # (review 42). The link's close below cancels the hub call it waits for.
+            log.warning(
+                "stopping: the sync thread is still running after %.0f s; it closes its"
+                " ledger connection when it ends",
+                STOP_WAIT_S,
+            )
+        else:
+            self._persist_mode()
+            self.pusher.close()
         self.link.close()
+
+    def _sync_thread_running(self) -> bool:
+        return any(t.name == "tillpoint-sync" and t.is_alive() for t in self._threads)
 
     def trigger_pull(self) -> None:
         self._pull_now.set()
@@ -194,6 +211,15 @@ class SyncService:
     # ------------------------------------------------------------ the sync thread
 
     def _loop(self) -> None:
+        try:
+            self._rounds()
+        finally:
+            if self._stop.is_set():  # a stop that did not wait this long left them to it
+                with contextlib.suppress(Exception):
+                    self._persist_mode()
+                self.pusher.close()
+
+    def _rounds(self) -> None:
         t = self.timings
         pull_backoff, push_backoff = self.pull_backoff, self.push_backoff
         next_pull = next_push = time.monotonic()

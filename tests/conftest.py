@@ -136,11 +136,14 @@ def grpc_served(agent: Agent, **settings: Any) -> Iterator[int]:
     loopback port, for the block; yields the port."""
     from tillpoint.agent.server import build_server
 
-    server, port, _ = build_server(agent, "127.0.0.1:0", **settings)
+    server, port, health = build_server(agent, "127.0.0.1:0", **settings)
     server.start()
     try:
         yield port
     finally:
+        # the follower of an open health Watch reads the agent: ended before its owner
+        # closes it, as `run` stops it first (review 42)
+        health.stop_following()
         server.stop(0).wait()
 
 

@@ -239,7 +239,14 @@ def test_tillpoint_run_sweeps_expired_holds_without_anyone_asking(
     try:
         clock.advance(600)
         state = "SELECT state FROM receipt_life WHERE receipt_id = 'r1'"
-        wait_for(lambda: till._ledger.execute(state).fetchone() == ("EXPIRED",), timeout=5)
+
+        def expired() -> bool:
+            # the writer's connection, which the sweeper's thread uses under the lock
+            # (review 42: read beside it, two threads used one connection at once)
+            with till._lock:
+                return bool(till._ledger.execute(state).fetchone() == ("EXPIRED",))
+
+        wait_for(expired, timeout=5)
     finally:
         stop()
 

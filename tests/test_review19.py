@@ -384,7 +384,7 @@ def test_open_health_watches_and_reflection_streams_leave_the_pos_its_workers(
 
     agent = Agent(tmp_path / "data", "till-1")
     agent.load_snapshot(snapshot())
-    server, port, _ = build_server(agent, "127.0.0.1:0", max_workers=8)
+    server, port, health = build_server(agent, "127.0.0.1:0", max_workers=8)
     server.start()
     own = [("grpc.use_local_subchannel_pool", 1)]  # a connection each, as separate clients
     channels = [grpc.insecure_channel(f"127.0.0.1:{port}", options=own) for _ in range(19)]
@@ -415,6 +415,7 @@ def test_open_health_watches_and_reflection_streams_leave_the_pos_its_workers(
             stream.cancel()
         for channel in channels:
             channel.close()
+        health.stop_following()  # its Watches' follower reads the agent closed next
         server.stop(0).wait()
         agent.close()
 

@@ -183,7 +183,7 @@ def test_the_tills_health_watch_follows_a_cache_that_goes_bad(tmp_path: Path) ->
 
     agent = Agent(tmp_path, "till-1")
     agent.load_snapshot(snapshot())
-    server, port, _ = build_server(agent, "127.0.0.1:0")
+    server, port, health = build_server(agent, "127.0.0.1:0")
     server.start()
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -208,6 +208,7 @@ def test_the_tills_health_watch_follows_a_cache_that_goes_bad(tmp_path: Path) ->
             finally:
                 stream.close()
     finally:
+        health.stop_following()  # its Watch's follower reads the agent closed next
         server.stop(0).wait()
         agent.close()
 

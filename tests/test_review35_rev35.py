@@ -355,7 +355,10 @@ def test_after_a_step_a_till_no_pos_calls_expires_its_hold_on_time_by_the_timer_
 
 
 def _state(agent: Any, rid: str) -> str:
-    row = agent._life(rid)
+    # the writer's connection, under the lock its other users hold (review 42: the hold
+    # timer's thread used it at the same time)
+    with agent._lock:
+        row = agent._life(rid)
     return str(row.state)
 
 
