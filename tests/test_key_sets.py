@@ -3,70 +3,51 @@ set (`pki._write_set`): a crash at any point of a renewal leaves the old set or 
 one, never a key beside another key's certificate (every TLS handshake would fail, and the
 till would only say that the hub is unreachable).
 
-Each crash is real: a forked child replaces the set and SIGKILLs itself just before its
-n-th rename, for every n until one run finishes; the parent then reads the files the way
-the agent and the hub do."""
+Each crash is real: a forked child (of a fork server, not of the pytest worker) replaces
+the set and SIGKILLs itself just before its n-th rename, for every n until one run
+finishes; the parent then reads the files the way the agent and the hub do."""
 
 from __future__ import annotations
 
-import os
+import multiprocessing
 import shutil
 import signal
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from tillpoint.sync import is_enrolled, pki
 
+from . import forked
 from .conftest import CLI
 
 RECEIPT = Path(__file__).resolve().parents[1] / "examples" / "receipt-card.json"
 
 
-def crashed_at(rename: int, work: Callable[[], object]) -> bool:
-    """Run `work` in a forked child killed just before its `rename`-th os.replace; True
-    when it was killed (False: it finished with fewer renames)."""
-    # A child that died in the fork itself (SIGSEGV in a library's at-fork handler, before
-    # `fork` returned to it: the worker's other threads, gRPC's from earlier tests, seen on
-    # a loaded machine in review 40) did none of the work: forked again. It says so on a
-    # pipe as its first act.
-    for _ in range(5):
-        began, said = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(began)
-            os.write(said, b"!")
-            os.close(said)
-            break
-        os.close(said)
-        _, status = os.waitpid(pid, 0)
-        forked = os.read(began, 1) == b"!"
-        os.close(began)
-        if forked or not os.WIFSIGNALED(status) or os.WTERMSIG(status) != signal.SIGSEGV:
-            break
-    else:
-        raise AssertionError("five forks died in the fork itself")
-    if pid == 0:  # the child: no pytest code runs here, only the work and an exit
-        try:
-            real, seen = os.replace, [0]
+# The children are forked from multiprocessing's fork server, a process of its own that
+# imports only the code under test, never from the pytest worker (review 42, ledger42):
+# a worker holds the threads of earlier tests (gRPC's, a hub's), and a child forked from
+# it died in a library's at-fork handler or, once the fork had returned, in `pathlib`
+# (SIGSEGV; review 40 forked again when it died in the fork itself, which did not cover
+# the second).
+FORKS = multiprocessing.get_context("forkserver")
+FORKS.set_forkserver_preload(["tillpoint.sync.pki", "tests.forked"])
 
-            def replace(src: object, dst: object) -> None:
-                seen[0] += 1
-                if seen[0] == rename:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                real(src, dst)  # type: ignore[arg-type]
 
-            os.replace = replace  # type: ignore[assignment]
-            work()
-            os._exit(0)
-        except BaseException:
-            os._exit(3)
-    if os.WIFSIGNALED(status):
-        assert os.WTERMSIG(status) == signal.SIGKILL
+def crashed_at(rename: int, work: Callable[..., object], *args: Any) -> bool:
+    """Run `work(*args)` in a forked child killed just before its `rename`-th os.replace;
+    True when it was killed (False: it finished with fewer renames)."""
+    child = FORKS.Process(target=forked.killed_before, args=(rename, work, args))
+    child.start()
+    child.join(60)
+    assert child.exitcode is not None, "the child did not end within 60 s"
+    if child.exitcode < 0:
+        assert child.exitcode == -signal.SIGKILL, f"the child died of signal {-child.exitcode}"
         return True
-    assert os.WEXITSTATUS(status) == 0, "the child failed before its crash point"
+    assert child.exitcode == 0, "the child failed before its crash point"
     return False
 
 
@@ -94,7 +75,7 @@ def test_a_till_s_renewal_crashed_anywhere_leaves_the_old_set_or_the_new(
     for rename in range(1, 30):
         till = tmp_path / f"till-{rename}"
         shutil.copytree(installed, till)
-        killed = crashed_at(rename, lambda till=till: pki.install_bundle(till, renewal, "till-1"))
+        killed = crashed_at(rename, pki.install_bundle, till, renewal, "till-1")
         assert is_enrolled(till)
         enrollment = pki.load_enrollment(till)
         assert enrollment is not None
@@ -122,7 +103,7 @@ def test_a_first_install_crashed_after_its_commit_point_is_an_enrolment(
     states = set()
     for rename in range(1, 30):
         till = tmp_path / f"till-{rename}"
-        killed = crashed_at(rename, lambda till=till: pki.install_bundle(till, bundle, "till-1"))
+        killed = crashed_at(rename, pki.install_bundle, till, bundle, "till-1")
         enrollment = pki.load_enrollment(till) if is_enrolled(till) else None
         if enrollment is not None:
             _, key, cert = enrollment.channel_material()
