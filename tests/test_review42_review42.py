@@ -30,6 +30,8 @@ import pytest
 
 from bench import ports
 
+from .conftest import needs_ipv6
+
 # ---------------------------------------------------------------- 1. bench/ports.py
 
 
@@ -85,6 +87,23 @@ def test_a_port_held_below_the_range_is_passed_over(
         monkeypatch.setattr(ports, "_cycle", None)
         got = ports.free_port()
         assert got != port and got > 0
+
+
+@needs_ipv6
+def test_a_port_another_program_holds_on_ipv6_loopback_is_passed_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Servers given a `free_port` listen on `localhost:PORT` (127.0.0.1 and ::1) and on
+    `[::1]:PORT` (reviews 35-37's tests): a port held on ::1 alone was handed out (the
+    probe bound 127.0.0.1 only), and the run refused it as another program's."""
+    with socket.socket(socket.AF_INET6) as held:
+        held.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        held.bind(("::1", 0))
+        port = held.getsockname()[1]
+        held.listen()
+        monkeypatch.setattr(ports, "candidates", lambda: [port])
+        monkeypatch.setattr(ports, "_cycle", None)
+        assert ports.free_port() != port
 
 
 @pytest.mark.parametrize(
