@@ -141,8 +141,13 @@ class Till:
         except BaseException:
             # the test fails here, and nobody holds this object to stop the run: stopped
             # now, or it outlived the test (its ports, its data directory) and the CI run
-            # (review 42, review42)
-            self.stop()
+            # (review 42, review42); killed when it does not end at SIGTERM
+            try:
+                self.stop()
+            finally:
+                if self.proc.poll() is None:
+                    self.proc.kill()
+                    self.proc.wait(timeout=TIMEOUT)
             raise
 
     def _wait_served(self) -> None:
