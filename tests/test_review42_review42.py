@@ -234,3 +234,59 @@ def test_a_sync_stop_that_sees_its_thread_end_opens_no_ledger_connection(
         till.authoriser.close()
         till.agent.close()
         hub.stop()
+
+
+def test_a_sync_stop_as_the_subscribe_stream_opens_ends_that_stream_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The subscribe thread that passed its `_stop` check just before a stop, and opened
+    its stream after the stop looked for one to cancel, was not cancelled: it followed
+    the hub's heartbeats until the stop's wait for it ran out (`STOP_WAIT_S`, 10 s) and
+    the link's close ended the stream. Now it cancels a stream opened after a stop."""
+    import sys as _sys
+
+    from tillpoint.sync import service as sync_service
+    from tillpoint.sync.client import HubLink
+    from tillpoint.sync.loopback import FAST, LoopbackHub, sample_master_data, wait_for
+    from tillpoint.sync.service import SyncService
+
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    till = hub.till("till-1", tmp_path / "till", start=False)
+    enrollment = till.link.enrollment
+    service = SyncService(till.agent, HubLink(hub.address, enrollment), enrollment, FAST)
+    real_version = sync_service.cache_version
+    at_open = threading.Event()
+
+    def version_at_open(data_dir: Path) -> int:
+        if hold.is_set() and _sys._getframe(1).f_code.co_name == "_subscribe":
+            at_open.set()  # past the `_stop` check, before the stream opens
+            assert service._stop.wait(30)
+        return int(real_version(data_dir))
+
+    hold = threading.Event()
+    monkeypatch.setattr(sync_service, "cache_version", version_at_open)
+    subscribe_alive_at_close: list[bool] = []
+    real_close = service.link.close
+
+    def close() -> None:
+        subscribe_alive_at_close.extend(
+            t.is_alive() for t in service._threads if t.name == "tillpoint-subscribe"
+        )
+        real_close()
+
+    monkeypatch.setattr(service.link, "close", close)
+    try:
+        service.start()
+        wait_for(lambda: service._subscription is not None, 30)
+        hold.set()
+        service._subscription.cancel()  # the stream reopens: held at its open
+        assert at_open.wait(30)
+        service.stop()
+        assert subscribe_alive_at_close == [False], "the stream opened after the stop ran on"
+    finally:
+        hold.clear()
+        service._stop.set()
+        till.link.close()
+        till.authoriser.close()
+        till.agent.close()
+        hub.stop()
