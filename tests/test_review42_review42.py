@@ -14,6 +14,8 @@
 - `SyncService.stop` after session 42's change (ledger42: the sync thread closes the
   pusher's ledger connection when a stop ends it): a stop that sees the thread end opens
   no ledger connection of its own (no reopen through `Pusher.conn`) and leaves none open.
+  And a subscribe stream opened just after a stop looked for one to cancel ran on until
+  the stop's 10 s wait for it ran out: it is cancelled by its own thread now.
 """
 
 from __future__ import annotations
