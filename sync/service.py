@@ -381,7 +381,7 @@ class SyncService:
                     # a stop between this loop's check and the line above found no
                     # stream to cancel: this one ran on, heartbeat after heartbeat, until
                     # the stop's wait (`STOP_WAIT_S`) ran out (review 42, review42)
-                    call.cancel()
+                    self._subscription.cancel()
                 silence = _Silence(call, 45.0)
                 try:
                     for note in call:
