@@ -12,6 +12,7 @@ share of them, and a process never hands out the same port twice in a row.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import random
@@ -71,12 +72,33 @@ def free_port() -> int:
         _cycle, _pid = itertools.cycle(candidates() or [0]), os.getpid()
     for _ in range(200):
         port = next(_cycle)
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:  # held (a listener, a connection's end, TIME_WAIT): the next
-                continue
-            return int(probe.getsockname()[1])
-    with socket.socket() as probe:  # nothing free below the range: the kernel's pick
+        if port == 0:  # no room outside the range: the kernel's pick (below)
+            break
+        if _free_on_loopback(port):
+            return port
+    with socket.socket() as probe:  # nothing free outside the range: the kernel's pick
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def _free_on_loopback(port: int) -> bool:
+    """Whether `port` binds on 127.0.0.1 and, where the host has one, on ::1: servers
+    given it listen on `localhost:PORT` (both) or `[::1]:PORT` too, and a port another
+    program held on ::1 alone was handed out (review 42, review42)."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:  # held (a listener, a connection's end, TIME_WAIT): the next
+            return False
+        try:
+            probe6 = socket.socket(socket.AF_INET6)
+        except OSError:  # no IPv6 here at all
+            return True
+        with probe6:
+            probe6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe6.bind(("::1", port))
+            except OSError as exc:
+                # held there; or no ::1 on this host (nothing can hold it then)
+                return exc.errno == errno.EADDRNOTAVAIL
+        return True

@@ -377,6 +377,11 @@ class SyncService:
                     timeout=self.timings.subscribe_max_s,
                 )
                 self._subscription = call
+                if self._stop.is_set():
+                    # a stop between this loop's check and the line above found no
+                    # stream to cancel: this one ran on, heartbeat after heartbeat, until
+                    # the stop's wait (`STOP_WAIT_S`) ran out (review 42, review42)
+                    self._subscription.cancel()
                 silence = _Silence(call, 45.0)
                 try:
                     for note in call:

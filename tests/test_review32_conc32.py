@@ -136,17 +136,31 @@ class Till:
                 env=env(),
             )
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}")
-        ready = grpc.channel_ready_future(self.channel)
+        try:
+            self._wait_served()
+        except BaseException:
+            # the test fails here, and nobody holds this object to stop the run: stopped
+            # now, or it outlived the test (its ports, its data directory) and the CI run
+            # (review 42, review42); killed when it does not end at SIGTERM
+            try:
+                self.stop()
+            finally:
+                if self.proc.poll() is None:
+                    self.proc.kill()
+                    self.proc.wait(timeout=TIMEOUT)
+            raise
+
+    def _wait_served(self) -> None:
+        self._ready = ready = grpc.channel_ready_future(self.channel)
         # A run that ended before it served is said at once, with its log (review 42: one
         # that could not bind its port was waited for 60 s and told as a gRPC time-out).
         wait_for(lambda: ready.done() or self.proc.poll() is not None, TIMEOUT)
         if self.proc.poll() is not None:
-            self.channel.close()
             tail = self.log.read_text(encoding="utf-8", errors="replace")[-2000:]
             raise AssertionError(f"tillpoint run ended ({self.proc.returncode}) unserved:\n{tail}")
         self.stub = pb_grpc.PosAgentStub(self.channel)
         wait_for(lambda: self.healthy(), TIMEOUT)
-        wait_for(lambda: (data / "serving.json").exists(), TIMEOUT)
+        wait_for(lambda: (self.data / "serving.json").exists(), TIMEOUT)
 
     def healthy(self) -> bool:
         try:
@@ -158,6 +172,17 @@ class Till:
             return False
 
     def stop(self) -> None:
+        # a readiness wait still watching the channel (a run that ended unserved) is ended
+        # first: the channel closed under grpcio's polling thread made it die with
+        # "Cannot monitor channel state: Channel closed!" (review 42, review42), as
+        # `HubLink.close` found
+        ready = getattr(self, "_ready", None)
+        if ready is not None and not ready.done():
+            ready.cancel()
+            polling = getattr(self.channel, "_connectivity_state", None)
+            deadline = time.monotonic() + 2
+            while getattr(polling, "polling", False) and time.monotonic() < deadline:
+                time.sleep(0.01)
         self.channel.close()
         if self.proc.poll() is None:
             self.proc.terminate()

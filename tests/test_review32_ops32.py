@@ -266,9 +266,10 @@ def _mount_namespace() -> list[str] | None:
 
 
 def _free_port6() -> int:
-    with socket.socket(socket.AF_INET6) as s:
-        s.bind(("::1", 0))
-        return int(s.getsockname()[1])
+    """A port free on ::1 for the run, below the ephemeral range (`free_port`, which
+    probes ::1 too): a port-0 pick can be taken by an outgoing connection before the
+    run binds it (review 42)."""
+    return free_port()
 
 
 @pytest.mark.slow  # a `tillpoint run` in a namespace of its own: ~5 s

@@ -11,7 +11,6 @@ import inspect
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -269,9 +268,7 @@ def test_run_names_an_ipv6_http_listen_in_brackets_in_its_log(
     support reads to find where the POS should connect, said "HTTP interface on
     ::1:43719", an address that reads as a host and a port either way (the gRPC line
     keeps the brackets as written)."""
-    with socket.socket(socket.AF_INET6) as probe:  # a port free on ::1
-        probe.bind(("::1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # free on ::1 too, below the ephemeral range (review 42)
     conf = _config(tmp_path, "127.0.0.1:0", f"[::1]:{port}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
     run = subprocess.Popen([EXE, "--config", str(conf), "run"], env=env, stderr=subprocess.PIPE)
