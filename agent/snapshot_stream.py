@@ -131,26 +131,29 @@ def _wide_object(head: bytes) -> bool:
 def stream_lines(stream: Any, first: bytes | str | None = None) -> Iterator[bytes | str]:
     """The lines of `stream` (a binary or text file, standard input, a pipe), each with its
     newline, none read past `limits.LINE_MAX_BYTES` (refused naming it: one 300 MB line
-    grew `snapshot load` by ~1 GB until review 42, left42); `first`: its
-    first line when already read, whole or in part (the rest of that line follows)."""
+    grew `snapshot load` by ~1 GB until review 42, left42); `first`: its first line when
+    already read, whole or in part (the rest of that line follows)."""
     limit = limits.LINE_MAX_BYTES
     readline = stream.readline
     n = 1
     if first is not None:
-        newline = "\n" if isinstance(first, str) else b"\n"
-        if first and not first.endswith(newline) and len(first) <= limit:
+        if first and not _ends_a_line(first) and len(first) <= limit:
             first += readline(limit + 1 - len(first))
-        if len(first) > limit and not first.endswith(newline):
+        if len(first) > limit and not _ends_a_line(first):
             raise InputError(limits.line_too_long(1))
         if not first:
             return
         yield first
         n = 2
     while line := readline(limit + 1):
-        if len(line) > limit and not line.endswith(b"\n" if isinstance(line, bytes) else "\n"):
+        if len(line) > limit and not _ends_a_line(line):
             raise InputError(limits.line_too_long(n))
         yield line
         n += 1
+
+
+def _ends_a_line(text: bytes | str) -> bool:
+    return text.endswith(b"\n") if isinstance(text, bytes) else text.endswith("\n")
 
 
 def is_jsonl(first_line: bytes | str) -> bool:
