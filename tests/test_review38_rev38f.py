@@ -126,7 +126,7 @@ def test_a_hub_in_the_same_process_keeps_its_busy_wait_after_sync_now(
     assert sold.code == 0, sold.err
     done = cli("sync", "now", "--timeout", "30", "--json")
     assert done.code == 0, done.err
-    conns = list(hub.store._all)
+    conns = [conn for _, conn in hub.store._all]  # (thread, connection), ledger42
     assert conns
     assert {_busy_ms(conn) for conn in conns} == {30_000}
 
