@@ -291,7 +291,8 @@ def run(settings: Settings, config_file: Path | None = None) -> int:
 
 # The bounds of a graceful stop's parts, seconds (see `run` and `stop_side_by_side`): the
 # in-flight calls' grace; the customer display's stop before the print worker's; the
-# hold sweeper and the sync threads' hub calls; and a margin for closing the files.
+# hold sweeper's hub calls and the sync threads (their hub calls cancelled at once: what
+# is no hub call, a busy ledger, an apply); and a margin for closing the files.
 STOP_GRACE_S = 5.0
 STOP_DISPLAY_S = 2.0
 STOP_HUB_SIDE_S = 15.0
@@ -330,8 +331,8 @@ def stop_time_s(printer: Any, redeem_timeout_s: float = 0.0) -> float:
 def stop_side_by_side(lines: list[list[Callable[[], None]]], log: Any) -> None:
     """Run each line of stops (in its order) beside the others, and wait for all of them.
     Each stop has its own bound (the print worker waits for a job's confirmation:
-    confirm_timeout_s + status_timeout_s + 5 s; the hold sweeper 5 s; the sync threads for
-    the hub call on its way: 10 s), and one after another they added up past the unit's
+    confirm_timeout_s + status_timeout_s + 5 s; the hold sweeper 5 s; the sync threads 10 s,
+    their hub calls cancelled first), and one after another they added up past the unit's
     TimeoutStopSec (30 s): systemd then killed the agent with the coupon it was confirming
     left SENDING. Side by side the stop takes the longest line."""
     import threading

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from . import cache as cache_mod
-from . import errors
+from . import errors, limits
 from .db import BUILDING, open_cache, phone_secret, remove_stale_builds, write_transaction
 from .errors import InputError, StorageError, TillpointError, UnreadableFile
 from .models import ROW_MODELS, SnapshotHeader
@@ -241,11 +241,12 @@ def _header_and_plan(
         end = offset + length
         if end > len(mm) or offset < 0:
             raise InputError("snapshot: the payload lies outside its file")
-        mm.seek(offset)
-        header, _ = read_lines(_lines(mm, offset, end), ignored)
-        body = mm.tell()
-        with open(source, "rb", buffering=0) as raw:
-            marks = _sections(raw, body, end)
+        # the header read from the file, its line bounded (a mapping's readline has no
+        # bound: a 300 MB header line was copied whole; review 42, left42)
+        with open(source, "rb") as head, open(source, "rb", buffering=0) as raw:
+            header, _ = read_lines(_lines(head, offset, end), ignored)
+            body = head.tell()
+            marks = _sections(raw, body, end, first_line=_newlines(raw, offset, body) + 1)
         return header, _plan(mm, body, end, marks, workers, min_chunk)
     finally:
         mm.close()
@@ -257,33 +258,55 @@ def _plan_of(
     return _header_and_plan(source, offset, length, workers, min_chunk, set())[1]
 
 
-def _lines(src: mmap.mmap | BinaryIO, start: int, end: int) -> Iterator[bytes]:
-    """The lines of src's bytes [start, end) (each with its newline), from a mapping or a
-    file; `end` is at a line's end."""
+def _lines(src: BinaryIO, start: int, end: int) -> Iterator[bytes]:
+    """The lines of src's bytes [start, end) (each with its newline); `end` is at a line's
+    end. None is read past `limits.LINE_MAX_BYTES`: a longer one is refused as "snapshot
+    line N" counting from `start`'s line as 1 (a worker's error is numbered so, `work`)."""
+    bound = limits.LINE_MAX_BYTES
     src.seek(start)
     readline = src.readline
     pos = start
+    n = 0
     while pos < end:
-        line = readline()
+        line = readline(bound + 1)
         if not line:
             return
+        n += 1
         pos += len(line)
-        yield line if pos <= end else line[: len(line) - (pos - end)]
+        if pos > end:
+            line = line[: len(line) - (pos - end)]
+        if len(line) > bound and not line.endswith(b"\n"):
+            raise InputError(limits.line_too_long(n))
+        yield line
 
 
-def _sections(fh: BinaryIO, start: int, end: int, block: int = 16 << 20) -> list[int]:
+def _sections(
+    fh: BinaryIO, start: int, end: int, block: int = 16 << 20, first_line: int = 1
+) -> list[int]:
     """Where each section line starts: a line whose text, stripped as `snapshot_stream`
     strips it, starts with `{"section"` (found by a scan for that text, read in 16 MB
     blocks, not mapped: mapped pages would count in this process's RSS; inside a JSON
-    string the quotes would be escaped)."""
+    string the quotes would be escaped).
+
+    A line longer than `limits.LINE_MAX_BYTES` is refused here, naming it (`first_line`:
+    the file's number of the line at `start`), before a worker starts: the scan carried a
+    line's bytes from block to block, and a 300 MB line was copied whole at each (and
+    then read whole by a worker: ~950 MB; review 42, left42)."""
+    bound = limits.LINE_MAX_BYTES
+    block = min(block, bound)  # a line inside one block is within the bound
     pattern = b'{"section"'
     marks: list[int] = []
     fh.seek(start)
     pos, carry = start, b""  # carry: the current line's bytes before this block
+    number = first_line  # the file's number of carry's line
     while pos < end:
         chunk = fh.read(min(block, end - pos))
         if not chunk:
             break
+        ends = chunk.find(b"\n")  # where carry's line ends, if in this block
+        if len(carry) + (len(chunk) if ends < 0 else ends) > bound:
+            raise InputError(limits.line_too_long(number))
+        number += chunk.count(b"\n")
         data, base = carry + chunk, pos - len(carry)
         at = data.find(pattern)
         while at >= 0:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import itertools
 import json
 import os
 import re
@@ -1026,7 +1025,7 @@ class _Loaded:
 def _snapshot_stream(agent: Any, stream: Any, name: str) -> Any:
     """A snapshot read once from a stream (standard input, a pipe): the JSON document it
     holds, or, for JSON Lines, `_Loaded` once it is applied row by row as it is read."""
-    from .snapshot_stream import is_jsonl, keep_repeats, refuse_non_object
+    from .snapshot_stream import is_jsonl, keep_repeats, refuse_non_object, stream_lines
 
     try:
         first = _head_line(stream)
@@ -1035,9 +1034,9 @@ def _snapshot_stream(agent: Any, stream: Any, name: str) -> Any:
             from tillpoint.sync import refuse_plain_if_enrolled
 
             refuse_plain_if_enrolled(agent.data_dir)
-            if not head.endswith(b"\n"):  # a header line longer still: all of it
-                first += stream.readline()
-            return _Loaded(agent.load_snapshot_lines(itertools.chain([first], stream)))
+            # the header line's rest (a longer one), then the rows: no line read past
+            # `LINE_MAX_BYTES` (review 42, left42: each was read whole)
+            return _Loaded(agent.load_snapshot_lines(stream_lines(stream, first)))
         refuse_non_object(head, name)  # not `/dev/zero` read whole
         rest = _bounded_rest(stream, STREAM_DOCUMENT_MAX_BYTES - len(head), name)
     except OSError as exc:

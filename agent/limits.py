@@ -10,6 +10,22 @@ from typing import Any
 TEXT_MAX = 128
 # One request (a receipt or refund file, a gRPC message to the PosAgent server), in bytes.
 REQUEST_MAX_BYTES = 4 << 20  # 4 MiB
+# A JSON Lines snapshot's line (the header, a section line, a row), at the till and at
+# the hub's `hub import` (its `ROW_MAX_BYTES`): a longer one is refused, naming its
+# number, before it is read whole. The till's reading had no bound, and one 300 MB line
+# (a file that is not JSON Lines, a producer that lost its newlines) grew `snapshot load`
+# by ~1 GB (review 42, left42; `hub import`'s 1.3 GB, polish42). 16 times a request's
+# 4 MiB: an offer naming four million SKUs, a header's `appliedThrough` of 500,000 tills.
+LINE_MAX_BYTES = 64 << 20
+
+
+def line_too_long(n: int) -> str:
+    """The refusal of a snapshot's line `n`, longer than `LINE_MAX_BYTES` (read when
+    said: a test makes the bound small)."""
+    return (
+        f"snapshot line {n}: longer than {LINE_MAX_BYTES >> 20} MiB"
+        " (one row a line: is the file JSON Lines?)"
+    )
 
 
 def has_lone_surrogate(doc: Any) -> bool:

@@ -114,6 +114,8 @@ class HubLink:
         self.last_contact: datetime | None = None
         self.last_failure: str | None = None
         self.changed = threading.Event()  # set whenever `online` flips
+        # `close` began: the calls it cancels say nothing of the hub (`failed`)
+        self.closing = False
         self._listeners: list[Callable[[], None]] = []
         self._connectivity: grpc.ChannelConnectivity | None = None
         # Connect now: every user of a link talks to the hub at once. gRPC's watch of the
@@ -186,6 +188,8 @@ class HubLink:
 
     def failed(self, exc: grpc.RpcError) -> str:
         message = self.describe(exc)
+        if self.closing:  # a call the link's close cancelled: the hub is as it was
+            return message
         code = exc.code() if isinstance(exc, grpc.Call) else None
         with self._lock:
             flipped = self.online
@@ -201,6 +205,9 @@ class HubLink:
         return message
 
     def close(self) -> None:
+        """Close the channel: every call on its way ends at once, CANCELLED (`tillpoint
+        run`'s stop closes it before it waits for the sync threads, review 42, left42)."""
+        self.closing = True
         self._listeners.clear()
         self.channel.unsubscribe(self._watch)
         # grpcio's polling thread notices the unsubscribe only when its current 0.2 s watch

@@ -44,6 +44,7 @@ from typing import IO, Any
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import SchemaSerializer, SchemaValidator
+from tillpoint.agent import limits
 from tillpoint.agent.advice import whole_number_advice
 from tillpoint.agent.errors import InputError
 from tillpoint.agent.identify import ascii_digits, ean13_ok, normalise
@@ -337,7 +338,8 @@ CHUNK_LINES = 2000
 # JSON Lines, a producer that lost its newlines) took 650 MB (review 40, rev40f; review 42,
 # polish42). 16 times a POS request's 4 MiB (`limits.REQUEST_MAX_BYTES`): an offer naming
 # four million SKUs, or a header's `appliedThrough` of 500,000 tills, still fits.
-ROW_MAX_BYTES = 64 << 20
+# The till's `snapshot load` has the same bound (`limits.LINE_MAX_BYTES`, review 42, left42).
+ROW_MAX_BYTES = limits.LINE_MAX_BYTES
 
 
 def _line_too_long(number: int) -> InputError:

@@ -361,7 +361,8 @@ class Puller:
                 result = self._pull(progress)
             except (grpc.RpcError, PullInterrupted) as exc:
                 message = self.link.failed(exc) if isinstance(exc, grpc.RpcError) else str(exc)
-                self._record({"error:pull": state.error_value(f"pull: {message}")})
+                if not self.link.closing:  # a stop's cancel: resumed by the next pull
+                    self._record({"error:pull": state.error_value(f"pull: {message}")})
                 raise
             now = state.now_text()
             if result.status == "REFUSED" and not result.remembered:

@@ -379,5 +379,6 @@ class Pusher:
                         return sent  # the hub took nothing: do not spin
             except grpc.RpcError as exc:
                 message = self.link.failed(exc)
-                state.put(self.conn, {"error:push": state.error_value(f"push: {message}")})
+                if not self.link.closing:  # a stop's cancel is no failure of the push
+                    state.put(self.conn, {"error:push": state.error_value(f"push: {message}")})
                 raise

@@ -58,8 +58,9 @@ from .till import TillAgent
 
 log = logging.getLogger("tillpoint.sync")
 CONTACT_EVERY_S = 30.0  # lastContactAt is written at most this often (the ledger is on flash)
-# How long `SyncService.stop` waits for its threads (one bound for all of them): the hub
-# call on its way (`call_timeout_s`, 5 s by default) and the ledger's busy wait.
+# How long `SyncService.stop` waits for its threads (one bound for all of them), once it
+# has closed the hub link (which ends the hub call on its way at once): a step that is no
+# hub call (the ledger's busy wait, a snapshot's apply).
 STOP_WAIT_S = 10.0
 
 
@@ -162,14 +163,22 @@ class SyncService:
         sub = self._subscription
         if sub is not None:
             sub.cancel()
+        # The hub calls on their way end now (CANCELLED), not at their deadline: the stop
+        # waited up to STOP_WAIT_S for them first, and a thread that outwaited it kept its
+        # connection past the stop (review 42, left42). What the hub did not acknowledge
+        # stays owed: a push in the outbox (sent again, taken as the duplicate it is if the
+        # hub had stored it), a pull's file where it got to (resumed). The recovery
+        # listeners go with the link: the hold sweeper, which sends releases on it, is
+        # stopped before this (`run`).
+        self.link.close()
         deadline = time.monotonic() + STOP_WAIT_S  # one bound for all of them, not each
         for thread in self._threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
         if self._sync_thread_running():
-            # Still on a hub call or a busy ledger: the pusher's connection is the sync
+            # Still on a busy ledger or an apply: the pusher's connection is the sync
             # thread's, closed by that thread when it ends (`_loop`). Closed here, it was
             # freed under a statement the thread was running: a segmentation fault
-            # (review 42). The link's close below cancels the hub call it waits for.
+            # (review 42).
             log.warning(
                 "stopping: the sync thread is still running after %.0f s; it closes its"
                 " ledger connection when it ends",
@@ -178,7 +187,6 @@ class SyncService:
         else:
             self._persist_mode()
             self.pusher.close()
-        self.link.close()
 
     def _sync_thread_running(self) -> bool:
         return any(t.name == "tillpoint-sync" and t.is_alive() for t in self._threads)
@@ -242,6 +250,8 @@ class SyncService:
                 else:
                     pull_failed_at = self._recoveries
                     next_pull = time.monotonic() + pull_backoff.next()
+            if self._stop.is_set():  # no call on a closed link (ValueError, not RpcError)
+                break
             if time.monotonic() >= next_push:
                 if self._guarded("push", self._push_once, False):
                     push_backoff.reset()
@@ -265,6 +275,11 @@ class SyncService:
         try:
             return step()
         except Exception as exc:
+            if self._stop.is_set() and self.link.closing:
+                # the stop closed the link under the step (a call on a closed channel is
+                # a ValueError): nothing went wrong
+                log.debug("%s ended by the stop: %r", area, exc)
+                return failed
             text = f"{area}: unexpected error: {exc!r}"
             if self._said.get(area) != text:
                 log.exception("%s failed unexpectedly; will retry", area)
@@ -284,7 +299,8 @@ class SyncService:
             self.pusher.know_mark()
             result = self.puller.pull()
         except grpc.RpcError as exc:
-            self._say("pull", f"pull failed: {self.link.last_failure or exc}")
+            if not self.link.closing:  # a stop's cancel says nothing
+                self._say("pull", f"pull failed: {self.link.last_failure or exc}")
             return 1.0
         except (PullInterrupted, SyncBusy) as exc:
             self._say("pull", f"pull: {exc}")
@@ -309,7 +325,8 @@ class SyncService:
             self._said.pop("push", None)
             return True
         except grpc.RpcError as exc:
-            self._say("push", f"push failed, will retry: {self.link.last_failure or exc}")
+            if not self.link.closing:  # a stop's cancel says nothing
+                self._say("push", f"push failed, will retry: {self.link.last_failure or exc}")
             return False
         except SyncBusy:
             return False
@@ -404,6 +421,10 @@ class SyncService:
                     self._wake.set()
             except TillpointError as exc:
                 log.warning("subscribe: %s", exc.message)
+            except ValueError:  # a stream opened as the stop closed the link ("closed channel")
+                if self._stop.is_set():
+                    return
+                raise
             finally:
                 self._subscription = None
             self._back_off(backoff)

@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from tillpoint.agent import limits
 from tillpoint.agent.errors import SnapshotCorrupted, SnapshotRefused
 
 if TYPE_CHECKING:
@@ -321,7 +322,7 @@ def verify_file(
     _check_sha256(digest, declared_sha256)
     _check_signature(public_key, signature, size, digest)
     with open(path, "rb") as fh:
-        first = fh.readline()
+        first = fh.readline(limits.LINE_MAX_BYTES + 1)  # a longer JSON Lines header: refused
         if not (first.lstrip().startswith(b"{") and SNAPSHOT_JSONL.encode() in first):
             first = first + fh.read()  # a plain JSON document (small): read whole
     header = read_header(first)
@@ -350,6 +351,9 @@ def read_header(payload: bytes) -> dict[str, Any]:
     """The header of a JSON Lines payload (its first line), or the whole JSON document."""
     first, _, _ = payload.partition(b"\n")
     text = first if first.lstrip().startswith(b"{") and SNAPSHOT_JSONL.encode() in first else None
+    if text is not None and len(text) > limits.LINE_MAX_BYTES:
+        # as the rows' reading refuses it (review 42, left42), before it is read as JSON
+        raise SnapshotRefused(f"snapshot refused: {limits.line_too_long(1)}")
     try:
         doc = json.loads((text or payload).decode("utf-8"), parse_float=_no_float)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
