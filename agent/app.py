@@ -221,11 +221,19 @@ def run(settings: Settings, config_file: Path | None = None) -> int:
     forward.withdraw(settings.data_dir)  # a file a dead agent left
     unpublish = None
     if http_server is not None:
-        http_server.start()
+        # The CLI forwards its calls to this agent while it serves (agent/forward.py).
+        # Written before the interface answers: once /healthz says 200, a CLI call goes
+        # to this agent (published after, a POS that waited for /healthz had its next CLI
+        # checkout run in a process of its own, without this run's printer; CI, review 43).
+        # A call in between finds no listener yet and runs locally, as with no file.
+        unpublish = forward.publish(settings.data_dir, http_server, token=bool(settings.http.token))
+        try:
+            http_server.start()
+        except BaseException:
+            unpublish()
+            raise
         # an IPv6 host in brackets, as the "cannot listen" lines name it (review 37)
         log.info("HTTP interface on %s", listen_text(http_server.host, http_server.port))
-        # The CLI forwards its calls to this agent while it serves (agent/forward.py).
-        unpublish = forward.publish(settings.data_dir, http_server, token=bool(settings.http.token))
     from .cli import version_text
 
     # The journal's first words for support: the release, and the snapshot served.

@@ -501,7 +501,10 @@ def test_run_exits_with_one_line_when_its_grpc_port_is_another_programs_on_ipv6(
         [
             sys.executable,
             "-c",
-            "import socket, sys\ns = socket.socket(socket.AF_INET6)\ns.bind(('::1', 0))\n"
+            # a port below the ephemeral range: the run binds its number on 127.0.0.1 too,
+            # where an outgoing connection's end may hold the kernel's pick (CI, review 43)
+            "import socket, sys\ns = socket.socket(socket.AF_INET6)\n"
+            f"s.bind(('::1', {free_port()}))\n"
             "s.listen()\nprint(s.getsockname()[1], flush=True)\nsys.stdin.read()\n",
         ],
         stdin=subprocess.PIPE,

@@ -16,20 +16,27 @@ from typing import Any
 import pytest
 from tillpoint.agent import config
 
-from .conftest import needs_ipv6
+from .conftest import free_port, needs_ipv6
 
 # ---------------------------------------- 1. another program on the gRPC port
 
 # Another program: listens on HOST (IPv6 with V6ONLY as told) on a port of its own, says
 # the port, and holds it until its stdin closes.
+# The port comes from `free_port` (below the ephemeral range): the tests then bind the
+# same number on another address, which an outgoing connection's end held once when the
+# holder took the kernel's pick (CI, review 43: "0.0.0.0:32885: Address already in use").
 _HOLDER = """
 import socket, sys
-host, v6only = sys.argv[1], sys.argv[2] == "1"
+host, v6only, port = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3])
 family = socket.AF_INET6 if ":" in host else socket.AF_INET
 s = socket.socket(family)
 if family == socket.AF_INET6:
     s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
-s.bind((host, 0))
+try:
+    s.bind((host, port))
+except OSError:
+    print(0, flush=True)
+    sys.exit(0)
 s.listen()
 print(s.getsockname()[1], flush=True)
 sys.stdin.read()
@@ -42,14 +49,18 @@ def holder() -> Iterator[Any]:
     started: list[subprocess.Popen[bytes]] = []
 
     def listen(host: str, *, v6only: bool = True) -> int:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _HOLDER, host, "1" if v6only else "0"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
-        started.append(proc)
-        assert proc.stdout is not None
-        return int(proc.stdout.readline())
+        for _ in range(20):  # a port taken since `free_port` looked: the next one
+            proc = subprocess.Popen(
+                [sys.executable, "-c", _HOLDER, host, "1" if v6only else "0", str(free_port())],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
+            started.append(proc)
+            assert proc.stdout is not None
+            port = int(proc.stdout.readline())
+            if port:
+                return port
+        raise AssertionError(f"no free port to listen on {host}")
 
     yield listen
     for proc in started:

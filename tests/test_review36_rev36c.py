@@ -26,7 +26,7 @@ from tillpoint.client import ClientError, PosAgentClient
 from tillpoint.sync.hub_server import HubServicer
 from tillpoint.sync.loopback import LoopbackHub
 
-from .conftest import CLI, needs_ipv6, receipt, snapshot
+from .conftest import CLI, free_port, needs_ipv6, receipt, snapshot
 from .test_review35_left35 import cancelled_while_away, owed_releases
 
 # ---------------------------------------- 1. a request's int64 at every door
@@ -256,7 +256,9 @@ def test_the_trust_rule_on_real_tables_where_our_row_is_on_another_address(
 
     family = socket.AF_INET6 if ":" in ours else socket.AF_INET
     with socket.socket(family) as mine:
-        mine.bind((ours, 0))
+        # a port below the ephemeral range: its number is bound on the other address next,
+        # where an outgoing connection's end may hold the kernel's pick (CI, review 43)
+        mine.bind((ours, free_port()))
         mine.listen()
         port = mine.getsockname()[1]
         other_family = "AF_INET6" if ":" in theirs else "AF_INET"

@@ -1,0 +1,49 @@
+"""Review 43 (lead): session 42's CI failures at the harness.
+
+- `tillpoint run` wrote ``serving.json`` (the CLI's way to it, agent/forward.py) after its
+  HTTP interface had started: a POS that waited for /healthz and then ran a CLI checkout
+  could have it run in a process of its own, without this run's printer
+  (test_review25_print25's run-forwarded checkout said "no coupon printer configured").
+  The file is now written before the interface answers, and removed if it fails to start.
+- rev35c's other program held [::1]:PORT on the kernel's pick, and the hub's 0.0.0.0:PORT
+  was refused as in use by an outgoing connection's end: its ports now come from
+  `free_port` (tests/test_review35_rev35b.py).
+Real parts: `tillpoint run` in-process on real sockets and a real data directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tillpoint.agent import forward
+from tillpoint.agent.errors import TillpointError
+from tillpoint.agent.http_api import HttpServer
+
+from .conftest import CLI
+
+
+def test_serving_json_is_written_before_the_http_interface_answers(
+    cli: CLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §10 (the CLI forwards to the serving run): when the HTTP interface starts
+    answering, ``serving.json`` names it already; an interface that fails to start leaves
+    no file behind (the run exits 1, one line)."""
+    seen: list[Any] = []
+
+    def start(self: HttpServer) -> None:
+        path = tmp_path / "data" / forward.SERVING
+        seen.append(path.exists() and forward._serving(path.parent)["port"] == self.port)
+        self.serve.stop_unstarted()
+        raise TillpointError("the HTTP interface did not start on 127.0.0.1 (test)")
+
+    monkeypatch.setattr(HttpServer, "start", start)
+    for key in ("SERVER", "HTTP"):
+        monkeypatch.setenv(f"TILLPOINT_{key}__LISTEN", "127.0.0.1:0")
+    monkeypatch.setenv("TILLPOINT_METRICS__ENABLED", "false")
+    run = cli("run")
+    assert run.code == 1 and "Traceback" not in run.err, run.err
+    assert "the HTTP interface did not start" in run.err
+    assert seen == [True]  # published before the interface could answer
+    assert not (tmp_path / "data" / forward.SERVING).exists()  # and withdrawn
