@@ -104,6 +104,7 @@ ANSWER_TIMEOUT_S = 10.0
 ANSWER_LOOKS = 10
 MAX_CONNECTIONS = 256  # open at once; a connection accepted past them is answered 503
 GRACE_S = 5  # in-flight requests get this long at shutdown
+BACKLOG = 128  # connections the kernel queues before the interface accepts them
 # A read's body up to this size is parsed, run and encoded on the event loop: no hop to the
 # pool and back (two thread wake-ups and GIL hand-offs, ≈ 10 % of a 50-line quote's time
 # over HTTP). A 200-line receipt is ≈ 16 KB; larger bodies go to the pool.
@@ -1856,6 +1857,11 @@ class AsgiThread:
                 f"cannot listen on {listen_text(host, port)} for HTTP: {not_resolved(host, exc)}"
                 " (set [http] listen)"  # as gRPC's and /metrics' name their key
             ) from None
+        # Listening from here on: a POS that connects once gRPC (started first) answers,
+        # or once `serving.json` names this port, waits in the backlog until `start`
+        # rather than being refused (the CLI then ran its call in a process of its own).
+        for sock in self.socks:
+            sock.listen(BACKLOG)
         self.sock = self.socks[0]
         self.host = host
         self.port = int(self.sock.getsockname()[1])
@@ -1872,7 +1878,7 @@ class AsgiThread:
             timeout_graceful_shutdown=GRACE_S,
             limit_concurrency=MAX_CONNECTIONS,  # judged as each is accepted: `_Protocol`
             h11_max_incomplete_event_size=MAX_HEAD_BYTES,
-            backlog=128,
+            backlog=BACKLOG,
         )
         self.server = _Server(config)
         self.thread = threading.Thread(target=self._run, name="http", daemon=True)

@@ -47,3 +47,30 @@ def test_serving_json_is_written_before_the_http_interface_answers(
     assert "the HTTP interface did not start" in run.err
     assert seen == [True]  # published before the interface could answer
     assert not (tmp_path / "data" / forward.SERVING).exists()  # and withdrawn
+
+
+def test_a_connection_made_before_the_http_interface_starts_is_answered_once_it_does(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §12: `run` starts gRPC first, then publishes ``serving.json``, then the HTTP
+    interface; its port listens from the moment it is bound, so a POS (or the CLI) that
+    connects in between waits in the kernel's backlog and is answered once the interface
+    starts; it was refused (ECONNREFUSED) and a CLI call ran in a process of its own."""
+    import http.client
+
+    from tillpoint.agent.service import Agent
+
+    agent = Agent(tmp_path / "data", "till-1")
+    server = HttpServer(agent, "127.0.0.1:0")
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        conn.connect()  # refused before
+        conn.request("GET", "/healthz")
+        server.start()
+        answer = conn.getresponse()
+        assert answer.status == 503  # no snapshot yet: answered, not refused
+        answer.read()
+        conn.close()
+    finally:
+        server.stop() if server.serve.thread.is_alive() else server.serve.stop_unstarted()
+        agent.close()
