@@ -38,6 +38,10 @@ def cli(
 def test_an_enrolled_tills_local_cli_asks_its_hub(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # While the hub answers: its answer waited for as long as a loaded machine needs (the
+    # shipped 300 ms passed for an outage on a CI run at load 14, review 43); the outage
+    # below is judged with the shipped deadline.
+    monkeypatch.setenv("TILLPOINT_HUB__REDEEM_TIMEOUT_MS", "30000")
     hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
     try:
         tills = {}
@@ -75,6 +79,7 @@ def test_an_enrolled_tills_local_cli_asks_its_hub(
         assert (again["mode"], again["redeemedPoints"]) == ("ONLINE", 53)
 
         hub.stop()  # the hub goes away: OFFLINE and the offline limit, without a long wait
+        monkeypatch.delenv("TILLPOINT_HUB__REDEEM_TIMEOUT_MS")
         started = time.monotonic()
         offline = cli(
             capsys,
