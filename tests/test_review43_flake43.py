@@ -68,3 +68,61 @@ def test_serving_json_is_written_before_grpc_answers(
     assert "the gRPC server did not start" in run.err
     assert seen == [True]  # published before gRPC could answer
     assert not (tmp_path / "data" / forward.SERVING).exists()  # and withdrawn
+
+
+# ---------------------------------------- 2. a harness's "it listens" is not "it answers"
+
+# `tillpoint run` with a pause between binding its HTTP port and the rest of its start-up
+# (the stop check, the hub side, the servers): a loaded machine's scheduler, made certain.
+_SLOW_AFTER_HTTP_BIND = """
+import sys, time
+from tillpoint.agent import http_api
+bound = http_api.HttpServer.__init__
+def slow(self, *args, **kwargs):
+    bound(self, *args, **kwargs)
+    time.sleep(float(sys.argv[1]))
+http_api.HttpServer.__init__ = slow
+from tillpoint.agent.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_ops26_waits_for_an_answer_not_for_a_listening_port(tmp_path: Path) -> None:
+    """ops26's `test_sigterm_as_soon_as_the_agent_answers_is_a_graceful_stop` sends SIGTERM
+    as soon as `run` answers and expects the graceful stop's last line, "stopped". It took
+    a TCP connection to the HTTP port for an answer: since the port listens from its bind
+    (review 43, lead), that is before `run` has started anything, and a SIGTERM then is a
+    stop during start-up ("stopped during start-up: nothing was served"). Its wait is
+    shown here against a run held up right after that bind; failed before its fix."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from tillpoint.agent.service import Agent
+
+    from .conftest import free_port, snapshot
+    from .test_review26_ops26 import _run_env, wait_answering
+
+    data = tmp_path / "data"
+    seed = Agent(data, "till-1")
+    seed.load_snapshot(snapshot())
+    seed.close()
+    http = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_AFTER_HTTP_BIND, "2", "--data-dir", str(data), "run"],
+        env=_run_env(http),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_answering(http, proc)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    assert proc.returncode == 0, err[-2000:]
+    assert json.loads(err.strip().splitlines()[-1])["msg"] == "stopped", err[-2000:]
