@@ -126,3 +126,42 @@ def test_ops26_waits_for_an_answer_not_for_a_listening_port(tmp_path: Path) -> N
             proc.wait(timeout=30)
     assert proc.returncode == 0, err[-2000:]
     assert json.loads(err.strip().splitlines()[-1])["msg"] == "stopped", err[-2000:]
+
+
+def _slow_tillpoint(where: Path, pause_s: float) -> str:
+    """An executable `tillpoint` whose `run` pauses `pause_s` after binding its HTTP port."""
+    import sys
+
+    exe = where / "slow-tillpoint"
+    exe.write_text(
+        f"#!{sys.executable}\nimport sys\nsys.argv.insert(1, {str(pause_s)!r})\n"
+        + _SLOW_AFTER_HTTP_BIND,
+        encoding="utf-8",
+    )
+    exe.chmod(0o755)
+    return str(exe)
+
+
+def test_spec39a_waits_for_grpc_as_long_as_for_the_http_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """spec39a's `_start_run` connected to the HTTP port, then gave gRPC 5 s to be ready,
+    and a gRPC that was not (`grpc.FutureTimeoutError`, no OSError) ended the test. The
+    HTTP port accepting implied gRPC had started; since the port listens from its bind
+    (review 43, lead), before the hub side, the devices and gRPC start, it does not: the
+    wait now gives gRPC the rest of its 30 s. Shown with a run held up 6 s after that bind;
+    failed before the fix."""
+    import signal
+
+    from . import test_review39_spec39a as spec39a
+
+    monkeypatch.setattr(spec39a, "EXE", _slow_tillpoint(tmp_path, 6))
+    (tmp_path / "work").mkdir()
+    proc, _, _ = spec39a._start_run(tmp_path / "work", tmp_path / "data")
+    try:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
