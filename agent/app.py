@@ -215,23 +215,28 @@ def run(settings: Settings, config_file: Path | None = None) -> int:
         if sync is not None
         else start_hold_sweeper(agent)
     )
-    server.start()
     from . import forward
 
     forward.withdraw(settings.data_dir)  # a file a dead agent left
     unpublish = None
     if http_server is not None:
         # The CLI forwards its calls to this agent while it serves (agent/forward.py).
-        # Written before the interface answers: once /healthz says 200, a CLI call goes
-        # to this agent (published after, a POS that waited for /healthz had its next CLI
-        # checkout run in a process of its own, without this run's printer; CI, review 43).
-        # A call in between finds no listener yet and runs locally, as with no file.
+        # Written before either server answers: once gRPC (health SERVING from its start)
+        # or /healthz answers, a CLI call goes to this agent. Published after /healthz, a
+        # POS that waited for it had its next CLI checkout run in a process of its own,
+        # without this run's printer (CI, review 43); after gRPC's start, one that waited
+        # for gRPC did (review 43, flake43). The HTTP port listens from its bind: a call
+        # that reads the file before the interface starts waits in the kernel's backlog.
         unpublish = forward.publish(settings.data_dir, http_server, token=bool(settings.http.token))
-        try:
+    try:
+        server.start()
+        if http_server is not None:
             http_server.start()
-        except BaseException:
-            unpublish()
-            raise
+    except BaseException:
+        if unpublish is not None:
+            unpublish()  # no file naming a run that does not serve
+        raise
+    if http_server is not None:
         # an IPv6 host in brackets, as the "cannot listen" lines name it (review 37)
         log.info("HTTP interface on %s", listen_text(http_server.host, http_server.port))
     from .cli import version_text

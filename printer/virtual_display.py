@@ -161,7 +161,12 @@ class PtyPair:
     def available() -> bool:
         return shutil.which("socat") is not None
 
-    def start(self, timeout_s: float = 5.0) -> PtyPair:
+    # A process's start and stop on a loaded machine (the suite's three workers on two
+    # cores): 5 s for socat's start failed now and then (review 43, flake43).
+    START_S = 20.0
+    STOP_S = 20.0
+
+    def start(self, timeout_s: float = START_S) -> PtyPair:
         if self._proc is not None:
             return self
         socat = shutil.which("socat")
@@ -195,7 +200,7 @@ class PtyPair:
             proc.wait(2.0)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait(2.0)
+            proc.wait(self.STOP_S)
         for link in (self.device, self.peer):
             with contextlib.suppress(FileNotFoundError):
                 link.unlink()

@@ -177,6 +177,27 @@ def _run_env(http: int) -> dict[str, str]:
     return env
 
 
+def wait_answering(port: int, proc: subprocess.Popen[str]) -> None:
+    """Until `run` on HTTP port `port` answers (`/healthz`, 200 or 503): a POS may call now.
+    A TCP connection is no answer: the port listens from its bind, before `run` has
+    started anything (review 43; a SIGTERM then was a stop during start-up)."""
+    import http.client
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            conn.request("GET", "/healthz")
+            conn.getresponse().read()
+            return  # it answers: a POS may call now
+        except OSError:
+            time.sleep(0.01)
+        finally:
+            conn.close()
+    raise AssertionError("tillpoint run never answered")
+
+
 @pytest.mark.slow
 def test_sigterm_as_soon_as_the_agent_answers_is_a_graceful_stop(tmp_path: Path) -> None:
     """packaging/tillpoint.service, docs/CONTRACT.md §12: from the moment `run` answers
@@ -198,13 +219,7 @@ def test_sigterm_as_soon_as_the_agent_answers_is_a_graceful_stop(tmp_path: Path)
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", http)) == 0:
-                    break  # it listens: a POS may call now
-            assert proc.poll() is None
-            time.sleep(0.002)
+        wait_answering(http, proc)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     finally:

@@ -514,10 +514,12 @@ def _start_run(work: Path, data: Path) -> tuple[subprocess.Popen[bytes], int, in
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         assert proc.poll() is None, (work / "run.log").read_text()
-        with contextlib.suppress(OSError):
+        # the HTTP port listens from its bind, before gRPC starts (review 43): a connection
+        # there says nothing of gRPC, which is waited for until the same deadline
+        with contextlib.suppress(OSError, grpc.FutureTimeoutError):
             socket.create_connection(("127.0.0.1", http_port), timeout=1).close()
             with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as ch:
-                grpc.channel_ready_future(ch).result(timeout=5)
+                grpc.channel_ready_future(ch).result(timeout=max(1.0, deadline - time.monotonic()))
             return proc, http_port, grpc_port
         time.sleep(0.05)
     raise AssertionError("tillpoint run did not start:\n" + (work / "run.log").read_text())
