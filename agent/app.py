@@ -235,6 +235,23 @@ def run(settings: Settings, config_file: Path | None = None) -> int:
     except BaseException:
         if unpublish is not None:
             unpublish()  # no file naming a run that does not serve
+        # what was started stops, as at a stop (nothing was served: no grace); `run`
+        # called in a process that goes on (the tests) left gRPC serving and the threads
+        # on an open agent (review 43)
+        try:
+            server.stop(grace=None).wait()
+            if http_server is not None and http_server.serve.thread.ident is not None:
+                http_server.stop()
+            elif http_server is not None:
+                http_server.serve.stop_unstarted()
+            grpc_workers.shutdown(wait=True)
+            stop_side_by_side([[devices.stop], list(reversed(hub_side))], log)
+            if metrics_server is not None:
+                metrics_server.shutdown()
+            agent.close()
+            lock.release()
+        except Exception:  # the start's own failure is the one to tell
+            log.exception("stopping after a failed start")
         raise
     if http_server is not None:
         # an IPv6 host in brackets, as the "cannot listen" lines name it (review 37)

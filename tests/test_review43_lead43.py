@@ -13,6 +13,7 @@ Real parts: `tillpoint run` in-process on real sockets and a real data directory
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +75,40 @@ def test_a_connection_made_before_the_http_interface_starts_is_answered_once_it_
     finally:
         server.stop() if server.serve.thread.is_alive() else server.serve.stop_unstarted()
         agent.close()
+
+
+def test_a_run_whose_http_interface_fails_to_start_stops_what_it_started(
+    cli: CLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §10: `run` whose HTTP interface does not start exits 1 in one line, and
+    stops what it had started: its gRPC port is free again, the data directory's lock
+    is let go (another `run` could take it), no thread of its own is left (called in a
+    process that goes on, it left gRPC serving on an open agent)."""
+    import socket
+    import threading
+
+    from .conftest import free_port
+
+    grpc_port = free_port()
+    before = {t.ident for t in threading.enumerate()}
+
+    def start(self: HttpServer) -> None:
+        raise TillpointError("the HTTP interface did not start on 127.0.0.1 (test)")
+
+    monkeypatch.setattr(HttpServer, "start", start)
+    monkeypatch.setenv("TILLPOINT_SERVER__LISTEN", f"127.0.0.1:{grpc_port}")
+    monkeypatch.setenv("TILLPOINT_HTTP__LISTEN", "127.0.0.1:0")
+    monkeypatch.setenv("TILLPOINT_METRICS__ENABLED", "false")
+    run = cli("run")
+    assert run.code == 1 and "the HTTP interface did not start" in run.err, run.err
+    with socket.socket() as probe:  # gRPC's port let go
+        probe.bind(("127.0.0.1", grpc_port))
+    from tillpoint.agent.lock import DataDirLock
+
+    DataDirLock(tmp_path / "data").acquire().release()  # the lock let go
+    left = [t for t in threading.enumerate() if t.ident not in before and t.is_alive()]
+    deadline = time.monotonic() + 30
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = [t for t in left if t.is_alive()]
+    assert not left, left
