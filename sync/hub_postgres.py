@@ -61,6 +61,7 @@ from .hub_sql import (
     publish_sql,
 )
 from .hub_store import (
+    CLOSED,
     ImportRefused,
     ImportReport,
     ImportRow,
@@ -71,7 +72,7 @@ from .hub_store import (
 
 try:
     import psycopg
-    from psycopg_pool import ConnectionPool, PoolTimeout
+    from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 except ImportError:  # pragma: no cover - the optional extra is not installed
     psycopg = None  # type: ignore[assignment]
 
@@ -790,6 +791,8 @@ class PostgresHubStore(SqlHubStore):
                 self.pool.putconn(conn)
         except PoolTimeout as exc:
             raise StorageError(f"the hub database is unavailable: {_line(exc)}") from None
+        except PoolClosed:  # used after `close` (a thread that outlived it): not "written"
+            raise StorageError(CLOSED) from None
         except psycopg.errors.LockNotAvailable as exc:  # lock_timeout: the call's time, or 30 s
             raise StorageError(
                 "the hub database is busy (a lock held by another session outlasted this"

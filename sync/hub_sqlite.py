@@ -42,6 +42,7 @@ from .hub_sql import (
     publish_sql,
 )
 from .hub_store import (
+    CLOSED,
     ImportRefused,
     ImportReport,
     ImportRow,
@@ -288,6 +289,7 @@ class SqliteHubStore(SqlHubStore):
         # every connection opened, with the thread it belongs to (`close`)
         self._all: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._guard = threading.Lock()
+        self._closed = False  # `close`: a connection asked for since is refused
         try:
             # the till's files' mechanism: pending steps under the write lock, and a file
             # a later release migrated (steps this one does not know) refused
@@ -302,6 +304,8 @@ class SqliteHubStore(SqlHubStore):
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
+            if self._closed:
+                raise StorageError(CLOSED)
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 refuse_not_sqlite(self.path)
@@ -313,9 +317,13 @@ class SqliteHubStore(SqlHubStore):
                 conn.execute("PRAGMA synchronous = FULL")
             except (sqlite3.Error, OSError) as exc:
                 raise StorageError(f"cannot open the hub database {self.path}: {exc}") from None
-            self._local.conn = conn
             with self._guard:
-                self._all.append((threading.current_thread(), conn))
+                if not self._closed:
+                    self._all.append((threading.current_thread(), conn))
+                    self._local.conn = conn
+                    return conn
+            conn.close()  # closed while this one was opened
+            raise StorageError(CLOSED)
         return conn
 
     def _write(self) -> AbstractContextManager[sqlite3.Connection]:
@@ -347,9 +355,15 @@ class SqliteHubStore(SqlHubStore):
         live thread's connection is left to it: closed here, it was freed under the
         statement that thread was running, a segmentation fault (review 42: `hub serve`
         stopped while its snapshot builder built, which the stop waits 10 s for). The
-        store lets go of it, so it closes when that thread lets go of it too."""
+        store lets go of it, so it closes when that thread lets go of it too.
+
+        A closed store refuses what asks for a connection (StorageError, as a closed
+        resource): a thread that outlived the close (that builder, past the stop's wait)
+        opened a new one, which nobody closed (review 43, tidy43). A second close is
+        nothing."""
         me = threading.current_thread()
         with self._guard:
+            self._closed = True
             closing, self._all = self._all, []
         left = 0
         for owner, conn in closing:
