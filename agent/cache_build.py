@@ -263,16 +263,7 @@ def _lines(src: BinaryIO, start: int, end: int) -> Iterator[bytes]:
     end. None is read past `limits.LINE_MAX_BYTES`: a longer one is refused as "snapshot
     line N" counting from `start`'s line as 1 (a worker's error is numbered so, `work`)."""
     src.seek(start)
-    readline = src.readline
-    left = end - start
-
-    def within(size: int) -> bytes:  # a line read no further than `end`
-        nonlocal left
-        line = readline(min(size, left))
-        left -= len(line)
-        return line
-
-    return limits.bounded_lines(within, _too_long)
+    return limits.bounded_lines(src.readline, _too_long, size=end - start)
 
 
 def _too_long(n: int) -> InputError:

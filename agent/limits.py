@@ -36,15 +36,19 @@ def bounded_lines(
     number: int = 1,
     first: AnyStr | None = None,
     bound: int | None = None,
+    size: int | None = None,
 ) -> Iterator[AnyStr]:
     """The lines `readline` gives (a binary or text file's, standard input's, a pipe's),
     each with its newline, the first being line `number`; none read past `bound` bytes
     (characters, from a text stream; `LINE_MAX_BYTES` when None, read when called): a
     longer one raises `too_long(n)`, its number, before it is read whole, whether or not
     a newline follows it. `first`: the first line when already read, whole or in part
-    (the rest of that line is read, within the bound). The one reading of a JSON Lines
-    line's bound: the till's (`snapshot_stream.stream_lines`, `cache_build._lines`) and
-    the hub's (`hub_import`), each with its own numbering and words (review 43, tidy43)."""
+    (the rest of that line is read, within the bound). `size`: the most bytes to read
+    after `first` (a payload's end: a line that crosses it is cut there, bounded as cut).
+
+    The one reading of a JSON Lines line's bound: the till's (`snapshot_stream`'s stream,
+    `cache_build`'s file) and the hub's (`hub_import`), each with its own numbering and
+    words (review 43, tidy43: three copies of these lines until then)."""
     if bound is None:
         bound = LINE_MAX_BYTES
     if first is not None:
@@ -56,6 +60,14 @@ def bounded_lines(
             return
         yield first
         number += 1
+    if size is not None:  # a loop of its own: the other's reading pays nothing for it
+        while size > 0 and (line := readline(min(bound + 1, size))):
+            size -= len(line)
+            if len(line) > bound and not _ends_a_line(line):
+                raise too_long(number)
+            yield line
+            number += 1
+        return
     while line := readline(bound + 1):
         if len(line) > bound and not _ends_a_line(line):
             raise too_long(number)
