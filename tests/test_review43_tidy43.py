@@ -94,7 +94,7 @@ def test_a_hub_store_used_after_close_is_refused_by_a_thread_that_outlived_it(
     assert not thread.is_alive()
     assert len(outcome) == 1 and isinstance(outcome[0], StorageError), outcome
     assert str(outcome[0]) == "the hub database is closed"
-    with pytest.raises(StorageError, match="^the hub database is closed$"):
+    with pytest.raises(StorageError, match=r"^the hub database is closed$"):
         store.latest()  # the closing thread too
     store.close()  # a second close is nothing
 
@@ -110,6 +110,7 @@ def test_a_sqlite_hub_store_leaves_nothing_open_after_a_thread_outlived_its_clos
     path = tmp_path / "hub.db"
     store = SqliteHubStore(path)
     used, closed = threading.Event(), threading.Event()
+    refused: list[StorageError] = []
 
     def builder() -> None:
         store.latest()
@@ -117,8 +118,8 @@ def test_a_sqlite_hub_store_leaves_nothing_open_after_a_thread_outlived_its_clos
         closed.wait(30)
         try:
             store.delta_floor()
-        except StorageError:
-            pass
+        except StorageError as exc:
+            refused.append(exc)
 
     thread = threading.Thread(target=builder)
     thread.start()
@@ -126,9 +127,51 @@ def test_a_sqlite_hub_store_leaves_nothing_open_after_a_thread_outlived_its_clos
     store.close()
     closed.set()
     thread.join(30)
-    assert not thread.is_alive()
+    assert not thread.is_alive() and len(refused) == 1, refused
     gc.collect()
     assert open_descriptors(path) == []
+
+
+def test_a_hub_stopped_before_its_builder_reached_the_store_leaves_nothing_open(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The leftover's case with a real hub: its snapshot builder waits for the build's
+    lock (held here, as another builder would) past `hub serve`'s stop (its wait made
+    0.2 s), then goes on: refused by the closed store, it leaves no temporary file, logs
+    INFO (the hub stopped), not an ERROR, and no descriptor of hub.db stays open once its
+    thread has ended (it built the whole snapshot on a connection nobody closed)."""
+    import fcntl
+    import logging
+
+    from tillpoint.sync import hub_server
+    from tillpoint.sync.loopback import LoopbackHub, sample_master_data
+
+    monkeypatch.setattr(hub_server, "BUILD_STOP_WAIT_S", 0.2)
+    caplog.set_level(logging.INFO, logger="tillpoint.hub")
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data(), publish=False)
+    snapshots = hub.server.dir.snapshots
+    held = os.open(snapshots / hub_server.BUILDERS_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)  # the builder's shared lock waits for it
+        builder = hub.server.builder
+        builder.request_full(hub.publish())
+        thread = builder._thread
+        assert thread is not None and thread.is_alive()
+        hub.stop()
+        assert thread.is_alive()  # outlived the stop, waiting for the lock
+    finally:
+        os.close(held)  # the lock let go: the builder goes on
+    thread.join(30)
+    assert not thread.is_alive()
+    assert list(snapshots.glob("*.tmp")) == [] and list(snapshots.glob("*.snap")) == []
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "tillpoint.hub"]
+    assert not [m for level, m in said if level >= logging.ERROR], said
+    assert (
+        logging.INFO,
+        "the full snapshot of version 1 was not built: the hub database is closed",
+    ) in said, said
+    gc.collect()
+    assert open_descriptors(hub.server.dir.root / "hub.db") == []
 
 
 # ------------------------------------------------ 3. the memory of a two-row `hub import`
@@ -182,8 +225,18 @@ def test_a_child_peak_measured_from_a_large_parent_says_the_parents_size(tmp_pat
     rows.write_text(ROWS, encoding="utf-8")
     probe = "big = bytearray(300 << 20)\nbig[::4096] = b'x' * len(big[::4096])\n" + PEAK_PROBE
     done = subprocess.run(
-        [sys.executable, "-c", probe, "", TILLPOINT, "hub", "import", "--hub-dir",
-         str(tmp_path / "hub"), str(rows)],
+        [
+            sys.executable,
+            "-c",
+            probe,
+            "",
+            TILLPOINT,
+            "hub",
+            "import",
+            "--hub-dir",
+            str(tmp_path / "hub"),
+            str(rows),
+        ],
         env=clean_env(),
         capture_output=True,
         text=True,
@@ -287,5 +340,5 @@ def test_the_builds_lines_stop_at_the_payloads_end_and_are_bounded_there(
         assert list(cache_build._lines(fh, 4, 4 + len(body))) == [b"a\n", b"x" * EDGE]
         assert list(cache_build._lines(fh, 4, 6)) == [b"a\n"]
         assert list(cache_build._lines(fh, 4, 4)) == []
-        with pytest.raises(InputError, match="^snapshot line 2: longer than 0 MiB "):
+        with pytest.raises(InputError, match=r"^snapshot line 2: longer than 0 MiB "):
             list(cache_build._lines(fh, 4, 4 + len(body) + 1))
