@@ -61,7 +61,6 @@ from .hub_sql import (
     publish_sql,
 )
 from .hub_store import (
-    CLOSED,
     ImportRefused,
     ImportReport,
     ImportRow,
@@ -75,6 +74,11 @@ try:
     from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 except ImportError:  # pragma: no cover - the optional extra is not installed
     psycopg = None  # type: ignore[assignment]
+
+# What the store says of a call after its `close` (its pool closed: a thread that outlived
+# it, as `hub serve`'s snapshot builder past the stop's wait; review 43, tidy43). SQLite's
+# store opens its file again instead (`HubServer`'s stop, then its start).
+CLOSED = "the hub database is closed"
 
 # psycopg's and its pool's warnings ("discarding closed connection …") go to the hub's
 # log when one is set up (`hub serve`); a one-shot command (`hub import`, `hub publish`)

@@ -50,9 +50,6 @@ SECTIONS = {  # snapshot section -> kind
 # again since (review 33, rev33b and rel33). The till gives either call this much on top
 # of its `hub.redeem_timeout_ms`, which may be shorter (sync/authoriser.py).
 SHRINK_MARGIN_S = 0.1
-# What a store used after its `close` says (a thread that outlived it, as `hub serve`'s
-# snapshot builder past the stop's wait): a closed resource (review 43, tidy43).
-CLOSED = "the hub database is closed"
 
 
 class ImportRefused(InputError):
