@@ -262,22 +262,12 @@ def _lines(src: BinaryIO, start: int, end: int) -> Iterator[bytes]:
     """The lines of src's bytes [start, end) (each with its newline); `end` is at a line's
     end. None is read past `limits.LINE_MAX_BYTES`: a longer one is refused as "snapshot
     line N" counting from `start`'s line as 1 (a worker's error is numbered so, `work`)."""
-    bound = limits.LINE_MAX_BYTES
     src.seek(start)
-    readline = src.readline
-    pos = start
-    n = 0
-    while pos < end:
-        line = readline(bound + 1)
-        if not line:
-            return
-        n += 1
-        pos += len(line)
-        if pos > end:
-            line = line[: len(line) - (pos - end)]
-        if len(line) > bound and not line.endswith(b"\n"):
-            raise InputError(limits.line_too_long(n))
-        yield line
+    return limits.bounded_lines(src.readline, _too_long, size=end - start)
+
+
+def _too_long(n: int) -> InputError:
+    return InputError(limits.line_too_long(n))
 
 
 def _sections(

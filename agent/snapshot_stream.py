@@ -133,27 +133,13 @@ def stream_lines(stream: Any, first: bytes | str | None = None) -> Iterator[byte
     newline, none read past `limits.LINE_MAX_BYTES` (refused naming it: one 300 MB line
     grew `snapshot load` by ~1 GB until review 42, left42); `first`: its first line when
     already read, whole or in part (the rest of that line follows)."""
-    limit = limits.LINE_MAX_BYTES
-    readline = stream.readline
-    n = 1
-    if first is not None:
-        if first and not _ends_a_line(first) and len(first) <= limit:
-            first += readline(limit + 1 - len(first))
-        if len(first) > limit and not _ends_a_line(first):
-            raise InputError(limits.line_too_long(1))
-        if not first:
-            return
-        yield first
-        n = 2
-    while line := readline(limit + 1):
-        if len(line) > limit and not _ends_a_line(line):
-            raise InputError(limits.line_too_long(n))
-        yield line
-        n += 1
+    if isinstance(first, str):  # a text stream's (its bound in characters)
+        return limits.bounded_lines(stream.readline, _too_long, first=first)
+    return limits.bounded_lines(stream.readline, _too_long, first=first)
 
 
-def _ends_a_line(text: bytes | str) -> bool:
-    return text.endswith(b"\n") if isinstance(text, bytes) else text.endswith("\n")
+def _too_long(n: int) -> InputError:
+    return InputError(limits.line_too_long(n))
 
 
 def is_jsonl(first_line: bytes | str) -> bool:

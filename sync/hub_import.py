@@ -352,16 +352,8 @@ def _line_too_long(number: int) -> InputError:
 def _bounded_lines(stream: IO[bytes], number: int, count: int = CHUNK_LINES) -> list[bytes]:
     """Up to `count` lines of `stream` (each with its newline), the first being line
     `number` of the file, none read past `ROW_MAX_BYTES` (InputError naming it)."""
-    readline = stream.readline
-    lines = []
-    for i in range(count):
-        line = readline(ROW_MAX_BYTES + 1)
-        if len(line) > ROW_MAX_BYTES and not line.endswith(b"\n"):
-            raise _line_too_long(number + i)
-        if not line:
-            break
-        lines.append(line)
-    return lines
+    read = limits.bounded_lines(stream.readline, _line_too_long, number, bound=ROW_MAX_BYTES)
+    return list(islice(read, count))
 
 
 def _line_rows(
@@ -442,9 +434,8 @@ def _read_chunks(
     first = stream.readline(HEAD_BYTES)  # the header of a snapshot, or a first row
     refuse_non_object(first, "import", "an import file")
     if first and not first.endswith(b"\n"):  # a long first line: the rest of it
-        first += stream.readline(ROW_MAX_BYTES + 1 - len(first))
-        if len(first) > ROW_MAX_BYTES and not first.endswith(b"\n"):
-            raise _line_too_long(1)
+        rest = limits.bounded_lines(stream.readline, _line_too_long, 1, first, ROW_MAX_BYTES)
+        first = next(rest)
     done = len(first)
     first = first.removeprefix(BOM)  # Windows tools write one
     if first:

@@ -71,9 +71,14 @@ from .hub_store import (
 
 try:
     import psycopg
-    from psycopg_pool import ConnectionPool, PoolTimeout
+    from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 except ImportError:  # pragma: no cover - the optional extra is not installed
     psycopg = None  # type: ignore[assignment]
+
+# What the store says of a call after its `close` (its pool closed: a thread that outlived
+# it, as `hub serve`'s snapshot builder past the stop's wait; review 43, tidy43). SQLite's
+# store opens its file again instead (`HubServer`'s stop, then its start).
+CLOSED = "the hub database is closed"
 
 # psycopg's and its pool's warnings ("discarding closed connection …") go to the hub's
 # log when one is set up (`hub serve`); a one-shot command (`hub import`, `hub publish`)
@@ -790,6 +795,8 @@ class PostgresHubStore(SqlHubStore):
                 self.pool.putconn(conn)
         except PoolTimeout as exc:
             raise StorageError(f"the hub database is unavailable: {_line(exc)}") from None
+        except PoolClosed:  # used after `close` (a thread that outlived it): not "written"
+            raise StorageError(CLOSED) from None
         except psycopg.errors.LockNotAvailable as exc:  # lock_timeout: the call's time, or 30 s
             raise StorageError(
                 "the hub database is busy (a lock held by another session outlasted this"

@@ -641,6 +641,9 @@ class SnapshotBuilder:
                 self._prune()
                 done = version
             except Exception as exc:  # logged, tried again a little later
+                if self._stopping:  # the hub stopped under the build, its store closed
+                    log.info("the full snapshot of version %d was not built: %s", version, exc)
+                    return
                 log.error("building the full snapshot of version %d failed: %s", version, exc)
                 with self._cond:
                     self._cond.wait_for(lambda: self._stopping, timeout=RETRY_BUILD_S)

@@ -279,6 +279,22 @@ class SqliteTx(SqlTx):
         pass  # a write transaction holds the file's write lock already
 
 
+class _Held:
+    """A thread's connection, in that thread's own slot of the store's thread-local map:
+    Python lets go of the slot when the thread ends, and the connection is closed then
+    (one connection a thread: no other thread is inside a statement on it). A connection
+    `close` closed already is closed again here: nothing."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __del__(self) -> None:
+        with suppress(Exception):
+            self.conn.close()
+
+
 class SqliteHubStore(SqlHubStore):
     tx_class = SqliteTx
 
@@ -288,6 +304,9 @@ class SqliteHubStore(SqlHubStore):
         # every connection opened, with the thread it belongs to (`close`)
         self._all: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._guard = threading.Lock()
+        # the thread-local maps `close` let go of: kept, so that a live thread's connection
+        # closes when that thread ends, never under it (`_Held`)
+        self._retired: list[threading.local] = []
         try:
             # the till's files' mechanism: pending steps under the write lock, and a file
             # a later release migrated (steps this one does not know) refused
@@ -300,8 +319,8 @@ class SqliteHubStore(SqlHubStore):
     # ------------------------------------------------------------ plumbing
 
     def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
+        held: _Held | None = getattr(self._local, "held", None)
+        if held is None:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 refuse_not_sqlite(self.path)
@@ -313,10 +332,11 @@ class SqliteHubStore(SqlHubStore):
                 conn.execute("PRAGMA synchronous = FULL")
             except (sqlite3.Error, OSError) as exc:
                 raise StorageError(f"cannot open the hub database {self.path}: {exc}") from None
-            self._local.conn = conn
+            self._local.held = _Held(conn)
             with self._guard:
                 self._all.append((threading.current_thread(), conn))
-        return conn
+            return conn
+        return held.conn
 
     def _write(self) -> AbstractContextManager[sqlite3.Connection]:
         return write_transaction(self._conn(), "hub database")
@@ -346,11 +366,17 @@ class SqliteHubStore(SqlHubStore):
         """Close this thread's connection and those of threads that have ended. Another
         live thread's connection is left to it: closed here, it was freed under the
         statement that thread was running, a segmentation fault (review 42: `hub serve`
-        stopped while its snapshot builder built, which the stop waits 10 s for). The
-        store lets go of it, so it closes when that thread lets go of it too."""
+        stopped while its snapshot builder built, which the stop waits 10 s for); it is
+        closed when that thread ends.
+
+        The store can be used again (`HubServer`'s stop, then its start); a connection
+        a thread opens, before the close or after it, is closed when that thread ends
+        (`_Held`): a thread that outlived the close (that builder, past the stop's wait)
+        opened a new one, which nobody closed (review 43, tidy43)."""
         me = threading.current_thread()
         with self._guard:
             closing, self._all = self._all, []
+            self._retired.append(self._local)  # live threads' `_Held`s: to their end
         left = 0
         for owner, conn in closing:
             if owner is me or not owner.is_alive():
