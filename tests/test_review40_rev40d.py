@@ -22,6 +22,7 @@ import os
 import select
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -393,8 +394,14 @@ def _stop_at_random_and_start_again(make: Callable[..., _Till], seed: int) -> No
     assert till.rows()[0][0] == "DONE", (seed, till.rows())
     till.worker.close()
     till.worker = None
+    # The line carries what it still holds: until the pty holds nothing more for it and
+    # what it took stopped growing. (Review 43, stress43: the count read twice 0.5 s apart
+    # ended early when the line's thread was not scheduled for half a second on a loaded
+    # machine, and the coupon still in the pty counted as never printed whole.)
+    deadline = time.monotonic() + 60
     seen = -1
-    while seen != len(till.line.got):  # the line carries what it still holds
+    while seen != len(till.line.got) or select.select([till.master], [], [], 0)[0]:
+        assert time.monotonic() < deadline, (seed, "the line never took what the pty held")
         seen = len(till.line.got)
         threading.Event().wait(0.5)
     till.line.decoder.finish()
