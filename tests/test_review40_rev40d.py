@@ -112,7 +112,7 @@ class _Till:
             stopper = threading.Thread(target=worker.stop, daemon=True)
             stopper.start()
             self.stopper = stopper
-            _until(worker._stop.is_set, 10)
+            _until(worker._stop.is_set, 30)
 
         def factory() -> SerialTransport:
             if when is None:
@@ -199,7 +199,7 @@ def test_a_stop_as_a_9600_baud_coupon_is_asked_gs_r_leaves_it_printed_once(
     _until(lambda: len(till.line.got) >= till.size, 30)
     till.worker = None
     till.start()
-    _until(lambda: till.line.answered_gs_r >= 1, 10)
+    _until(lambda: till.line.answered_gs_r >= 1, 30)
     till.worker.close()  # type: ignore[union-attr]
     till.worker = None
     till.line.decoder.finish()
@@ -494,7 +494,7 @@ def test_a_sale_s_answers_never_wait_for_a_stuck_display_or_printer(tmp_path: Pa
                 for n in range(12):
                     if n == 4:
                         reading.clear()  # the display stops reading mid-sale
-                        reader.join(5)
+                        reader.join(30)
                         # and the port's kernel buffer is full (what a pty holds would
                         # take the display's messages of minutes to fill)
                         os.set_blocking(slave, False)
@@ -517,7 +517,7 @@ def test_a_sale_s_answers_never_wait_for_a_stuck_display_or_printer(tmp_path: Pa
                 server.stop()
     finally:
         reading.clear()
-        reader.join(5)
+        reader.join(30)
         printer.close()
         os.close(master)
         os.close(slave)
