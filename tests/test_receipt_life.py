@@ -246,7 +246,7 @@ def test_tillpoint_run_sweeps_expired_holds_without_anyone_asking(
             with till._lock:
                 return bool(till._ledger.execute(state).fetchone() == ("EXPIRED",))
 
-        wait_for(expired, timeout=5)
+        wait_for(expired, timeout=30)
     finally:
         stop()
 

@@ -180,7 +180,8 @@ class Till:
         if ready is not None and not ready.done():
             ready.cancel()
             polling = getattr(self.channel, "_connectivity_state", None)
-            deadline = time.monotonic() + 2
+            # grpcio's thread ends after its next 0.2 s watch; 30 s for a loaded machine
+            deadline = time.monotonic() + 30
             while getattr(polling, "polling", False) and time.monotonic() < deadline:
                 time.sleep(0.01)
         self.channel.close()

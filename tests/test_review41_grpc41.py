@@ -146,10 +146,11 @@ def test_the_client_waits_for_a_late_handshake_within_the_calls_timeout(
     agent_port: int,
 ) -> None:
     """A POS's one-attempt client (bench/difflong's, an integrator's choice) with a 5 s
-    deadline: the agent's HTTP/2 handshake coming 0.7 s late was UNAVAILABLE after 0.11 s."""
+    deadline (30 s here, for a loaded machine): the agent's HTTP/2 handshake coming 0.7 s
+    late was UNAVAILABLE after 0.11 s."""
     proxy = LateProxy(agent_port, delay_s=LATE_S)
     try:
-        with PosAgentClient(proxy.address, timeout=5, attempts=1) as till:
+        with PosAgentClient(proxy.address, timeout=30, attempts=1) as till:
             assert till.status()["deviceId"] == "till-1"
             result = till.checkout(receipt())
             assert result["receiptId"] == "r1" and result["totalMinor"] == 17980
@@ -169,7 +170,7 @@ def test_the_hub_link_waits_for_a_late_handshake_within_the_calls_deadline(
     proxy = LateProxy(hub.port, delay_s=LATE_S)
     link = HubLink(proxy.address, hub.enroll("t1", data_dir))
     try:
-        assert _list(link, timeout=5).acked_through_seq == 0
+        assert _list(link, timeout=30).acked_through_seq == 0  # 30 s: a loaded machine
         assert proxy.accepted == 1
     finally:
         link.close()

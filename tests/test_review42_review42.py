@@ -193,7 +193,7 @@ def test_a_till_run_that_ends_unserved_is_told_at_once_with_its_log(
     # grpcio's thread that watched the channel for the readiness wait ends quietly (it
     # died of "Cannot monitor channel state: Channel closed!" when the channel was closed
     # under it)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while any(t.is_alive() for t in set(threading.enumerate()) - before):
         assert time.monotonic() < deadline, "grpcio's watching thread did not end"
         time.sleep(0.05)
