@@ -21,14 +21,10 @@ a thread (its serving thread's start raises as CPython does then).
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from .conftest import CLI
 
 # ------------------------------------------------------------- 1. gRPC fails to start
 
@@ -95,3 +91,143 @@ def test_a_run_whose_grpc_server_fails_to_start_exits_and_stops_what_it_started(
     assert not any(name in left for name in ("http", "hold", "print", "display")), left
     assert not (data / forward.SERVING).exists()
     DataDirLock(data).acquire().release()  # the lock let go
+
+
+# ------------------------------------------------ 2. bounded_lines against its three copies
+
+BOUND = 8  # bytes (characters of a text stream): every edge within a short payload
+
+
+def _outcome(lines: Any) -> tuple[list[Any], str | None]:
+    """The lines an iterator gives, then the words of its refusal (None: none)."""
+    got: list[Any] = []
+    try:
+        for line in lines:
+            got.append(line)
+    except Exception as exc:  # InputError: its words compared
+        return got, str(exc)
+    return got, None
+
+
+def _chunk(read: Any, *args: Any) -> Any:
+    """A chunk reader's list as one item, its refusal raised when iterated."""
+    yield read(*args)
+
+
+def _old_stream_lines(stream: Any, first: Any, too_long: Any) -> Any:
+    """`snapshot_stream.stream_lines` before review 43 (tidy43), the bound BOUND."""
+    limit = BOUND
+    readline = stream.readline
+    n = 1
+    ends = (lambda t: t.endswith(b"\n")) if isinstance(first or b"", bytes) else None
+    if ends is None:
+        ends = lambda t: t.endswith("\n")  # noqa: E731
+    if first is not None:
+        if first and not ends(first) and len(first) <= limit:
+            first += readline(limit + 1 - len(first))
+        if len(first) > limit and not ends(first):
+            raise too_long(1)
+        if not first:
+            return
+        yield first
+        n = 2
+    while line := readline(limit + 1):
+        if len(line) > limit and not (
+            line.endswith(b"\n") if isinstance(line, bytes) else line.endswith("\n")
+        ):
+            raise too_long(n)
+        yield line
+        n += 1
+
+
+def _old_build_lines(src: Any, start: int, end: int, too_long: Any) -> Any:
+    """`cache_build._lines` before review 43 (tidy43), the bound BOUND."""
+    bound = BOUND
+    src.seek(start)
+    pos, n = start, 0
+    while pos < end:
+        line = src.readline(bound + 1)
+        if not line:
+            return
+        n += 1
+        pos += len(line)
+        if pos > end:
+            line = line[: len(line) - (pos - end)]
+        if len(line) > bound and not line.endswith(b"\n"):
+            raise too_long(n)
+        yield line
+
+
+def _old_import_lines(stream: Any, number: int, count: int, too_long: Any) -> list[bytes]:
+    """`hub_import._bounded_lines` before review 43 (tidy43), the bound BOUND."""
+    lines = []
+    for i in range(count):
+        line = stream.readline(BOUND + 1)
+        if len(line) > BOUND and not line.endswith(b"\n"):
+            raise too_long(number + i)
+        if not line:
+            break
+        lines.append(line)
+    return lines
+
+
+def _payloads(seed: int, n: int) -> list[bytes]:
+    import random
+
+    rnd = random.Random(seed)
+    pieces = [b"a", b"bc", b"\n", b"\r\n", b"x" * BOUND, b"y" * (BOUND - 1), b"z" * (BOUND + 1)]
+    found = [
+        b"",
+        b"\n",
+        b"a" * BOUND,
+        b"a" * BOUND + b"\n",
+        b"a" * (BOUND + 1),
+        b"\xef\xbb\xbf{}\n",
+    ]
+    for _ in range(n):
+        found.append(b"".join(rnd.choice(pieces) for _ in range(rnd.randrange(0, 8))))
+    return found
+
+
+@pytest.mark.parametrize("seed", [43, 4343])
+def test_bounded_lines_read_what_its_three_copies_read(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same lines, the same numbers in the same words, at every edge of the bound, for
+    `stream_lines` (bytes and text, a first line read whole or in part), `cache_build`'s
+    payload [start, end) (cut in the middle of a line too) and `hub_import`'s chunk."""
+    import io
+    import random
+
+    from tillpoint.agent import cache_build, limits, snapshot_stream
+    from tillpoint.sync import hub_import
+
+    monkeypatch.setattr(limits, "LINE_MAX_BYTES", BOUND)
+    monkeypatch.setattr(hub_import, "ROW_MAX_BYTES", BOUND)
+    rnd = random.Random(seed)
+    stream_words = snapshot_stream._too_long
+    for payload in _payloads(seed, 300):
+        text = payload.decode("utf-8")
+        for data, wrap in ((payload, io.BytesIO), (text, io.StringIO)):
+            for cut in (None, 0, 1, BOUND // 2, BOUND, BOUND + 1, len(data)):
+                old_src, new_src = wrap(data), wrap(data)
+                first_old = None if cut is None else old_src.readline(cut)
+                first_new = None if cut is None else new_src.readline(cut)
+                old = _outcome(_old_stream_lines(old_src, first_old, stream_words))
+                new = _outcome(snapshot_stream.stream_lines(new_src, first_new))
+                assert new == old, (data, cut)
+        for _ in range(4):
+            start = rnd.randrange(0, len(payload) + 1)
+            end = rnd.randrange(start, len(payload) + 1)
+            old = _outcome(_old_build_lines(io.BytesIO(payload), start, end, cache_build._too_long))
+            new = _outcome(cache_build._lines(io.BytesIO(payload), start, end))
+            assert new == old, (payload, start, end)
+        for count in (1, 2, 3, 100):
+            number = rnd.randrange(1, 50)
+            old_src, new_src = io.BytesIO(payload), io.BytesIO(payload)
+            old = _outcome(
+                _chunk(_old_import_lines, old_src, number, count, hub_import._line_too_long)
+            )
+            new = _outcome(_chunk(hub_import._bounded_lines, new_src, number, count))
+            assert new == old, (payload, number, count)
+            assert new_src.tell() == old_src.tell()  # the next chunk starts where it did
