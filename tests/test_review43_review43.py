@@ -231,3 +231,50 @@ def test_bounded_lines_read_what_its_three_copies_read(
             new = _outcome(_chunk(hub_import._bounded_lines, new_src, number, count))
             assert new == old, (payload, number, count)
             assert new_src.tell() == old_src.tell()  # the next chunk starts where it did
+
+
+# ---------------------------------- 3. the SQLite hub store's connections and their threads
+
+
+def test_a_pool_threads_connections_across_closes_are_closed_when_the_pool_ends(
+    tmp_path: Path,
+) -> None:
+    """`hub serve`'s handlers run in a pool whose threads outlive one call, and a store is
+    used again after its close: a pool thread that used the store before each of three
+    closes (made by another thread, as `HubServer.stop` makes it) keeps a connection for
+    each, never closed under it; all of them are closed when the pool's thread ends,
+    and nothing of hub.db is open once the store is closed again."""
+    import gc
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tillpoint.sync.hub_sqlite import SqliteHubStore
+
+    path = tmp_path / "hub.db"
+    store = SqliteHubStore(path)
+    pool = ThreadPoolExecutor(1)
+    try:
+        for _ in range(3):
+            assert pool.submit(store.delta_floor).result(30) == 0
+            store.close()  # the pool's thread is alive: its connection is left to it
+        assert pool.submit(store.delta_floor).result(30) == 0
+        (worker,) = pool._threads
+        conns = [conn for owner, conn in store._all if owner is worker]
+        assert len(conns) == 1  # the one opened after the last close
+    finally:
+        pool.shutdown(wait=True)
+    assert not worker.is_alive()
+    for conn in conns:
+        with pytest.raises(Exception, match="closed"):
+            conn.execute("SELECT 1")
+    store.close()
+    gc.collect()
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(path)):
+            found.append(target)
+    assert found == []
