@@ -11,12 +11,13 @@
    replaced, compared on seeded random payloads at a small bound (every edge: a last
    line without newline, CRLF, a line exactly at the bound and one byte past it, a
    payload's end in the middle of a line, empty input, a first line read in part).
-3. The SQLite hub store's connections closed by `_Held.__del__`: closed in the thread
-   that owned them when it ends, never under another thread's statement.
+3. The SQLite hub store's connections closed by `_Held.__del__` (tidy43): a pool thread
+   (`hub serve`'s handlers) that outlives several closes keeps one connection for each
+   (never closed under it) and all of them are closed when that thread ends.
 
-Real parts: `tillpoint run` in-process on real sockets and a real data directory, real
-threads, real SQLite files. The gRPC failure is injected where the kernel would refuse
-a thread (its serving thread's start raises as CPython does then).
+Real parts: `tillpoint run` in a process of its own on real sockets and a real data
+directory, real threads, real SQLite files. The gRPC failure is injected where the
+kernel would refuse a thread (its serving thread's start raises as CPython does then).
 """
 
 from __future__ import annotations
