@@ -239,7 +239,12 @@ def run(settings: Settings, config_file: Path | None = None) -> int:
         # called in a process that goes on (the tests) left gRPC serving and the threads
         # on an open agent (review 43)
         try:
-            server.stop(grace=None).wait()
+            # bounded, and grace 0 (calls cancelled at once, as None does) for its wait:
+            # a server whose serving thread did not start (gRPC's `start` failed after
+            # its stage became STARTED: "can't start new thread") never sets its stop's
+            # event, and `stop(grace=None)` waits for it itself, without a bound: the
+            # run hung for good (review 43, review43)
+            server.stop(grace=0).wait(STOP_GRACE_S)
             if http_server is not None and http_server.serve.thread.ident is not None:
                 http_server.stop()
             elif http_server is not None:
