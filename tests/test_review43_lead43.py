@@ -106,9 +106,45 @@ def test_a_run_whose_http_interface_fails_to_start_stops_what_it_started(
     from tillpoint.agent.lock import DataDirLock
 
     DataDirLock(tmp_path / "data").acquire().release()  # the lock let go
-    left = [t for t in threading.enumerate() if t.ident not in before and t.is_alive()]
+    # the signals' relay (agent/systemd.py) is one a process, for the process's life
+    mine = [t for t in threading.enumerate() if t.ident not in before and t.name != "signals"]
+    left = [t for t in mine if t.is_alive()]
     deadline = time.monotonic() + 30
     while left and time.monotonic() < deadline:
         time.sleep(0.1)
         left = [t for t in left if t.is_alive()]
     assert not left, left
+
+
+def test_a_sigterm_taken_while_the_main_thread_waits_on_the_stop_event_stops_it() -> None:
+    """CONTRACT §10 (`run` and `hub serve` stop at SIGTERM). Python runs a signal's handler
+    in the main thread wherever it is: inside `Event.wait` of the stop event, holding that
+    event's lock. The handler called `Event.set`, which took the same lock: the process
+    hung for good (`hub serve` in one stop of ~25 under load, CI review 43; `run` waits
+    the same way). The handler now only writes to a pipe that a thread of its own reads."""
+    import logging
+    import signal
+    import threading
+
+    from tillpoint.agent import systemd
+
+    done = threading.Event()
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    systemd.on_signals(done.set, logging.getLogger("test"))
+    try:
+        handler = signal.getsignal(signal.SIGTERM)
+        assert callable(handler)
+
+        def inside_wait() -> None:
+            with done._cond:  # type: ignore[attr-defined]  # as `done.wait` holds it
+                handler(signal.SIGTERM, None)
+
+        # in a thread of its own: before the fix it waits for ever, and the test says so
+        waiter = threading.Thread(target=inside_wait, daemon=True)
+        waiter.start()
+        waiter.join(10)
+        assert not waiter.is_alive(), "the handler waited for the lock its own thread held"
+        assert done.wait(30)  # and the stop was asked for
+    finally:
+        for sig, old in saved.items():
+            signal.signal(sig, old)
