@@ -228,6 +228,17 @@ def run(settings: Settings, config_file: Path | None = None) -> int:
         # for gRPC did (review 43, flake43). The HTTP port listens from its bind: a call
         # that reads the file before the interface starts waits in the kernel's backlog.
         unpublish = forward.publish(settings.data_dir, http_server, token=bool(settings.http.token))
+
+    def close_the_rest() -> None:
+        """Once the servers are stopped: the calls' handlers, the devices and the hub side,
+        /metrics, the agent, the data directory's lock (a stop, or a failed start)."""
+        grpc_workers.shutdown(wait=True)
+        stop_side_by_side([[devices.stop], list(reversed(hub_side))], log)
+        if metrics_server is not None:
+            metrics_server.shutdown()
+        agent.close()
+        lock.release()
+
     try:
         server.start()
         if http_server is not None:
@@ -249,12 +260,7 @@ def run(settings: Settings, config_file: Path | None = None) -> int:
                 http_server.stop()
             elif http_server is not None:
                 http_server.serve.stop_unstarted()
-            grpc_workers.shutdown(wait=True)
-            stop_side_by_side([[devices.stop], list(reversed(hub_side))], log)
-            if metrics_server is not None:
-                metrics_server.shutdown()
-            agent.close()
-            lock.release()
+            close_the_rest()
         except Exception:  # the start's own failure is the one to tell
             log.exception("stopping after a failed start")
         raise
@@ -314,12 +320,7 @@ def run(settings: Settings, config_file: Path | None = None) -> int:
     # each stored whole or not at all, before anything they use is stopped; closing the
     # agent under them failed their sale as "the ledger is busy or unavailable" and left
     # at the hub the hold they had just been granted. Their hub and lock waits are bounded.
-    grpc_workers.shutdown(wait=True)
-    stop_side_by_side([[devices.stop], list(reversed(hub_side))], log)
-    if metrics_server is not None:
-        metrics_server.shutdown()
-    agent.close()
-    lock.release()
+    close_the_rest()
     log.info("stopped")
     return 0
 
