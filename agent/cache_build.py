@@ -51,6 +51,7 @@ from . import errors, limits
 from .db import BUILDING, open_cache, phone_secret, remove_stale_builds, write_transaction
 from .errors import InputError, StorageError, TillpointError, UnreadableFile
 from .models import ROW_MODELS, SnapshotHeader
+from .snapshot_stream import line_too_long_error
 
 MODULE = "tillpoint.agent.cache_build"
 NICE = 10
@@ -263,11 +264,7 @@ def _lines(src: BinaryIO, start: int, end: int) -> Iterator[bytes]:
     end. None is read past `limits.LINE_MAX_BYTES`: a longer one is refused as "snapshot
     line N" counting from `start`'s line as 1 (a worker's error is numbered so, `work`)."""
     src.seek(start)
-    return limits.bounded_lines(src.readline, _too_long, size=end - start)
-
-
-def _too_long(n: int) -> InputError:
-    return InputError(limits.line_too_long(n))
+    return limits.bounded_lines(src.readline, line_too_long_error, size=end - start)
 
 
 def _sections(
@@ -295,7 +292,7 @@ def _sections(
             break
         ends = chunk.find(b"\n")  # where carry's line ends, if in this block
         if len(carry) + (len(chunk) if ends < 0 else ends) > bound:
-            raise InputError(limits.line_too_long(number))
+            raise line_too_long_error(number)
         number += chunk.count(b"\n")
         data, base = carry + chunk, pos - len(carry)
         at = data.find(pattern)

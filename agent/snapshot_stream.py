@@ -133,12 +133,13 @@ def stream_lines(stream: Any, first: bytes | str | None = None) -> Iterator[byte
     newline, none read past `limits.LINE_MAX_BYTES` (refused naming it: one 300 MB line
     grew `snapshot load` by ~1 GB until review 42, left42); `first`: its first line when
     already read, whole or in part (the rest of that line follows)."""
-    if isinstance(first, str):  # a text stream's (its bound in characters)
-        return limits.bounded_lines(stream.readline, _too_long, first=first)
-    return limits.bounded_lines(stream.readline, _too_long, first=first)
+    # a text stream's first line is text (its bound in characters), a binary one's bytes
+    given: Any = first
+    return limits.bounded_lines(stream.readline, line_too_long_error, first=given)
 
 
-def _too_long(n: int) -> InputError:
+def line_too_long_error(n: int) -> InputError:
+    """The till's refusal of snapshot line `n`, longer than `limits.LINE_MAX_BYTES`."""
     return InputError(limits.line_too_long(n))
 
 

@@ -206,7 +206,7 @@ def test_bounded_lines_read_what_its_three_copies_read(
     monkeypatch.setattr(limits, "LINE_MAX_BYTES", BOUND)
     monkeypatch.setattr(hub_import, "ROW_MAX_BYTES", BOUND)
     rnd = random.Random(seed)
-    stream_words = snapshot_stream._too_long
+    stream_words = snapshot_stream.line_too_long_error
     for payload in _payloads(seed, 300):
         text = payload.decode("utf-8")
         for data, wrap in ((payload, io.BytesIO), (text, io.StringIO)):
@@ -220,7 +220,7 @@ def test_bounded_lines_read_what_its_three_copies_read(
         for _ in range(4):
             start = rnd.randrange(0, len(payload) + 1)
             end = rnd.randrange(start, len(payload) + 1)
-            old = _outcome(_old_build_lines(io.BytesIO(payload), start, end, cache_build._too_long))
+            old = _outcome(_old_build_lines(io.BytesIO(payload), start, end, stream_words))
             new = _outcome(cache_build._lines(io.BytesIO(payload), start, end))
             assert new == old, (payload, start, end)
         for count in (1, 2, 3, 100):
