@@ -59,6 +59,7 @@ from tillpoint.agent.results import receipt_from_json
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
+from bench import ports
 from bench.ports import free_port
 
 EXE = str(Path(sys.executable).with_name("tillpoint"))
@@ -99,6 +100,25 @@ def rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
         return conn.execute(sql).fetchall()
     finally:
         conn.close()
+
+
+def outbox_depth(data_dir: Path) -> int:
+    """The till's outbox rows; -1 when it has no ledger (its agent never started)."""
+    if not (data_dir / "ledger.db").is_file():
+        return -1  # never made here: an agent would take it for another program's file
+    try:
+        return int(rows(data_dir / "ledger.db", "SELECT count(*) FROM outbox")[0][0])
+    except sqlite3.Error:
+        return -1
+
+
+def last_line(log: Path) -> str:
+    """A process's last line of output (why it exited), "" when it wrote none."""
+    try:
+        lines = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
 
 
 def wait_for(cond: Callable[[], Any], timeout: float, every: float = 0.05) -> Any:
@@ -218,6 +238,20 @@ def scenario_agent_kill(work: Path, iterations: int, rng: random.Random) -> Outc
                 continue
             # A till sells once it has a snapshot: the first start pulls one.
             wait_for(lambda: stub.Status(pb.StatusRequest(), timeout=2).cache_version > 0, 30)  # noqa: B023
+            try:
+                answering = stub.Status(pb.StatusRequest(), timeout=5)
+            except grpc.RpcError as exc:
+                answering = pb.Status(hub_address=f"(no answer: {exc.code().name})")
+            if proc.poll() is not None or answering.hub_address != hub.address:
+                # another program's agent on the port answers: its sales are not ours
+                out.fail(
+                    f"iteration {it}: the agent on port {port} is not ours (ours: exit code"
+                    f" {proc.poll()}, {last_line(log)!r}; the answering one's hub:"
+                    f" {answering.hub_address!r})"
+                )
+                kill(proc)
+                channel.close()
+                continue
             stop_at = time.monotonic() + rng.uniform(0.05, 0.8)
             killer = threading.Timer(max(0.0, stop_at - time.monotonic()), kill, (proc,))
             killer.start()
@@ -243,21 +277,33 @@ def scenario_agent_kill(work: Path, iterations: int, rng: random.Random) -> Outc
             out.counts["integrity_check ok"] += 1
         # Recovery: run until the outbox is empty, then compare with the hub.
         proc = start_agent(cfg, log)
-        drained = wait_for(
-            lambda: rows(data_dir / "ledger.db", "SELECT count(*) FROM outbox")[0][0] == 0, 60
-        )
+        drained = wait_for(lambda: outbox_depth(data_dir) == 0, 60)
         kill(proc)
+        ledgered = outbox_depth(data_dir) >= 0  # no ledger: none of our agents ever started
         if not drained:
             out.fail("the outbox did not drain within 60 s after recovery")
         at_hub = Counter(e.ref_id for e in hub.store.ledger(DEVICE))
-        journal = rows(data_dir / "ledger.db", "SELECT ref_id FROM journal")
-        for rid in returned:
-            if at_hub[rid] != 1:
-                out.fail(f"receipt {rid} is at the hub {at_hub[rid]} times")
-        out.counts["returned receipts at the hub once"] = sum(at_hub[r] == 1 for r in returned)
-        out.counts["hub rows"] = sum(at_hub.values())
-        if sum(at_hub.values()) != len(journal):
+        journal = rows(data_dir / "ledger.db", "SELECT ref_id FROM journal") if ledgered else []
+        if sum(at_hub.values()) != len(journal):  # first: the list below is cut at 20
             out.fail(f"hub has {sum(at_hub.values())} receipts, the till's journal {len(journal)}")
+        missing = [rid for rid in returned if at_hub[rid] != 1]
+        if missing:  # where they went, in one line before the list (`Outcome.fail` keeps 20)
+            in_journal = {str(r) for (r,) in journal}
+            aside_here = (
+                rows(data_dir / "ledger.db", "SELECT count(*) FROM sync_set_aside")
+                if ledgered
+                else [(0,)]
+            )
+            aside_hub = len(hub.store.set_aside_transactions(DEVICE))
+            out.fail(
+                f"{len(missing)} of {len(returned)} returned receipts not at the hub once"
+                f" ({sum(r in in_journal for r in missing)} of them in the till's journal;"
+                f" set aside: {aside_here[0][0]} at the till, {aside_hub} at the hub)"
+            )
+        for rid in missing:
+            out.fail(f"receipt {rid} is at the hub {at_hub[rid]} times")
+        out.counts["returned receipts at the hub once"] = len(returned) - len(missing)
+        out.counts["hub rows"] = sum(at_hub.values())
     finally:
         hub.stop()
     return out
@@ -355,9 +401,7 @@ def scenario_hub_kill(work: Path, iterations: int, rng: random.Random) -> Outcom
         link = HubLink(f"127.0.0.1:{port}", enrollment)
         sync = SyncService(agent, link, enrollment, timings(push_check_s=0.05))
         sync.start()
-        drained = wait_for(
-            lambda: rows(data_dir / "ledger.db", "SELECT count(*) FROM outbox")[0][0] == 0, 60
-        )
+        drained = wait_for(lambda: outbox_depth(data_dir) == 0, 60)
         sync.stop()
         kill(hub)
         if not drained:
@@ -1287,11 +1331,10 @@ QUICK_SECONDS = {
 }
 
 
-def side_by_side(args: argparse.Namespace) -> int:
-    """The scenarios in `args.jobs` child processes of this command (each `--only` its
-    group, the same seed and options); exit 1 when any of them broke a promise."""
-    import subprocess
-
+def side_by_side_jobs(args: argparse.Namespace) -> list[tuple[list[str], dict[str, str]]]:
+    """The command and environment of each side-by-side child: a group of `--only`, the
+    same seed and options, and a share of the ports of its own (never one port handed to
+    two of them)."""
     loads: list[tuple[float, list[str]]] = [(0.0, []) for _ in range(args.jobs)]
     for name in sorted(args.only or SCENARIOS, key=lambda n: -QUICK_SECONDS.get(n, 10)):
         least = min(range(len(loads)), key=lambda i: loads[i][0])
@@ -1299,11 +1342,22 @@ def side_by_side(args: argparse.Namespace) -> int:
     common = [sys.executable, "-m", "bench.faults", "--seed", str(args.seed)]
     common += ["--hub-store", args.hub_store]
     common += ["--quick"] * args.quick + ["--keep"] * args.keep
-    procs = [
-        subprocess.Popen([*common, *(x for n in group for x in ("--only", n))])
-        for _, group in loads
-        if group
+    groups = [group for _, group in loads if group]
+    return [
+        (
+            [*common, *(x for n in group for x in ("--only", n))],
+            dict(os.environ, **{ports.SHARE_ENV: f"{i}/{len(groups)}"}),
+        )
+        for i, group in enumerate(groups)
     ]
+
+
+def side_by_side(args: argparse.Namespace) -> int:
+    """The scenarios in `args.jobs` child processes of this command; exit 1 when any of
+    them broke a promise."""
+    import subprocess
+
+    procs = [subprocess.Popen(cmd, env=env) for cmd, env in side_by_side_jobs(args)]
     codes = [p.wait() for p in procs]
     return 0 if all(code == 0 for code in codes) else 1
 

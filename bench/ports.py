@@ -34,8 +34,18 @@ def ephemeral_range() -> tuple[int, int]:
         return 32_768, 60_999  # Linux's default
 
 
+SHARE_ENV = "BENCH_PORT_SHARE"  # "INDEX/COUNT": a benchmark's side-by-side child's share
+
+
 def worker_share() -> tuple[int, int]:
-    """(this pytest-xdist worker's index, the workers' count); (0, 1) outside xdist."""
+    """(this pytest-xdist worker's index, the workers' count), or a side-by-side child's of
+    `make faults-quick` (`SHARE_ENV`, set by its parent: two children drawing from one
+    pool can hand out one port twice, and then one child's `tillpoint run` exits "Address
+    already in use" while the other's answers its checkouts); (0, 1) otherwise."""
+    share = os.environ.get(SHARE_ENV, "")
+    index_text, _, count_text = share.partition("/")
+    if index_text.isdigit() and count_text.isdigit() and int(count_text) > 0:
+        return int(index_text) % int(count_text), int(count_text)
     name = os.environ.get("PYTEST_XDIST_WORKER", "")
     count = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
     if name.startswith("gw") and name[2:].isdigit() and count.isdigit() and int(count) > 0:
