@@ -198,8 +198,35 @@ def _degrade_char(ch: str, codec: str) -> str:
 
 
 def degrade(text: str, codec: str) -> str:
-    """Clean ``text`` and replace what ``codec`` cannot encode by readable look-alikes."""
-    return "".join(_degrade_char(ch, codec) for ch in clean(text))
+    """Clean ``text`` and replace what ``codec`` cannot encode by readable look-alikes.
+
+    A capital whose Latin takes two letters or more is written in capitals in a word in
+    capitals ("ЯБЛОКИ" → "IABLOKI", "ЩИ" → "SHCHI", as a passport writes them), title-case
+    otherwise ("Яблоки" → "Iabloki", "Я" alone → "Ia"): "IaBLOKI" read as a misprint."""
+    cleaned = clean(text)
+    out: list[str] = []
+    for i, ch in enumerate(cleaned):
+        piece = _degrade_char(ch, codec)
+        if (
+            len(piece) > 1
+            and ch.isupper()
+            and piece[1:].islower()
+            and _in_capitals(cleaned, i)
+            and _can(codec, piece.upper())
+        ):
+            piece = piece.upper()
+        out.append(piece)
+    return "".join(out)
+
+
+def _in_capitals(text: str, i: int) -> bool:
+    """Whether the capital at `i` stands in a word in capitals: the letter after it is a
+    capital, or, at the word's end, the letter before it is."""
+    after = text[i + 1] if i + 1 < len(text) else ""
+    if after.isalpha():
+        return after.isupper()
+    before = text[i - 1] if i > 0 else ""
+    return before.isalpha() and before.isupper()
 
 
 def encode(text: str, codec: str) -> bytes:

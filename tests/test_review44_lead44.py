@@ -94,3 +94,27 @@ def test_agent_kill_says_another_program_s_agent_answered_on_its_port(
     # before: "receipt k-N is at the hub 0 times", twenty times, the cause unsaid
     assert not any("is at the hub 0 times" in b for b in out.broken), out.broken
     assert out.counts["checkouts returned"] == 0  # the foreign agent sold nothing of ours
+
+
+# --------------------------------------------------------------- a page without Cyrillic
+
+
+@pytest.mark.parametrize(
+    ("text", "printed"),
+    [
+        ("ЯБЛОКИ -20%", "IABLOKI -20%"),  # was "IaBLOKI"
+        ("БОРЩ И ЩИ", "BORSHCH I SHCHI"),
+        ("ОБЪЯВЛЕНИЕ", "OBIAVLENIE"),
+        ("СКИДКА НА ЖК", "SKIDKA NA ZHK"),
+        ("Яблоки", "Iabloki"),  # a word with a capital first: as before
+        ("Щи и Юля", "Shchi i Iulia"),
+        ("Я", "Ia"),  # a word of one capital: as before
+        ("ЖК-телевизор", "ZHK-televizor"),
+        ("ІЛИЯС", "ILIIAS"),  # review 42's example: was "ILIIaS"
+    ],
+)
+def test_a_capital_in_a_word_in_capitals_is_written_in_capitals(text: str, printed: str) -> None:
+    from tillpoint.printer.text import degrade
+
+    assert degrade(text, "ascii") == printed
+    assert degrade(text, "cp866") == text  # a page with Cyrillic prints it as it is
