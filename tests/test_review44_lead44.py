@@ -117,4 +117,5 @@ def test_a_capital_in_a_word_in_capitals_is_written_in_capitals(text: str, print
     from tillpoint.printer.text import degrade
 
     assert degrade(text, "ascii") == printed
-    assert degrade(text, "cp866") == text  # a page with Cyrillic prints it as it is
+    # a page with Cyrillic prints it as it is (but the Ukrainian І CP866 lacks: Latin I)
+    assert degrade(text, "cp866") == text.replace("І", "I")
