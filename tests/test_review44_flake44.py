@@ -1,0 +1,72 @@
+"""Review 44 (flake44): the suite's and the benchmarks' readiness shortcuts and timing bets.
+
+Six CI runs in a row failed on one rare failure each, most of them a harness that took a
+port, a process or a clock for granted on a loaded two-core machine. Checked here, each
+with the fault made real (a port pre-taken by another program's listener, a process
+paused with SIGSTOP):
+
+- the PostgreSQL test cluster (`bench/pgcluster.py`) retries on a new port when its port
+  was taken between the pick and `pg_ctl start` (before: the cluster, and with it every
+  PostgreSQL test of the run, failed);
+- a hub harness counts a hub ready when the hub's own gRPC health service says SERVING
+  to an enrolled device (`bench/hubready.py`), not when its port accepts a TCP
+  connection: a port accepts from its bind, before the hub serves, and another
+  program's listener on the port accepts too.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from bench import pgcluster
+from bench.ports import free_port
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port below the ephemeral range that another program listens on (127.0.0.1)."""
+    port = free_port()
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("127.0.0.1", port))
+        holder.listen(8)
+        yield port
+
+
+@pytest.mark.skipif(pgcluster.unavailable_reason() is not None, reason="no PostgreSQL here")
+def test_the_pg_cluster_retries_on_a_new_port_when_its_port_is_taken_before_start(
+    taken_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    picks = iter([taken_port])  # the first pick is the taken port, as if taken after it
+    real = pgcluster._free_port
+    monkeypatch.setattr(pgcluster, "_free_port", lambda: next(picks, None) or real())
+    cluster = pgcluster.Cluster()
+    try:
+        assert cluster.port != taken_port
+        import psycopg
+
+        with psycopg.connect(cluster.url, connect_timeout=10) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.skipif(pgcluster.unavailable_reason() is not None, reason="no PostgreSQL here")
+def test_the_pg_cluster_says_why_when_it_cannot_start_for_another_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A start failure that is no port clash is not retried: it is said, once."""
+    calls: list[int] = []
+    real = pgcluster._free_port
+
+    def pick() -> int:
+        calls.append(1)
+        return real()
+
+    monkeypatch.setattr(pgcluster, "_free_port", pick)
+    with pytest.raises(RuntimeError, match="pg_ctl failed"):
+        pgcluster.Cluster(max_connections=-5)  # the server refuses this setting
+    assert len(calls) == 1
