@@ -452,7 +452,10 @@ def scenario_outage(work: Path, outage_s: float, rng: random.Random) -> Outcome:
     from tillpoint.agent.service import Agent
     from tillpoint.sync.hub_server import HubDir
     from tillpoint.sync.loopback import LoopbackHub
+    from tillpoint.sync.pki import load_enrollment
     from tillpoint.sync.service import TillSync
+
+    from bench.hubready import wait_hub_serving
 
     out = Outcome("outage")
     root = work / "hub"
@@ -463,6 +466,8 @@ def scenario_outage(work: Path, outage_s: float, rng: random.Random) -> Outcome:
     for device in devices:
         setup.enroll(device, work / device)
     setup.server.store.close() if hasattr(setup.server.store, "close") else None
+    enrollment = load_enrollment(work / devices[0])
+    assert enrollment is not None  # enrolled above
 
     def spawn() -> subprocess.Popen[bytes]:
         code = "import sys; from bench.faults import outage_hub_child as c; c(*sys.argv[1:])"
@@ -474,8 +479,10 @@ def scenario_outage(work: Path, outage_s: float, rng: random.Random) -> Outcome:
                 stdout=subprocess.DEVNULL,
                 stderr=log,
             )
-        if not wait_for(lambda: listening(port), 30, every=0.02):
-            raise RuntimeError("the hub process did not start")
+        # ready when the hub says SERVING, not when its port accepts (review 44, flake44):
+        # the outage's clock starts when the hub is back, not when its port is bound
+        if not wait_hub_serving(f"127.0.0.1:{port}", enrollment, 60, proc):
+            raise RuntimeError("the hub process did not start: " + last_line(work / "hub.log"))
         return proc
 
     syncs = {}

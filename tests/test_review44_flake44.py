@@ -16,13 +16,20 @@ paused with SIGSTOP):
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from bench import pgcluster
+from bench.hubready import wait_hub_serving
 from bench.ports import free_port
+from tests import test_review32_hub32 as hub32
 
 
 @pytest.fixture
@@ -70,3 +77,59 @@ def test_the_pg_cluster_says_why_when_it_cannot_start_for_another_reason(
     with pytest.raises(RuntimeError, match="pg_ctl failed"):
         pgcluster.Cluster(max_connections=-5)  # the server refuses this setting
     assert len(calls) == 1
+
+
+# ---------------------------------------------------------------- a hub's readiness
+
+
+def test_a_hub_harness_whose_port_another_program_holds_says_so(
+    tmp_path: Path, taken_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """hub32's `HubProcess` (as store33's and the benchmarks' hub harnesses) waited for its
+    port to accept, and went on when it did not: another program's listener there made
+    the tests' tills talk to it. Now its start waits for the hub's SERVING and says the
+    hub's own words when the hub exits."""
+    monkeypatch.setattr(hub32, "free_port", lambda: taken_port)
+    hub = hub32.HubProcess(tmp_path, None, ["till-a"])
+    try:
+        assert hub.listening()  # the old readiness: the other program's port accepts
+        with pytest.raises(RuntimeError, match=r"hub did not start.*cannot listen"):
+            hub.serve()
+    finally:
+        hub.stop()
+
+
+def test_a_hub_whose_port_accepts_is_not_ready_until_it_says_serving(tmp_path: Path) -> None:
+    """A `tillpoint hub serve` paused (SIGSTOP) once its port accepts: the port still
+    accepts (the kernel queues), the hub answers nothing; `wait_hub_serving` waits, and
+    says SERVING once the hub runs again."""
+    hub = hub32.HubProcess(tmp_path, None, ["till-a"])
+    try:
+        hub.serve()
+        assert hub.proc is not None
+        enrollment = hub.enrollments["till-a"]
+        os.kill(hub.proc.pid, signal.SIGSTOP)
+        try:
+            assert hub.listening()  # what the harnesses counted as ready
+            assert not wait_hub_serving(hub.address, enrollment, 2, hub.proc)
+        finally:
+            os.kill(hub.proc.pid, signal.SIGCONT)
+        assert wait_hub_serving(hub.address, enrollment, 60, hub.proc)
+    finally:
+        hub.stop()
+
+
+def test_a_hub_process_that_exited_is_not_ready_whatever_answers_on_its_port(
+    tmp_path: Path,
+) -> None:
+    """A hub that exited (its port taken) is not counted ready even when a hub answers
+    there: that one is another harness's."""
+    hub = hub32.HubProcess(tmp_path, None, ["till-a"])
+    try:
+        hub.serve()
+        gone = subprocess.Popen([sys.executable, "-c", "pass"])
+        gone.wait(timeout=30)
+        assert wait_hub_serving(hub.address, hub.enrollments["till-a"], 60)
+        assert not wait_hub_serving(hub.address, hub.enrollments["till-a"], 60, gone)
+    finally:
+        hub.stop()
