@@ -121,6 +121,20 @@ def last_line(log: Path) -> str:
     return lines[-1] if lines else ""
 
 
+def answers_ours(proc: subprocess.Popen[bytes], data_dir: Path) -> bool:
+    """Whether the `tillpoint run` answering on this scenario's port is `proc`, once its
+    gRPC is ready: `proc` runs and its data directory's `serving.json` (written before its
+    gRPC starts) names it. A port another program's agent holds makes `proc` exit
+    "Address already in use", and that agent's answers are not this till's."""
+    if proc.poll() is not None:
+        return False
+    try:
+        doc = json.loads((data_dir / "serving.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("pid") == proc.pid and proc.poll() is None
+
+
 def wait_for(cond: Callable[[], Any], timeout: float, every: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -1060,6 +1074,16 @@ def scenario_malformed(work: Path, count: int, cli_count: int, rng: random.Rando
     proc = start_agent(cfg, work / "agent.log")
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     grpc.channel_ready_future(channel).result(timeout=30)
+    if not answers_ours(proc, data_dir):
+        # another program's agent on the port answers: what it takes or refuses is not
+        # this till's (review 44, flake44: agent-kill's CI failure, here too)
+        out.fail(
+            f"the agent on port {port} is not ours (ours: exit code {proc.poll()},"
+            f" {last_line(work / 'agent.log')!r})"
+        )
+        channel.close()
+        kill(proc)
+        return out
     stub = pb_grpc.PosAgentStub(channel)
     clean = {
         grpc.StatusCode.INVALID_ARGUMENT,

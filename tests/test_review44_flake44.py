@@ -17,6 +17,7 @@ paused with SIGSTOP):
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -26,10 +27,11 @@ from pathlib import Path
 
 import pytest
 
-from bench import pgcluster
+from bench import faults, pgcluster
 from bench.hubready import wait_hub_serving
 from bench.ports import free_port
 from tests import test_review32_hub32 as hub32
+from tests.test_review44_lead44 import foreign_agent  # noqa: F401 (a fixture)
 
 
 @pytest.fixture
@@ -133,3 +135,24 @@ def test_a_hub_process_that_exited_is_not_ready_whatever_answers_on_its_port(
         assert not wait_hub_serving(hub.address, hub.enrollments["till-a"], 60, gone)
     finally:
         hub.stop()
+
+
+# ---------------------------------------------------------------- lead44's commit, further
+
+
+def test_the_malformed_scenario_says_another_program_s_agent_answered_on_its_port(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    foreign_agent: tuple[int, subprocess.Popen[bytes]],  # noqa: F811 (imported above)
+) -> None:
+    """lead44 made agent-kill check that the agent on its port is its own; malformed, the
+    other scenario that starts a `tillpoint run` on a port and talks to it, did not: with
+    another program's agent there it sent its bad inputs to that one (and its verdict on
+    "the cache or the ledger changed" read this till's files, untouched). Now it says so."""
+    port, _ = foreign_agent
+    monkeypatch.setattr(faults, "free_port", lambda: port)
+    work = tmp_path / "malformed"
+    work.mkdir()
+    out = faults.scenario_malformed(work, 20, 0, random.Random(1))
+    assert not out.ok
+    assert any(f"the agent on port {port} is not ours" in b for b in out.broken), out.broken
