@@ -1374,10 +1374,13 @@ def side_by_side_jobs(args: argparse.Namespace) -> list[tuple[list[str], dict[st
     common += ["--hub-store", args.hub_store]
     common += ["--quick"] * args.quick + ["--keep"] * args.keep
     groups = [group for _, group in loads if group]
+    # each child's share a part of this process's own (a pytest-xdist worker's, or a share
+    # its own parent gave it): never a port another worker or harness draws (review 44)
+    index, count = ports.worker_share()
     return [
         (
             [*common, *(x for n in group for x in ("--only", n))],
-            dict(os.environ, **{ports.SHARE_ENV: f"{i}/{len(groups)}"}),
+            dict(os.environ, **{ports.SHARE_ENV: f"{index + count * i}/{count * len(groups)}"}),
         )
         for i, group in enumerate(groups)
     ]

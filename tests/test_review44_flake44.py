@@ -16,6 +16,7 @@ paused with SIGSTOP):
 
 from __future__ import annotations
 
+import argparse
 import os
 import random
 import signal
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import faults, pgcluster
+from bench import faults, pgcluster, ports
 from bench.hubready import wait_hub_serving
 from bench.ports import free_port
 from tests import test_review32_hub32 as hub32
@@ -156,3 +157,27 @@ def test_the_malformed_scenario_says_another_program_s_agent_answered_on_its_por
     out = faults.scenario_malformed(work, 20, 0, random.Random(1))
     assert not out.ok
     assert any(f"the agent on port {port} is not ours" in b for b in out.broken), out.broken
+
+
+def test_side_by_side_children_share_only_their_parent_s_ports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """lead44 gave each side-by-side child the share "i/N" of all the ports; started by a
+    pytest-xdist worker (or by a child with a share of its own), the children drew from
+    the other workers' shares too. Now a child's share is a part of its parent's."""
+    monkeypatch.delenv(ports.SHARE_ENV, raising=False)
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "3")
+    args = argparse.Namespace(jobs=2, only=None, seed=6, hub_store="sqlite", quick=True, keep=False)
+    shares = [env[ports.SHARE_ENV] for _, env in faults.side_by_side_jobs(args)]
+    assert shares == ["1/6", "4/6"]
+    drawn = []
+    for share in shares:
+        monkeypatch.setenv(ports.SHARE_ENV, share)
+        monkeypatch.setattr(ports, "_cycle", None)
+        drawn.append({free_port() for _ in range(40)})
+    assert not drawn[0] & drawn[1]
+    assert all(port % 3 == 1 for port in drawn[0] | drawn[1])  # the worker's own share
+    monkeypatch.delenv("PYTEST_XDIST_WORKER")  # outside xdist: as lead44 had it
+    monkeypatch.delenv(ports.SHARE_ENV)
+    assert [env[ports.SHARE_ENV] for _, env in faults.side_by_side_jobs(args)] == ["0/2", "1/2"]
