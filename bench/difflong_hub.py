@@ -26,8 +26,10 @@ def master(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 class HubProc:
-    def __init__(self, root: Path, port: int, log: Path) -> None:
+    def __init__(self, root: Path, port: int, log: Path, enrollment: Any) -> None:
+        """`enrollment`: a device's, to ask the hub's health whether it serves."""
         self.root, self.port, self.log = root, port, log
+        self.enrollment = enrollment
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -47,9 +49,10 @@ class HubProc:
                 stderr=subprocess.STDOUT,
                 env=env,
             )
-        from bench.faults import listening, wait_for
+        from bench.hubready import wait_hub_serving
 
-        if not wait_for(lambda: listening(self.port), 30, every=0.02):
+        # ready when the hub says SERVING, not when its port accepts (review 44, flake44)
+        if not wait_hub_serving(f"127.0.0.1:{self.port}", self.enrollment, 60, self.proc):
             raise RuntimeError("hub did not start")
 
     def kill(self) -> None:
@@ -225,9 +228,9 @@ def main(seed: int, steps: int, work: Path, outage_at: int, outage_s: float) -> 
     setup = LoopbackHub(root, data=master(D.SNAPSHOT), start=False)
     port = free_port()
     setup.port = port
-    setup.enroll(D.DEVICE, data)
+    enrollment = setup.enroll(D.DEVICE, data)
     setup.server.store.close()
-    hub = HubProc(root, port, work / "hub.log")
+    hub = HubProc(root, port, work / "hub.log", enrollment)
     hub.start()
     ll = D.LongLived(work, data, extra_config="")
     seq = HubSequence(random.Random(seed), work, data, ll, hub=hub, root=root)

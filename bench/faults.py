@@ -121,6 +121,20 @@ def last_line(log: Path) -> str:
     return lines[-1] if lines else ""
 
 
+def answers_ours(proc: subprocess.Popen[bytes], data_dir: Path) -> bool:
+    """Whether the `tillpoint run` answering on this scenario's port is `proc`, once its
+    gRPC is ready: `proc` runs and its data directory's `serving.json` (written before its
+    gRPC starts) names it. A port another program's agent holds makes `proc` exit
+    "Address already in use", and that agent's answers are not this till's."""
+    if proc.poll() is not None:
+        return False
+    try:
+        doc = json.loads((data_dir / "serving.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("pid") == proc.pid and proc.poll() is None
+
+
 def wait_for(cond: Callable[[], Any], timeout: float, every: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -452,7 +466,10 @@ def scenario_outage(work: Path, outage_s: float, rng: random.Random) -> Outcome:
     from tillpoint.agent.service import Agent
     from tillpoint.sync.hub_server import HubDir
     from tillpoint.sync.loopback import LoopbackHub
+    from tillpoint.sync.pki import load_enrollment
     from tillpoint.sync.service import TillSync
+
+    from bench.hubready import wait_hub_serving
 
     out = Outcome("outage")
     root = work / "hub"
@@ -463,6 +480,8 @@ def scenario_outage(work: Path, outage_s: float, rng: random.Random) -> Outcome:
     for device in devices:
         setup.enroll(device, work / device)
     setup.server.store.close() if hasattr(setup.server.store, "close") else None
+    enrollment = load_enrollment(work / devices[0])
+    assert enrollment is not None  # enrolled above
 
     def spawn() -> subprocess.Popen[bytes]:
         code = "import sys; from bench.faults import outage_hub_child as c; c(*sys.argv[1:])"
@@ -474,8 +493,10 @@ def scenario_outage(work: Path, outage_s: float, rng: random.Random) -> Outcome:
                 stdout=subprocess.DEVNULL,
                 stderr=log,
             )
-        if not wait_for(lambda: listening(port), 30, every=0.02):
-            raise RuntimeError("the hub process did not start")
+        # ready when the hub says SERVING, not when its port accepts (review 44, flake44):
+        # the outage's clock starts when the hub is back, not when its port is bound
+        if not wait_hub_serving(f"127.0.0.1:{port}", enrollment, 60, proc):
+            raise RuntimeError("the hub process did not start: " + last_line(work / "hub.log"))
         return proc
 
     syncs = {}
@@ -1053,6 +1074,16 @@ def scenario_malformed(work: Path, count: int, cli_count: int, rng: random.Rando
     proc = start_agent(cfg, work / "agent.log")
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     grpc.channel_ready_future(channel).result(timeout=30)
+    if not answers_ours(proc, data_dir):
+        # another program's agent on the port answers: what it takes or refuses is not
+        # this till's (review 44, flake44: agent-kill's CI failure, here too)
+        out.fail(
+            f"the agent on port {port} is not ours (ours: exit code {proc.poll()},"
+            f" {last_line(work / 'agent.log')!r})"
+        )
+        channel.close()
+        kill(proc)
+        return out
     stub = pb_grpc.PosAgentStub(channel)
     clean = {
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -1343,10 +1374,13 @@ def side_by_side_jobs(args: argparse.Namespace) -> list[tuple[list[str], dict[st
     common += ["--hub-store", args.hub_store]
     common += ["--quick"] * args.quick + ["--keep"] * args.keep
     groups = [group for _, group in loads if group]
+    # each child's share a part of this process's own (a pytest-xdist worker's, or a share
+    # its own parent gave it): never a port another worker or harness draws (review 44)
+    index, count = ports.worker_share()
     return [
         (
             [*common, *(x for n in group for x in ("--only", n))],
-            dict(os.environ, **{ports.SHARE_ENV: f"{i}/{len(groups)}"}),
+            dict(os.environ, **{ports.SHARE_ENV: f"{index + count * i}/{count * len(groups)}"}),
         )
         for i, group in enumerate(groups)
     ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -18,6 +19,10 @@ from pathlib import Path
 from bench.ports import free_port
 
 START_TIMEOUT_S = 60
+START_ATTEMPTS = 5  # ports tried when another program takes the picked one first
+# the server's log when its port is taken ("could not bind IPv4 address ...: Address
+# already in use", then "could not create any TCP/IP sockets")
+PORT_TAKEN = re.compile(r"could not bind|Address already in use|could not create any TCP/IP")
 
 
 def server_bin() -> Path | None:
@@ -38,6 +43,16 @@ def unavailable_reason() -> str | None:
     if os.geteuid() == 0 and shutil.which("runuser") is None:
         return "running as root without runuser: cannot start PostgreSQL as a non-root user"
     return None
+
+
+def _read_from(log: Path, offset: int) -> str:
+    """What the server's log says from `offset` on ("" when there is no log)."""
+    try:
+        with log.open("rb") as text:
+            text.seek(offset)
+            return text.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
 
 
 def _free_port() -> int:
@@ -84,38 +99,59 @@ class Cluster:
         self.durable = durable
         if self.as_root:
             shutil.chown(self.root, "postgres", "postgres")
-        self._run(
-            "initdb",
-            "-D",
-            str(self.data),
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "--encoding=UTF8",
-            "--locale=C",
-            "--no-sync",
-        )
-        on = "on" if durable else "off"
-        options = (
-            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
-            f" -c max_connections={max_connections} -c fsync={on}"
-            f" -c synchronous_commit={on} -c full_page_writes={on} -c shared_buffers=256MB"
-            " -c max_wal_size=4GB -c checkpoint_timeout=15min"
-        )
-        self._run(
-            "pg_ctl",
-            "-D",
-            str(self.data),
-            "-o",
-            options,
-            "-l",
-            str(self.root / "server.log"),
-            "-w",
-            "-t",
-            str(START_TIMEOUT_S),
-            "start",
-        )
+        try:
+            self._run(
+                "initdb",
+                "-D",
+                str(self.data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
+            )
+            self._start(max_connections)
+        except BaseException:
+            shutil.rmtree(self.root, ignore_errors=True)  # never left behind half-made
+            raise
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _start(self, max_connections: int) -> None:
+        """`pg_ctl start` on `self.port`; on a new port when another program took that one
+        between its pick and the server's bind (the server's log says "could not bind"), at
+        most `START_ATTEMPTS` times (review 44: before, the cluster, and every PostgreSQL
+        test of the run with it, failed)."""
+        on = "on" if self.durable else "off"
+        for attempt in range(1, START_ATTEMPTS + 1):
+            options = (
+                f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
+                f" -c max_connections={max_connections} -c fsync={on}"
+                f" -c synchronous_commit={on} -c full_page_writes={on} -c shared_buffers=256MB"
+                " -c max_wal_size=4GB -c checkpoint_timeout=15min"
+            )
+            log = self.root / "server.log"
+            told = log.stat().st_size if log.exists() else 0
+            try:
+                self._run(
+                    "pg_ctl",
+                    "-D",
+                    str(self.data),
+                    "-o",
+                    options,
+                    "-l",
+                    str(log),
+                    "-w",
+                    "-t",
+                    str(START_TIMEOUT_S),
+                    "start",
+                )
+                return
+            except RuntimeError as exc:
+                said = _read_from(log, told)
+                if attempt == START_ATTEMPTS or not PORT_TAKEN.search(said):
+                    raise RuntimeError(f"{exc}\n{said.strip()[-2000:]}") from None
+                self.port = _free_port()
 
     def _run(self, tool: str, *args: str) -> None:
         cmd = [str(self.bin / tool), *args]

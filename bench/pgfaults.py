@@ -189,7 +189,14 @@ class Rig:
                 stderr=subprocess.STDOUT,
                 env=clean_env(),
             )
-        if wait and not wait_for(self.listening, 30, every=0.05):
+        from tillpoint.sync import pki
+
+        from bench.hubready import wait_hub_serving
+
+        # ready when the hub says SERVING, not when its port accepts (review 44, flake44)
+        probe = pki.load_enrollment(self.work / "probe")
+        assert probe is not None
+        if wait and not wait_hub_serving(self.address, probe, 60, self.hub_proc):
             raise RuntimeError("hub did not start: " + self.hub_log.read_text()[-2000:])
         return self.hub_proc
 

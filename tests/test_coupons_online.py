@@ -16,7 +16,7 @@ from tillpoint.sync.hub_store import TxIn
 from tillpoint.sync.loopback import LoopbackHub, Till, import_doc, sample_master_data
 from tillpoint.v1 import tillpoint_pb2 as pb
 
-from .conftest import enrolled_till
+from .conftest import answered, enrolled_till
 from .test_coupons import COUPONS, SORRY, receipt, verdicts
 
 APPLIED = ("APP555", "APPLIED", "")
@@ -32,7 +32,9 @@ def hub(tmp_path: Path) -> Iterator[LoopbackHub]:
 
 
 def enrolled(hub: LoopbackHub, tmp_path: Path, name: str) -> Till:
-    return enrolled_till(hub, tmp_path / name, name)
+    return enrolled_till(
+        hub, tmp_path / name, name, timings=answered()
+    )  # the hub answers in time (flake44)
 
 
 def test_two_tills_one_code_online_the_second_gets_already_used(

@@ -23,7 +23,7 @@ from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import HubGrant
 from tillpoint.sync.loopback import LoopbackHub, Till, receipt, sample_master_data, wait_for
 
-from .conftest import PassThroughHub, enrolled_till
+from .conftest import PassThroughHub, answered, enrolled_till
 from .test_coupons import SORRY
 
 CARD = "2770000000017"  # Anna, 1200 points
@@ -43,7 +43,9 @@ def hub(tmp_path: Path) -> Iterator[LoopbackHub]:
 
 @pytest.fixture()
 def till(hub: LoopbackHub, tmp_path: Path) -> Iterator[Till]:
-    till = enrolled_till(hub, tmp_path / "till", DEVICE)
+    till = enrolled_till(
+        hub, tmp_path / "till", DEVICE, timings=answered()
+    )  # the hub answers in time (flake44)
     yield till
     till.stop()
 
@@ -339,9 +341,11 @@ def test_run_still_stops_within_the_grace_with_health_watch_streams_open(tmp_pat
 
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from tillpoint.agent.app import stop_time_s
     from tillpoint.agent.service import Agent
 
     from .conftest import free_port, snapshot
+    from .stopclock import stop_seconds
 
     data = tmp_path / "data"
     seed = Agent(data, "till-1")
@@ -355,7 +359,11 @@ def test_run_still_stops_within_the_grace_with_health_watch_streams_open(tmp_pat
     )
     exe = Path(sys.executable).parent / "tillpoint"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
-    proc = subprocess.Popen([exe, "--config", conf, "--data-dir", data, "run"], env=env)
+    log = tmp_path / "run.log"  # the stop timed on the process's own clock
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [exe, "--config", conf, "--data-dir", data, "run"], env=env, stderr=out
+        )
     ended: list[Any] = []
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -373,10 +381,11 @@ def test_run_still_stops_within_the_grace_with_health_watch_streams_open(tmp_pat
             for w in watchers:
                 w.start()
             time.sleep(1.0)
-            started = time.monotonic()
             proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=30) == 0
-            assert time.monotonic() - started < 12  # the 5 s grace, then the stop
+            assert proc.wait(timeout=60) == 0
+            # the 5 s grace, then the stop: within the shipped bound, on the run's own
+            # clock (a stop the streams held would never end; review 44, flake44)
+            assert stop_seconds(log) < stop_time_s(None), log.read_text()[-2000:]
             for w in watchers:
                 w.join(10)
         assert len(ended) == 3

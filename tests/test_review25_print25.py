@@ -243,7 +243,10 @@ def test_a_coupon_printed_while_the_printer_is_off_prints_after_a_restart_and_wo
     tills.append(_Till(tmp_path, data, printer_port))
     started = time.monotonic()
     code, sale = tills[0].call("POST", "/v1/checkout", receipt("r1"))
-    assert code == 200 and time.monotonic() - started < 5
+    # not held up: a sale that waited for its coupon would wait for ever (the printer is
+    # off until the restart below; the job stays queued, status says so); 15 s is a
+    # loaded machine's room (review 44, flake44: it was 5 s)
+    assert code == 200 and time.monotonic() - started < 15
     assert sale["printedOffers"] == ["o-next", "o-plain"]
     status = tills[0].status_until(lambda s: s["printerState"] == "OFFLINE")
     assert (status["printerState"], status["printQueueDepth"]) == ("OFFLINE", 1)
@@ -329,7 +332,9 @@ def test_the_pole_display_through_run_shows_the_first_name_only_and_never_blocks
         started = time.monotonic()
         later = receipt("r2", at="2026-12-10T10:00:00+03:00")
         code, sale = till.call("POST", "/v1/checkout", later)
-        assert code == 200 and time.monotonic() - started < 2
+        # not held up: the display stays unplugged, so a sale that waited for it would
+        # wait for ever; 15 s is a loaded machine's room (review 44, flake44: it was 2 s)
+        assert code == 200 and time.monotonic() - started < 15
         assert sale["display"] == ["Начислено: +11", "Бонусы: 1268"]
         status = till.status_until(lambda s: s["displayState"] == "OFFLINE")
         assert status["displayState"] == "OFFLINE" and status["displayLastError"]

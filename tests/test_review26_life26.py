@@ -42,7 +42,7 @@ from tillpoint.sync.pull import Puller, cache_version
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
-from .conftest import PassThroughHub, enrolled_till, free_port
+from .conftest import PassThroughHub, answered, enrolled_till, free_port
 
 CARD = "2770000000017"  # c-1: 1200 points at the hub
 DEVICE = "till-1"
@@ -55,7 +55,7 @@ def held_at_hub(hub: LoopbackHub) -> int:
 
 
 def enrolled(hub: LoopbackHub, tmp_path: Path, clock: Any = None) -> Till:
-    return enrolled_till(hub, tmp_path / "till", DEVICE, clock=clock)
+    return enrolled_till(hub, tmp_path / "till", DEVICE, clock=clock, timings=answered())
 
 
 class Crash(BaseException):
@@ -104,7 +104,9 @@ def test_a_lapsed_hold_priced_again_and_lost_after_the_grant_is_released(
     the hub's new grant leaves the expired hold in the ledger, and the new hold at the hub
     is released at restart too."""
     now = [datetime.now(UTC)]
-    till = hub.till(DEVICE, tmp_path / "till", start=False, clock=lambda: now[0])
+    till = hub.till(
+        DEVICE, tmp_path / "till", start=False, clock=lambda: now[0], timings=answered()
+    )
     Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull()
     wait_for(lambda: cache_version(till.data_dir) == 1)
     body = receipt("r-again", CARD, redeem=100, lines=BIG)

@@ -27,6 +27,7 @@ from tillpoint.sync.hub_server import HubDir
 from tillpoint.sync.loopback import import_doc, receipt, sample_master_data, wait_for
 from tillpoint.sync.pull import Puller
 
+from bench.hubready import wait_hub_serving
 from bench.pgfaults import clean_env
 from tests.conftest import free_port
 
@@ -76,7 +77,9 @@ class HubProcess:
                 env=clean_env(),
             )
         self.procs.append(self.proc)
-        wait_for(self.listening, 30, every=0.05)
+        # ready when the hub says SERVING, not when its port accepts (review 44, flake44)
+        if not wait_hub_serving(self.address, next(iter(self.enrollments.values())), 60, self.proc):
+            raise RuntimeError("hub did not start: " + self.log.read_text(errors="replace")[-2000:])
 
     def listening(self) -> bool:
         import socket

@@ -41,7 +41,7 @@ from tillpoint.sync.loopback import receipt as hub_receipt
 from tillpoint.sync.push import Pusher
 from tillpoint.v1 import tillpoint_pb2 as pb
 
-from .conftest import CLI, enrolled_till, posagent_stub, receipt, snapshot
+from .conftest import CLI, answered, enrolled_till, posagent_stub, receipt, snapshot
 from .test_http_api import Client, error_of
 
 TIMEOUT = 10
@@ -100,7 +100,7 @@ def test_an_unsent_sale_with_an_id_the_hub_refuses_leaves_its_customer_online(
     sends such a movement without its receiptId (the hub counts it by its seq; the id
     only settles a hold of that receipt, which the hub never placed for an id it
     refuses), and the sale itself reaches the hub once."""
-    till = enrolled_till(hub, tmp_path / "till", "till-1")
+    till = enrolled_till(hub, tmp_path / "till", "till-1", timings=answered())
     try:
         online = till.agent.hub
         till.agent.hub = None  # the earlier release's sale: priced offline, no hold at the hub

@@ -26,7 +26,7 @@ from tillpoint.sync.loopback import receipt as hub_receipt
 from tillpoint.sync.pull import Puller
 from tillpoint.sync.push import Pusher
 
-from .conftest import enrolled_till
+from .conftest import answered, enrolled_till
 from .test_review32_left32a import _as_an_earlier_release_kept_it
 
 ANNA = "2770000000017"  # c-1 of the hub's sample data: 1,200 points
@@ -102,8 +102,8 @@ def test_a_rejected_unsent_sale_holds_nothing_at_the_hub_once_pushed(
     the sale, and another till of the store was granted 31 points less than Anna's live
     balance. The hold of an unsent movement goes with its transaction's answer, whatever
     it is."""
-    till = enrolled_till(hub, tmp_path / "till", "till-1")
-    other = enrolled_till(hub, tmp_path / "other", "till-2")
+    till = enrolled_till(hub, tmp_path / "till", "till-1", timings=answered())
+    other = enrolled_till(hub, tmp_path / "other", "till-2", timings=answered())
     try:
         online = till.agent.hub
         till.agent.hub = None  # the earlier release's sale: priced offline, no hold at the hub
@@ -357,7 +357,7 @@ def test_an_unsent_sale_under_a_taken_seq_is_held_for_the_other_tills(
     own sale earned, were below zero. A movement whose seq the hub holds with another
     receipt is unsent: counted and held as any."""
     data_dir = tmp_path / "w"
-    till = enrolled_till(hub, data_dir, "till-w")
+    till = enrolled_till(hub, data_dir, "till-w", timings=answered())
     till.agent.checkout(receipt_from_json(hub_receipt("w-1", ANNA)))
     assert drain(till) == 1
     till.stop()
@@ -372,8 +372,8 @@ def test_an_unsent_sale_under_a_taken_seq_is_held_for_the_other_tills(
         agent.close()
     assert (sold.seq, sold.redeemed_points, sold.earned_points) == (1, 50, 9)
 
-    till = hub.till("till-w", data_dir, start=False)
-    other = enrolled_till(hub, tmp_path / "b", "till-b")
+    till = hub.till("till-w", data_dir, start=False, timings=answered())
+    other = enrolled_till(hub, tmp_path / "b", "till-b", timings=answered())
     try:
         hub.publish()
         pull(other)  # till B knows W's old sale
@@ -613,7 +613,7 @@ def test_a_hold_asked_between_a_lost_answer_and_its_retry_holds_nothing_for_good
     over a sale already counted. The stored answer, given again, lets go of the holds of
     the seqs it set aside, as it did the first time."""
     data_dir = tmp_path / "w"
-    till = enrolled_till(hub, data_dir, "till-w")
+    till = enrolled_till(hub, data_dir, "till-w", timings=answered())
     till.agent.checkout(receipt_from_json(hub_receipt("w-1", ANNA)))
     assert drain(till) == 1
     till.stop()
@@ -628,7 +628,7 @@ def test_a_hold_asked_between_a_lost_answer_and_its_retry_holds_nothing_for_good
         agent.close()
     assert (sold.seq, sold.redeemed_points, sold.earned_points) == (1, 50, 9)
 
-    till = hub.till("till-w", data_dir, start=False)
+    till = hub.till("till-w", data_dir, start=False, timings=answered())
     try:
         lost_ack_push(till)
         held = till.agent.hold(receipt_from_json(hub_receipt("n-2", ANNA, redeem=10)))

@@ -40,7 +40,6 @@ import json
 import os
 import random
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -57,6 +56,7 @@ from typing import Any
 import pytest
 
 from bench.faults import wait_for
+from bench.hubready import wait_hub_serving
 
 from .conftest import free_port
 
@@ -331,12 +331,12 @@ class Store:
                 env=clean_env(),
             )
 
-        def listening() -> bool:
-            with socket.socket() as s:
-                s.settimeout(0.5)
-                return s.connect_ex(("127.0.0.1", self.hub_port)) == 0
+        from tillpoint.sync import pki
 
-        if not wait_for(listening, 60, 0.1):
+        # ready when the hub says SERVING, not when its port accepts (review 44, flake44)
+        enrollment = pki.load_enrollment(self.work / DEVICES[0])
+        assert enrollment is not None
+        if not wait_hub_serving(f"127.0.0.1:{self.hub_port}", enrollment, 60, self.hub_proc):
             raise RuntimeError("hub did not start: " + self.hub_log.read_text()[-2000:])
 
     def stop_hub(self, sig: int) -> None:

@@ -24,7 +24,7 @@ import pytest
 from tillpoint.agent.http_api import HttpServer
 from tillpoint.sync.loopback import FAST, LoopbackHub, wait_for
 
-from .conftest import PassThroughHub, SteppingClock, enrolled_till, snapshot
+from .conftest import PassThroughHub, SteppingClock, answered, enrolled_till, snapshot
 from .test_review30_memo30 import ANNA, MILK, sale
 from .test_review33_hold33 import SURE, a_receipt
 from .test_review39_flake39 import HeldBack, held_back
@@ -208,7 +208,7 @@ def test_two_confirms_and_a_cancel_waiting_for_a_hold_are_woken_however_it_ends(
     from tillpoint.agent.errors import NotFound
     from tillpoint.agent.results import receipt_from_json
 
-    till = enrolled_till(hub, tmp_path / "till", "till-1")
+    till = enrolled_till(hub, tmp_path / "till", "till-1", timings=answered())
     gate = _Gate(till.agent.hub, ending)
     till.agent.hub = gate
     try:

@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data
 
+from .conftest import answered
 from .test_review34_spec34c import Chain, enrolled_chain
 
 ANNA = "2770000000017"  # c-1, gold 7 %, 1,200 points
@@ -491,7 +492,7 @@ def test_two_running_tills_over_http_an_outage_and_a_delta_pushed_to_both(tmp_pa
     tills, doors = [], []
     try:
         for name in ("till-a", "till-b"):
-            till = hub.till(name, tmp_path / name)
+            till = hub.till(name, tmp_path / name, timings=answered())
             tills.append(till)
             door = HttpServer(till.agent, "127.0.0.1:0")
             door.start()
@@ -764,7 +765,7 @@ def test_a_running_till_releases_at_the_hub_a_hold_cancelled_while_it_was_away(
     hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
     from tillpoint.agent.server import start_hold_sweeper
 
-    till = hub.till("till-a", tmp_path / "till-a")
+    till = hub.till("till-a", tmp_path / "till-a", timings=answered())
     # `run`'s hold timer, woken by the hub link's recovery as `run` wires it
     stop_timer = start_hold_sweeper(till.agent, on_recovery=till.link.on_recovery, jitter_s=0.05)
     door = HttpServer(till.agent, "127.0.0.1:0")

@@ -97,12 +97,13 @@ def _start(where: Path, *, ttl: int | None = 1800, load: bool = True, **env: str
     port = free_port()
     conf = where / "till.toml"
     conf.write_text(f'[server]\nlisten = "127.0.0.1:{port}"\n[metrics]\nenabled = false\n', "utf-8")
-    proc = subprocess.Popen(
-        [EXE, "--config", conf, "--data-dir", data, "run"],
-        env=_env(**env),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    with open(where / "run.log", "ab") as log:  # its stop timed on its own clock (flake44)
+        proc = subprocess.Popen(
+            [EXE, "--config", conf, "--data-dir", data, "run"],
+            env=_env(**env),
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
     deadline = time.monotonic() + 30
     while not (data / "serving.json").exists():
         if proc.poll() is not None or time.monotonic() > deadline:

@@ -28,7 +28,7 @@ from tillpoint.agent.results import receipt_from_json
 from tillpoint.sync.loopback import LoopbackHub, sample_master_data
 from tillpoint.sync.loopback import receipt as hub_receipt
 
-from .conftest import enrolled_till
+from .conftest import answered, enrolled_till
 from .test_review35_shape35 import clean_env
 from .test_scenarios import _argv, _run_in_process
 
@@ -94,7 +94,7 @@ def test_the_offline_limit_caps_only_offline_receipts(tmp_path: Path) -> None:
     hub = LoopbackHub(tmp_path / "hub", data=sample_master_data(), clock=lambda: HUB_NOW)
     till = None
     try:
-        till = enrolled_till(hub, tmp_path / "till", "till-1")
+        till = enrolled_till(hub, tmp_path / "till", "till-1", timings=answered())
         first = till.agent.checkout(_sale("on-1"))
         assert (first.mode, first.redeemed_points, first.earned_points) == ("ONLINE", 900, 147)
         assert first.balance is not None and first.balance.available_points == 447

@@ -22,10 +22,12 @@ from typing import Any
 
 import grpc
 import pytest
+from tillpoint.agent.app import stop_time_s
 from tillpoint.agent.http_api import HttpServer
 from tillpoint.agent.service import Agent
 
 from .conftest import REPO, free_port, grpc_served, receipt, tcp_sockets
+from .stopclock import stop_seconds
 from .test_review31_pos31 import TILLPOINT
 from .test_review37_spec37c import answers_of, chunked, exchange
 
@@ -435,13 +437,15 @@ def test_sigterm_closes_idle_connections_answers_a_body_finished_in_the_grace_an
     )
     port = free_port()
     env.update(TILLPOINT_HTTP__LISTEN=f"127.0.0.1:{port}", TILLPOINT_SERVER__LISTEN="127.0.0.1:0")
-    process = subprocess.Popen(
-        [TILLPOINT, "run"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    log = tmp_path / "run.log"  # the stop timed on the process's own clock (flake44)
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            [TILLPOINT, "run"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+            start_new_session=True,
+        )
     socks: list[socket.socket] = []
 
     def connect() -> socket.socket:
@@ -486,7 +490,6 @@ def test_sigterm_closes_idle_connections_answers_a_body_finished_in_the_grace_an
         }:
             assert time.monotonic() < deadline, tcp_sockets(port)
             time.sleep(0.02)
-        stopped = time.monotonic()
         os.killpg(process.pid, signal.SIGTERM)
         time.sleep(0.5)
         finished, body = sales["finished"]
@@ -500,7 +503,9 @@ def test_sigterm_closes_idle_connections_answers_a_body_finished_in_the_grace_an
         assert (status, headers.get("connection")) == (503, "close"), answer
         assert "retry with the same receiptId" in json.loads(answer)["error"]["message"]
         assert process.wait(timeout=30) == 0
-        assert time.monotonic() - stopped < 15  # the 5 s grace, then the parts' stops
+        # the 5 s grace, then the parts' stops: within the shipped bound, on the run's own
+        # clock (the test's counted the machine's load too; review 44, flake44)
+        assert stop_seconds(log) < stop_time_s(None), log.read_text()[-2000:]
     finally:
         for sock in socks:
             sock.close()

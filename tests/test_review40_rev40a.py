@@ -260,22 +260,26 @@ def test_an_answer_the_client_stopped_reading_is_reset_at_its_time_not_twice_it(
     again from the look, not from the progress. So was, on many runs, one that never read
     at all: its kernel's delayed acknowledgement of what filled its receive buffer came
     in the milliseconds after the pause's measure. Here the time is 3 s and the client
-    reads once, 0.3 s after the write paused, then never: reset 6 s after the pause
-    (failing first), now within 3.6 s (a look each tenth of the time); the bound allows a
-    busy machine 1.2 s."""
-    with _timed(agent, monkeypatch, 3.0) as (srv, size):
+    reads once, 0.3 s after the write paused, then never: reset about twice the time after
+    its read (failing first), now within 1.1 times it (a look each tenth of the time).
+    Review 44 (flake44): the time is 5 s and measured from the client's read, the last
+    progress (it was 3 s, measured from the pause: a loaded machine's late wake-up from
+    the 0.3 s sleep counted against the product), and the bound is 1.5 times the time,
+    halfway: 2 s of a loaded machine's room either side."""
+    answer_s = 5.0
+    with _timed(agent, monkeypatch, answer_s) as (srv, size):
         connections = srv.serve.server.server_state.connections
         with _pipelined(srv, 8_000_000 // size + 1) as sock:
             assert _until(lambda: any(c.flow.write_paused for c in list(connections)), TIMEOUT)
-            paused = time.monotonic()
             time.sleep(0.3)
             assert len(sock.recv(1 << 20)) > 0  # the last progress: then nothing
+            read = time.monotonic()
             assert _until(lambda: not connections, TIMEOUT)
-            took = time.monotonic() - paused
+            took = time.monotonic() - read
             with pytest.raises(ConnectionResetError):
                 while sock.recv(1 << 20):
                     pass
-    assert took < 4.8, f"reset {took:.1f} s after the answer's write paused (its time: 3 s)"
+    assert took < 1.5 * answer_s, f"reset {took:.1f} s after the last read (its time: 5 s)"
 
 
 def _read_in_bursts(sock: socket.socket, pause_s: float) -> bytes:
@@ -348,9 +352,10 @@ def test_a_partial_head_pipelined_behind_a_call_has_the_head_s_time_not_keep_ali
     answer (the server's own time on the call before is not the client's to pay). Here
     the head's time is 1 s and keep-alive's 20 s: closed after 20 s (failing first), now
     after ~1 s; the bound allows a busy machine 7 s. A partial head alone, and one sent
-    after the answer, were closed at the head's time already (found right)."""
+    after the answer, were closed at the head's time already (found right). Review 44
+    (flake44): keep-alive's time 60 s and the bound 30 s, halfway (it was 20 s and 8 s)."""
     monkeypatch.setattr(http_api, "HEAD_TIMEOUT_S", 1.0)
-    monkeypatch.setattr(http_api, "KEEP_ALIVE_S", 20)
+    monkeypatch.setattr(http_api, "KEEP_ALIVE_S", 60)
     srv = HttpServer(agent, "127.0.0.1:0")
     srv.start()
     try:
@@ -371,7 +376,7 @@ def test_a_partial_head_pipelined_behind_a_call_has_the_head_s_time_not_keep_ali
                     got += chunk
                 took = time.monotonic() - sent
             assert [status for status, _, _ in answers_of(got)] == [200]
-            assert took < 8.0, f"closed {took:.1f} s after the partial head (late: {late})"
+            assert took < 30.0, f"closed {took:.1f} s after the partial head (late: {late})"
     finally:
         srv.stop()
 
@@ -502,6 +507,7 @@ def test_sigterm_to_a_real_run_with_a_sale_s_answer_unread_keeps_the_sale_for_th
 
     from . import test_review36_spec36f as spec36f
     from .conftest import snapshot
+    from .stopclock import stop_seconds
     from .test_review39_rev39a import OFFERS
 
     where = tmp_path / "till"
@@ -523,15 +529,15 @@ def test_sigterm_to_a_real_run_with_a_sale_s_answer_unread_keeps_the_sale_for_th
         with sock:
             assert first.startswith(b"HTTP/1.1 200 "), first[:200]
             time.sleep(1.0)  # the rest of the answer written as far as the kernel takes it
-            started = time.monotonic()
             served.proc.terminate()
             code = served.proc.wait(timeout=60)
-            took = time.monotonic() - started
             got, end = _to_the_end(sock, first)
     finally:
         spec36f._stop(served)
     assert code == 0
     assert end == "reset", (len(got), end)
+    # on the run's own clock (review 44, flake44: the test's counted the machine's load)
+    took = stop_seconds(where / "run.log")
     assert took < 5 + 8.0, took
     assert _stored(served.data, "unread-2") == 1
     again = spec36f._start(where, load=False)

@@ -218,8 +218,10 @@ def test_a_dead_port_still_fails_at_once_not_at_the_deadline() -> None:
         with pytest.raises(ClientError) as refused:
             till.status()
         took = time.monotonic() - t0
+    # UNAVAILABLE, not DEADLINE_EXCEEDED: it did not wait for the deadline (the order);
+    # refused in milliseconds, 20 s: a loaded machine's room short of the 30 s deadline
     assert refused.value.code == grpc.StatusCode.UNAVAILABLE and refused.value.attempts == 1
-    assert took < 10, took  # refused in milliseconds; 10 s: room for a loaded machine
+    assert took < 20, took
 
 
 def test_a_dead_hub_still_fails_at_once_not_at_the_deadline(
@@ -233,8 +235,8 @@ def test_a_dead_hub_still_fails_at_once_not_at_the_deadline(
         with pytest.raises(grpc.RpcError) as refused:
             _list(link, timeout=30)
         took = time.monotonic() - t0
-        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert took < 10, took
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE  # not at the deadline
+        assert took < 20, took  # as above
     finally:
         link.close()
 
@@ -270,9 +272,10 @@ def test_a_handshake_nobody_answers_is_given_up_at_the_clients_timeout(
             wait_for(answered, timeout=60, every=0.05)
             took = time.monotonic() - t0
         assert set(failures) <= RETRYABLE, failures
-        # the hung attempt (if one was still on) ended within the 1 s window: 5 s for a
-        # loaded machine, not gRPC's default 20 s
-        assert took < 6, took
+        # the hung attempt (if one was still on) ended within the 1 s window, not gRPC's
+        # default 20 s: the bound halfway, 9 s of a loaded machine's room either side
+        # (it was 6 s; review 44, flake44)
+        assert took < 10.5, took
     finally:
         proxy.close()
 
@@ -308,9 +311,10 @@ def test_the_hub_link_gives_up_a_handshake_nobody_answers_within_its_window(
         took = time.monotonic() - t0
         assert set(failures) <= {grpc.StatusCode.UNAVAILABLE}, failures
         assert proxy.accepted == 2
-        # the hung attempt ended within its window (3 s; the backoff's +20 % jitter, and
-        # 5 s for a loaded machine), not gRPC's default 20 s
-        assert took < sync_client.CONNECT_WINDOW_MS / 1000 * 1.2 + 5, took
+        # the hung attempt ended within its window (3 s; the backoff's +20 % jitter), not
+        # gRPC's default 20 s: the bound halfway (review 44, flake44: it was 5 s of room)
+        window = sync_client.CONNECT_WINDOW_MS / 1000 * 1.2
+        assert took < (window + 20) / 2, took
     finally:
         link.close()
         proxy.close()
@@ -353,7 +357,10 @@ def test_an_agent_restarted_on_its_port_is_reached_within_the_reconnect_backoff(
         wait_for(answered, timeout=30, every=0.02)
         took = time.monotonic() - back
         assert refusals >= 2
-        assert took < 5, took
+        # within the backoff (1 s, +20 %); 8 s for a loaded machine (review 44, flake44:
+        # it was 5 s). gRPC's defaults after this 2 s outage try again at ~2.6 s, so the
+        # time alone never told them apart: the channel's options do (`CHANNEL_OPTIONS`)
+        assert took < 8, took
     finally:
         till.close()
         for s in started:

@@ -41,6 +41,8 @@ def test_a_share_of_the_ports_given_by_the_parent_wins(monkeypatch: pytest.Monke
 def test_side_by_side_children_draw_from_disjoint_shares(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)  # the shares of a parent of
+    monkeypatch.delenv(ports.SHARE_ENV, raising=False)  # all the ports (review 44, flake44)
     args = argparse.Namespace(jobs=2, only=None, seed=6, hub_store="sqlite", quick=True, keep=False)
     jobs = faults.side_by_side_jobs(args)
     assert [env[ports.SHARE_ENV] for _, env in jobs] == ["0/2", "1/2"]
