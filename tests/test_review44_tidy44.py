@@ -87,3 +87,102 @@ def test_a_hub_server_started_again_after_its_stop_serves_as_a_new_one(
         wait_for(lambda: till.agent.status().cache_version == 2, timeout=30)
     finally:
         till.stop()
+
+
+# ---------------------------------------------------------------- 3. one connection a thread
+
+
+def test_a_thread_that_outlives_several_closes_of_a_sqlite_hub_store_holds_one_connection(
+    tmp_path: Path,
+) -> None:
+    """A real thread reads a SQLite hub store, then again after each of three closes made
+    by another thread (a `HubServer` stopped and started three times while a long build
+    went on): it holds one connection of the store, the newest; the ones it opened before
+    each close are closed by its next read (it held one a close until it ended). Each
+    connection is asked directly: SQLite keeps a closed connection's descriptors while
+    another of the process holds the file (review 43)."""
+    import sqlite3
+    import threading
+
+    from tillpoint.sync.hub_sqlite import SqliteHubStore
+
+    store = SqliteHubStore(tmp_path / "hub.db")
+    closes = 3
+    turn = [threading.Event() for _ in range(closes + 1)]
+    read = [threading.Event() for _ in range(closes + 1)]
+    ended = threading.Event()
+    conns: list[sqlite3.Connection] = []
+
+    def builder() -> None:
+        for i in range(closes + 1):
+            turn[i].wait(30)
+            assert store.latest() is None
+            conns.append(store._local.held.conn)
+            read[i].set()
+        ended.wait(30)
+
+    def is_open(conn: sqlite3.Connection) -> bool:
+        try:
+            conn.execute("SELECT 1")
+        except sqlite3.ProgrammingError:
+            return False
+        return True
+
+    thread = threading.Thread(target=builder, name="hub-snapshots")
+    thread.start()
+    try:
+        for i in range(closes + 1):
+            if i:
+                store.close()
+            turn[i].set()
+            assert read[i].wait(30)
+        assert len({id(conn) for conn in conns}) == closes + 1  # a new one after each close
+        assert [is_open(conn) for conn in conns] == [False] * closes + [True]
+    finally:
+        ended.set()
+        thread.join(30)
+        store.close()
+    assert not thread.is_alive()
+
+
+def test_a_threads_snapshot_stream_open_across_a_close_reads_to_its_end(tmp_path: Path) -> None:
+    """The same thread, halfway through a snapshot stream (one read transaction) when the
+    store is closed, asks for a read of another kind and then reads the stream to its
+    end: the stream's connection is kept aside, not closed under it, and let go of at
+    the thread's next ask once the stream is over."""
+    import sqlite3
+    import threading
+
+    from tillpoint.sync.hub_sqlite import SqliteHubStore
+    from tillpoint.sync.loopback import import_doc
+
+    store = SqliteHubStore(tmp_path / "hub.db")
+    import_doc(store, sample_master_data())
+    whole = list(store.snapshot_stream(store.publish(datetime.now(UTC), 86400.0).version, 0))
+    store.close()
+    began, closed = threading.Event(), threading.Event()
+    got: list[Any] = []
+
+    def reader() -> None:
+        stream = store.snapshot_stream(1, 0)
+        first = [next(stream), next(stream)]
+        streaming = store._local.held.conn
+        began.set()
+        closed.wait(30)
+        got.append(store.latest())  # a new connection; the stream's is kept aside
+        got.append([*first, *stream])
+        store.latest()  # the stream over: its connection let go of now
+        with pytest.raises(sqlite3.ProgrammingError):
+            streaming.execute("SELECT 1")
+        got.append(True)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    assert began.wait(30)
+    store.close()
+    closed.set()
+    thread.join(30)
+    store.close()
+    assert not thread.is_alive()
+    assert got[0] is not None and got[0].version == 1
+    assert got[1] == whole and got[2] is True
