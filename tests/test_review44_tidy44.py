@@ -186,3 +186,98 @@ def test_a_threads_snapshot_stream_open_across_a_close_reads_to_its_end(tmp_path
     assert not thread.is_alive()
     assert got[0] is not None and got[0].version == 1
     assert got[1] == whole and got[2] is True
+
+
+# ---------------------------------------------------------------- 4. a stop's cancel
+
+
+def _sync_errors(data_dir: Path) -> dict[str, str | None]:
+    import sqlite3
+
+    from tillpoint.sync import state
+
+    conn = sqlite3.connect(data_dir / "ledger.db")
+    try:
+        return {key: state.get(conn, f"error:{key}") for key in ("pull", "push")}
+    finally:
+        conn.close()
+
+
+def _said(caplog: pytest.LogCaptureFixture) -> list[str]:
+    import logging
+
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "tillpoint.sync" and r.levelno >= logging.INFO
+    ]
+
+
+def test_a_stops_cancel_of_a_pull_on_its_way_is_neither_logged_nor_recorded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`tillpoint run`'s stop closes the link under a pull on its way (CANCELLED): the
+    till logs no failed pull (INFO or above), records no `error:pull` or `error:push`,
+    and its link still says the hub answers (no failure, still online). Pinned before
+    the five `link.closing` checks were looked at (review 44)."""
+    import logging
+
+    config = HubConfig(
+        heartbeat_s=1.0,
+        watch_interval_s=0.05,
+        publish_every_s=0,
+        chunk_size=256,
+        rate_limit_bytes_s=512,  # the snapshot takes seconds: the stop comes in the middle
+    )
+    hub = LoopbackHub(tmp_path / "hub", config, data=sample_master_data(), store="")
+    try:
+        caplog.set_level(logging.DEBUG, logger="tillpoint.sync")
+        till = hub.till("till-1", tmp_path / "till-1")
+        service = till.service
+        assert service is not None
+        wait_for(lambda: service.puller.part.exists() and service.puller.part.stat().st_size)
+        assert till.link.online
+        till.stop()  # the service's stop: the link closed under the stream
+        assert not [m for m in _said(caplog) if "fail" in m], _said(caplog)
+        assert _sync_errors(till.data_dir) == {"pull": None, "push": None}
+        assert till.link.closing and till.link.online and till.link.last_failure is None
+    finally:
+        hub.stop()
+
+
+def test_a_failed_pull_and_push_are_logged_once_and_recorded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The other side of the same checks: the hub away (not a stop), a pull and a push
+    that fail are each logged once at INFO ("pull failed: …", "push failed, will retry:
+    …") and recorded (`error:pull`, `error:push`, "pull: …", "push: …"); the link says
+    the hub is away."""
+    import json
+    import logging
+
+    from tillpoint.agent.results import receipt_from_json
+    from tillpoint.sync.loopback import receipt
+
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data(), store="")
+    till = hub.till("till-1", tmp_path / "till-1")
+    try:
+        wait_for(lambda: till.agent.status().cache_version == 1, timeout=30)
+        hub.stop()
+        caplog.set_level(logging.DEBUG, logger="tillpoint.sync")
+        till.agent.checkout(receipt_from_json(receipt("r-1", "2770000000017")))
+        assert till.service is not None
+        till.service.trigger_pull()
+        wait_for(lambda: all(_sync_errors(till.data_dir).values()), timeout=30)
+        errors = {
+            k: json.loads(v or "{}")["message"] for k, v in _sync_errors(till.data_dir).items()
+        }
+        assert errors["pull"].startswith("pull: "), errors
+        assert errors["push"].startswith("push: "), errors
+        wait_for(lambda: len([m for m in _said(caplog) if "failed" in m]) >= 2, timeout=30)
+        said = [m for m in _said(caplog) if "failed" in m]
+        assert len([m for m in said if m.startswith("pull failed: ")]) == 1, said
+        assert len([m for m in said if m.startswith("push failed, will retry: ")]) == 1, said
+        assert not till.link.online and till.link.last_failure
+    finally:
+        till.stop()
+        hub.stop()
