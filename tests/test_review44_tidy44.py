@@ -281,3 +281,78 @@ def test_a_failed_pull_and_push_are_logged_once_and_recorded(
     finally:
         till.stop()
         hub.stop()
+
+
+# ---------------------------------------------------------------- 5. verify_file's first line
+
+EDGE = 1000  # the bound made small in this process (the readers look it up as they read)
+_EXPIRES = "2036-11-30T00:00:00Z"  # the version's validity (the fixtures' end)
+
+
+def _verify_file(path: Path) -> Any:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from tillpoint.sync import signing
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    return signing.verify_file(
+        public_key=key.public_key(),
+        path=path,
+        signature=signing.sign(key, path.read_bytes()),
+        current_version=1,
+        now=datetime.now(UTC),
+    )
+
+
+@pytest.mark.parametrize(
+    ("pad", "refused"),
+    [(0, False), (-1, False), (1, True)],
+    ids=["header-at-the-bound-with-its-newline", "one-under", "one-past"],
+)
+def test_a_pulled_payloads_json_lines_header_is_read_within_the_bound(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pad: int, refused: bool
+) -> None:
+    """`signing.verify_file` (a pulled payload on disk) reads its first line within
+    `LINE_MAX_BYTES`: a JSON Lines header of the bound's length (its newline beyond) is
+    taken, one byte longer is refused in the rows' words (`limits.line_too_long(1)`,
+    "snapshot refused: " before it), before it is read as JSON. Pinned before the read
+    was looked at for `limits.bounded_lines` (review 44)."""
+    from tillpoint.agent import limits
+    from tillpoint.agent.errors import SnapshotRefused
+
+    from .conftest import snapshot
+    from .test_review42_left42 import jsonl_lines, write_lines
+
+    monkeypatch.setattr(limits, "LINE_MAX_BYTES", EDGE)
+    lines = jsonl_lines(snapshot(version=2, expiresAt=_EXPIRES))
+    head = lines[0][:-2] + b', "pad": "'
+    lines[0] = head + b"x" * (EDGE - len(head) - 2 + pad) + b'"}\n'
+    assert len(lines[0]) == EDGE + 1 + pad  # with its newline
+    path = write_lines(tmp_path / "landed", lines)
+    if refused:
+        with pytest.raises(SnapshotRefused) as caught:
+            _verify_file(path)
+        assert str(caught.value) == f"snapshot refused: {limits.line_too_long(1)}"
+    else:
+        assert _verify_file(path).header["version"] == 2
+
+
+def test_a_pulled_plain_json_document_on_one_line_past_the_bound_is_read_whole(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A payload that is one JSON document (the format before JSON Lines), on one line
+    longer than the bound: not a JSON Lines header, so `verify_file` reads it whole and
+    takes it, as `verify` does in memory. Why the read is not `limits.bounded_lines`,
+    which refuses any line past the bound (review 44)."""
+    import json
+
+    from tillpoint.agent import limits
+
+    from .conftest import snapshot
+
+    monkeypatch.setattr(limits, "LINE_MAX_BYTES", EDGE // 2)
+    doc = json.dumps(snapshot(version=2, expiresAt=_EXPIRES), ensure_ascii=False).encode()
+    assert len(doc) > EDGE and b"\n" not in doc
+    path = tmp_path / "landed"
+    path.write_bytes(doc)
+    verified = _verify_file(path)
+    assert verified.header["version"] == 2 and "products" in verified.header
