@@ -1492,9 +1492,9 @@ class HubServer:
         watched nothing). The store it opened and the stop closed is opened again when it
         cannot be used again (PostgreSQL's pool; a SQLite store opens its connections
         again as its threads ask)."""
-        self._stopped = False
         if self._owns_store and self.dir.on_postgres:
             self.store = self.servicer.store = self.builder.store = self.dir.open_store()
+        self._stopped = False  # after the store: a start that could not open it, again next
         self._stop = threading.Event()
         self.notifier.start()
         self.health = hub_health(self.store)  # a stopped one is NOT_SERVING for good
