@@ -19,6 +19,11 @@ Checked here, on a real hub (gRPC on 127.0.0.1, a SQLite store, the real flock):
   hub.db and says no error (the promise nobody pinned; the order tidy43's test met).
   tidy43's own order (the builder at the lock when the stop comes) is its test's, which
   now waits for that moment.
+
+Read afterwards for the same patterns, in the tests of reviews 42-44: review42's run
+that never serves read the pid its fake wrote to a file, within a 1.5 s wait that stops
+the fake (now the pid of its `Popen`; shown here with a fake started 3 s late); waits
+of 10 s for a thread or a killed process (ledger42, left42, lead43) raised to 30-60 s.
 """
 
 from __future__ import annotations
@@ -62,3 +67,23 @@ def test_a_hub_stopped_before_its_builder_woke_builds_nothing_and_leaves_nothing
     assert not [m for level, m in said if level >= logging.ERROR], said
     gc.collect()
     assert open_descriptors(hub.server.dir.root / "hub.db") == []
+
+
+def test_review42s_never_serving_run_is_judged_when_its_fake_starts_late(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review42's `test_a_till_run_that_never_serves_is_stopped_when_its_wait_fails` read
+    the pid its fake `tillpoint` wrote to a file once started; its wait was 1.5 s, and the
+    wait's stop ended a fake that a loaded machine had not started by then, before it
+    wrote the file (FileNotFoundError: the pattern "a file another process writes"). Its
+    fake started 3 s late here; it failed so before the test took the pid from `Popen`."""
+    from . import test_review42_review42 as review42
+
+    def slow_fake(where: Path, body: str) -> str:
+        exe = where / "slow-fake-tillpoint"
+        exe.write_text(f'#!/bin/sh\nsleep 3\necho $$ > "{where}/pid"\n{body}\n', encoding="ascii")
+        exe.chmod(0o755)
+        return str(exe)
+
+    monkeypatch.setattr(review42, "_fake_run", slow_fake)
+    review42.test_a_till_run_that_never_serves_is_stopped_when_its_wait_fails(tmp_path, monkeypatch)
