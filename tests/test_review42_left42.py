@@ -438,7 +438,7 @@ def _stop_with_a_push_unanswered(tmp_path: Path, call_timeout_ms: int) -> tuple[
         finally:
             if proc.poll() is None:
                 proc.kill()
-                proc.wait(10)
+                proc.wait(30)
         assert proc.returncode == 0, err[-3000:]
         # the push the hub stored and never answered: still in the outbox, sent again by
         # the next contact and taken by the hub as the duplicate it is (nothing doubled)

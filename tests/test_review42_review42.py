@@ -24,9 +24,11 @@ import os
 import signal
 import socket
 import stat
+import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -159,11 +161,23 @@ def test_a_till_run_that_never_serves_is_stopped_when_its_wait_fails(
 ) -> None:
     from tests import test_review32_conc32 as conc32
 
+    # The run's pid from its `Popen`, not from the pid file the fake writes: on a loaded
+    # machine the fake had not started within the 1.5 s wait, the wait's stop ended it
+    # before it wrote the file, and the test read a missing file (review 44, stress44).
+    started: list[subprocess.Popen[bytes]] = []
+
+    class Recorded(subprocess.Popen[bytes]):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            started.append(self)
+
+    monkeypatch.setattr(conc32.subprocess, "Popen", Recorded)
     monkeypatch.setattr(conc32, "EXE", _fake_run(tmp_path, "exec sleep 300"))
     monkeypatch.setattr(conc32, "TIMEOUT", 1.5)
     with pytest.raises(TimeoutError):
         conc32.Till(tmp_path, tmp_path / "data")
-    pid = int((tmp_path / "pid").read_text())
+    assert len(started) == 1, started
+    pid = started[0].pid
     try:
         deadline = time.monotonic() + 30
         while not _gone(pid) and time.monotonic() < deadline:

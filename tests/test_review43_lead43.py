@@ -142,7 +142,7 @@ def test_a_sigterm_taken_while_the_main_thread_waits_on_the_stop_event_stops_it(
         # in a thread of its own: before the fix it waits for ever, and the test says so
         waiter = threading.Thread(target=inside_wait, daemon=True)
         waiter.start()
-        waiter.join(10)
+        waiter.join(30)
         assert not waiter.is_alive(), "the handler waited for the lock its own thread held"
         assert done.wait(30)  # and the stop was asked for
     finally:
