@@ -43,8 +43,8 @@ from tillpoint.sync.loopback import FAST, LoopbackHub
 from .conftest import ManualClock, enrolled_till
 from .test_review33_hold33 import OFFLINE_LIMIT, a_receipt, held_at_hub, hold33_hub, life
 
-# The first request must be answered in time on a loaded machine: a till that waits 5 s.
-TIMINGS = replace(FAST, redeem_timeout_s=5.0)
+# The first request must be answered in time on a loaded machine: a till that waits 3 s.
+TIMINGS = replace(FAST, redeem_timeout_s=3.0)
 
 
 class SecondHeldBack:
