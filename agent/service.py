@@ -281,12 +281,15 @@ class _Asks(threading.local):
     """This thread's Hold or Checkout while it asks the hub (`Agent._one_hub_deadline`):
     `active` inside one, `since` when its first request was made (`time.monotonic`),
     `told` the lowest offline limit its requests told the hub (what the hub keeps of a
-    grant it makes past the deadline: the cap of its OFFLINE pricing, review 37)."""
+    grant it makes past the deadline: the cap of its OFFLINE pricing, review 37), `count`
+    how many requests it made (review 44, hold44: more than one, and a release that
+    dropped the first one's grant may have come before a later one's)."""
 
     def __init__(self) -> None:
         self.active = False
         self.since: float | None = None
         self.told: int | None = None
+        self.count = 0
 
 
 @dataclass(frozen=True)
@@ -430,6 +433,12 @@ class Agent:
         # `_one_hub_deadline`: when this thread's Hold or Checkout first asked the hub, and
         # the lowest offline limit its requests told the hub
         self._asks = _Asks()
+        # Holds priced OFFLINE that asked the hub more than once (their early pricing, then
+        # again inside the write transaction, or again for a coupon): receiptId ->
+        # `time.monotonic()` when held. Their release stays owed while a grant may come
+        # whatever the hub answers (`_release_at_hub`; review 44, hold44). This process's
+        # own: a restart forgets it (then a release that found a grant is done, as before).
+        self._asked_again: dict[str, float] = {}
         # Quotes, identification and balances read on connections of their own, outside
         # `_lock` (`_read`): WAL readers never wait behind a commit's fsync. Idle pairs of
         # reader connections are reused, the most recent first; at most READERS_KEPT stay.
@@ -1095,7 +1104,8 @@ class Agent:
         (an expired hold priced afresh: its new hold replaced the old one at the hub), or
         a hold of it is being placed (`HubTurns`; that hold carries the release owed), or
         the hub held nothing yet for a hold whose grant may still reach it (still owed,
-        sent again at the next round: `_grant_may_come`).
+        sent again at the next round: `_grant_may_come`; whatever the hub answered when
+        the Hold asked it more than once, `_asked_again`).
         `forgotten`: the ledger no longer has the receipt (`reset`), release it as is."""
         hub = self.hub
         if hub is None:
@@ -1119,16 +1129,40 @@ class Agent:
             return False
         finally:
             self._hub_turns.end_release(receipt_id)
-        if not dropped and life is not None and self._grant_may_come(life):
+        if (
+            life is not None
+            and (not dropped or receipt_id in self._asked_again)
+            and self._grant_may_come(life)
+        ):
             # The hub held nothing for it yet, but the hold's request may still be on its
             # way to the hub's store (taken before the deadline, then held up by a busy
             # hub): a grant placed after this release would be held for every other till
             # for the hold's whole time there. Still owed: sent again at the next round.
-            log.info("hold of %s: nothing held at the hub yet, sent again later", receipt_id)
+            # So is one that dropped a grant when the Hold asked more than once: it may
+            # have dropped the first request's grant (answered in time), the last one's
+            # (not answered in time: the Hold priced OFFLINE) still on its way (review 44,
+            # hold44: the store soak's hold left at the hub).
+            log.info(
+                "hold of %s: %s at the hub, sent again later",
+                receipt_id,
+                "released" if dropped else "nothing held yet",
+            )
             return None
         with self._lock, self._write() as conn:
             ledger.released_at_hub(conn, receipt_id)
+        with self._lock:
+            self._asked_again.pop(receipt_id, None)
         return True
+
+    def _note_asked_again(self, receipt_id: str) -> None:
+        """Note a Hold priced OFFLINE that asked the hub more than once (`_asked_again`);
+        those noted more than `LATE_GRANT_S` ago (by the process's steady clock) and never
+        released here (confirmed: their transaction settles them) are let go."""
+        now = time.monotonic()
+        asked = self._asked_again
+        for rid in [r for r, at in asked.items() if now - at > 2 * LATE_GRANT_S]:
+            del asked[rid]
+        asked[receipt_id] = now
 
     def _grant_may_come(self, life: ledger.ReceiptLife) -> bool:
         """Whether a grant for this closed hold may still reach the hub's store: it was
@@ -1499,6 +1533,8 @@ class Agent:
             ),
         )
         if hub_hold and done.mode == "OFFLINE":
+            if self._asks.active and self._asks.count > 1:
+                self._note_asked_again(rid)
             self._hub_call_owed()  # the hold timer sends the shrink (after this commit)
         return "HELD", held, None
 
@@ -1980,6 +2016,8 @@ class Agent:
                 ttl = program.hold_ttl_seconds + HUB_HOLD_MARGIN_S
                 self._note_hub_ask(receipt.receipt_id, conn)
                 self._tell_offline_limit(program.offline_redeem_limit_points)
+                if self._asks.active:
+                    self._asks.count += 1
                 grant = self.hub.authorise(
                     customer_id,
                     receipt.receipt_id,
@@ -2020,6 +2058,7 @@ class Agent:
         from the first (the contract §9: a sale never waits on the hub longer)."""
         self._asks.since = None
         self._asks.told = None  # the lowest offline limit its requests told the hub
+        self._asks.count = 0
         self._asks.active = True
         try:
             yield
@@ -2027,6 +2066,7 @@ class Agent:
             self._asks.active = False
             self._asks.since = None
             self._asks.told = None
+            self._asks.count = 0
 
     def _first_ask(self) -> float:
         """When this Hold's or Checkout's first hub request was made (now, for the first)."""
