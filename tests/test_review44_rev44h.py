@@ -10,8 +10,11 @@ whose pricing again inside the write transaction sent a second request that the 
 up, then failed to commit, left the ask; the next round's release dropped the first grant,
 was taken as done, and the second grant landed afterwards and was kept (up to the offline
 limit) for a receipt no till holds, from every other till, for `holdTtlSeconds` + 60 s.
-Now an unstored ask's release stays owed for `LATE_GRANT_S` after the ask whatever the hub
-answers (asks never stored are rare: no extra calls for a sale that commits).
+Shown here (a strict xfail) and left: the fix (an unstored ask's release kept owed for
+`LATE_GRANT_S` after the ask whatever the hub answers) is one condition in
+`_release_unstored`, but it changes what three earlier reviews pin of a released unstored
+ask (forgotten and no longer counted owed at its first answer: review 26's rev26, review
+34's left34, review 40's rev40b), a reading for the lead (docs/DECISIONS.md, rev44h).
 
 Also pinned: a Checkout (Hold and Confirm in one call) that asked twice leaves no note of a
 release to keep owed, and a Hold that asked once is not noted (hold44's note is for the
@@ -25,6 +28,7 @@ the early pricing taken as stale as a delta applied between the two pricings mak
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,14 +42,14 @@ from tillpoint.sync.loopback import LoopbackHub
 from .conftest import enrolled_till
 from .test_review33_hold33 import OFFLINE_LIMIT, a_receipt, held_at_hub, hold33_hub
 from .test_review44_hold44 import TIMINGS, SecondHeldBack
-from .test_review44_hold44 import second as second  # noqa: F401  (the fixture)
+from .test_review44_hold44 import second as second  # the fixture
 
 
 @pytest.fixture(params=["sqlite"])
 def hub(
     request: pytest.FixtureRequest,
     tmp_path: Path,
-    second: SecondHeldBack,  # noqa: F811
+    second: SecondHeldBack,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[LoopbackHub]:
     """hold44's hub: a receipt's second authorisation held back at the store until `go`
@@ -54,8 +58,6 @@ def hub(
     authorise = h.store.authorise
 
     def on_its_way(device: str, receipt_id: str, *args: Any, **kwargs: Any) -> Any:
-        import threading
-
         n = second.calls[receipt_id] = second.calls.get(receipt_id, 0) + 1
         if n == 2:
             second.held.add(threading.get_ident())
@@ -78,10 +80,15 @@ def asks(till: Any) -> list[str]:
         conn.close()
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="left (rev44h): `_release_unstored` takes a release that dropped a hold as final;"
+    " keeping it owed changes review 26/34/40's pins (docs/DECISIONS.md, review 44 rev44h)",
+)
 def test_an_unstored_asks_release_that_dropped_the_first_grant_stays_owed(
     hub: LoopbackHub,
     tmp_path: Path,
-    second: SecondHeldBack,  # noqa: F811
+    second: SecondHeldBack,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """CONTRACT §11: a Hold whose early pricing was granted (1200 held at the hub), priced
@@ -91,7 +98,7 @@ def test_an_unstored_asks_release_that_dropped_the_first_grant_stays_owed(
     kept for the offline limit (200). The ask stays owed while a grant may come: the next
     round releases it, and another till gets all 1200 ONLINE. Before the fix the first
     answer was taken as done and the 200 stayed held at the hub for a receipt no till
-    holds."""
+    holds (shown: the owed count is 0 with the 200 held)."""
     a = enrolled_till(hub, tmp_path / "a", "a", timings=TIMINGS)
     b = enrolled_till(hub, tmp_path / "b", "b", timings=TIMINGS)
     try:
@@ -120,3 +127,50 @@ def test_an_unstored_asks_release_that_dropped_the_first_grant_stays_owed(
     finally:
         a.stop()
         b.stop()
+
+
+def test_only_an_offline_hold_that_asked_twice_is_noted_and_a_checkout_never(
+    hub: LoopbackHub,
+    tmp_path: Path,
+    second: SecondHeldBack,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """hold44's note (`Agent._asked_again`: the Holds whose release stays owed whatever the
+    hub answers) counts every request of one Hold or Checkout, the early pricing's and the
+    one again in the write transaction, from 0 at each call (thread-local, `_Asks`):
+    a Hold that asked twice and was priced OFFLINE is noted; a Checkout that asked twice
+    the same way (committed at once: its transaction settles the hub's hold, nothing to
+    release) is not, nor is a Hold that asked once; and the count of one call does not
+    leak into the next (a Hold asking once after a Checkout that asked twice)."""
+    a = enrolled_till(hub, tmp_path / "a", "a", timings=TIMINGS)
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(Agent, "_still", lambda self, early, view: False)
+            sold = a.agent.checkout(a_receipt("co-1"))
+        assert second.calls.get("co-1") == 2
+        assert (sold.state, sold.mode, sold.redeemed_points) == (
+            "CONFIRMED",
+            "OFFLINE",
+            OFFLINE_LIMIT,
+        )
+        assert a.agent._asked_again == {}  # a Checkout owes no release
+        second.go.set()
+        assert second.done.wait(30)
+        once = a.agent.hold(a_receipt("once-1", at=datetime.now(UTC)))
+        assert second.calls.get("once-1") == 1 and once.state == "HELD"
+        assert a.agent._asked_again == {}  # asked once (ONLINE): review 39's rule
+        a.agent.cancel("once-1")
+        # a Hold that asked twice, OFFLINE: noted; the count back at 0 after the call
+        second.go.clear()
+        second.entered.clear()
+        second.done.clear()
+        second.held.clear()
+        with monkeypatch.context() as m:
+            m.setattr(Agent, "_still", lambda self, early, view: False)
+            held = a.agent.hold(a_receipt("twice-1"))
+        assert second.calls.get("twice-1") == 2 and held.mode == "OFFLINE"
+        assert list(a.agent._asked_again) == ["twice-1"]
+        assert a.agent._asks.count == 0 and not a.agent._asks.active
+    finally:
+        second.go.set()
+        a.stop()
