@@ -429,7 +429,9 @@ class SnapshotBuilder:
         self._ready: dict[tuple[int, int], FileSnapshot] = {}
         self._building: set[tuple[int, int]] = set()
         self._wanted = 0  # the newest version whose full snapshot was asked for
-        self._stopping = False
+        # the running thread's stop: each `start` makes its own, so that a thread a `stop`
+        # did not wait for (a long build) ends alone after a start again (review 44)
+        self._halt = threading.Event()
         self._thread: threading.Thread | None = None
         self._deltas = threading.BoundedSemaphore(2)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -616,24 +618,29 @@ class SnapshotBuilder:
                 self._cond.notify_all()
 
     def start(self) -> None:
+        """Build in the background; again after a `stop` (a hub server started again):
+        a new thread, which builds the newest version asked for."""
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="hub-snapshots", daemon=True)
+            self._halt = halt = threading.Event()
+            self._thread = threading.Thread(
+                target=self._run, args=(halt,), name="hub-snapshots", daemon=True
+            )
             self._thread.start()
 
     def stop(self) -> None:
         with self._cond:
-            self._stopping = True
+            self._halt.set()
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=BUILD_STOP_WAIT_S)
             self._thread = None
 
-    def _run(self) -> None:
+    def _run(self, halt: threading.Event) -> None:
         done = 0
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._stopping or self._wanted > done)  # noqa: B023
-                if self._stopping:
+                self._cond.wait_for(lambda: halt.is_set() or self._wanted > done)  # noqa: B023
+                if halt.is_set():
                     return
                 version = self._wanted
             try:
@@ -641,12 +648,12 @@ class SnapshotBuilder:
                 self._prune()
                 done = version
             except Exception as exc:  # logged, tried again a little later
-                if self._stopping:  # the hub stopped under the build, its store closed
+                if halt.is_set():  # the hub stopped under the build, its store closed
                     log.info("the full snapshot of version %d was not built: %s", version, exc)
                     return
                 log.error("building the full snapshot of version %d failed: %s", version, exc)
                 with self._cond:
-                    self._cond.wait_for(lambda: self._stopping, timeout=RETRY_BUILD_S)
+                    self._cond.wait_for(halt.is_set, timeout=RETRY_BUILD_S)
 
     def full_ready(self, version: int) -> FileSnapshot | None:
         with self._cond:
@@ -802,6 +809,11 @@ class Notifier:
         with self._cond:
             self.stopping = True
             self._cond.notify_all()
+
+    def start(self) -> None:
+        """Streams wait again (a hub server started again after its stop)."""
+        with self._cond:
+            self.stopping = False
 
 
 # ---------------------------------------------------------------- the service
@@ -1452,6 +1464,7 @@ class HubServer:
         self._server: grpc.Server | None = None
         self._executor: futures.ThreadPoolExecutor | None = None
         self._stop = threading.Event()
+        self._stopped = False  # `stop` ran: a `start` begins again what it ended
         self._watcher: threading.Thread | None = None
         self._floor = 0  # the delta floor this server last saw (logged when it rises)
         self.port = 0
@@ -1472,7 +1485,24 @@ class HubServer:
             " (the tills need nothing new)",
         )
 
+    def _begin_again(self) -> None:
+        """Before a start after a stop (`LoopbackHub.stop`, then `.start`): what the stop
+        ended begins anew, as in a new server, so the watcher, the snapshot builder and the
+        health run again (review 44: they stayed stopped, and the restarted hub built and
+        watched nothing). The store it opened and the stop closed is opened again when it
+        cannot be used again (PostgreSQL's pool; a SQLite store opens its connections
+        again as its threads ask)."""
+        if self._owns_store and self.dir.on_postgres:
+            self.store = self.servicer.store = self.builder.store = self.dir.open_store()
+        self._stopped = False  # after the store: a start that could not open it, again next
+        self._stop = threading.Event()
+        self.notifier.start()
+        self.health = hub_health(self.store)  # a stopped one is NOT_SERVING for good
+
     def start(self, listen: str = "127.0.0.1:0") -> int:
+        """Serve on `listen`; the port. Again after `stop`, on the same object too."""
+        if self._stopped:
+            self._begin_again()
         key, cert, ca = self.dir.keys.server_credentials_material()
         self._served_not_after = pki.certificate_not_after(cert)
         self.certificate.check()  # said at start, then again by the watcher each day
@@ -1527,16 +1557,18 @@ class HubServer:
         server.start()
         self._server = server
         self.port = port
-        self._watcher = threading.Thread(target=self._watch, name="hub-watch", daemon=True)
+        self._watcher = threading.Thread(
+            target=self._watch, args=(self._stop,), name="hub-watch", daemon=True
+        )
         self._watcher.start()
         log.info("hub serving on port %d", port)
         return port
 
-    def _watch(self) -> None:
+    def _watch(self, stop: threading.Event) -> None:
         every = self.config.publish_every_s
         next_try = 0.0  # (monotonic) a refresh that found nothing to publish waits `every`
         pruned_at = -1  # the latest version when the versions were last pruned
-        while not self._stop.wait(self.config.watch_interval_s):
+        while not stop.wait(self.config.watch_interval_s):
             self.certificate.check()  # a look once a day (`certificate_reminder_s`)
             try:
                 latest = self.store.latest()
@@ -1598,6 +1630,7 @@ class HubServer:
         return pub
 
     def stop(self, grace: float | None = 1.0) -> None:
+        self._stopped = True
         self._stop.set()
         self.health.enter_graceful_shutdown()
         self.notifier.stop()

@@ -283,16 +283,27 @@ class _Held:
     """A thread's connection, in that thread's own slot of the store's thread-local map:
     Python lets go of the slot when the thread ends, and the connection is closed then
     (one connection a thread: no other thread is inside a statement on it). A connection
-    `close` closed already is closed again here: nothing."""
+    `close` closed already is closed again here: nothing. `closes`: how many closes of
+    the store came before it was opened (one from before the last close is let go of
+    when its thread next asks for a connection: `SqliteHubStore._conn`)."""
 
-    __slots__ = ("conn",)
+    __slots__ = ("closes", "conn")
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, closes: int) -> None:
         self.conn = conn
+        self.closes = closes
 
     def __del__(self) -> None:
         with suppress(Exception):
             self.conn.close()
+
+
+def _reading(conn: sqlite3.Connection) -> bool:
+    """Whether a transaction is open on `conn` (a closed one: no)."""
+    try:
+        return conn.in_transaction
+    except sqlite3.ProgrammingError:  # closed (by `close`, its thread's own)
+        return False
 
 
 class SqliteHubStore(SqlHubStore):
@@ -304,9 +315,7 @@ class SqliteHubStore(SqlHubStore):
         # every connection opened, with the thread it belongs to (`close`)
         self._all: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._guard = threading.Lock()
-        # the thread-local maps `close` let go of: kept, so that a live thread's connection
-        # closes when that thread ends, never under it (`_Held`)
-        self._retired: list[threading.local] = []
+        self._closes = 0  # how many times `close` ran: a thread's older connection is stale
         try:
             # the till's files' mechanism: pending steps under the write lock, and a file
             # a later release migrated (steps this one does not know) refused
@@ -320,6 +329,23 @@ class SqliteHubStore(SqlHubStore):
 
     def _conn(self) -> sqlite3.Connection:
         held: _Held | None = getattr(self._local, "held", None)
+        if held is not None and held.closes != self._closes:
+            # this thread's connection from before a close (a thread that outlived it):
+            # let go of now, in the thread itself, so a thread holds one connection
+            # however many closes it outlives (one each until it ended, review 44). One
+            # still in a read of this thread's (a snapshot stream it has not finished)
+            # is kept aside until the thread asks after that read, or ends.
+            self._local.stale = [*getattr(self._local, "stale", ()), held]
+            self._local.held = held = None
+        if getattr(self._local, "stale", None):
+            kept: list[_Held] = []
+            for old in self._local.stale:
+                if _reading(old.conn):
+                    kept.append(old)
+                else:
+                    with suppress(sqlite3.Error):
+                        old.conn.close()
+            self._local.stale = kept
         if held is None:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -332,7 +358,7 @@ class SqliteHubStore(SqlHubStore):
                 conn.execute("PRAGMA synchronous = FULL")
             except (sqlite3.Error, OSError) as exc:
                 raise StorageError(f"cannot open the hub database {self.path}: {exc}") from None
-            self._local.held = _Held(conn)
+            self._local.held = _Held(conn, self._closes)
             with self._guard:
                 self._all.append((threading.current_thread(), conn))
             return conn
@@ -372,11 +398,12 @@ class SqliteHubStore(SqlHubStore):
         The store can be used again (`HubServer`'s stop, then its start); a connection
         a thread opens, before the close or after it, is closed when that thread ends
         (`_Held`): a thread that outlived the close (that builder, past the stop's wait)
-        opened a new one, which nobody closed (review 43, tidy43)."""
+        opened a new one, which nobody closed (review 43, tidy43). A live thread's
+        connection left here is closed when that thread next asks for one (`_conn`)."""
         me = threading.current_thread()
         with self._guard:
             closing, self._all = self._all, []
-            self._retired.append(self._local)  # live threads' `_Held`s: to their end
+            self._closes += 1  # every thread's connection opened before now is stale
         left = 0
         for owner, conn in closing:
             if owner is me or not owner.is_alive():
@@ -385,7 +412,6 @@ class SqliteHubStore(SqlHubStore):
             else:
                 left += 1
         del closing
-        self._local = threading.local()
         if left:
             log.info("hub database: %d connection(s) of threads still running left to them", left)
 
