@@ -221,11 +221,19 @@ def degrade(text: str, codec: str) -> str:
 
 def _in_capitals(text: str, i: int) -> bool:
     """Whether the capital at `i` stands in a word in capitals: the letter after it is a
-    capital, or, at the word's end, the letter before it is."""
-    after = text[i + 1] if i + 1 < len(text) else ""
+    capital, or, at the word's end, the letter before it is. The marks between (a stress
+    mark over a vowel, "Я́БЛОКИ", which rule 3 drops) are looked past: they part no word
+    (review 44, review44: "Я́БЛОКИ" printed "IaBLOKI")."""
+    j = i + 1
+    while j < len(text) and unicodedata.category(text[j]) in MARKS:
+        j += 1
+    after = text[j] if j < len(text) else ""
     if after.isalpha():
         return after.isupper()
-    before = text[i - 1] if i > 0 else ""
+    k = i - 1
+    while k >= 0 and unicodedata.category(text[k]) in MARKS:
+        k -= 1
+    before = text[k] if k >= 0 else ""
     return before.isalpha() and before.isupper()
 
 

@@ -46,7 +46,10 @@ def stop_seconds(log: Path | str) -> float:
     """Seconds from the stop's start to "stopped", as the process logged them."""
     text = log.read_text(errors="replace") if isinstance(log, Path) else log
     entries = _entries(text)
-    started = [at for at, message in entries if message == STOPPING]
-    ended = [at for at, message in entries if message == STOPPED]
-    assert started and ended, f"no stop in the log: {text[-2000:]}"
-    return (ended[-1] - started[-1]).total_seconds()
+    # the last stop's start, and the first end after it: an earlier run's "stopped" in
+    # the same log is not this stop's end (its time came out negative, under any bound;
+    # review 44, review44)
+    last = max((n for n, (_, message) in enumerate(entries) if message == STOPPING), default=-1)
+    ended = [at for at, message in entries[last + 1 :] if message == STOPPED]
+    assert last >= 0 and ended, f"no stop in the log: {text[-2000:]}"
+    return (ended[0] - entries[last][0]).total_seconds()
