@@ -94,6 +94,17 @@ def hub(
     second: SecondHeldBack,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[LoopbackHub]:
+    yield from second_held_hub(request, tmp_path, second, monkeypatch)
+
+
+def second_held_hub(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    second: SecondHeldBack,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[LoopbackHub]:
+    """A hub whose store holds a receipt's second authorisation back until `second.go`,
+    then answers it past its deadline (review 44's rev44h uses it too)."""
     h = hold33_hub(request, tmp_path)
     authorise = h.store.authorise
 

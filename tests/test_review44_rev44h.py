@@ -28,7 +28,6 @@ the early pricing taken as stale as a delta applied between the two pricings mak
 from __future__ import annotations
 
 import sqlite3
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,8 +39,8 @@ from tillpoint.agent.service import Agent
 from tillpoint.sync.loopback import LoopbackHub
 
 from .conftest import enrolled_till
-from .test_review33_hold33 import OFFLINE_LIMIT, a_receipt, held_at_hub, hold33_hub
-from .test_review44_hold44 import TIMINGS, SecondHeldBack
+from .test_review33_hold33 import OFFLINE_LIMIT, a_receipt, held_at_hub
+from .test_review44_hold44 import TIMINGS, SecondHeldBack, second_held_hub
 from .test_review44_hold44 import second as second  # the fixture
 
 
@@ -54,22 +53,7 @@ def hub(
 ) -> Iterator[LoopbackHub]:
     """hold44's hub: a receipt's second authorisation held back at the store until `go`
     and past its deadline."""
-    h = hold33_hub(request, tmp_path)
-    authorise = h.store.authorise
-
-    def on_its_way(device: str, receipt_id: str, *args: Any, **kwargs: Any) -> Any:
-        n = second.calls[receipt_id] = second.calls.get(receipt_id, 0) + 1
-        if n == 2:
-            second.held.add(threading.get_ident())
-            second.entered.set()
-            assert second.go.wait(30)
-            second.past_its_deadline()
-        return authorise(device, receipt_id, *args, **kwargs)
-
-    monkeypatch.setattr(h.store, "authorise", on_its_way)
-    yield h
-    second.go.set()
-    h.stop()
+    yield from second_held_hub(request, tmp_path, second, monkeypatch)
 
 
 def asks(till: Any) -> list[str]:
