@@ -78,10 +78,11 @@ class KeepingProxy:
     """A TCP forwarder to the hub. `keep()`: what the tills send on the connections open
     now is kept, not passed on (a request delayed on the wire); `let_go()`: it is sent on
     to the hub, and a connection whose till has gone meanwhile is closed `linger_s` later
-    (the hub's answer has nowhere to go). Connections made after `keep()` pass at once
+    (the hub's answer has nowhere to go; 20 s: a busy hub still takes the request whole
+    before the close cancels it, review 44). Connections made after `keep()` pass at once
     (a till started again dials afresh)."""
 
-    def __init__(self, upstream: int, linger_s: float = 3.0) -> None:
+    def __init__(self, upstream: int, linger_s: float = 20.0) -> None:
         self.upstream = upstream
         self.linger_s = linger_s
         self.listener = socket.create_server(("127.0.0.1", 0))
