@@ -323,16 +323,12 @@ class Rig:
             return str(exc.code().name)
 
     def health(self, timeout: float = 5) -> str:
-        """The hub's grpc.health.v1 answer: 'SERVING', 'NOT_SERVING' or the status's name."""
-        import grpc
-        from grpc_health.v1 import health_pb2
+        """The hub's grpc.health.v1 answer: 'SERVING', 'NOT_SERVING' or the status's name
+        (`bench.hubready.hub_health`, asked over the `probe` device's link)."""
+        from bench.hubready import hub_health
 
-        stub = self.health_stub()
-        try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
-            return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
-        except grpc.RpcError as exc:
-            return str(exc.code().name)
+        self.probe(timeout=0.01)  # makes the link
+        return hub_health(self._probe, timeout)
 
     def health_stub(self) -> Any:
         """A grpc.health.v1 stub over the `probe` device's link (mTLS, as a checker's)."""
