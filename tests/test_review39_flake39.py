@@ -49,6 +49,8 @@ class HeldBack:
     (the hub's gRPC thread has the call, past its deadline check; the store has not seen
     it); `done` once it has placed it."""
 
+    DEADLINE_WAIT_S = 20.0  # how long `past_its_deadline` waits at most
+
     def __init__(self) -> None:
         self.on = threading.Event()
         self.entered = threading.Event()
@@ -57,14 +59,14 @@ class HeldBack:
         self._calls: dict[int, Any] = {}  # the hub's thread: its call's gRPC context
 
     def past_its_deadline(self) -> None:
-        """In the hub's thread of a held-back call: wait (up to 20 s) until that call's
+        """In the hub's thread of a held-back call: wait (up to `DEADLINE_WAIT_S`) until that call's
         deadline at the hub has passed. The hub counts it from the request's arrival, so it
         may end after the till stopped waiting (by the time the request took to reach the
         hub's gRPC thread: on a loaded machine, more than the test's steps take)."""
         context = self._calls.get(threading.get_ident())
         if context is None:
             return
-        end = time.monotonic() + 20
+        end = time.monotonic() + self.DEADLINE_WAIT_S
         while (context.time_remaining() or 0) > 0:
             assert time.monotonic() < end, "the held-back call's deadline never passed"
             time.sleep(0.01)

@@ -40,7 +40,12 @@ from tillpoint.sync.loopback import LoopbackHub
 
 from .conftest import enrolled_till
 from .test_review33_hold33 import OFFLINE_LIMIT, a_receipt, held_at_hub
-from .test_review44_hold44 import TIMINGS, SecondHeldBack, second_held_hub
+from .test_review44_hold44 import (
+    TIMINGS,
+    SecondHeldBack,
+    owed_then_released_for_another_till,
+    second_held_hub,
+)
 from .test_review44_hold44 import second as second  # the fixture
 
 
@@ -103,11 +108,7 @@ def test_an_unstored_asks_release_that_dropped_the_first_grant_stays_owed(
         second.go.set()
         assert second.done.wait(30)
         assert held_at_hub(hub) == OFFLINE_LIMIT  # the second grant, kept past the deadline
-        assert a.agent.hub_calls_owed()["release"] == 1  # still owed: a grant may come
-        a.agent.retry_hub_releases()  # the hold timer's round
-        assert held_at_hub(hub) == 0
-        other = b.agent.hold(a_receipt("b-1"))
-        assert (other.mode, other.redeemed_points) == ("ONLINE", 1200)
+        owed_then_released_for_another_till(hub, a, b)
     finally:
         a.stop()
         b.stop()
