@@ -15,9 +15,10 @@ one found the product right. Kept here are the promises no earlier test pinned i
   a weighed line returned in parts gives back floor(p × r / q) each time and all of it at
   the end.
 - §11: a Checkout sent again with the same receipt written differently (a quantity "2.000",
-  an int64 as a string, the same instant at another offset, `"coupons": []`) is the same
-  body: the stored result, no conflict; a different card text for the same customer is
-  another body: the conflict (exit 2).
+  an int64 as a string, the same instant at another offset, `"coupons": []`, the card
+  spelled with dashes and blanks) is the same body: the stored result, no conflict; the
+  same customer reached by her phone where the card was scanned first is another body:
+  the conflict (exit 2; docs/CONTRACT.md, "The same body").
 - §13: codes normalised before the DUPLICATE check (an en dash, lower case, blanks).
 """
 
@@ -364,6 +365,7 @@ def test_a_weighed_line_returned_in_three_parts_gives_back_exactly_what_it_took(
         ("price as an int64 string", one("2", "10000")),
         ("the same instant at another offset", {"at": "2026-12-15T09:00:00Z"}),
         ("an empty coupon list", {"coupons": []}),
+        ("the card spelled with dashes and blanks", {"card": " 2770-0000\u201300017 "}),
     ],
 )
 def test_a_checkout_written_differently_is_the_same_body(
