@@ -218,6 +218,28 @@ def kill(proc: subprocess.Popen[bytes]) -> None:
 # ---------------------------------------------------------------- agent SIGKILL
 
 
+def not_ours(
+    proc: subprocess.Popen[bytes],
+    stub: pb_grpc.PosAgentStub,
+    hub_address: str,
+    port: int,
+    log: Path,
+) -> str | None:
+    """Why the agent answering on `port` is not the one started (`proc` ended, or the
+    answering one's Status names another hub: another program drew the same port, review
+    44); None when it is."""
+    try:
+        answering = stub.Status(pb.StatusRequest(), timeout=5)
+    except grpc.RpcError as exc:
+        answering = pb.Status(hub_address=f"(no answer: {exc.code().name})")
+    if proc.poll() is None and answering.hub_address == hub_address:
+        return None
+    return (
+        f"the agent on port {port} is not ours (ours: exit code {proc.poll()},"
+        f" {last_line(log)!r}; the answering one's hub: {answering.hub_address!r})"
+    )
+
+
 def scenario_agent_kill(work: Path, iterations: int, rng: random.Random) -> Outcome:
     """SIGKILL `tillpoint run` during checkouts, snapshot applies and uploads."""
     from tillpoint.sync.loopback import LoopbackHub
@@ -252,17 +274,9 @@ def scenario_agent_kill(work: Path, iterations: int, rng: random.Random) -> Outc
                 continue
             # A till sells once it has a snapshot: the first start pulls one.
             wait_for(lambda: stub.Status(pb.StatusRequest(), timeout=2).cache_version > 0, 30)  # noqa: B023
-            try:
-                answering = stub.Status(pb.StatusRequest(), timeout=5)
-            except grpc.RpcError as exc:
-                answering = pb.Status(hub_address=f"(no answer: {exc.code().name})")
-            if proc.poll() is not None or answering.hub_address != hub.address:
+            if why := not_ours(proc, stub, hub.address, port, log):
                 # another program's agent on the port answers: its sales are not ours
-                out.fail(
-                    f"iteration {it}: the agent on port {port} is not ours (ours: exit code"
-                    f" {proc.poll()}, {last_line(log)!r}; the answering one's hub:"
-                    f" {answering.hub_address!r})"
-                )
+                out.fail(f"iteration {it}: {why}")
                 kill(proc)
                 channel.close()
                 continue
@@ -291,6 +305,20 @@ def scenario_agent_kill(work: Path, iterations: int, rng: random.Random) -> Outc
             out.counts["integrity_check ok"] += 1
         # Recovery: run until the outbox is empty, then compare with the hub.
         proc = start_agent(cfg, log)
+        # the same check as each start above (review 45): another program's agent on the
+        # port read "the outbox did not drain", the cause unsaid
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        try:
+            grpc.channel_ready_future(channel).result(timeout=30)
+            why = not_ours(proc, pb_grpc.PosAgentStub(channel), hub.address, port, log)
+        except grpc.FutureTimeoutError:
+            why = f"the agent on port {port} did not start ({last_line(log)!r})"
+        finally:
+            channel.close()
+        if why:
+            out.fail(f"recovery: {why}")
+            kill(proc)
+            return out
         drained = wait_for(lambda: outbox_depth(data_dir) == 0, 60)
         kill(proc)
         ledgered = outbox_depth(data_dir) >= 0  # no ledger: none of our agents ever started

@@ -1584,27 +1584,34 @@ class HubServer:
                 due = latest is not None and (
                     now >= latest.issued_at + timedelta(seconds=every) or now < latest.issued_at
                 )
+                # A round its run's stop came in the middle of (a store read held up past
+                # the stop's wait for it) publishes and prunes nothing: the server may
+                # serve a new run by now, with a watcher of its own (review 45).
+                if stop.is_set():
+                    return
                 if every and due and time.monotonic() >= next_try:
                     next_try = time.monotonic() + every
                     latest = self.refresh_balances() or latest
                 # then the prune, once a version, whoever published it: before the refresh,
                 # a prune of a year of versions (200 a step, 150 ms apart) put the tills'
                 # refresh off by minutes (review 37)
-                if latest is not None and latest.version != pruned_at:
+                if latest is not None and latest.version != pruned_at and not stop.is_set():
                     pruned_at = latest.version
-                    self.prune_versions()
+                    self.prune_versions(stop)
             except TillpointError as exc:
                 log.warning("hub watcher: %s", exc.message)
 
-    def prune_versions(self) -> int:
+    def prune_versions(self, stop: threading.Event | None = None) -> int:
         """Forget the versions older than `delta_retention_s` (docs/CONTRACT.md §3): a
-        till on one gets a full snapshot. The floor (0: nothing pruned)."""
+        till on one gets a full snapshot. The floor (0: nothing pruned). `stop`: the run
+        whose watcher prunes (its own event, never the one of a run started since: review
+        45); the server's current run by default."""
         keep = self.config.delta_retention_s
         if not keep:
             return self.store.delta_floor()
         # a stop ends it between two steps: the store is closed next (review 36, rev36e)
         floor = self.store.prune_versions(
-            self.clock() - timedelta(seconds=keep), stop=self._stop.is_set
+            self.clock() - timedelta(seconds=keep), stop=(stop or self._stop).is_set
         )
         if floor != self._floor:
             log.info("versions before %d pruned: a till on one gets a full snapshot", floor)

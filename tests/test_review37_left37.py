@@ -462,10 +462,10 @@ def test_the_hubs_watcher_publishes_a_due_refresh_before_it_prunes(
     calls: list[tuple[str, int]] = []
     prune, refresh = HubServer.prune_versions, HubServer.refresh_balances
 
-    def pruning(self: HubServer) -> int:
+    def pruning(self: HubServer, stop: threading.Event | None = None) -> int:
         latest = self.store.latest()
         calls.append(("prune", latest.version if latest else 0))
-        return prune(self)
+        return prune(self, stop)  # the watcher's own run's stop (review 45)
 
     def refreshing(self: HubServer) -> Any:
         calls.append(("refresh", 0))

@@ -64,11 +64,42 @@ EXE = str(Path(sys.executable).parent / "tillpoint")
 # ---------------------------------------------------------------- a TCP proxy that keeps
 
 
+# The smallest TLS record that can be a till's request (review 45): the gRPC call's
+# HTTP/2 HEADERS and DATA frames in one record (an AuthorizeRedemption, the first of its
+# method on a connection: 218 bytes here, a few less at most for a shorter deadline or
+# time stamp). What else a till sends on its own is smaller: its keepalive PING (a 39-byte
+# record), and what it answers the hub's frames with (a SETTINGS or PING ACK,
+# WINDOW_UPDATEs: 39-90 bytes seen, all of them at once under 110).
+REQUEST_RECORD_MIN = 160
+
+
+class _Records:
+    """The TLS records of one direction of a connection, whole, as they come (their
+    5-byte headers are in the clear: a type, a version, the length)."""
+
+    def __init__(self) -> None:
+        self.buf = b""
+
+    def feed(self, data: bytes) -> list[int]:
+        """The lengths of the records `data` completes."""
+        self.buf += data
+        done = []
+        while len(self.buf) >= 5:
+            size = 5 + int.from_bytes(self.buf[3:5], "big")
+            if len(self.buf) < size:
+                break
+            done.append(size)
+            self.buf = self.buf[size:]
+        return done
+
+
 class _Pair:
     def __init__(self, client: socket.socket, server: socket.socket) -> None:
         self.client = client
         self.server = server
         self.kept: list[bytes] = []
+        self.records = _Records()  # what the till sends, record by record
+        self.kept_records: list[int] = []  # the lengths of the records it finished kept
         self.keeping = False
         self.client_gone = False
         self.lock = threading.Lock()
@@ -117,8 +148,10 @@ class KeepingProxy:
         try:
             while data := pair.client.recv(65536):
                 with pair.lock:
+                    done = pair.records.feed(data)
                     if pair.keeping:
                         pair.kept.append(data)
+                        pair.kept_records += done
                         continue
                 pair.server.sendall(data)
         except OSError:
@@ -152,12 +185,20 @@ class KeepingProxy:
         with self._lock:
             return sum(len(b) for p in self.pairs for b in p.kept)
 
+    def kept_request(self) -> bool:
+        """Whether a record the size of a request (`REQUEST_RECORD_MIN`) was kept whole:
+        a kept byte may be the till's answer to the hub's heartbeat alone, sent before
+        the request (review 45)."""
+        with self._lock:
+            return any(n >= REQUEST_RECORD_MIN for p in self.pairs for n in p.kept_records)
+
     def let_go(self) -> None:
         with self._lock:
             pairs = list(self.pairs)
         for pair in pairs:
             with pair.lock:
                 kept, pair.kept, pair.keeping = pair.kept, [], False
+                pair.kept_records = []
                 gone = pair.client_gone
             with contextlib.suppress(OSError):
                 pair.server.sendall(b"".join(kept))
@@ -339,7 +380,11 @@ def test_a_till_killed_while_its_hold_request_is_on_the_wire_releases_the_grant_
                 answered.append(post(till.http, "/v1/hold", receipt_json("k-1")))
 
         threading.Thread(target=pos, daemon=True).start()
-        wait_for(lambda: hub_asks(data) == ["k-1"] and proxy.kept_bytes() > 0, timeout=30)
+        # The ask noted, and its request kept whole: not merely a kept byte, which may
+        # be the till's answer to the hub's heartbeat (each second) while the Hold's
+        # request is still to be written. Killed then, the till sent no request, and the
+        # hub had nothing to grant (CI's failure in review 44; review 45).
+        wait_for(lambda: hub_asks(data) == ["k-1"] and proxy.kept_request(), timeout=30)
         till.kill()  # mid-Hold: the ask noted, the request kept on the wire
         assert answered == []
         till.start(procs)  # its first round releases the unstored ask: nothing held yet
