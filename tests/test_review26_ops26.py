@@ -24,6 +24,7 @@ from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data
 from tillpoint.sync.pull import Puller
 
 from .conftest import free_port
+from .listeners import close_listener
 
 UNIT = Path(__file__).resolve().parent.parent / "packaging" / "tillpoint.service"
 TILLPOINT = str(Path(sys.executable).with_name("tillpoint"))
@@ -53,7 +54,7 @@ def stalled_printer() -> Iterator[int]:
 
     threading.Thread(target=accept, daemon=True).start()
     yield int(listener.getsockname()[1])
-    listener.close()
+    close_listener(listener)
     for conn in held:
         conn.close()
 

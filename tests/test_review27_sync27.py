@@ -30,6 +30,8 @@ from tillpoint.sync.pull import Puller, cache_version
 from tillpoint.sync.push import Pusher
 from tillpoint.sync.service import SyncService
 
+from .listeners import close_listener
+
 CARD = "2770000000017"
 SKU = "4601234000017"
 
@@ -255,7 +257,7 @@ class ThinLink:
 
     def close(self) -> None:
         self.closed = True
-        self.server.close()
+        close_listener(self.server)
 
 
 SALES = 40

@@ -26,6 +26,7 @@ from tillpoint.printer.virtual import VirtualPrinter
 from tillpoint.printer.virtual_display import DisplayScreen, PtyPair
 
 from .conftest import PROGRAM, receipt, snapshot
+from .listeners import close_listener
 
 needs_socat = pytest.mark.skipif(not PtyPair.available(), reason="socat is not installed")
 
@@ -155,8 +156,7 @@ class StallingPrinter:
                 return
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.close()
+        close_listener(self.sock)
         for conn in self.conns:
             with contextlib.suppress(OSError):
                 conn.close()

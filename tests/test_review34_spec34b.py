@@ -49,6 +49,7 @@ from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
 from .conftest import PROGRAM, free_port, snapshot
+from .listeners import close_listener
 
 TIMEOUT = 30
 REPO = Path(__file__).resolve().parents[1]
@@ -487,7 +488,7 @@ class Printer:
             self.jobs.append(data)
 
     def close(self) -> None:
-        self.sock.close()
+        close_listener(self.sock)
 
 
 class Display:

@@ -46,6 +46,7 @@ from tillpoint.sync.loopback import LoopbackHub, sample_master_data, wait_for
 from tillpoint.v1 import tillpoint_pb2 as pb
 
 from .conftest import free_port, receipt
+from .listeners import close_listener
 from .test_review24_hub24 import Proxy  # its `_pump` relays each way
 
 LATE_S = 0.7  # a handshake this late: 7 × the client's old window, 2 × the hub link's
@@ -101,8 +102,9 @@ class LateProxy:
             threading.Thread(target=Proxy._pump, args=(a, b), daemon=True).start()
 
     def close(self) -> None:
+        close_listener(self.listener)
         with self._lock:
-            sockets = [self.listener, *self._sockets]
+            sockets = list(self._sockets)
         for s in sockets:
             with contextlib.suppress(OSError):
                 s.close()
