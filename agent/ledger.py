@@ -2012,6 +2012,18 @@ def released_at_hub(conn: sqlite3.Connection, receipt_id: str) -> None:
     )
 
 
+def forget_committed_hub_asks(conn: sqlite3.Connection) -> None:
+    """Forget the asks to the hub of receipts committed here: a committed receipt is never
+    priced or held again (its retry answers what is stored), and its transaction settles
+    what the hub holds for it. The receipt's commit forgets its own; one left beside it
+    (noted again by a call that then answered the stored receipt) was listed by nothing,
+    released by nothing, and kept to the end (review 45, ask45)."""
+    conn.execute(
+        "DELETE FROM hub_asks WHERE EXISTS"
+        " (SELECT 1 FROM receipts AS r WHERE r.receipt_id = hub_asks.receipt_id)"
+    )
+
+
 def run_out_at_hub(conn: sqlite3.Connection, before: str) -> None:
     """The holds of receipts closed before `before` have run out at the hub by now."""
     conn.execute(

@@ -283,13 +283,18 @@ class _Asks(threading.local):
     `told` the lowest offline limit its requests told the hub (what the hub keeps of a
     grant it makes past the deadline: the cap of its OFFLINE pricing, review 37), `count`
     how many requests it made (review 44, hold44: more than one, and a release that
-    dropped the first one's grant may have come before a later one's)."""
+    dropped the first one's grant may have come before a later one's), `unkept` when its
+    last request noted inside the write transaction was made (the ledger's time line): that
+    note goes if the transaction fails, and is written again on its own then
+    (`Agent._keep_last_ask`, review 45: an unstored ask's late-grant window counts from
+    its last request)."""
 
     def __init__(self) -> None:
         self.active = False
         self.since: float | None = None
         self.told: int | None = None
         self.count = 0
+        self.unkept: str | None = None
 
 
 @dataclass(frozen=True)
@@ -719,7 +724,13 @@ class Agent:
         self.sweep_holds()
         with self._hub_turns.holding(receipt.receipt_id), self._one_hub_deadline():
             early = self._clock_followed(self._price_early(receipt, confirm_now=True), True)
-            with self._lock, self._write(), self._view() as view:
+            # (a failed transaction's last hub request noted again on its own: review 45)
+            with (
+                self._keep_last_ask(receipt.receipt_id),
+                self._lock,
+                self._write(),
+                self._view() as view,
+            ):
                 state, result, typed = self._hold(
                     receipt, view, confirm_now=True, request=request, early=early
                 )
@@ -770,7 +781,12 @@ class Agent:
         self.sweep_holds()
         with self._hub_turns.holding(receipt.receipt_id), self._one_hub_deadline():
             early = self._clock_followed(self._price_early(receipt, confirm_now=False), False)
-            with self._lock, self._write(), self._view() as view:
+            with (
+                self._keep_last_ask(receipt.receipt_id),
+                self._lock,
+                self._write(),
+                self._view() as view,
+            ):
                 _, stored, _ = self._hold(receipt, view, request=request, early=early)
         result = CheckoutResult.from_json(stored)
         if result.state == "HELD":
@@ -1298,6 +1314,7 @@ class Agent:
         if answered == len(due):
             with self._lock, self._write() as conn:
                 ledger.run_out_at_hub(conn, cutoff)
+                ledger.forget_committed_hub_asks(conn)
             released += self._release_unstored(cutoff, stop)
             if not _stopping(stop):
                 self._send_shrinks(stop)  # then the open OFFLINE holds' late grants (not counted)
@@ -1364,10 +1381,20 @@ class Agent:
         first the hub does not answer, or once `stop` is set (`retry_hub_releases`)."""
         now = self._now()
         young = ledger.utc_text(now - timedelta(seconds=HUB_ASK_GRACE_S))
-        # an ask younger than this that the hub answers "nothing held" stays owed: its
-        # request may still be on its way to the hub's store (as a cancelled OFFLINE
-        # hold's release, `_grant_may_come`; review 40, rev40b)
-        late = ledger.utc_text(now - timedelta(seconds=LATE_GRANT_S))
+        # The release of an ask younger than this stays owed whatever the hub answers:
+        # "nothing held", its request may still be on its way to the hub's store (as a
+        # cancelled OFFLINE hold's release, `_grant_may_come`; review 40, rev40b);
+        # "released", it may have dropped the grant of the Hold's first request while a
+        # later one (its pricing again in the write transaction, a coupon's) was still on
+        # its way (review 44's hold44 for a stored hold; review 45, ask45, here, where the
+        # till cannot know how many requests the ask made: the count went with the process
+        # or the failed transaction). Counted from the ask's last request as the ledger
+        # keeps it (`note_hub_ask` replaces the time at each request committed; a failed
+        # transaction's is written again, `_keep_last_ask`), plus the hub's deadline
+        # (`timeout_s`, optional as `shrink` is): a till killed inside its write
+        # transaction lost the note of a request made at most that much later.
+        deadline_s = float(getattr(self.hub, "timeout_s", 0.0) or 0.0)
+        late = ledger.utc_text(now - timedelta(seconds=LATE_GRANT_S + deadline_s))
         with self._lock:
             asks = ledger.unstored_hub_asks(self._ledger)
         released = 0
@@ -1396,16 +1423,22 @@ class Agent:
                 return released
             finally:
                 self._hub_turns.end_release(rid)
-            if not dropped and asked_at > late:
-                # Nothing held yet, but the request may still reach the hub (held up on
-                # the wire or in a busy hub, the till killed meanwhile): a grant placed
-                # after this release would hold the points of a receipt no till holds.
-                log.info("hold of %s: nothing held at the hub yet, sent again later", rid)
+            # counted once for each hold the hub dropped (review 45: an ask kept owed is
+            # answered again, "nothing held" after its first answer dropped the grant)
+            released += bool(dropped)
+            if asked_at > late:
+                # A request may still reach the hub (held up on the wire or in a busy hub,
+                # the till killed meanwhile): a grant placed after this release would hold
+                # the points of a receipt no till holds. Sent again at the next round.
+                log.info(
+                    "hold of %s: %s at the hub, sent again later",
+                    rid,
+                    "released" if dropped else "nothing held yet",
+                )
                 continue
             log.info("hold of receipt %s, never stored here, released at the hub", rid)
             with self._lock, self._write() as conn:
                 ledger.forget_hub_ask(conn, rid, asked_at)
-            released += 1
         return released
 
     def _life(self, receipt_id: str) -> ledger.ReceiptLife | None:
@@ -2059,6 +2092,7 @@ class Agent:
         self._asks.since = None
         self._asks.told = None  # the lowest offline limit its requests told the hub
         self._asks.count = 0
+        self._asks.unkept = None
         self._asks.active = True
         try:
             yield
@@ -2067,6 +2101,36 @@ class Agent:
             self._asks.since = None
             self._asks.told = None
             self._asks.count = 0
+            self._asks.unkept = None
+
+    @contextlib.contextmanager
+    def _keep_last_ask(self, receipt_id: str) -> Iterator[None]:
+        """Around a Hold's or Checkout's write transaction: when it fails (a commit that
+        fails, a Conflict found after asking) having asked the hub inside it, the note of
+        that last request went with it, and the ledger kept only an earlier one's (the
+        early pricing's). It is written again on its own: an unstored ask's release stays
+        owed while a grant may come, `LATE_GRANT_S` from its last request (review 45, ask45:
+        counted from the first, the window could close before the last request's grant
+        landed). Not on a process dying (a `BaseException` other than an `Exception`: what
+        a kill leaves); best effort on a ledger that refuses it (the first note stands)."""
+        try:
+            yield
+        except Exception:
+            at = self._asks.unkept
+            self._asks.unkept = None
+            if at is not None:
+                try:
+                    with self._lock, self._write() as conn:
+                        ledger.note_hub_ask(conn, receipt_id, at, os.getpid())
+                except Exception:
+                    log.warning(
+                        "the note of the last hub request of %s was not kept",
+                        receipt_id,
+                        exc_info=True,
+                    )
+            raise
+        finally:
+            self._asks.unkept = None
 
     def _first_ask(self) -> float:
         """When this Hold's or Checkout's first hub request was made (now, for the first)."""
@@ -2086,6 +2150,8 @@ class Agent:
         now = ledger.utc_text(self.clock())
         if conn is None or conn is self._ledger:
             ledger.note_hub_ask(self._ledger, receipt_id, now, os.getpid())
+            if self._asks.active and self._ledger.in_transaction:
+                self._asks.unkept = now  # gone if the transaction fails: `_keep_last_ask`
             return
         with self._lock:
             # Without its own fsync (0.05 ms, not 0.7-4 ms): it guards against the process
