@@ -724,23 +724,20 @@ class Agent:
         self.sweep_holds()
         with self._hub_turns.holding(receipt.receipt_id), self._one_hub_deadline():
             early = self._clock_followed(self._price_early(receipt, confirm_now=True), True)
-            # (a failed transaction's last hub request noted again on its own: review 45)
-            with (
-                self._keep_last_ask(receipt.receipt_id),
-                self._lock,
-                self._write(),
-                self._view() as view,
-            ):
-                state, result, typed = self._hold(
-                    receipt, view, confirm_now=True, request=request, early=early
-                )
-                if state == "CANCELLED":
-                    raise Refused(
-                        f"receipt {receipt.receipt_id} was cancelled:"
-                        " price it under a new receiptId"
+            # a failed transaction's last hub request noted again on its own (review 45);
+            # apart, so that `with self._lock` stays the line a call waits for the lock on
+            with self._keep_last_ask(receipt.receipt_id):  # noqa: SIM117
+                with self._lock, self._write(), self._view() as view:
+                    state, result, typed = self._hold(
+                        receipt, view, confirm_now=True, request=request, early=early
                     )
-                if state == "HELD":
-                    result = self._confirm(receipt.receipt_id, None, view)
+                    if state == "CANCELLED":
+                        raise Refused(
+                            f"receipt {receipt.receipt_id} was cancelled:"
+                            " price it under a new receiptId"
+                        )
+                    if state == "HELD":
+                        result = self._confirm(receipt.receipt_id, None, view)
         if receipt.explain and "trace" not in result:
             # a retry, or the open hold it met, asked no trace: §17's `checkout --explain`
             # still answers one (the stored result stays as committed)
@@ -781,13 +778,9 @@ class Agent:
         self.sweep_holds()
         with self._hub_turns.holding(receipt.receipt_id), self._one_hub_deadline():
             early = self._clock_followed(self._price_early(receipt, confirm_now=False), False)
-            with (
-                self._keep_last_ask(receipt.receipt_id),
-                self._lock,
-                self._write(),
-                self._view() as view,
-            ):
-                _, stored, _ = self._hold(receipt, view, request=request, early=early)
+            with self._keep_last_ask(receipt.receipt_id):  # noqa: SIM117 (as Checkout's)
+                with self._lock, self._write(), self._view() as view:
+                    _, stored, _ = self._hold(receipt, view, request=request, early=early)
         result = CheckoutResult.from_json(stored)
         if result.state == "HELD":
             if result.mode == "OFFLINE" and self.hub is not None and not self._owed_listeners:
@@ -1138,6 +1131,9 @@ class Agent:
             ):
                 self._hub_turns.end_release(receipt_id)
                 return None  # held again, or confirmed since: its transaction settles it
+            # the Hold asked more than once, noted with its hold by whichever process made
+            # it (review 45: `_asked_again` is this process's only)
+            kept = None if forgotten else ledger.kept_hub_ask(self._ledger, receipt_id)
         try:
             dropped = hub.release(receipt_id)
         except TillpointError as exc:
@@ -1147,7 +1143,7 @@ class Agent:
             self._hub_turns.end_release(receipt_id)
         if (
             life is not None
-            and (not dropped or receipt_id in self._asked_again)
+            and (not dropped or receipt_id in self._asked_again or kept is not None)
             and self._grant_may_come(life)
         ):
             # The hub held nothing for it yet, but the hold's request may still be on its
@@ -1166,6 +1162,8 @@ class Agent:
             return None
         with self._lock, self._write() as conn:
             ledger.released_at_hub(conn, receipt_id)
+            if kept is not None:
+                ledger.forget_hub_ask(conn, receipt_id, kept)
         with self._lock:
             self._asked_again.pop(receipt_id, None)
         return True
@@ -1568,6 +1566,11 @@ class Agent:
         if hub_hold and done.mode == "OFFLINE":
             if self._asks.active and self._asks.count > 1:
                 self._note_asked_again(rid)
+                # and in the ledger, with the hold (review 45, ask45): the note of this
+                # process alone was lost by a restart, a release sent by another process
+                # (a one-shot `tillpoint cancel`), `reset`; its time is the hold's, after
+                # its last request (`_release_at_hub`, `_release_unstored`)
+                ledger.note_hub_ask(self._ledger, rid, ledger.utc_text(now_at), os.getpid())
             self._hub_call_owed()  # the hold timer sends the shrink (after this commit)
         return "HELD", held, None
 

@@ -25,26 +25,52 @@ Pinned here, with a real hub on 127.0.0.1 (SQLite store) and real tills with the
   commit, and nothing is counted owed (before, an ask row could be left beside a stored
   receipt, skipped as stored by every round, until the day's cutoff and past it);
 - an ask row left beside a committed receipt (noted by a call that then answered the stored
-  receipt) is forgotten at the next round, not kept forever.
+  receipt) is forgotten at the next round, not kept forever;
+- hold44's "asked again" note (a Hold priced OFFLINE after asking the hub more than once:
+  its release stays owed for `LATE_GRANT_S` whatever the hub answers) is kept in the ledger
+  as the hold's ask row, not only in the Hold's process: another agent on the data
+  directory (a restart, a one-shot command) and a SIGKILLed and restarted `tillpoint run`
+  (slow, real processes; out of CI's pass, its in-process twin stays) keep the release
+  owed until the second grant lands and release it.
+
+Default part: about 20 s on two workers (the SIGKILL walk, slow, ~10-30 s more).
 """
 
 from __future__ import annotations
 
+import signal
 import sqlite3
+import subprocess
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from tillpoint.agent import ledger
 from tillpoint.agent.app import till_agent
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import LATE_GRANT_S, Agent
-from tillpoint.sync.loopback import LoopbackHub, receipt
+from tillpoint.sync.loopback import LoopbackHub, receipt, wait_for
+from tillpoint.v1 import tillpoint_pb2 as pb
+from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
-from .conftest import ManualClock, PassThroughHub
-from .test_review26_life26 import BIG, CARD, DEVICE, Crash, DiesAfterTheGrant, enrolled
+from .conftest import ManualClock, PassThroughHub, enrolled_till, free_port
+from .test_review26_life26 import (
+    BIG,
+    CARD,
+    DEVICE,
+    Crash,
+    DiesAfterTheGrant,
+    enrolled,
+    run_config,
+    start_run,
+)
 from .test_review26_life26 import held_at_hub as held
+from .test_review33_hold33 import OFFLINE_LIMIT, a_receipt, held_at_hub
+from .test_review44_hold44 import TIMINGS, SecondHeldBack, held_twice, second_held_hub
+from .test_review44_hold44 import second as second  # the fixture
 
 
 def asks(data_dir: Path) -> list[tuple[str, str]]:
@@ -190,3 +216,101 @@ def test_an_ask_left_beside_a_committed_receipt_is_forgotten_at_the_next_round(
         till.agent.close()
         till.link.close()
         till.authoriser.close()
+
+
+# ------------------------------------------- 3. hold44's "asked again" note, kept in the ledger
+
+
+@pytest.fixture(params=["sqlite"])
+def late_hub(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    second: SecondHeldBack,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[LoopbackHub]:
+    """hold44's hub: a receipt's second authorisation held back at the store until `go`
+    and past its deadline."""
+    yield from second_held_hub(request, tmp_path, second, monkeypatch)
+
+
+def test_the_asked_again_note_is_kept_in_the_ledger_for_another_process(
+    late_hub: LoopbackHub, tmp_path: Path, second: SecondHeldBack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §11, the short twin of the SIGKILL walk below: a Hold that asked the hub
+    twice is priced OFFLINE (its second request held up); its process ends (a one-shot
+    `tillpoint hold`, a restart) and another agent on the data directory cancels it. The
+    release drops the first grant ("released"); it stays owed, the second grant lands, and
+    that agent's next round releases it: another till then gets all 1200 ONLINE. Until
+    review 45 the note lived in the Hold's process only (hold44): the other process took
+    the first answer as final and the 200 stayed held at the hub."""
+    a = enrolled_till(late_hub, tmp_path / "a", "a", timings=TIMINGS)
+    b = enrolled_till(late_hub, tmp_path / "b", "b", timings=TIMINGS)
+    real = a.agent.hub
+    again: Agent | None = None
+    try:
+        held_twice(a, second, monkeypatch, "twice-1", datetime.now(UTC))
+        assert held_at_hub(late_hub) == OFFLINE_LIMIT  # the first grant, shrunk
+        assert [r for r, _ in asks(a.data_dir)] == ["twice-1"]  # kept beside the hold
+        assert a.agent.hub_calls_owed()["release"] == 0  # an open hold owes none
+        a.agent.close()  # the Hold's process ends: what it remembered goes with it
+        again = till_agent(a.data_dir, "a", hub=real)
+        assert again._asked_again == {}
+        assert again.cancel("twice-1").state == "CANCELLED"  # drops it: answered true
+        assert held_at_hub(late_hub) == 0
+        second.go.set()
+        assert second.done.wait(30)
+        assert held_at_hub(late_hub) == OFFLINE_LIMIT  # the second grant, past the deadline
+        assert again.hub_calls_owed()["release"] == 1  # still owed, counted once
+        again.retry_hub_releases()
+        assert held_at_hub(late_hub) == 0
+        other = b.agent.hold(a_receipt("b-1"))
+        assert (other.mode, other.redeemed_points) == ("ONLINE", 1200)
+    finally:
+        if again is not None:
+            again.close()
+        a.link.close()
+        a.authoriser.close()
+        b.stop()
+
+
+@pytest.mark.slow  # two starts of `tillpoint run`: about 15 s
+def test_the_asked_again_note_outlives_a_sigkilled_run(
+    late_hub: LoopbackHub, tmp_path: Path, second: SecondHeldBack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §11 with real `tillpoint run` processes: the Hold that asked twice (priced
+    OFFLINE, its second request held up at the hub) is made by another process (this
+    test's agent, then closed); `tillpoint run` on the data directory takes the POS's
+    Cancel (gRPC): its release drops the first grant. `run` is SIGKILLed and started
+    again; the second grant then lands, and the restarted `run`'s hold timer releases it
+    (the release stayed owed in the ledger): the hub ends holding nothing."""
+    data_dir = tmp_path / "till"
+    a = enrolled_till(late_hub, data_dir, DEVICE, timings=TIMINGS)
+    procs: list[subprocess.Popen[bytes]] = []
+    port = free_port()
+    cfg = run_config(tmp_path, data_dir, late_hub, port)
+    log = tmp_path / "agent.log"
+    try:
+        held_twice(a, second, monkeypatch, "twice-1", datetime.now(UTC))
+        assert held_at_hub(late_hub) == OFFLINE_LIMIT
+        a.stop()
+        procs.append(start_run(cfg, log))
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=60)
+            stub = pb_grpc.PosAgentStub(channel)
+            done = stub.Cancel(pb.CancelRequest(receipt_id="twice-1"), timeout=30)
+            assert done.state == pb.CANCELLED
+        assert held_at_hub(late_hub) == 0  # the first grant dropped
+        procs[0].send_signal(signal.SIGKILL)
+        assert procs[0].wait(timeout=10) == -signal.SIGKILL
+        procs.append(start_run(cfg, log))
+        second.go.set()
+        assert second.done.wait(30)
+        # the second grant landed (the restarted run's round may already have released
+        # it); its hold timer releases it within a round (15 s)
+        wait_for(lambda: held_at_hub(late_hub) == 0, timeout=40, every=0.2)
+    finally:
+        second.go.set()
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
