@@ -1991,7 +1991,8 @@ def unstored_hub_asks(
     the ledger has not stored (no open hold, no commit: a cancelled or expired hold priced
     afresh and lost leaves its closed row), oldest first; `receipt_id`: that one only.
     Not an ask kept beside a closed hold whose own release is still owed (`hub_hold`): that
-    release is sent, and the ask forgotten with it (`kept_hub_ask`, review 45)."""
+    release is sent and forgets the hold's own ask (`kept_hub_ask`, review 45); another
+    ask left there is listed once that release is done."""
     sql = (
         "SELECT a.receipt_id, a.asked_at, a.pid FROM hub_asks AS a"
         " WHERE NOT EXISTS (SELECT 1 FROM receipt_life AS l WHERE l.receipt_id = a.receipt_id"
@@ -2018,7 +2019,8 @@ def kept_hub_ask(conn: sqlite3.Connection, receipt_id: str) -> str | None:
     """The `asked_at` of the ask kept beside a stored hold of this receipt (a Hold priced
     OFFLINE that asked the hub more than once: its release stays owed while a later
     request's grant may land, whatever the hub answers; review 44's hold44 note, kept in
-    the ledger since review 45 so that a restart, another process or `reset` knows it)."""
+    the ledger since review 45 so that a restart or another process knows it; `reset`
+    forgets it with the rest)."""
     row = conn.execute(
         "SELECT asked_at FROM hub_asks WHERE receipt_id = ?", (receipt_id,)
     ).fetchone()

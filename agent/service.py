@@ -1162,7 +1162,11 @@ class Agent:
             return None
         with self._lock, self._write() as conn:
             ledger.released_at_hub(conn, receipt_id)
-            if kept is not None:
+            if kept is not None and life is not None and kept == life.held_at:
+                # the hold's own note (written with it, at its time) goes with its release;
+                # another ask of the receipt (a lapsed hold priced again and lost, its
+                # request perhaps still on its way) is an unstored one from now on, sent
+                # while its own window lasts (`_release_unstored`)
                 ledger.forget_hub_ask(conn, receipt_id, kept)
         with self._lock:
             self._asked_again.pop(receipt_id, None)
@@ -1567,8 +1571,8 @@ class Agent:
             if self._asks.active and self._asks.count > 1:
                 self._note_asked_again(rid)
                 # and in the ledger, with the hold (review 45, ask45): the note of this
-                # process alone was lost by a restart, a release sent by another process
-                # (a one-shot `tillpoint cancel`), `reset`; its time is the hold's, after
+                # process alone was lost by a restart and by a release sent by another
+                # process (a one-shot `tillpoint cancel`); its time is the hold's, after
                 # its last request (`_release_at_hub`, `_release_unstored`)
                 ledger.note_hub_ask(self._ledger, rid, ledger.utc_text(now_at), os.getpid())
             self._hub_call_owed()  # the hold timer sends the shrink (after this commit)
