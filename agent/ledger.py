@@ -1989,11 +1989,14 @@ def unstored_hub_asks(
 ) -> list[tuple[str, str, int | None]]:
     """(receiptId, asked_at, the asking process's id) of the asks to the hub whose receipt
     the ledger has not stored (no open hold, no commit: a cancelled or expired hold priced
-    afresh and lost leaves its closed row), oldest first; `receipt_id`: that one only."""
+    afresh and lost leaves its closed row), oldest first; `receipt_id`: that one only.
+    Not an ask kept beside a closed hold whose own release is still owed (`hub_hold`): that
+    release is sent and forgets the hold's own ask (`kept_hub_ask`, review 45); another
+    ask left there is listed once that release is done."""
     sql = (
         "SELECT a.receipt_id, a.asked_at, a.pid FROM hub_asks AS a"
         " WHERE NOT EXISTS (SELECT 1 FROM receipt_life AS l WHERE l.receipt_id = a.receipt_id"
-        " AND l.state IN ('HELD', 'CONFIRMED'))"
+        " AND (l.state IN ('HELD', 'CONFIRMED') OR l.hub_hold != 0))"
         " AND NOT EXISTS (SELECT 1 FROM receipts AS r WHERE r.receipt_id = a.receipt_id)"
     )
     args: tuple[str, ...] = ()
@@ -2009,6 +2012,30 @@ def released_at_hub(conn: sqlite3.Connection, receipt_id: str) -> None:
     conn.execute(
         "UPDATE receipt_life SET hub_hold = 0 WHERE receipt_id = ? AND state != 'HELD'",
         (receipt_id,),
+    )
+
+
+def kept_hub_ask(conn: sqlite3.Connection, receipt_id: str) -> str | None:
+    """The `asked_at` of the ask kept beside a stored hold of this receipt (a Hold priced
+    OFFLINE that asked the hub more than once: its release stays owed while a later
+    request's grant may land, whatever the hub answers; review 44's hold44 note, kept in
+    the ledger since review 45 so that a restart or another process knows it; `reset`
+    forgets it with the rest)."""
+    row = conn.execute(
+        "SELECT asked_at FROM hub_asks WHERE receipt_id = ?", (receipt_id,)
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def forget_committed_hub_asks(conn: sqlite3.Connection) -> None:
+    """Forget the asks to the hub of receipts committed here: a committed receipt is never
+    priced or held again (its retry answers what is stored), and its transaction settles
+    what the hub holds for it. The receipt's commit forgets its own; one left beside it
+    (noted again by a call that then answered the stored receipt) was listed by nothing,
+    released by nothing, and kept to the end (review 45, ask45)."""
+    conn.execute(
+        "DELETE FROM hub_asks WHERE EXISTS"
+        " (SELECT 1 FROM receipts AS r WHERE r.receipt_id = hub_asks.receipt_id)"
     )
 
 

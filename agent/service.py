@@ -283,13 +283,18 @@ class _Asks(threading.local):
     `told` the lowest offline limit its requests told the hub (what the hub keeps of a
     grant it makes past the deadline: the cap of its OFFLINE pricing, review 37), `count`
     how many requests it made (review 44, hold44: more than one, and a release that
-    dropped the first one's grant may have come before a later one's)."""
+    dropped the first one's grant may have come before a later one's), `unkept` when its
+    last request noted inside the write transaction was made (the ledger's time line): that
+    note goes if the transaction fails, and is written again on its own then
+    (`Agent._keep_last_ask`, review 45: an unstored ask's late-grant window counts from
+    its last request)."""
 
     def __init__(self) -> None:
         self.active = False
         self.since: float | None = None
         self.told: int | None = None
         self.count = 0
+        self.unkept: str | None = None
 
 
 @dataclass(frozen=True)
@@ -719,17 +724,20 @@ class Agent:
         self.sweep_holds()
         with self._hub_turns.holding(receipt.receipt_id), self._one_hub_deadline():
             early = self._clock_followed(self._price_early(receipt, confirm_now=True), True)
-            with self._lock, self._write(), self._view() as view:
-                state, result, typed = self._hold(
-                    receipt, view, confirm_now=True, request=request, early=early
-                )
-                if state == "CANCELLED":
-                    raise Refused(
-                        f"receipt {receipt.receipt_id} was cancelled:"
-                        " price it under a new receiptId"
+            # a failed transaction's last hub request noted again on its own (review 45);
+            # apart, so that `with self._lock` stays the line a call waits for the lock on
+            with self._keep_last_ask(receipt.receipt_id):  # noqa: SIM117
+                with self._lock, self._write(), self._view() as view:
+                    state, result, typed = self._hold(
+                        receipt, view, confirm_now=True, request=request, early=early
                     )
-                if state == "HELD":
-                    result = self._confirm(receipt.receipt_id, None, view)
+                    if state == "CANCELLED":
+                        raise Refused(
+                            f"receipt {receipt.receipt_id} was cancelled:"
+                            " price it under a new receiptId"
+                        )
+                    if state == "HELD":
+                        result = self._confirm(receipt.receipt_id, None, view)
         if receipt.explain and "trace" not in result:
             # a retry, or the open hold it met, asked no trace: §17's `checkout --explain`
             # still answers one (the stored result stays as committed)
@@ -770,8 +778,9 @@ class Agent:
         self.sweep_holds()
         with self._hub_turns.holding(receipt.receipt_id), self._one_hub_deadline():
             early = self._clock_followed(self._price_early(receipt, confirm_now=False), False)
-            with self._lock, self._write(), self._view() as view:
-                _, stored, _ = self._hold(receipt, view, request=request, early=early)
+            with self._keep_last_ask(receipt.receipt_id):  # noqa: SIM117 (as Checkout's)
+                with self._lock, self._write(), self._view() as view:
+                    _, stored, _ = self._hold(receipt, view, request=request, early=early)
         result = CheckoutResult.from_json(stored)
         if result.state == "HELD":
             if result.mode == "OFFLINE" and self.hub is not None and not self._owed_listeners:
@@ -1122,6 +1131,9 @@ class Agent:
             ):
                 self._hub_turns.end_release(receipt_id)
                 return None  # held again, or confirmed since: its transaction settles it
+            # the Hold asked more than once, noted with its hold by whichever process made
+            # it (review 45: `_asked_again` is this process's only)
+            kept = None if forgotten else ledger.kept_hub_ask(self._ledger, receipt_id)
         try:
             dropped = hub.release(receipt_id)
         except TillpointError as exc:
@@ -1131,7 +1143,7 @@ class Agent:
             self._hub_turns.end_release(receipt_id)
         if (
             life is not None
-            and (not dropped or receipt_id in self._asked_again)
+            and (not dropped or receipt_id in self._asked_again or kept is not None)
             and self._grant_may_come(life)
         ):
             # The hub held nothing for it yet, but the hold's request may still be on its
@@ -1150,6 +1162,12 @@ class Agent:
             return None
         with self._lock, self._write() as conn:
             ledger.released_at_hub(conn, receipt_id)
+            if kept is not None and life is not None and kept == life.held_at:
+                # the hold's own note (written with it, at its time) goes with its release;
+                # another ask of the receipt (a lapsed hold priced again and lost, its
+                # request perhaps still on its way) is an unstored one from now on, sent
+                # while its own window lasts (`_release_unstored`)
+                ledger.forget_hub_ask(conn, receipt_id, kept)
         with self._lock:
             self._asked_again.pop(receipt_id, None)
         return True
@@ -1298,6 +1316,7 @@ class Agent:
         if answered == len(due):
             with self._lock, self._write() as conn:
                 ledger.run_out_at_hub(conn, cutoff)
+                ledger.forget_committed_hub_asks(conn)
             released += self._release_unstored(cutoff, stop)
             if not _stopping(stop):
                 self._send_shrinks(stop)  # then the open OFFLINE holds' late grants (not counted)
@@ -1364,10 +1383,20 @@ class Agent:
         first the hub does not answer, or once `stop` is set (`retry_hub_releases`)."""
         now = self._now()
         young = ledger.utc_text(now - timedelta(seconds=HUB_ASK_GRACE_S))
-        # an ask younger than this that the hub answers "nothing held" stays owed: its
-        # request may still be on its way to the hub's store (as a cancelled OFFLINE
-        # hold's release, `_grant_may_come`; review 40, rev40b)
-        late = ledger.utc_text(now - timedelta(seconds=LATE_GRANT_S))
+        # The release of an ask younger than this stays owed whatever the hub answers:
+        # "nothing held", its request may still be on its way to the hub's store (as a
+        # cancelled OFFLINE hold's release, `_grant_may_come`; review 40, rev40b);
+        # "released", it may have dropped the grant of the Hold's first request while a
+        # later one (its pricing again in the write transaction, a coupon's) was still on
+        # its way (review 44's hold44 for a stored hold; review 45, ask45, here, where the
+        # till cannot know how many requests the ask made: the count went with the process
+        # or the failed transaction). Counted from the ask's last request as the ledger
+        # keeps it (`note_hub_ask` replaces the time at each request committed; a failed
+        # transaction's is written again, `_keep_last_ask`), plus the hub's deadline
+        # (`timeout_s`, optional as `shrink` is): a till killed inside its write
+        # transaction lost the note of a request made at most that much later.
+        deadline_s = float(getattr(self.hub, "timeout_s", 0.0) or 0.0)
+        late = ledger.utc_text(now - timedelta(seconds=LATE_GRANT_S + deadline_s))
         with self._lock:
             asks = ledger.unstored_hub_asks(self._ledger)
         released = 0
@@ -1396,16 +1425,22 @@ class Agent:
                 return released
             finally:
                 self._hub_turns.end_release(rid)
-            if not dropped and asked_at > late:
-                # Nothing held yet, but the request may still reach the hub (held up on
-                # the wire or in a busy hub, the till killed meanwhile): a grant placed
-                # after this release would hold the points of a receipt no till holds.
-                log.info("hold of %s: nothing held at the hub yet, sent again later", rid)
+            # counted once for each hold the hub dropped (review 45: an ask kept owed is
+            # answered again, "nothing held" after its first answer dropped the grant)
+            released += bool(dropped)
+            if asked_at > late:
+                # A request may still reach the hub (held up on the wire or in a busy hub,
+                # the till killed meanwhile): a grant placed after this release would hold
+                # the points of a receipt no till holds. Sent again at the next round.
+                log.info(
+                    "hold of %s: %s at the hub, sent again later",
+                    rid,
+                    "released" if dropped else "nothing held yet",
+                )
                 continue
             log.info("hold of receipt %s, never stored here, released at the hub", rid)
             with self._lock, self._write() as conn:
                 ledger.forget_hub_ask(conn, rid, asked_at)
-            released += 1
         return released
 
     def _life(self, receipt_id: str) -> ledger.ReceiptLife | None:
@@ -1535,6 +1570,11 @@ class Agent:
         if hub_hold and done.mode == "OFFLINE":
             if self._asks.active and self._asks.count > 1:
                 self._note_asked_again(rid)
+                # and in the ledger, with the hold (review 45, ask45): the note of this
+                # process alone was lost by a restart and by a release sent by another
+                # process (a one-shot `tillpoint cancel`); its time is the hold's, after
+                # its last request (`_release_at_hub`, `_release_unstored`)
+                ledger.note_hub_ask(self._ledger, rid, ledger.utc_text(now_at), os.getpid())
             self._hub_call_owed()  # the hold timer sends the shrink (after this commit)
         return "HELD", held, None
 
@@ -2059,6 +2099,7 @@ class Agent:
         self._asks.since = None
         self._asks.told = None  # the lowest offline limit its requests told the hub
         self._asks.count = 0
+        self._asks.unkept = None
         self._asks.active = True
         try:
             yield
@@ -2067,6 +2108,36 @@ class Agent:
             self._asks.since = None
             self._asks.told = None
             self._asks.count = 0
+            self._asks.unkept = None
+
+    @contextlib.contextmanager
+    def _keep_last_ask(self, receipt_id: str) -> Iterator[None]:
+        """Around a Hold's or Checkout's write transaction: when it fails (a commit that
+        fails, a Conflict found after asking) having asked the hub inside it, the note of
+        that last request went with it, and the ledger kept only an earlier one's (the
+        early pricing's). It is written again on its own: an unstored ask's release stays
+        owed while a grant may come, `LATE_GRANT_S` from its last request (review 45, ask45:
+        counted from the first, the window could close before the last request's grant
+        landed). Not on a process dying (a `BaseException` other than an `Exception`: what
+        a kill leaves); best effort on a ledger that refuses it (the first note stands)."""
+        try:
+            yield
+        except Exception:
+            at = self._asks.unkept
+            self._asks.unkept = None
+            if at is not None:
+                try:
+                    with self._lock, self._write() as conn:
+                        ledger.note_hub_ask(conn, receipt_id, at, os.getpid())
+                except Exception:
+                    log.warning(
+                        "the note of the last hub request of %s was not kept",
+                        receipt_id,
+                        exc_info=True,
+                    )
+            raise
+        finally:
+            self._asks.unkept = None
 
     def _first_ask(self) -> float:
         """When this Hold's or Checkout's first hub request was made (now, for the first)."""
@@ -2086,6 +2157,8 @@ class Agent:
         now = ledger.utc_text(self.clock())
         if conn is None or conn is self._ledger:
             ledger.note_hub_ask(self._ledger, receipt_id, now, os.getpid())
+            if self._asks.active and self._ledger.in_transaction:
+                self._asks.unkept = now  # gone if the transaction fails: `_keep_last_ask`
             return
         with self._lock:
             # Without its own fsync (0.05 ms, not 0.7-4 ms): it guards against the process

@@ -252,7 +252,11 @@ def test_sigkill_while_the_hub_places_the_hold_leaves_no_hold_at_the_hub(
             assert stub.Checkout(body, timeout=30).redeemed_points == 1200
         conn = sqlite3.connect(data_dir / "ledger.db")
         try:
-            assert conn.execute("SELECT count(*) FROM hub_asks").fetchone() == (0,)
+            # r-new's ask went with its commit; r-lost's release stays owed (sent again at
+            # the rounds) until `LATE_GRANT_S` after its last request and the Hold's
+            # deadline, a later request of it may still land a grant (review 45, ask45)
+            left = conn.execute("SELECT receipt_id FROM hub_asks").fetchall()
+            assert set(left) <= {("r-lost",)}, left
             assert conn.execute("SELECT ref_id FROM journal").fetchall() == [("r-new",)]
         finally:
             conn.close()

@@ -158,8 +158,11 @@ def test_the_release_of_a_hold_the_till_never_stored_is_counted_as_owed(
         assert again.hub_calls_owed() == {"release": 1, "shrink": 0}
         hub.start()  # back: the link's backoff may put the first round off a little
         wait_for(lambda: again.retry_hub_releases() == 1, timeout=10.0, every=0.1)
-        assert again.hub_calls_owed() == {"release": 0, "shrink": 0}
         assert held_at_hub(hub) == 0
+        # Review 45 (ask45): still counted owed while a later request of the lost Hold may
+        # land a grant (`LATE_GRANT_S` from its last request): the hub freed the points,
+        # and the release is sent again at the next rounds until then
+        assert again.hub_calls_owed() == {"release": 1, "shrink": 0}
     finally:
         again.close()
         till.link.close()

@@ -396,7 +396,13 @@ def test_a_till_killed_while_its_hold_request_is_on_the_wire_releases_the_grant_
         # the next round (15 s) releases it: nothing held for a receipt no till holds
         wait_for(lambda: held_at_hub(hub) == 0, timeout=40, every=0.2)
         assert ("k-1", True) in releases
-        wait_for(lambda: hub_asks(data) == [], timeout=30)
+        # Review 45 (ask45): the ask stays owed, whatever the hub answers, until
+        # `LATE_GRANT_S` after its last request plus the Hold's deadline (20 s here: a
+        # request made inside the killed write transaction lost its note), then done at
+        # the next round (15 s)
+        from tillpoint.agent.service import LATE_GRANT_S
+
+        wait_for(lambda: hub_asks(data) == [], timeout=LATE_GRANT_S + 20 + 60)
         till.stop()
     finally:
         proxy.close()
@@ -440,7 +446,9 @@ def test_an_unstored_asks_release_answered_nothing_held_stays_owed_while_its_gra
         clock.advance(5)
         a.agent.retry_hub_releases()
         assert held_at_hub(hub) == 0
-        assert hub_asks(a.data_dir) == ["k-3"]
+        # Review 45 (ask45): k-2's release dropped a grant and stays owed all the same (a
+        # later request of its Hold may still land one) until `LATE_GRANT_S` after its ask
+        assert sorted(hub_asks(a.data_dir)) == ["k-2", "k-3"]
         clock.advance(LATE_GRANT_S)
         a.agent.retry_hub_releases()  # past the 60 s: "nothing held" is final
         assert hub_asks(a.data_dir) == []

@@ -10,11 +10,10 @@ whose pricing again inside the write transaction sent a second request that the 
 up, then failed to commit, left the ask; the next round's release dropped the first grant,
 was taken as done, and the second grant landed afterwards and was kept (up to the offline
 limit) for a receipt no till holds, from every other till, for `holdTtlSeconds` + 60 s.
-Shown here (a strict xfail) and left: the fix (an unstored ask's release kept owed for
-`LATE_GRANT_S` after the ask whatever the hub answers) is one condition in
-`_release_unstored`, but it changes what three earlier reviews pin of a released unstored
-ask (forgotten and no longer counted owed at its first answer: review 26's rev26, review
-34's left34, review 40's rev40b), a reading for the lead (docs/DECISIONS.md, rev44h).
+Shown here (a strict xfail until review 45) and fixed by review 45 (ask45): an unstored
+ask's release stays owed for `LATE_GRANT_S` after the ask's last request whatever the hub
+answers; review 26's rev26, review 34's left34 and review 40's rev40b now read a released
+unstored ask as owed until then (docs/DECISIONS.md, "Review 45 (ask45)").
 
 Also pinned: a Checkout (Hold and Confirm in one call) that asked twice leaves no note of a
 release to keep owed, and a Hold that asked once is not noted (hold44's note is for the
@@ -69,11 +68,6 @@ def asks(till: Any) -> list[str]:
         conn.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="left (rev44h): `_release_unstored` takes a release that dropped a hold as final;"
-    " keeping it owed changes review 26/34/40's pins (docs/DECISIONS.md, review 44 rev44h)",
-)
 def test_an_unstored_asks_release_that_dropped_the_first_grant_stays_owed(
     hub: LoopbackHub,
     tmp_path: Path,
@@ -87,7 +81,7 @@ def test_an_unstored_asks_release_that_dropped_the_first_grant_stays_owed(
     kept for the offline limit (200). The ask stays owed while a grant may come: the next
     round releases it, and another till gets all 1200 ONLINE. Before the fix the first
     answer was taken as done and the 200 stayed held at the hub for a receipt no till
-    holds (shown: the owed count is 0 with the 200 held)."""
+    holds (the owed count was 0 with the 200 held; fixed in review 45, ask45)."""
     a = enrolled_till(hub, tmp_path / "a", "a", timings=TIMINGS)
     b = enrolled_till(hub, tmp_path / "b", "b", timings=TIMINGS)
     try:
