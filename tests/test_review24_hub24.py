@@ -307,7 +307,9 @@ def test_a_call_waits_for_the_reachability_probe_no_longer_than_its_deadline(
         call("second", 1.3)
         first.join(10)
         for name, (seconds, outcome) in took.items():
-            assert outcome == "StorageError" and seconds < 1.3 + 0.4, (name, seconds)
+            # its own 1.3 s, not the fault's ~3 s (behind the other's 2 s attempt): halfway
+            # between them, a loaded machine's room (1.3 + 0.4 until review 45, timing45)
+            assert outcome == "StorageError" and seconds < 1.3 + 0.85, (name, seconds)
     finally:
         release.set()
         holder.join(10)

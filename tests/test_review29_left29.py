@@ -69,7 +69,9 @@ def test_sync_now_over_a_link_that_keeps_timing_out_ends_at_its_deadline(
         took = time.monotonic() - started
         assert code == 1, err
         assert out == ""
-        assert took < 2.5, took  # 8 pushes of 0.6 s took 4.8 s
+        # 8 pushes of 0.6 s took 4.8 s; --timeout 1.5: halfway between the two, a loaded
+        # machine's room (2.5 s until review 45, timing45)
+        assert took < 3.15, took
         assert err.count("\n") == 1 and err.startswith("tillpoint: "), err
         assert "1.5 s" in err and "--timeout" in err, err
         assert "20 transaction(s) still in the outbox" in err, err

@@ -250,7 +250,9 @@ def _scan_quickly(display: CustomerDisplay, count: int, every_s: float = 0.05) -
     for n in range(count):
         before = time.monotonic()
         display.show([f"Итого: {n},00", ""])
-        assert time.monotonic() - before < 0.5
+        # not waiting for the line (a reconnect's, a stale backlog's seconds); 5 s is a
+        # loaded machine's room, as dev32's (0.5 s until review 45, timing45)
+        assert time.monotonic() - before < 5
         time.sleep(every_s)
 
 

@@ -26,6 +26,7 @@ from tillpoint.sync.hub_server import HubServicer
 from tillpoint.sync.loopback import FAST, LoopbackHub, receipt, sample_master_data
 
 from .conftest import enrolled_till, free_port, needs_ipv6
+from .stopclock import stop_seconds
 
 EXE = str(Path(sys.executable).parent / "tillpoint")
 ANNA = "2770000000017"
@@ -142,16 +143,19 @@ def test_a_sigterm_stops_run_between_owed_hub_calls_to_a_slow_hub(
         signalled = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-        took = time.monotonic() - signalled
         after = [t for t in slow_releases.started if t > signalled]
         assert len(after) <= 1, f"{len(after)} releases sent after the SIGTERM"
+        assert proc.stderr is not None
+        err = proc.stderr.read().decode(errors="replace")
         # one call on its way at the shipped deadline (0.3 s + the hub's 0.1 s margin) and
-        # the rest of the stop, well under the sweeper's 5 s bound the stop waited out
+        # the rest of the stop, well under the sweeper's 5 s bound the stop waited out;
+        # timed on the run's own clock, its log (the test's, from its SIGTERM to `wait()`,
+        # counted the machine's load too; review 45, timing45, as flake44's stops)
+        took = stop_seconds(err)
         assert took < 3.0, f"the stop took {took:.1f} s"
         left = owed_releases(data)
         assert 0 < left < 2 * n  # some went; the rest wait for the next start
-        assert proc.stderr is not None
-        assert b"Traceback" not in proc.stderr.read()
+        assert "Traceback" not in err
     finally:
         hub.stop()
 

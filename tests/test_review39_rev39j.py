@@ -300,4 +300,7 @@ def test_a_printer_unplugged_in_the_grace_ends_the_write_at_once_not_done() -> N
         os.close(slave)
     assert len(outcome) == 1 and isinstance(outcome[0], ConnectionLost), outcome
     assert "went away" in str(outcome[0]), outcome
-    assert took < 0.5, took
+    # at once, not at the grace's end (~1.6 s after the stop, ~1.5 s after the unplug):
+    # halfway, a loaded machine's room (0.5 s until review 45, timing45); "went away",
+    # not the grace's "broken off", tells the two apart without a clock
+    assert took < 0.75, took

@@ -128,8 +128,10 @@ def test_a_new_version_reaches_a_subscribed_till_at_once(tmp_path: Path) -> None
         wait_for(lambda: cache_version(till.data_dir) == 1 and till.link.online)
         started = time.monotonic()
         version = hub.publish()
-        wait_for(lambda: cache_version(till.data_dir) == version, timeout=10)
-        assert time.monotonic() - started < 3.0
+        wait_for(lambda: cache_version(till.data_dir) == version, timeout=20)
+        # at once, not at the next poll (30 s): 10 s tells the two apart with a loaded
+        # machine's room, as spec36e's (3.0 s until review 45, timing45)
+        assert time.monotonic() - started < 10.0
     finally:
         till.stop()
         hub.stop()
