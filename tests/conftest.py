@@ -406,6 +406,24 @@ def answered() -> Any:
     return replace(FAST, redeem_timeout_s=ANSWERED_S)
 
 
+# The deadline of a till whose grant a test holds back at the hub (flake39's `HeldBack`:
+# the hub takes the call, its store places the grant only once the call's deadline has
+# passed: a late grant). The hub must take the call before the till's deadline, or it
+# places nothing (its own deadline check) and the late grant never comes: with FAST's
+# 300 ms a loaded machine's late answer failed the test's set-up (review 41, flake41,
+# rev35's `LATE`; review 45, late45). The till waits this long for the held-back call.
+HELD_BACK_S = 1.0
+
+
+def held_back_timings() -> Any:
+    """`FAST` with the redemption deadline `HELD_BACK_S` (the till's `timings=`)."""
+    from dataclasses import replace
+
+    from tillpoint.sync.loopback import FAST
+
+    return replace(FAST, redeem_timeout_s=HELD_BACK_S)
+
+
 def enrolled_till(hub: LoopbackHub, data_dir: Path, name: str, **kw: Any) -> Till:
     """A till of `hub` (its sync loop not started) that has pulled the hub's first
     snapshot, as `tillpoint sync now` does."""

@@ -29,6 +29,8 @@ from tillpoint.agent.cli import main
 from tillpoint.sync import pki
 from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data
 
+from .conftest import ANSWERED_S
+
 ANNA = "2770000000017"  # c-1: 1,200 points at the hub
 BORIS = "2770000000024"  # c-2: 300 points at the hub
 BIG = [{"sku": "4601234000017", "qty": "100", "priceMinor": 8990}]  # 30 % allows 2,697
@@ -36,7 +38,16 @@ KEFIR = [{"sku": "4601234000024", "qty": "1", "priceMinor": 5000}]
 
 
 class Chain:
-    """A hub and its two tills, each command run as `tillpoint ... --json` would be."""
+    """A hub and its two tills, each command run as `tillpoint ... --json` would be.
+
+    The tills' redemption deadline (`hub.redeem_timeout_ms`) is `redeem_timeout_ms`:
+    `ANSWERED_S` (5 s, tests/conftest.py) unless a test sets it, as `answered()` is for
+    a loopback till. These tests need the hub's answer (ONLINE, a hold placed at the hub)
+    and do not judge the deadline: with the shipped 300 ms one late answer on a loaded
+    machine priced a receipt OFFLINE and failed them (review 45, late45). None: the
+    shipped setting (a test of the deadline itself)."""
+
+    redeem_timeout_ms: int | None = int(ANSWERED_S * 1000)
 
     def __init__(self, tmp: Path, hub: LoopbackHub, monkeypatch: pytest.MonkeyPatch) -> None:
         self.tmp, self.hub, self.monkeypatch = tmp, hub, monkeypatch
@@ -57,7 +68,10 @@ class Chain:
             args += ["--data-dir", str(self.tmp / device)]
         capture = self.capsys
         capture.readouterr()
-        code = main([*args, "--json"])
+        with self.monkeypatch.context() as env:  # the command's alone, not the test's
+            if device is not None and self.redeem_timeout_ms is not None:
+                env.setenv("TILLPOINT_HUB__REDEEM_TIMEOUT_MS", str(self.redeem_timeout_ms))
+            code = main([*args, "--json"])
         out, err = capture.readouterr()
         return code, (json.loads(out) if out.strip() else None), err
 

@@ -15,16 +15,22 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from tillpoint.agent.http_api import HttpServer
-from tillpoint.sync.loopback import FAST, LoopbackHub, wait_for
+from tillpoint.sync.loopback import LoopbackHub, wait_for
 
-from .conftest import PassThroughHub, SteppingClock, answered, enrolled_till, snapshot
+from .conftest import (
+    PassThroughHub,
+    SteppingClock,
+    answered,
+    enrolled_till,
+    held_back_timings,
+    snapshot,
+)
 from .test_review30_memo30 import ANNA, MILK, sale
 from .test_review33_hold33 import SURE, a_receipt
 from .test_review39_flake39 import HeldBack, held_back
@@ -389,7 +395,7 @@ def limit_hub(tmp_path: Path, store: str | None, limit: int) -> LoopbackHub:
 # against the shipped 300 ms: on a loaded machine the request could reach the hub past
 # 300 ms, which then placed nothing); the other till's holds wait 10 s (hold33's `SURE`),
 # and the call's end is waited for (`held_back.done`), not slept for (0.8 s).
-LATE = replace(FAST, redeem_timeout_s=1.0)
+LATE = held_back_timings()  # tests/conftest.py: HELD_BACK_S
 
 
 def _late_store(

@@ -33,7 +33,7 @@ import pytest
 from tillpoint.sync.hub_server import HubServicer
 from tillpoint.sync.loopback import LoopbackHub
 
-from .conftest import ManualClock, enrolled_till
+from .conftest import ANSWERED_S, ManualClock, answered, enrolled_till, held_back_timings
 from .test_review33_hold33 import (
     OFFLINE_LIMIT,
     a_receipt,
@@ -146,8 +146,9 @@ def test_a_grant_that_lands_after_the_cancels_release_is_released_at_the_next_ro
     APP555) for this cancelled receipt. The till's next round releases it: another till's
     receipt of the customer gets all 1200 points and the code (before the fix the till
     took the first release for done, and both stayed held for ~31 minutes)."""
-    a = enrolled_till(hub, tmp_path / "a", "a")
-    b = enrolled_till(hub, tmp_path / "b", "b")
+    # a's call must reach the hub's store (`HELD_BACK_S`); b's hold needs the answer
+    a = enrolled_till(hub, tmp_path / "a", "a", timings=held_back_timings())
+    b = enrolled_till(hub, tmp_path / "b", "b", timings=answered())
     try:
         cancelled_before_its_grant(hub, a, held_back, "gone-1")
         assert held_at_hub(hub) == OFFLINE_LIMIT  # the late grant, kept for the offline hold
@@ -194,6 +195,8 @@ def test_a_release_answered_nothing_held_is_sent_again_only_while_a_grant_may_co
         assert life(a, "away-1")[3] == 0
         assert a.agent.hub_calls_owed()["release"] == 0
         # ONLINE: the grant was placed before the hold was stored; one release is enough
+        # (this hold needs the hub's answer, not the 300 ms deadline: `ANSWERED_S`)
+        a.authoriser.timeout_s = ANSWERED_S
         online = a.agent.hold(a_receipt("on-1", at=clock()))
         assert online.mode == "ONLINE"
         a.agent.cancel("on-1")

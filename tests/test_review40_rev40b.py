@@ -44,7 +44,15 @@ from tillpoint.sync.loopback import LoopbackHub, sample_master_data, wait_for
 from tillpoint.sync.pull import cache_version
 
 from . import test_review39_flake39 as flake39
-from .conftest import ManualClock, answered, enrolled_till, free_port
+from .conftest import (
+    ANSWERED_S,
+    HELD_BACK_S,
+    ManualClock,
+    answered,
+    enrolled_till,
+    free_port,
+    held_back_timings,
+)
 from .test_review33_hold33 import (
     ANNA,
     BIG,
@@ -489,9 +497,9 @@ def late_hub(
             held_back.entered.set()
             assert held_back.go.wait(20)
             # past the call's deadline at the hub (its arrival, before `entered`, and the
-            # till's 300 ms; waited for, not slept: review 40, flake40b): the hub keeps the
-            # grant for the offline limit (a grant it still took for in time is kept
-            # whole: review 33)
+            # till's deadline, `HELD_BACK_S`; waited for, not slept: review 40, flake40b):
+            # the hub keeps the grant for the offline limit (a grant it still took for in
+            # time is kept whole: review 33)
             held_back.past_its_deadline()
         return authorise(*args, **kwargs)
 
@@ -544,7 +552,7 @@ def test_a_confirm_after_the_late_grant_settles_it_once(
     grant lands only after the sale was pushed, the hub places nothing for the committed
     receipt (answered 0). Either way nothing held after it, nothing doubled. Found
     right."""
-    a = late_hub.till("a", tmp_path / "a")
+    a = late_hub.till("a", tmp_path / "a", timings=held_back_timings())
     try:
         wait_for(lambda: cache_version(a.data_dir) >= 1)
         held_off(late_hub, a.agent, held_back, "c-1r", datetime.now(UTC))
@@ -578,8 +586,8 @@ def test_two_tills_racing_while_ones_grant_is_late_never_redeem_past_the_offline
     all 1200 and A's late grant nothing: A's OFFLINE 200 are the offline limit's
     exposure the contract accepts (1400 redeemed of 1200), never more than that. Found
     right; nothing stored twice."""
-    a = late_hub.till("a", tmp_path / "a")
-    b = late_hub.till("b", tmp_path / "b")
+    a = late_hub.till("a", tmp_path / "a", timings=held_back_timings())
+    b = late_hub.till("b", tmp_path / "b", timings=answered())  # its hold needs the answer
     try:
         wait_for(lambda: cache_version(a.data_dir) >= 1 and cache_version(b.data_dir) >= 1)
         held_off(late_hub, a.agent, held_back, "ra", datetime.now(UTC))
@@ -612,7 +620,7 @@ def test_a_grant_landing_after_the_hold_expired_and_was_swept_is_released(
     after the hold, inside `LATE_GRANT_S`); the grant then lands (200 kept at the hub),
     and the next round releases it. Found right (flake39's rule, for an expiry)."""
     clock = ManualClock(datetime.now(UTC))
-    a = enrolled_till(late_hub, tmp_path / "a", "a", clock=clock)
+    a = enrolled_till(late_hub, tmp_path / "a", "a", clock=clock, timings=held_back_timings())
     try:
         held_off(late_hub, a.agent, held_back, "sw-1", clock())
         clock.advance(31)
@@ -635,7 +643,7 @@ def test_the_owed_release_reaches_a_hub_restarted_after_the_late_grant(
     """CONTRACT §11. Cancelled before its grant lands (the release finds nothing, owed);
     the grant lands; the hub is restarted (its store kept, a new server): the till's
     rounds release the grant there once the link is back. Found right."""
-    a = enrolled_till(late_hub, tmp_path / "a", "a")
+    a = enrolled_till(late_hub, tmp_path / "a", "a", timings=held_back_timings())
     try:
         held_off(late_hub, a.agent, held_back, "rs-1", datetime.now(UTC))
         a.agent.cancel("rs-1")
@@ -666,12 +674,13 @@ def test_a_shrink_answered_before_its_grant_landed_is_sent_again_while_the_grant
     hold does not use from every other till for the hold's whole time; now a shrink
     answered "nothing shrunk" for a hold whose grant may still come (`LATE_GRANT_S`)
     stays owed, and the next round makes the hub's hold what the receipt uses."""
-    a = enrolled_till(late_hub, tmp_path / "a", "a")
+    a = enrolled_till(late_hub, tmp_path / "a", "a")  # FAST: the first hold is not answered
     try:
         late_hub.server.servicer.failpoint = flake39.past_the_deadline
         first = a.agent.hold(a_receipt("d-1"))
         late_hub.server.servicer.failpoint = None
         assert (first.mode, first.redeemed_points) == ("OFFLINE", OFFLINE_LIMIT)
+        a.authoriser.timeout_s = HELD_BACK_S  # the second's call reaches the hub's store
         held_back.on.set()
         second = a.agent.hold(a_receipt("d-2"))  # its shrink sent in the call: nothing yet
         assert (second.mode, second.redeemed_points) == ("OFFLINE", 0)
@@ -796,12 +805,13 @@ def test_a_late_grant_after_the_receipt_was_held_again_online_and_cancelled_ends
     hub's hold ends `holdTtlSeconds` + 60 s after the call came, never later, and it
     is at most the offline limit; nothing was redeemed."""
     clock = ManualClock(datetime.now(UTC))
-    a = enrolled_till(late_hub, tmp_path / "a", "a", clock=clock)
+    a = enrolled_till(late_hub, tmp_path / "a", "a", clock=clock, timings=held_back_timings())
     try:
         at = clock()
         held_off(late_hub, a.agent, held_back, "ag-1", at)
         clock.advance(31)
         a.agent.sweep_holds()
+        a.authoriser.timeout_s = ANSWERED_S  # the Hold again needs the hub's answer
         again = a.agent.hold(a_receipt("ag-1", at=at))
         assert (again.state, again.mode, again.redeemed_points) == ("HELD", "ONLINE", 1200)
         assert held_at_hub(late_hub) == 1200
