@@ -20,6 +20,9 @@ earlier test pinned in this form, end to end:
   restart), and the hub's balance is the till's.
 - §4/§6: an UNKNOWN card's sale and its refunds in parts reach the hub with the card, and
   once the hub knows the card the customer has exactly earned − taken back.
+- §11 over gRPC: a Confirm refused for its `fiscalDocument` (65 characters, a line break)
+  leaves the hold, at the hub too; 64 Cyrillic characters commit and reach the hub with
+  the transaction; a Confirm sent again with another document answers the first.
 """
 
 from __future__ import annotations
@@ -355,3 +358,30 @@ def test_an_unknown_cards_sale_and_refunds_settle_when_the_hub_knows_the_card(
     )
     hub.publish()
     assert hub.store.balance("c-9", datetime.now(UTC)).available == 80 - 29
+
+
+def test_a_confirm_refused_for_its_fiscal_document_keeps_the_hold_at_the_hub(
+    hub: LoopbackHub, tmp_path: Path, tills: list[Till]
+) -> None:
+    till = till_of(hub, tmp_path, tills, "a")
+    with posagent_stub(till.agent) as stub:
+        held = as_dict(stub.Hold(message(pb.Receipt, sale("f-1", redeemPoints=-1)), timeout=30))
+        assert (held["mode"], held["state"], held["redeemedPoints"]) == ("ONLINE", "HELD", "809")
+        for document, says in (("F" * 65, "at most 64 characters"), ("a\nb", "control characters")):
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Confirm(pb.ConfirmRequest(receipt_id="f-1", fiscal_document=document))
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert says in (refused.value.details() or "")
+        assert hub.store.balance("c-1", datetime.now(UTC)).held == 809  # still held
+        document = "Ф" * 64  # 64 characters, 128 bytes in UTF-8
+        confirmed = as_dict(
+            stub.Confirm(pb.ConfirmRequest(receipt_id="f-1", fiscal_document=document), timeout=30)
+        )
+        assert (confirmed["state"], confirmed["redeemedPoints"]) == ("CONFIRMED", "809")
+        again = stub.Confirm(pb.ConfirmRequest(receipt_id="f-1", fiscal_document="other"))
+        assert as_dict(again) == confirmed
+    syncing(till)
+    uploaded(till)
+    (sold,) = hub.store.transactions("a")
+    assert (sold.receipt_id, sold.fiscal_document) == ("f-1", document)
+    assert hub.store.balance("c-1", datetime.now(UTC)).held == 0
