@@ -87,7 +87,7 @@ def test_a_normal_sale_adds_no_ledger_write(hub: LoopbackHub, tmp_path: Path) ->
         agent.sweep_holds()  # the clock's line and the first writes of a start, done
         writes = Writes(agent)
         sale = receipt("w-1", CARD, redeem=100, lines=BIG)
-        done = []
+        done: list[Any] = []
         assert writes.during(lambda: done.append(agent.checkout(receipt_from_json(sale)))) == 2
         assert (done[0].mode, done[0].redeemed_points) == ("ONLINE", 100)
         hold = receipt("w-2", CARD, redeem=100, lines=BIG)
@@ -125,7 +125,7 @@ def test_keep_last_ask_hands_on_the_transactions_own_error_when_its_note_fails(
     clock = ManualClock(datetime.now(UTC))
     till = enrolled(hub, tmp_path, clock=clock)
     boom = Boom("the sale's own failure")
-    failed = []
+    failed: list[int] = []
     note = ledger.note_hub_ask
 
     def refusing_note(conn: sqlite3.Connection, rid: str, at: str, pid: int) -> None:
