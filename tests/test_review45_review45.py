@@ -17,9 +17,12 @@ here, with a real hub on 127.0.0.1 (SQLite store) and real tills with their ledg
   grant may land (the hub's two grants each dropped), then done past the window; after
   that the ask row is gone, nothing is owed and no round sends its release again (an
   ask row listed beside its life's own release would be sent and counted twice);
-- `reset` of a till with such a hold lists the receipt once and releases it once.
+- `reset` of a till with such a hold lists the receipt once and releases it once;
+- an unstored ask kept owed never releases the receipt stored afterwards under its id (a
+  Hold or a Checkout the POS sends again): its ask goes with that commit, the hub keeps
+  the new hold, nothing is owed.
 
-Default part: about 10 s on two workers.
+Default part: about 15-20 s on two workers (all of it; nothing slow).
 """
 
 from __future__ import annotations
@@ -107,6 +110,10 @@ def test_a_normal_sale_adds_no_ledger_write(hub: LoopbackHub, tmp_path: Path) ->
 
 class Boom(Exception):
     """What the failed write transaction raised (a Conflict, a StorageError: any)."""
+
+
+def refused(*args: Any, **kwargs: Any) -> None:
+    raise Boom("the commit failed")
 
 
 @pytest.mark.parametrize("what", ["hold", "checkout"])
@@ -257,3 +264,45 @@ def test_reset_lists_a_hold_with_its_kept_note_once(
         a.agent.close()
         a.link.close()
         a.authoriser.close()
+
+
+# ------------------------------------ 4. an ask kept owed never releases a later hold of its id
+
+
+@pytest.mark.parametrize("what", ["hold", "checkout"])
+def test_an_ask_kept_owed_leaves_the_receipt_held_again_under_its_id_alone(
+    hub: LoopbackHub, tmp_path: Path, what: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §11: a Hold's commit fails after the hub granted it; the round releases the
+    grant and the ask stays owed (a later request of it may still land). The POS sends the
+    receipt again under the same id: it is stored ONLINE (held, or checked out), its ask
+    goes with that commit, and the rounds after it release nothing of it: the hub keeps the
+    new hold (a Hold) until its Confirm, and nothing is owed."""
+    clock = ManualClock(datetime.now(UTC))
+    till = enrolled(hub, tmp_path, clock=clock)
+    body = receipt("again-1", CARD, redeem=100, lines=BIG)
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(ledger, "insert_life", refused)
+            with pytest.raises(Boom):
+                till.agent.hold(receipt_from_json(body))
+        assert held(hub) == 100
+        assert till.agent.retry_hub_releases() == 1 and held(hub) == 0
+        assert [r for r, _ in asks(till.data_dir)] == ["again-1"]  # still owed
+        clock.advance(5)
+        call = till.agent.hold if what == "hold" else till.agent.checkout
+        done = call(receipt_from_json(body))
+        assert (done.mode, done.redeemed_points) == ("ONLINE", 100)
+        assert asks(till.data_dir) == []  # gone with the commit
+        assert till.agent.hub_calls_owed() == {"release": 0, "shrink": 0}
+        till.agent.retry_hub_releases()
+        clock.advance(LATE_GRANT_S + 10)  # the old ask's window over
+        till.agent.retry_hub_releases()
+        if what == "hold":
+            assert held(hub) == 100  # the new hold, kept
+            assert till.agent.confirm("again-1").state == "CONFIRMED"
+        assert till.agent.hub_calls_owed() == {"release": 0, "shrink": 0}
+    finally:
+        till.agent.close()
+        till.link.close()
+        till.authoriser.close()
