@@ -15,9 +15,10 @@ from __future__ import annotations
 import argparse
 import random
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from tillpoint.agent.service import Agent
 from tillpoint.sync.loopback import sample_master_data
@@ -56,15 +57,17 @@ def test_side_by_side_children_draw_from_disjoint_shares(
     assert not drawn[0] & drawn[1]
 
 
-@pytest.fixture
-def foreign_agent(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
-    """A `tillpoint run` of another scenario: the same device name, card and products,
-    no hub."""
+def start_foreign(
+    tmp_path: Path,
+    port: int,
+    start: Callable[[Path, Path], subprocess.Popen[bytes]] = faults.start_agent,
+) -> subprocess.Popen[bytes]:
+    """A `tillpoint run` of another scenario (the same device name, card and products, no
+    hub) on `port`, answering (review 45's walk45 starts it at agent-kill's recovery)."""
     data_dir = tmp_path / "foreign"
     agent = Agent(data_dir, faults.DEVICE)
     agent.load_snapshot(dict(sample_master_data(), version=1, baseVersion=0))
     agent.close()
-    port = free_port()
     cfg = tmp_path / "foreign.toml"
     cfg.write_text(
         f'device_id = "{faults.DEVICE}"\ndata_dir = "{data_dir}"\n[server]\n'
@@ -72,11 +75,18 @@ def foreign_agent(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]
         'listen = "127.0.0.1:0"\n',
         encoding="utf-8",
     )
-    proc = faults.start_agent(cfg, tmp_path / "foreign.log")
-    import grpc
-
+    proc = start(cfg, tmp_path / "foreign.log")
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         grpc.channel_ready_future(channel).result(timeout=60)
+    return proc
+
+
+@pytest.fixture
+def foreign_agent(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """A `tillpoint run` of another scenario: the same device name, card and products,
+    no hub."""
+    port = free_port()
+    proc = start_foreign(tmp_path, port)
     yield port, proc
     faults.kill(proc)
 

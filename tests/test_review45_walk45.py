@@ -26,14 +26,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
-from tillpoint.agent.service import Agent
 from tillpoint.sync.hub_server import HubConfig
 from tillpoint.sync.loopback import LoopbackHub, sample_master_data, wait_for
 
 from bench import faults
 from bench.ports import free_port
+
+from .test_review44_lead44 import start_foreign
 
 # ---------------------------------------------------------------- 1. a run's own stop
 
@@ -100,28 +100,6 @@ def test_a_watcher_outliving_its_runs_stop_prunes_under_its_own_stop_not_the_new
 # ---------------------------------------------------------------- 2. agent-kill's recovery
 
 
-def _start_foreign(
-    tmp_path: Path, port: int, start: Callable[[Path, Path], subprocess.Popen[bytes]]
-) -> subprocess.Popen[bytes]:
-    """lead44's foreign `tillpoint run` (another scenario's: the same device name, card
-    and products, no hub) on `port`, answering."""
-    data_dir = tmp_path / "foreign"
-    agent = Agent(data_dir, faults.DEVICE)
-    agent.load_snapshot(dict(sample_master_data(), version=1, baseVersion=0))
-    agent.close()
-    cfg = tmp_path / "foreign.toml"
-    cfg.write_text(
-        f'device_id = "{faults.DEVICE}"\ndata_dir = "{data_dir}"\n[server]\n'
-        f'listen = "127.0.0.1:{port}"\n[metrics]\nenabled = false\n[http]\n'
-        'listen = "127.0.0.1:0"\n',
-        encoding="utf-8",
-    )
-    proc = start(cfg, tmp_path / "foreign.log")
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        grpc.channel_ready_future(channel).result(timeout=60)
-    return proc
-
-
 def test_agent_kill_says_another_programs_agent_answered_at_its_recovery_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, procs: list[subprocess.Popen[bytes]]
 ) -> None:
@@ -139,7 +117,7 @@ def test_agent_kill_says_another_programs_agent_answered_at_its_recovery_start(
     def starting(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
         starts.append(1)
         if len(starts) == 2:  # the recovery start: the port is free, and taken first
-            procs.append(_start_foreign(tmp_path, port, start_agent))
+            procs.append(start_foreign(tmp_path, port, start_agent))
         proc = start_agent(cfg, log)
         procs.append(proc)
         return proc
