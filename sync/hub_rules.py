@@ -1088,7 +1088,8 @@ class HubRules:
                 ):
                     used.append(code)  # held by another server's receipt meanwhile
                     continue
-                if first is None and tx.coupon_first_use(code) not in (None, (device_id, receipt_id)):
+                again = tx.coupon_first_use(code) if first is None else None
+                if again is not None and again != (device_id, receipt_id):
                     # Read again once held: on PostgreSQL (READ COMMITTED) each statement
                     # sees what has committed by then, and the sale of the receipt that
                     # held the code, ingested between the two reads above, moved it from
