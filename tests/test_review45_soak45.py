@@ -110,3 +110,37 @@ def test_a_code_held_for_a_receipt_is_refused_to_another_on_either_hub_store(
     assert hub.hold_coupons("till-1", "s0", "c-1", [CODE], NOW, 600) == []  # its own again
     later = datetime(2026, 11, 23, 6, 1, tzinfo=UTC)
     assert hub.hold_coupons("till-2", "s1", "c-2", [CODE, "APP555"], later, 600) == [CODE]
+
+
+def test_an_unsent_spend_held_at_the_hub_is_held_again_while_the_till_lists_it(
+    hub_store_factory: Any,
+) -> None:
+    """CONTRACT §9: a till's spend the hub has not received is held for the other tills
+    until its transaction arrives; each request that still lists it unsent holds it again,
+    its expiry `hold_ttl_s` from that request and its `created_at` the first. So such a
+    hold (`seq:N`) may live past `holdTtlSeconds` + 60 s from its `created_at` (long40's
+    walk, seed 45122 with 10 s holds: 72.3 s), which is not a receipt's hold left behind."""
+    from tillpoint.sync.hub_store import Unsynced
+
+    hub = hub_store_factory()
+    import_doc(hub, sample_master_data())
+    hub.publish(NOW, 7 * 86400.0)
+    spend = [Unsynced(7, "r-offline", -30, NOW.isoformat(), 30)]
+    first, second = NOW, datetime(2026, 11, 23, 6, 2, tzinfo=UTC)  # 120 s apart
+    for now in (first, second):
+        hub.authorise("till-1", f"r-{now.minute}", "c-1", 0, now, spend, now, 70)
+    with hub.read_tx() as tx:
+        rows = [(rid, pts) for dev, rid, pts, _ in tx.active_holds_at("c-1") if dev == "till-1"]
+    assert rows == [("seq:7", 30)]
+    created, expires = _hold_times(hub, "till-1", "seq:7")
+    assert created == first
+    assert expires == datetime(2026, 11, 23, 6, 3, 10, tzinfo=UTC)  # the second + 70 s
+
+
+def _hold_times(hub: Any, device: str, key: str) -> tuple[datetime, datetime]:
+    with hub.read_tx() as tx:
+        row = tx.execute(
+            "SELECT created_at, expires_at FROM holds WHERE device_id = ? AND receipt_id = ?",
+            (device, key),
+        ).fetchone()
+    return datetime.fromisoformat(row[0]), datetime.fromisoformat(row[1])
