@@ -15,7 +15,8 @@ At the end, every open hold confirmed or cancelled, the hub up and the outboxes 
 - each customer's balance at the hub equals an independent sum of the answers
   (opening balance + earned - redeemed + returned - taken back);
 - no hold is ACTIVE at the hub once its receipt is closed (within the release's retry
-  round), and none was ever given more than `holdTtlSeconds` + 60 s;
+  round), and no receipt's hold was ever given more than `holdTtlSeconds` + 60 s (a
+  till's unsent spend, `seq:N`, is held again while the till lists it: not bounded so);
 - the tills never redeemed ONLINE more than the customer ever had.
 
 `python -m bench.pgkill SEED STEPS` runs one walk on a throwaway cluster of its own.
@@ -422,6 +423,12 @@ def check(w: Walk) -> dict[str, Any]:
     for rid, created, expires in rig.sql(
         "SELECT receipt_id, created_at, expires_at FROM holds", hub_db=True
     ):
+        if rid.startswith("seq:"):
+            # a till's unsent spend (not a receipt's hold): held again at each request
+            # that still lists it unsent, its expiry moved and its created_at kept, until
+            # its transaction arrives (then SETTLED; ACTIVE at the end is caught above)
+            # (review 45, soak45: seed 45122 with 10 s holds, "seq:13 given 72.3 s")
+            continue
         life = (datetime.fromisoformat(expires) - datetime.fromisoformat(created)).total_seconds()
         if life > w.ttl + 60 + 1:
             w.problems.append(f"hold of {rid} given {life} s at the hub")

@@ -1087,6 +1087,23 @@ class HubRules:
                     code, device_id, receipt_id, customer_id, utc_text(now), expires
                 ):
                     used.append(code)  # held by another server's receipt meanwhile
+                    continue
+                again = tx.coupon_first_use(code) if first is None else None
+                if again is not None and again != (device_id, receipt_id):
+                    # Read again once held: on PostgreSQL (READ COMMITTED) each statement
+                    # sees what has committed by then, and the sale of the receipt that
+                    # held the code, ingested between the two reads above, moved it from
+                    # held to used in one transaction: neither read saw it. Held now, any
+                    # such ingest has committed (the insert waited for its delete of the
+                    # old hold), so this read sees its use (review 45, soak45: one code
+                    # APPLIED online at two tills at once).
+                    used.append(code)
+                    tx.keep_coupon_holds(
+                        device_id,
+                        receipt_id,
+                        [c for c in dict.fromkeys(codes) if c not in used],
+                        utc_text(now),
+                    )
         return used
 
     # ------------------------------------------------------------ snapshots
