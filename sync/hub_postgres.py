@@ -7,7 +7,8 @@ server-side cursor) and the schema's migrations.
 Concurrency (several servers, one database):
 
 - ingest takes a transaction-scoped advisory lock on its device, then on the customers
-  of its batch (sorted); authorise/release take the customer's. A (deviceId, seq) is
+  of its batch (sorted); authorise takes the customer's; a coupon authorisation
+  (`hold_coupons`) its receipt's (`PgTx.lock_receipt`). A (deviceId, seq) is
   checked and stored under its device's lock, and ``UNIQUE (device_id, seq)`` stays the
   last word; the hold accounting of a customer is one transaction at a time, and holds
   the lock only inside the database (`claim_hold`: one call of `hub_claim_hold`, after
@@ -1403,6 +1404,13 @@ class PgTx(SqlTx):
                 " FROM unnest(%s::text[]) AS k",
                 (pg_array(keys),),
             )
+
+    def lock_receipt(self, device_id: str, receipt_id: str) -> None:
+        # the device id's length first: unambiguous across devices (as `RECEIPT_KEY`)
+        self.conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+            (f"receipt:{len(device_id)}:{device_id}{receipt_id}",),
+        )
 
     def lock_devices(self) -> None:
         self.conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('devices', 0))")

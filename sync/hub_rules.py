@@ -276,6 +276,11 @@ class HubTx(Protocol):
 
     def lock_customers(self, customer_ids: Iterable[str]) -> None: ...
 
+    def lock_receipt(self, device_id: str, receipt_id: str) -> None:
+        """Until the transaction ends: one coupon authorisation of the device's receipt
+        at a time (`hold_coupons`: its `Superseded` check, then its writes)."""
+        ...
+
     def expire_holds(self, customer_id: str, now: str) -> None: ...
 
     def active_holds_at(self, customer_id: str) -> list[tuple[str, str, int, str]]:
@@ -1070,6 +1075,10 @@ class HubRules:
         when a hold of the receipt was placed after it (review 39, grant39)."""
         used: list[str] = []
         with self.write_tx() as tx:
+            # Before the check: on PostgreSQL (READ COMMITTED) another call for the
+            # receipt committed between the check's read and the writes below had its
+            # coupon holds dropped by this older call (review 45, pgrace45)
+            tx.lock_receipt(device_id, receipt_id)
             if arrived is not None:
                 _refuse_if_superseded(tx, device_id, receipt_id, utc_text(arrived))
             tx.expire_coupon_holds(utc_text(now))

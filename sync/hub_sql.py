@@ -329,6 +329,9 @@ class SqlTx:
     def lock_customers(self, customer_ids: Iterable[str]) -> None:
         raise NotImplementedError
 
+    def lock_receipt(self, device_id: str, receipt_id: str) -> None:
+        raise NotImplementedError
+
     def lock_devices(self) -> None:
         """Until the transaction ends: one enrolment at a time (its check reads every
         device, then inserts)."""

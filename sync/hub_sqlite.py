@@ -275,6 +275,9 @@ class SqliteTx(SqlTx):
     def lock_customers(self, customer_ids: Iterable[str]) -> None:
         pass
 
+    def lock_receipt(self, device_id: str, receipt_id: str) -> None:
+        pass
+
     def lock_devices(self) -> None:
         pass  # a write transaction holds the file's write lock already
 
