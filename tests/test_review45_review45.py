@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -45,8 +44,9 @@ from .conftest import ManualClock, PassThroughHub, enrolled_till
 from .test_review26_life26 import BIG, CARD, enrolled
 from .test_review26_life26 import held_at_hub as held
 from .test_review33_hold33 import OFFLINE_LIMIT, held_at_hub
-from .test_review44_hold44 import TIMINGS, SecondHeldBack, held_twice, second_held_hub
+from .test_review44_hold44 import TIMINGS, SecondHeldBack, held_twice
 from .test_review44_hold44 import second as second  # the fixture
+from .test_review45_ask45 import late_hub as late_hub  # the fixture: hold44's hub, SQLite
 
 
 def asks(data_dir: Path) -> list[tuple[str, str]]:
@@ -175,17 +175,6 @@ def test_keep_last_ask_hands_on_the_transactions_own_error_when_its_note_fails(
 
 
 # ------------------------------------------- 3. the hold's kept note: released once, then gone
-
-
-@pytest.fixture(params=["sqlite"])
-def late_hub(
-    request: pytest.FixtureRequest,
-    tmp_path: Path,
-    second: SecondHeldBack,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[LoopbackHub]:
-    """hold44's hub: a receipt's second authorisation held back at the store until `go`."""
-    yield from second_held_hub(request, tmp_path, second, monkeypatch)
 
 
 class Counted(PassThroughHub):
