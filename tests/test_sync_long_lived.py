@@ -9,6 +9,8 @@ from pathlib import Path
 from tillpoint.sync.loopback import FAST, LoopbackHub, sample_master_data
 from tillpoint.sync.service import SyncService
 
+from .kept_memory import kept_bytes
+
 
 def test_pulls_leave_no_lasting_memory(tmp_path: Path) -> None:
     """The loop used to keep every pull's result in a list nobody read: ≈ 155 bytes a pull,
@@ -31,13 +33,7 @@ def test_pulls_leave_no_lasting_memory(tmp_path: Path) -> None:
         service.pusher.close()
         hub.stop()
     assert service.last_pull is not None and service.last_pull.status != "REFUSED"
-    diff = after.compare_to(before, "lineno")
-    # A table rebuilt once in the window (the interpreter's interned-strings dict, ~1.8 MB in
-    # a worker that has run a thousand tests: pathlib's `sys.intern` met its resize in CI)
-    # counts its new copy but not the old one, allocated before tracing began. What a pull
-    # keeps is blocks that multiply with the pulls, never one block of a quarter megabyte.
-    rebuilt = [s for s in diff if s.count_diff <= 1 and s.size_diff >= TABLE_REBUILT]
-    grown = sum(s.size_diff for s in diff if s not in rebuilt)
+    grown, rebuilt = kept_bytes(before, after)
     # At most 66 bytes a pull, as ever (the leak kept ≈ 155). Over 600 pulls a bounded
     # 20-45 kB the process keeps anyway (in-process hub, sqlite3, the allocator) reached
     # the bound once in CI; over 1,200 it is a third of it.
@@ -45,4 +41,3 @@ def test_pulls_leave_no_lasting_memory(tmp_path: Path) -> None:
 
 
 PULLS = 1200
-TABLE_REBUILT = 256 * 1024
