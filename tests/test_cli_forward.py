@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import pytest
 from tillpoint.agent.forward import SERVING
 
 from .conftest import CLI, free_port, receipt, snapshot
+from .listeners import close_listener
 
 EXE = Path(sys.executable).parent / "tillpoint"
 
@@ -252,19 +253,33 @@ class _Silent:
                 self.requests += 1
 
 
-def _silent_agent(data: Path, **extra: Any) -> _Silent:
-    silent = _Silent()
-    doc = {"pid": os.getpid(), "host": "127.0.0.1", "port": silent.port, "instance": "i" * 32}
-    _write(data / SERVING, {**doc, "token": False, **extra})
-    return silent
+SilentAgent = Callable[..., _Silent]
+
+
+@pytest.fixture
+def silent_agent() -> Iterator[SilentAgent]:
+    """`silent_agent(data, **serving)`: a `_Silent` server named in `data`'s serving file;
+    every one started is closed when the test ends (its accept thread with it)."""
+    started: list[_Silent] = []
+
+    def start(data: Path, **extra: Any) -> _Silent:
+        silent = _Silent()
+        started.append(silent)
+        doc = {"pid": os.getpid(), "host": "127.0.0.1", "port": silent.port, "instance": "i" * 32}
+        _write(data / SERVING, {**doc, "token": False, **extra})
+        return silent
+
+    yield start
+    for silent in started:
+        close_listener(silent.sock)
 
 
 def test_a_commit_sent_and_unanswered_is_not_run_again(
-    cli: CLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cli: CLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, silent_agent: SilentAgent
 ) -> None:
     assert cli("snapshot", "load", snapshot()).code == 0
     data = tmp_path / "data"
-    silent = _silent_agent(data)
+    silent = silent_agent(data)
     run = cli("checkout", receipt("u-1"), "--json")
     assert run.code == 1 and run.out == "" and "retry with the same receiptId" in run.err
     assert len(run.err.strip().splitlines()) == 1 and silent.requests == 1
@@ -281,20 +296,20 @@ def test_a_commit_sent_and_unanswered_is_not_run_again(
 
 
 def test_local_flag_variable_token_and_dead_agents(
-    cli: CLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cli: CLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, silent_agent: SilentAgent
 ) -> None:
     assert cli("snapshot", "load", snapshot()).code == 0
     data = tmp_path / "data"
-    silent = _silent_agent(data)
+    silent = silent_agent(data)
     assert cli("checkout", receipt("l-1"), "--local").code == 0
     monkeypatch.setenv("TILLPOINT_CLI_LOCAL", "1")
     assert cli("checkout", receipt("l-2")).code == 0
     monkeypatch.delenv("TILLPOINT_CLI_LOCAL")
-    _silent_agent(data, token=True)  # an HTTP interface with a token: not used
+    silent_agent(data, token=True)  # an HTTP interface with a token: not used
     assert cli("checkout", receipt("l-3")).code == 0
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    _silent_agent(data, pid=dead.pid)  # its agent died: a stale file
+    silent_agent(data, pid=dead.pid)  # its agent died: a stale file
     assert cli("checkout", receipt("l-4")).code == 0
     (data / SERVING).write_text("{", encoding="utf-8")
     assert cli("checkout", receipt("l-5")).code == 0

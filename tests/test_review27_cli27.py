@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import CLI, receipt, snapshot
-from .test_cli_forward import _silent_agent
+from .test_cli_forward import SilentAgent, silent_agent  # noqa: F401 (a fixture)
 
 
 @pytest.mark.parametrize("args", [("snapshot",), ("config",), ("snapshot", "--json")])
@@ -50,12 +50,16 @@ def test_a_directory_named_as_the_input_file_is_said_plainly(cli: CLI, tmp_path:
 
 @pytest.mark.parametrize("value", ["false", "FALSE", "no", "off", "0", ""])
 def test_cli_local_variable_reads_false_as_false(
-    cli: CLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
+    cli: CLI,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    value: str,
+    silent_agent: SilentAgent,  # noqa: F811  (the fixture imported above)
 ) -> None:
     """docs/CONTRACT.md §10: TILLPOINT_CLI_LOCAL=false (or no, off) ran the command in the
     CLI process, as 1 does: an environment boolean is true/false, 1/0, yes/no, on/off."""
     assert cli("snapshot", "load", snapshot()).code == 0
-    silent = _silent_agent(tmp_path / "data")
+    silent = silent_agent(tmp_path / "data")
     monkeypatch.setenv("TILLPOINT_CLI_LOCAL", value)
     cli("quote", receipt("f-1"), "--json")  # sent to the (silent) agent, then priced here
     assert silent.requests == 1
@@ -63,10 +67,14 @@ def test_cli_local_variable_reads_false_as_false(
 
 @pytest.mark.parametrize("value", ["1", "true", "Yes", "on"])
 def test_cli_local_variable_true(
-    cli: CLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
+    cli: CLI,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    value: str,
+    silent_agent: SilentAgent,  # noqa: F811  (the fixture imported above)
 ) -> None:
     assert cli("snapshot", "load", snapshot()).code == 0
-    silent = _silent_agent(tmp_path / "data")
+    silent = silent_agent(tmp_path / "data")
     monkeypatch.setenv("TILLPOINT_CLI_LOCAL", value)
     assert cli("quote", receipt("t-1"), "--json").code == 0
     assert silent.requests == 0
@@ -184,13 +192,17 @@ def test_the_text_balance_shows_the_points_that_expire(cli: CLI) -> None:
     ],
 )
 def test_standard_input_closed_is_bad_input_not_an_internal_error(
-    cli: CLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...]
+    cli: CLI,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    args: tuple[str, ...],
+    silent_agent: SilentAgent,  # noqa: F811  (the fixture imported above)
 ) -> None:
     """docs/CONTRACT.md §10: `tillpoint quote - <&-` (a script or a service with standard
     input closed: Python's sys.stdin is None) said "internal error: AttributeError:
     'NoneType' object has no attribute 'read'", exit 1, forwarded to a running agent too."""
     assert cli("snapshot", "load", snapshot()).code == 0
-    _silent_agent(tmp_path / "data")  # an agent serves: the forwarded path reads it first
+    silent_agent(tmp_path / "data")  # an agent serves: the forwarded path reads it first
     monkeypatch.setattr("sys.stdin", None)
     run = cli(*args)
     assert run.code == 2 and run.out == ""
