@@ -218,6 +218,15 @@ def kill(proc: subprocess.Popen[bytes]) -> None:
 # ---------------------------------------------------------------- agent SIGKILL
 
 
+def has_snapshot(stub: pb_grpc.PosAgentStub) -> bool:
+    """Whether the agent has a cache version; an unanswered Status (a loaded machine's
+    2 s) is a "not yet" for `wait_for`, not an error out of the scenario (note 44)."""
+    try:
+        return stub.Status(pb.StatusRequest(), timeout=2).cache_version > 0
+    except grpc.RpcError:
+        return False
+
+
 def not_ours(
     proc: subprocess.Popen[bytes],
     stub: pb_grpc.PosAgentStub,
@@ -273,7 +282,7 @@ def scenario_agent_kill(work: Path, iterations: int, rng: random.Random) -> Outc
                 channel.close()
                 continue
             # A till sells once it has a snapshot: the first start pulls one.
-            wait_for(lambda: stub.Status(pb.StatusRequest(), timeout=2).cache_version > 0, 30)  # noqa: B023
+            wait_for(lambda: has_snapshot(stub), 30)  # noqa: B023
             if why := not_ours(proc, stub, hub.address, port, log):
                 # another program's agent on the port answers: its sales are not ours
                 out.fail(f"iteration {it}: {why}")
