@@ -1106,7 +1106,12 @@ class HubRules:
             tx.expire_coupon_holds(utc_text(now))
             tx.drop_coupon_holds(device_id, receipt_id)
             expires = utc_text(now + timedelta(seconds=hold_ttl_s))
-            for code in dict.fromkeys(codes):
+            # In one order, the codes sorted: an insert waits for another transaction's
+            # uncommitted hold of its code, and two receipts holding K1, K2 and K2, K1 at
+            # once each waited for the other (PostgreSQL's "deadlock detected": one call
+            # failed, its till priced OFFLINE; review 46, pgrace46). Answered in the order
+            # asked.
+            for code in sorted(set(codes)):
                 first = tx.coupon_first_use(code)
                 if first is not None and first != (device_id, receipt_id):
                     used.append(code)
@@ -1135,7 +1140,7 @@ class HubRules:
                         [c for c in dict.fromkeys(codes) if c not in used],
                         utc_text(now),
                     )
-        return used
+        return [code for code in dict.fromkeys(codes) if code in used]
 
     # ------------------------------------------------------------ snapshots
 

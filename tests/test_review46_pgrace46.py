@@ -26,8 +26,13 @@ Checked here on real stores (a real SQLite file, a real PostgreSQL cluster):
   uncommitted hold row of the receipt, on which the function's insert waits after its
   checks) and on `authorise`'s locked path (the one seam a wrapper around the store's
   `newest_hold_stamp`), and the same on SQLite (one writer: the newer call waits);
+- a hub database of the release before (schema 11) migrated to 12: its holds kept, the
+  claim waiting on the receipt's lock;
 - every path that takes the receipt's and the customer's locks, run concurrently on one
-  receipt set many times: no deadlock (the order: receipt, then customer).
+  receipt set many times: no deadlock (the order: receipt, then customer). That run
+  found one more, older than this review: two receipts holding the same coupon codes in
+  opposite orders at once deadlocked on PostgreSQL; shown with one seam, fixed (the
+  codes held in sorted order).
 """
 
 from __future__ import annotations
@@ -342,6 +347,65 @@ def test_a_store_of_the_release_before_is_migrated_to_12_with_its_holds_kept(
         claim.join(60)
         assert [d.authorised for d in done] == [100]
         assert _points_holds(hub, "r1") == [(100, utc_text(later))]
+    finally:
+        hub.close()
+
+
+@pytest.mark.timeout(120)
+def test_two_receipts_holding_the_same_codes_in_opposite_orders_do_not_deadlock(
+    pg_cluster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §13 (found by the concurrent run below, seed 462). Till-a asks for r1 with
+    codes K1, K2 while till-b asks for r9 with K2, K1. Each coupon hold is an insert that
+    waits for another transaction's uncommitted row of the code: r1's call held K1, r9's
+    then held K2 and waited on K1, r1's then waited on K2: PostgreSQL's deadlock check
+    failed one call (UNAVAILABLE, "deadlock detected"; its till priced OFFLINE). The one
+    seam: a wrapper around `PgTx.hold_coupon` runs r9's call right after r1's first hold
+    and waits until it waits on a lock. Now every call holds its codes in one order (the
+    codes sorted): r9's waits on K1, r1's goes on; r9's is told both are held."""
+    pytest.importorskip("psycopg")
+    from tillpoint.sync import hub_postgres
+
+    url = pg_cluster.new_database()
+    hub = _hub(hub_postgres.PostgresHubStore(url, migrate_schema=True))
+    original = hub_postgres.PgTx.hold_coupon
+    main = threading.get_ident()
+    worker: list[threading.Thread] = []
+    answers: list[Any] = []
+    now = datetime.now(UTC)
+
+    def hold_then_other_call(self: Any, code: str, *args: Any) -> bool:
+        held = original(self, code, *args)
+        if threading.get_ident() == main and not worker:
+
+            def other_call() -> None:
+                try:
+                    answers.append(hub.hold_coupons("till-b", "r9", "c-2", ["K2", "K1"], now, 600))
+                except Exception as exc:
+                    answers.append(exc)
+
+            worker.append(threading.Thread(target=other_call, daemon=True))
+            worker[0].start()
+            _until(
+                "the other call waits on a lock or ends",
+                lambda: not worker[0].is_alive() or _waits(url, "transactionid"),
+            )
+        return held
+
+    monkeypatch.setattr(hub_postgres.PgTx, "hold_coupon", hold_then_other_call)
+    try:
+        try:
+            first: Any = hub.hold_coupons(DEVICE, "r1", CUSTOMER, ["K1", "K2"], now, 600)
+        except StorageError as exc:
+            first = exc
+        worker[0].join(60)
+    finally:
+        monkeypatch.undo()
+    try:
+        assert not worker[0].is_alive()
+        assert first == [], first  # before: one of the two, "deadlock detected"
+        assert answers == [["K2", "K1"]], answers  # in the order asked
+        assert [code for code, _ in _coupon_holds(hub, "r1")] == ["K1", "K2"]
     finally:
         hub.close()
 
