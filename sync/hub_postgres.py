@@ -7,8 +7,8 @@ server-side cursor) and the schema's migrations.
 Concurrency (several servers, one database):
 
 - ingest takes a transaction-scoped advisory lock on its device, then on the customers
-  of its batch (sorted); authorise takes the customer's; a coupon authorisation
-  (`hold_coupons`) its receipt's (`PgTx.lock_receipt`). A (deviceId, seq) is
+  of its batch (sorted); authorise takes its receipt's (`PgTx.lock_receipt`), then the
+  customer's; a coupon authorisation (`hold_coupons`) its receipt's. A (deviceId, seq) is
   checked and stored under its device's lock, and ``UNIQUE (device_id, seq)`` stays the
   last word; the hold accounting of a customer is one transaction at a time, and holds
   the lock only inside the database (`claim_hold`: one call of `hub_claim_hold`, after
@@ -470,6 +470,66 @@ MIGRATIONS.append(
             v_live BIGINT;
             v_granted BIGINT;
         BEGIN
+            PERFORM pg_advisory_xact_lock(hashtextextended('customer:' || p_customer, 0));
+            IF hub_ledger_mark(p_customer, p_cards) <> p_mark THEN
+                RETURN;
+            END IF;
+            UPDATE holds SET state = 'EXPIRED' WHERE customer_id = p_customer
+                AND state = 'ACTIVE' AND expires_at <= p_now;
+            SELECT coalesce(sum(h.points), 0) INTO v_held FROM holds h
+                WHERE h.customer_id = p_customer AND h.state = 'ACTIVE'
+                AND NOT (h.device_id = p_device AND h.receipt_id = p_receipt);
+            v_live := p_spendable - v_held;
+            IF EXISTS (SELECT 1 FROM transactions t WHERE t.device_id = p_device
+                    AND t.receipt_id = p_receipt AND t.kind = 'CHECKOUT')
+                OR EXISTS (SELECT 1 FROM holds h WHERE h.device_id = p_device
+                    AND h.receipt_id = p_receipt AND h.state = 'SETTLED') THEN
+                RETURN QUERY SELECT 0::bigint, v_live;
+                RETURN;
+            END IF;
+            IF EXISTS (SELECT 1 FROM holds h WHERE h.device_id = p_device
+                    AND h.receipt_id = p_receipt AND h.state = 'ACTIVE'
+                    AND h.created_at > p_now)
+                OR EXISTS (SELECT 1 FROM coupon_holds c WHERE c.device_id = p_device
+                    AND c.receipt_id = p_receipt AND c.created_at > p_now) THEN
+                RETURN QUERY SELECT -1::bigint, v_live;
+                RETURN;
+            END IF;
+            v_granted := greatest(0, least(p_points, v_live));
+            DELETE FROM holds h WHERE h.device_id = p_device AND h.receipt_id = p_receipt;
+            IF v_granted > 0 THEN
+                INSERT INTO holds VALUES (p_hold_id, p_device, p_receipt, p_customer,
+                    v_granted, p_now, p_expires, 'ACTIVE', p_at);
+            END IF;
+            RETURN QUERY SELECT v_granted, v_live;
+        END
+        $$;
+        """,
+    )
+)
+MIGRATIONS.append(
+    (
+        12,
+        "claim_hold_receipt_lock",
+        # Review 46 (pgrace46): the claim's `Superseded` check read the receipt's coupon
+        # holds under the customer's lock only; a newer call's coupon step (`hold_coupons`,
+        # under the receipt's lock) committed between the check and the insert, and this
+        # older call then held its points for the receipt. The receipt's lock first (the
+        # key of `PgTx.lock_receipt`), then the customer's: the order of every path.
+        """
+        CREATE OR REPLACE FUNCTION hub_claim_hold(
+            p_device TEXT, p_receipt TEXT, p_customer TEXT, p_points BIGINT,
+            p_spendable BIGINT, p_cards TEXT[], p_mark TEXT, p_hold_id TEXT,
+            p_now TEXT, p_expires TEXT, p_at TEXT
+        ) RETURNS TABLE (granted BIGINT, live_balance BIGINT)
+        LANGUAGE plpgsql VOLATILE AS $$
+        DECLARE
+            v_held BIGINT;
+            v_live BIGINT;
+            v_granted BIGINT;
+        BEGIN
+            PERFORM pg_advisory_xact_lock(hashtextextended('receipt:'
+                || length(p_device)::text || ':' || p_device || p_receipt, 0));
             PERFORM pg_advisory_xact_lock(hashtextextended('customer:' || p_customer, 0));
             IF hub_ledger_mark(p_customer, p_cards) <> p_mark THEN
                 RETURN;
@@ -998,7 +1058,8 @@ class PostgresHubStore(SqlHubStore):
         at: str = "",
     ) -> tuple[int, int, str] | None:
         """`HubRules.claim_hold` in one round trip: one statement, its own transaction,
-        the customer's lock held for the function's few statements only."""
+        the receipt's and the customer's locks held for the function's few statements
+        only."""
         with self._conn() as conn:
             row = conn.execute(
                 "SELECT granted, live_balance FROM hub_claim_hold(%s, %s, %s, %s, %s,"
@@ -1406,7 +1467,8 @@ class PgTx(SqlTx):
             )
 
     def lock_receipt(self, device_id: str, receipt_id: str) -> None:
-        # the device id's length first: unambiguous across devices (as `RECEIPT_KEY`)
+        # the device id's length first: unambiguous across devices (as `RECEIPT_KEY`);
+        # `hub_claim_hold` (migration 12) takes the same key
         self.conn.execute(
             "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
             (f"receipt:{len(device_id)}:{device_id}{receipt_id}",),

@@ -11,9 +11,11 @@ Concurrency: every rule runs inside one `HubTx`. `write_tx()` opens a write tran
 `lock_device` and `lock_customers` make ingest of one device, and the hold accounting of
 one customer, one at a time across every process over the same database (SQLite's
 `BEGIN IMMEDIATE` already serialises all writers; PostgreSQL takes transaction-scoped
-advisory locks). Ingest takes its device's lock first and then the customers' in sorted
-order; authorise takes only the customer's: no two transactions wait for each other in a
-circle.
+advisory locks); `lock_receipt` makes the authorisations of one receipt (its points step,
+its coupon step) one at a time. Ingest takes its device's lock first and then the
+customers' in sorted order; authorise takes its receipt's and then its customer's; the
+coupon step its receipt's only; every advisory lock before any row is written: no two
+transactions wait for each other in a circle (docs/DECISIONS.md, "Review 46 (pgrace46)").
 """
 
 from __future__ import annotations
@@ -277,8 +279,9 @@ class HubTx(Protocol):
     def lock_customers(self, customer_ids: Iterable[str]) -> None: ...
 
     def lock_receipt(self, device_id: str, receipt_id: str) -> None:
-        """Until the transaction ends: one coupon authorisation of the device's receipt
-        at a time (`hold_coupons`: its `Superseded` check, then its writes)."""
+        """Until the transaction ends: one authorisation step of the device's receipt at
+        a time (`hold_coupons`, `authorise`, `claim_hold`: each one's `Superseded` check,
+        then its writes). Taken before the customer's lock, never after it."""
         ...
 
     def expire_holds(self, customer_id: str, now: str) -> None: ...
@@ -803,6 +806,11 @@ class HubRules:
         # The till's unsynced movements (or a ledger that kept moving, or other receipts'
         # holds of known times before this one): all under the lock.
         with self.write_tx() as tx:
+            # The receipt's lock before the customer's, both before the check: a newer
+            # call's coupon step (under the receipt's lock only) committed between the
+            # check and the hold below left this older call's points held for the receipt
+            # (review 46, pgrace46)
+            tx.lock_receipt(device_id, receipt_id)
             tx.lock_customers([customer_id])
             if not tx.receipt_settled(device_id, receipt_id):
                 _refuse_if_superseded(tx, device_id, receipt_id, utc_text(now))
@@ -961,15 +969,16 @@ class HubRules:
         expires: str,
         at: str = "",
     ) -> tuple[int, int, str] | None:
-        """Under the customer's lock, if its ledger mark is still `mark`: the other
-        receipts' active holds are taken from `spendable`, the receipt's hold is replaced
-        by one of what is granted; (granted, live balance, hold id or ""). Nothing is
-        granted or written for a receipt already committed (`receipt_settled`). None when
-        the mark moved. `Superseded`, nothing written, when the receipt has an ACTIVE hold
-        or a coupon hold placed after `now` (this call's arrival: review 39, grant39). One
-        transaction; a store may do it in one round trip (PostgreSQL: `hub_claim_hold`,
-        the same accounting in plpgsql)."""
+        """Under the receipt's and the customer's locks, if the customer's ledger mark is
+        still `mark`: the other receipts' active holds are taken from `spendable`, the
+        receipt's hold is replaced by one of what is granted; (granted, live balance, hold
+        id or ""). Nothing is granted or written for a receipt already committed
+        (`receipt_settled`). None when the mark moved. `Superseded`, nothing written,
+        when the receipt has an ACTIVE hold or a coupon hold placed after `now` (this
+        call's arrival: review 39, grant39). One transaction; a store may do it in one
+        round trip (PostgreSQL: `hub_claim_hold`, the same accounting in plpgsql)."""
         with self.write_tx() as tx:
+            tx.lock_receipt(device_id, receipt_id)  # as `authorise`'s (review 46, pgrace46)
             tx.lock_customers([customer_id])
             if tx.ledger_mark(customer_id, cards) != mark:
                 return None
@@ -1072,7 +1081,9 @@ class HubRules:
         already used or holds; the others are held for this receipt (its earlier holds
         replaced) until its transaction settles them, `release` drops them, or they expire.
         `arrived`: when the AuthorizeRedemption came; nothing is written (`Superseded`)
-        when a hold of the receipt was placed after it (review 39, grant39)."""
+        when a hold of the receipt was placed after it (review 39, grant39), and a points
+        hold of the receipt placed before it (an older call's, written after this call's
+        points step) is dropped (review 46, pgrace46)."""
         used: list[str] = []
         with self.write_tx() as tx:
             # Before the check: on PostgreSQL (READ COMMITTED) another call for the
@@ -1081,10 +1092,26 @@ class HubRules:
             tx.lock_receipt(device_id, receipt_id)
             if arrived is not None:
                 _refuse_if_superseded(tx, device_id, receipt_id, utc_text(arrived))
+                # A points hold of the receipt placed before this call came is an older
+                # call's: this call's own points step (`authorise`, stamped at the same
+                # arrival) replaced every hold of the receipt before it, so such a hold was
+                # written since, between this call's two steps (its points step, holding
+                # no points, left nothing for the older call's check to see). The receipt
+                # holds what its newest call answered (review 46, pgrace46). Before any
+                # coupon hold is written: holds rows, then coupon_holds rows, as a shrink
+                # and an ingest write them.
+                tx.shrink_hold(
+                    device_id, receipt_id, 0, utc_text(arrived - timedelta(microseconds=1))
+                )
             tx.expire_coupon_holds(utc_text(now))
             tx.drop_coupon_holds(device_id, receipt_id)
             expires = utc_text(now + timedelta(seconds=hold_ttl_s))
-            for code in dict.fromkeys(codes):
+            # In one order, the codes sorted: an insert waits for another transaction's
+            # uncommitted hold of its code, and two receipts holding K1, K2 and K2, K1 at
+            # once each waited for the other (PostgreSQL's "deadlock detected": one call
+            # failed, its till priced OFFLINE; review 46, pgrace46). Answered in the order
+            # asked.
+            for code in sorted(set(codes)):
                 first = tx.coupon_first_use(code)
                 if first is not None and first != (device_id, receipt_id):
                     used.append(code)
@@ -1113,7 +1140,7 @@ class HubRules:
                         [c for c in dict.fromkeys(codes) if c not in used],
                         utc_text(now),
                     )
-        return used
+        return [code for code in dict.fromkeys(codes) if code in used]
 
     # ------------------------------------------------------------ snapshots
 

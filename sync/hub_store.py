@@ -369,7 +369,8 @@ class HubStore(Protocol):
         used or holds; the others are held for this receipt until its transaction settles
         them, `release` drops them, or they expire. Replaces the receipt's earlier holds.
         `hub_rules.Superseded`, nothing written, when a hold of the receipt was placed
-        after `arrived` (when the AuthorizeRedemption came)."""
+        after `arrived` (when the AuthorizeRedemption came); a points hold of the receipt
+        placed before `arrived` (an older call's) is dropped (review 46, pgrace46)."""
         ...
 
     def balance(self, customer_id: str, at: datetime) -> HubBalance: ...

@@ -740,15 +740,17 @@ def test_a_store_before_migration_11_is_refused_with_the_command_to_run(
     a schema-10 store is refused (a StorageError, exit 1) naming `hub migrate`; migrated,
     the hold the old claim placed is kept and grant39's rule applies. Found right."""
     from tillpoint.agent.errors import StorageError, edge_of
-    from tillpoint.sync.hub_postgres import PostgresHubStore, migrate
+    from tillpoint.sync.hub_postgres import SCHEMA_VERSION, PostgresHubStore, migrate
 
     came = datetime.now(UTC)
     _schema_10(pg_url, monkeypatch, came)
     with pytest.raises(StorageError) as refused:
         PostgresHubStore(pg_url)
-    assert "has schema 10, this hub needs 11: run 'tillpoint hub migrate" in str(refused.value)
+    # this release's schema: 11 then, later ones since (review 46: 12)
+    needs = f"has schema 10, this hub needs {SCHEMA_VERSION}: run 'tillpoint hub migrate"
+    assert needs in str(refused.value)
     assert edge_of(refused.value).exit_code == 1
-    assert migrate(pg_url) == [11]
+    assert migrate(pg_url) == list(range(11, SCHEMA_VERSION + 1))
     _migrated_keeps_the_old_hold(pg_url, came)
 
 
@@ -761,8 +763,10 @@ def test_a_postgresql_store_before_migration_11_is_refused_in_one_line_until_hub
     claim placed, opened by this release without `hub migrate`: `hub serve` exits 1 with
     one line naming the schema and the command (no traceback; systemd's `Restart=always`
     brings it up once migrated, docs/DECISIONS.md review 40), and so does every hub
-    command. `hub migrate` applies 11 alone; then the old hold is still held, and a late
-    grant whose call came before it writes nothing. Found right."""
+    command. `hub migrate` applies 11; then the old hold is still held, and a late
+    grant whose call came before it writes nothing. Found right. (Since review 46 `hub
+    migrate` applies 11 and 12: the steps after the store's, in order.)"""
+    from tillpoint.sync.hub_postgres import SCHEMA_VERSION
     from tillpoint.sync.hub_server import HubDir
 
     came = datetime.now(UTC)
@@ -784,10 +788,11 @@ def test_a_postgresql_store_before_migration_11_is_refused_in_one_line_until_hub
         done = hub_cli(*args)
         assert done.returncode == 1, done.stderr
         [line] = done.stderr.splitlines()
-        assert "has schema 10, this hub needs 11" in line, line
+        assert f"has schema 10, this hub needs {SCHEMA_VERSION}" in line, line
         assert "run 'tillpoint hub migrate --store URL'" in line, line
     done = hub_cli("migrate", "--json")
-    assert done.returncode == 0 and json.loads(done.stdout)["applied"] == [11], done.stderr
+    applied = list(range(11, SCHEMA_VERSION + 1))  # 11, and the later ones (review 46: 12)
+    assert done.returncode == 0 and json.loads(done.stdout)["applied"] == applied, done.stderr
     _migrated_keeps_the_old_hold(pg_url, came)
 
 
