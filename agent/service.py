@@ -1237,6 +1237,10 @@ class Agent:
             ):
                 self._hub_turns.end_release(receipt_id)
                 return None
+            # the Hold asked more than once (hold44's note, in the ledger since ask45)
+            asked_again = receipt_id in self._asked_again or (
+                ledger.kept_hub_ask(self._ledger, receipt_id) == life.held_at
+            )
         shrink = getattr(hub, "shrink", None)
         try:
             codes = coupons.applied_codes(json.loads(life.held_result))
@@ -1251,10 +1255,18 @@ class Agent:
         # Nothing shrunk: the hub may hold nothing for it yet, its grant still on its way
         # (a busy hub), to be kept for the offline limit, or whole, when it lands. Still
         # owed: sent again at the next round (review 40, rev40b; as a release answered
-        # "nothing held" is, flake39).
-        again = done is False and self._grant_may_come(life)
+        # "nothing held" is, flake39). So is one that shrank a grant when the Hold asked
+        # more than once, whatever the hub answers: it may have cut the first request's
+        # grant while the last one's was still on its way, which then lands and is kept
+        # up to the offline limit, more than the hold uses when the card's offline limit
+        # was partly spent here (review 46, reset46; as hold44 keeps such a release owed).
+        again = (done is False or (done is True and asked_again)) and self._grant_may_come(life)
         if again:
-            log.info("hold of %s: nothing to shrink at the hub yet, sent again later", receipt_id)
+            log.info(
+                "hold of %s: %s at the hub, sent again later",
+                receipt_id,
+                "shrunk" if done else "nothing to shrink",
+            )
         with self._lock, self._write() as conn:
             if not again:
                 ledger.shrunk_at_hub(conn, receipt_id, life.held_at)

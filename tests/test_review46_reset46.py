@@ -43,12 +43,13 @@ import pytest
 from tillpoint.agent.app import till_agent
 from tillpoint.agent.cli import main
 from tillpoint.agent.errors import HubUnavailable
+from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import LATE_GRANT_S, Agent
 from tillpoint.sync.loopback import LoopbackHub
 from tillpoint.sync.pull import Puller
 
 from .conftest import ManualClock, PassThroughHub, enrolled_till
-from .test_review33_hold33 import OFFLINE_LIMIT, a_receipt, held_at_hub
+from .test_review33_hold33 import ANNA, BIG, OFFLINE_LIMIT, a_receipt, held_at_hub
 from .test_review39_flake39 import HeldBack
 from .test_review39_flake39 import held_back as held_back  # the fixture
 from .test_review39_flake39 import hub as hub  # the fixture: flake39's hub, held_back's
@@ -292,3 +293,63 @@ def test_a_receipt_held_again_after_the_reset_is_left_alone_by_the_kept_release(
     finally:
         second.go.set()
         a.stop()
+
+
+# ------------------------------------------- B. the shrink of a hold that asked twice
+
+
+def test_the_shrink_of_a_hold_that_asked_twice_stays_owed_for_the_later_grant(
+    late_hub: LoopbackHub, tmp_path: Path, second: SecondHeldBack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §11, §9: Anna redeemed 150 points OFFLINE at this till today (50 left of
+    the store-day's 200). A Hold of all she has asks the hub twice (its early pricing
+    granted, then taken as stale); the second request is held up, so the Hold is priced
+    OFFLINE: it uses 50. Its shrink cuts the first grant to 50 ("shrunk"); the second
+    request's grant then lands and is kept up to the offline limit the Hold told the hub,
+    200: 150 more than the hold uses, held from every other till while the receipt is
+    open (up to `holdTtlSeconds`). The shrink stays owed while a grant may come: the
+    next round cuts the late grant to 50, and another till gets 1150 ONLINE. Past the
+    window the shrink is done and nothing is owed."""
+    clock = ManualClock(datetime.now(UTC))
+    a = enrolled_till(late_hub, tmp_path / "a", "a", timings=TIMINGS, clock=clock)
+    b = enrolled_till(late_hub, tmp_path / "b", "b", timings=TIMINGS)
+    real = a.agent.hub
+    try:
+        a.agent.hub = Away(real)
+        spent = a.agent.checkout(
+            receipt_from_json(
+                {
+                    "receiptId": "off-1",
+                    "at": clock().isoformat(),
+                    "card": ANNA,
+                    "lines": BIG,
+                    "redeemPoints": 150,
+                }
+            )
+        )
+        assert (spent.mode, spent.redeemed_points) == ("OFFLINE", 150)
+        a.agent.hub = real
+        with monkeypatch.context() as m:
+            m.setattr(Agent, "_still", lambda self, early, view: False)
+            held = a.agent.hold(a_receipt("twice-s", at=clock()))
+        assert second.calls.get("twice-s") == 2 and second.entered.is_set()
+        assert (held.mode, held.redeemed_points) == ("OFFLINE", 50)
+        assert held_at_hub(late_hub) == 50  # the first grant, shrunk by the Hold
+        second.go.set()
+        assert second.done.wait(30)
+        assert held_at_hub(late_hub) == OFFLINE_LIMIT  # the late grant: 150 too many
+        assert a.agent.hub_calls_owed()["shrink"] == 1  # still owed: a grant could come
+        a.agent.retry_hub_releases()  # the hold timer's round
+        assert held_at_hub(late_hub) == 50
+        other = b.agent.hold(a_receipt("b-1"))
+        assert (other.mode, other.redeemed_points) == ("ONLINE", 1150)
+        b.agent.cancel("b-1")
+        clock.advance(LATE_GRANT_S + 1)
+        a.agent.retry_hub_releases()  # none can come now: done
+        assert a.agent.hub_calls_owed() == {"release": 0, "shrink": 0}
+        assert held_at_hub(late_hub) == 50
+        assert a.agent.confirm("twice-s").state == "CONFIRMED"
+    finally:
+        second.go.set()
+        a.stop()
+        b.stop()
