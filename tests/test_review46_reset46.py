@@ -162,8 +162,8 @@ def test_a_reset_keeps_the_release_of_an_offline_hold_whose_grant_is_late_owed(
     is still owed, until when, and how to finish it. Before: taken as done, and the 200
     held at the hub for `holdTtlSeconds` + 60 s."""
     monkeypatch.setenv("TILLPOINT_DEVICE_ID", "a")
-    a = enrolled_till(hub, tmp_path / "a", "a")
-    b = enrolled_till(hub, tmp_path / "b", "b")
+    a = enrolled_till(hub, tmp_path / "a", "a", timings=TIMINGS)
+    b = enrolled_till(hub, tmp_path / "b", "b", timings=TIMINGS)
     real = a.agent.hub
     again: Agent | None = None
     try:
