@@ -40,9 +40,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tillpoint.agent import ledger
 from tillpoint.agent.app import till_agent
 from tillpoint.agent.cli import main
-from tillpoint.agent.errors import HubUnavailable
+from tillpoint.agent.errors import HubUnavailable, StorageError
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import LATE_GRANT_S, Agent
 from tillpoint.sync.loopback import LoopbackHub
@@ -65,6 +66,10 @@ def asks(data_dir: Path) -> list[tuple[str, str]]:
         return [(str(r), str(a)) for r, a in rows]
     finally:
         conn.close()
+
+
+def failing_commit(*args: Any, **kwargs: Any) -> None:
+    raise sqlite3.OperationalError("disk I/O error")
 
 
 def cli_reset(
@@ -229,6 +234,30 @@ def test_a_reset_keeps_no_release_owed_for_an_online_hold_or_one_past_the_window
         assert [r for r, _ in asks(a.data_dir)] == ["off-new"]
         end = datetime.fromisoformat(result.hub_releases_owed_until)
         assert end == clock() + timedelta(seconds=LATE_GRANT_S + TIMINGS.redeem_timeout_s)
+    finally:
+        a.stop()
+
+
+def test_a_reset_keeps_the_release_of_an_ask_never_stored_within_its_window_owed(
+    hub: LoopbackHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ask45's shape through a reset: a Hold granted by the hub whose commit failed leaves
+    its ask (the receipt never stored); a second request of it may still be on its way.
+    The reset releases the grant (the hub holds nothing after it) and keeps the ask owed
+    until its window ends (`LATE_GRANT_S` and the hub's deadline after it), as the
+    till's own rounds would have kept it."""
+    a = enrolled_till(hub, tmp_path / "a", "a", timings=TIMINGS)
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(ledger, "insert_life", failing_commit)
+            with pytest.raises(StorageError):  # the failed commit, as the POS hears it
+                a.agent.hold(a_receipt("lost-1"))
+        assert held_at_hub(hub) == 1200 and [r for r, _ in asks(a.data_dir)] == ["lost-1"]
+        result = a.agent.reset(force=True)
+        assert (result.hub_holds_released, result.hub_releases_owed) == (1, 1)
+        assert held_at_hub(hub) == 0
+        assert [r for r, _ in asks(a.data_dir)] == ["lost-1"]
+        assert a.agent.hub_calls_owed()["release"] == 1
     finally:
         a.stop()
 
