@@ -28,7 +28,9 @@ the fixture has it), tills with their hub links and ledgers, `tillpoint reset` t
 CLI's `main`. Forced: the grant's way to the hub's store held up (flake39's `HeldBack`,
 hold44's `SecondHeldBack`), the early pricing taken as stale (`Agent._still`).
 
-Default part: about 10-15 s on two workers.
+Default part: seven tests, about 38 s of calls in all at a load average of 20 on the
+2-core machine (about 20 s on two workers; the 3 s redemption deadline each late grant
+waits out is most of it); the slow pass adds the PostgreSQL twins of flake39's hub.
 """
 
 from __future__ import annotations
