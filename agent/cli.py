@@ -934,6 +934,8 @@ def _run_reset(args: argparse.Namespace, settings: Any) -> int:
                 "discardedTransactions": done.discarded,
                 "hubHoldsReleased": done.hub_holds_released,
                 "hubHoldsLeft": done.hub_holds_left,
+                "hubReleasesOwed": done.hub_releases_owed,
+                "hubReleasesOwedUntil": done.hub_releases_owed_until,
             },
             _human_reset,
         )
@@ -953,6 +955,15 @@ def _human_reset(d: dict[str, Any]) -> str:
         said.append(
             f"{d['hubHoldsLeft']} hold(s) not released: the hub was not reached"
             " (they expire there on their own)"
+        )
+    if d["hubReleasesOwed"]:
+        # a grant asked for within the last minute may still reach the hub after the
+        # release (review 46, reset46): owed, sent again by the till's next process
+        said.append(
+            f"{d['hubReleasesOwed']} release(s) still owed to the hub until"
+            f" {d['hubReleasesOwedUntil']} (a hold of the last minute whose grant may"
+            " still land there): `tillpoint run` sends them again at its start and every"
+            " round, or run `tillpoint sync now` once that time has passed"
         )
     return "; ".join(said)
 

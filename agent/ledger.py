@@ -1195,6 +1195,46 @@ def open_hub_holds(conn: sqlite3.Connection) -> list[str]:
     return closed + [rid for rid, _, _ in unstored_hub_asks(conn)]
 
 
+def grants_may_land(
+    conn: sqlite3.Connection, held_since: str, asked_since: str
+) -> list[tuple[str, str]]:
+    """(receiptId, time) of the receipts whose grant may still reach the hub's store after
+    a release sent now, oldest first (`tillpoint reset`, which keeps their releases owed:
+    review 46, reset46): a hold priced OFFLINE after asking the hub, placed after
+    `held_since` (`Agent._grant_may_come`; the time: the hold's), open or closed with its
+    release owed; and an ask of a receipt not committed made after `asked_since` (the time:
+    the ask's last request, as `Agent._release_unstored` counts it)."""
+    late: dict[str, str] = {}
+    for rid, held_at in conn.execute(
+        "SELECT receipt_id, held_at FROM receipt_life WHERE hub_hold != 0"
+        " AND state IN ('HELD', 'CANCELLED', 'EXPIRED') AND mode = 'OFFLINE' AND held_at > ?",
+        (held_since,),
+    ):
+        late[str(rid)] = str(held_at)
+    for rid, asked_at in conn.execute(
+        "SELECT a.receipt_id, a.asked_at FROM hub_asks AS a WHERE a.asked_at > ?"
+        " AND NOT EXISTS (SELECT 1 FROM receipts AS r WHERE r.receipt_id = a.receipt_id)"
+        " AND NOT EXISTS (SELECT 1 FROM receipt_life AS l"
+        " WHERE l.receipt_id = a.receipt_id AND l.state = 'CONFIRMED')",
+        (asked_since,),
+    ):
+        late[str(rid)] = max(late.get(str(rid), ""), str(asked_at))
+    return sorted(late.items(), key=lambda item: (item[1], item[0]))
+
+
+def keep_owed_releases(conn: sqlite3.Connection, late: Sequence[tuple[str, str]]) -> None:
+    """Inside `tillpoint reset`'s write transaction, after `forget_all_but_numbering`: the
+    receipts of `grants_may_land`, noted again as asks to the hub (`hub_asks`, no process:
+    the reset's ends with it). The ledger has no other row of them now, so each is an
+    unstored ask, whose release `Agent._release_unstored` sends at every round (`tillpoint
+    run`'s hold timer, `sync now`, a one-shot's `send_owed`) while its grant may land, and
+    once after; a receipt stored again under that receiptId forgets it with its commit."""
+    conn.executemany(
+        "INSERT OR REPLACE INTO hub_asks (receipt_id, asked_at, pid) VALUES (?, ?, NULL)",
+        list(late),
+    )
+
+
 def outbox_seqs(conn: sqlite3.Connection) -> list[tuple[str, int]]:
     """Every (device, seq) still in the outbox."""
     return [

@@ -315,11 +315,15 @@ class _Early:
 @dataclass(frozen=True)
 class ResetResult:
     """What `Agent.reset` did: unsent transactions discarded, and the hub's holds of the
-    till's open holds released there or left to expire there (hub not reached)."""
+    till's open holds released there or left to expire there (hub not reached, and no
+    release owed); the releases it keeps owed, since a grant may still land after them
+    (review 46, reset46), and until when (the wall clock, "" with none)."""
 
     discarded: int
     hub_holds_released: int = 0
     hub_holds_left: int = 0
+    hub_releases_owed: int = 0
+    hub_releases_owed_until: str = ""
 
 
 class Agent:
@@ -1233,6 +1237,10 @@ class Agent:
             ):
                 self._hub_turns.end_release(receipt_id)
                 return None
+            # the Hold asked more than once (hold44's note, in the ledger since ask45)
+            asked_again = receipt_id in self._asked_again or (
+                ledger.kept_hub_ask(self._ledger, receipt_id) == life.held_at
+            )
         shrink = getattr(hub, "shrink", None)
         try:
             codes = coupons.applied_codes(json.loads(life.held_result))
@@ -1247,10 +1255,18 @@ class Agent:
         # Nothing shrunk: the hub may hold nothing for it yet, its grant still on its way
         # (a busy hub), to be kept for the offline limit, or whole, when it lands. Still
         # owed: sent again at the next round (review 40, rev40b; as a release answered
-        # "nothing held" is, flake39).
-        again = done is False and self._grant_may_come(life)
+        # "nothing held" is, flake39). So is one that shrank a grant when the Hold asked
+        # more than once, whatever the hub answers: it may have cut the first request's
+        # grant while the last one's was still on its way, which then lands and is kept
+        # up to the offline limit, more than the hold uses when the card's offline limit
+        # was partly spent here (review 46, reset46; as hold44 keeps such a release owed).
+        again = (done is False or (done is True and asked_again)) and self._grant_may_come(life)
         if again:
-            log.info("hold of %s: nothing to shrink at the hub yet, sent again later", receipt_id)
+            log.info(
+                "hold of %s: %s at the hub, sent again later",
+                receipt_id,
+                "shrunk" if done else "nothing to shrink",
+            )
         with self._lock, self._write() as conn:
             if not again:
                 ledger.shrunk_at_hub(conn, receipt_id, life.held_at)
@@ -2635,7 +2651,9 @@ class Agent:
         in one transaction, except its `device` table (the next sale continues above the
         last seq this till ever used, so the hub never sees a (deviceId, seq) twice) and
         the coupon uses of committed receipts (history: `ledger.forget_all_but_numbering`).
-        Open holds go; what they reserved at the hub is released there, best effort.
+        Open holds go; what they reserved at the hub is released there, best effort. The
+        release of a hold whose grant may still land at the hub (`ledger.grants_may_land`)
+        stays owed past the reset, as an unstored ask's (review 46, reset46).
         """
         with self._lock:
             depth = ledger.outbox_depth(self._ledger)
@@ -2644,11 +2662,27 @@ class Agent:
                     f"{depth} transaction(s) have not reached the hub yet: reset refused"
                     " (bring the hub back, or add --force to discard them)"
                 )
+            # on the open holds' time line, as `_grant_may_come` and `_release_unstored`
+            now = self._now()
+            deadline_s = float(getattr(self.hub, "timeout_s", 0.0) or 0.0)
+            window = timedelta(seconds=LATE_GRANT_S + deadline_s)
             with self._write() as conn:
                 hub_holds = ledger.open_hub_holds(conn)
+                # A grant may still land after the release sent below (a Hold priced
+                # OFFLINE within the minute: its request held up at a busy hub, or a later
+                # request of a Hold that asked twice, whose first grant the release drops):
+                # forgotten with the ledger, the release took its first answer as final,
+                # and the late grant stayed held at the hub for `holdTtlSeconds` + 60 s.
+                # Kept as asks, their releases stay owed for the next process's rounds.
+                late = ledger.grants_may_land(
+                    conn,
+                    ledger.utc_text(now - timedelta(seconds=LATE_GRANT_S)),
+                    ledger.utc_text(now - window),
+                )
                 # the seqs discarded unsent are told to the hub, or it waits for them
                 discarded = ledger.outbox_seqs(conn) if depth else []
                 ledger.forget_all_but_numbering(conn)
+                ledger.keep_owed_releases(conn, late)
                 ledger.queue_discarded(conn, discarded, ledger.utc_text(self.clock()))
             self._live.close()
             self._memo.clear()
@@ -2660,7 +2694,7 @@ class Agent:
                 remove_cache(self.data_dir)  # cache.db and every generation
                 self._live = LiveCache(self.data_dir, READER_CACHE_KIB)
                 self._cache = self._live.connection()
-        released = 0
+        released: set[str] = set()
         for rid in hub_holds:  # a hub that did not answer one is not asked for the rest
             done = self._release_at_hub(rid, forgotten=True)
             if done is False:
@@ -2668,8 +2702,18 @@ class Agent:
             # None: a shrink or release of it is on its way (the hold timer's), which
             # releases it when it is back (`_shrink_at_hub`); not "the hub is away" (review
             # 34: the holds after it were left held at the hub to their expiry)
-            released += bool(done)
-        return ResetResult(depth, released, len(hub_holds) - released)
+            if done:
+                released.add(rid)
+        # left to expire at the hub: not released and not owed (the kept ones are sent
+        # again by the next process's rounds, the hub reached or not now)
+        owed = {rid for rid, _ in late}
+        left = sum(1 for rid in hub_holds if rid not in released and rid not in owed)
+        until = ""
+        if late:
+            # the last window's end, told on the wall clock the operator reads
+            end = datetime.fromisoformat(max(at for _, at in late)) + window
+            until = ledger.utc_text(self.clock() + (end - now))
+        return ResetResult(depth, len(released), left, len(late), until)
 
     # ------------------------------------------------------------ status
 
