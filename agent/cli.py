@@ -281,9 +281,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     CLI), which is left as it was found: its environment (GRPC_VERBOSITY,
     PYDANTIC_DISABLE_PLUGINS), pydantic's plugin loader, its stdout's and stderr's
     encodings (review 38, rev38i; review 39, rev39b: GRPC_VERBOSITY and the streams
-    were left changed there for good)."""
+    were left changed there for good), its root logger's handlers and level (review 46,
+    flake46: `run` and `hub serve` left theirs, INFO to that call's stderr, for good)."""
     if argv is None:
         return _main(None)
+    import logging
+
+    root = logging.getLogger()
+    logged = root.handlers[:], root.level
     stderr = sys.stderr
     codings = [
         (stream, stream.encoding, stream.errors)
@@ -304,6 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for stream, encoding, errors in codings:
             with contextlib.suppress(Exception):  # a stream its reader closed: as it is
                 stream.reconfigure(encoding=encoding, errors=errors)
+        root.handlers[:] = logged[0]
+        root.setLevel(logged[1])
 
 
 def _main(argv: Sequence[str] | None) -> int:

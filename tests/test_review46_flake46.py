@@ -12,9 +12,18 @@ from __future__ import annotations
 
 import ast
 import importlib
+import logging
+import socket
 from pathlib import Path
 
+import pytest
+from tillpoint.agent.errors import TillpointError
+from tillpoint.agent.http_api import HttpServer
+
+from .conftest import CLI
+
 TESTS = Path(__file__).parent
+EXAMPLES = TESTS.parent / "examples"
 
 
 def _given_tests() -> list[tuple[str, object]]:
@@ -48,3 +57,50 @@ def test_no_hypothesis_test_bets_on_the_machines_speed() -> None:
         if fn._hypothesis_internal_use_settings.deadline is not None  # type: ignore[attr-defined]
     }
     assert betting == {}, betting
+
+
+# ------------------------------------------ 2. `run` and `hub serve` in a caller's process
+
+
+def _root_logging() -> tuple[list[logging.Handler], int]:
+    root = logging.getLogger()
+    return root.handlers[:], root.level
+
+
+def test_run_in_a_callers_process_leaves_its_logging_as_it_was(
+    cli: CLI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`main(argv)` in a caller's process changes nothing there (DECISIONS, rev38k), yet
+    `run` set the root logger up for itself (`logs.setup`) and left it so: level INFO and
+    one handler writing to the stderr of that call, for the life of the process. In the
+    suite, every test that ran after an in-process `run` in the same pytest worker (four
+    files do; which tests follow them depends on how xdist hands out the files) logged
+    INFO records into a dead test's captured stderr, which grew for the rest of the
+    worker's life, and saw the root logger at INFO instead of WARNING."""
+    before = _root_logging()
+
+    def start(self: HttpServer) -> None:
+        raise TillpointError("the HTTP interface did not start on 127.0.0.1 (test)")
+
+    monkeypatch.setattr(HttpServer, "start", start)
+    for key in ("SERVER", "HTTP"):
+        monkeypatch.setenv(f"TILLPOINT_{key}__LISTEN", "127.0.0.1:0")
+    monkeypatch.setenv("TILLPOINT_METRICS__ENABLED", "false")
+    run = cli("run")
+    assert run.code == 1 and "the HTTP interface did not start" in run.err, run.err
+    assert _root_logging() == before
+
+
+def test_hub_serve_in_a_callers_process_leaves_its_logging_as_it_was(
+    cli: CLI, tmp_path: Path
+) -> None:
+    """The same for `hub serve` (its `logs.setup` comes before it listens)."""
+    assert cli("hub", "import", str(EXAMPLES / "catalogue.json"), "--hub-dir", tmp_path / "hub")
+    before = _root_logging()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        run = cli("hub", "serve", "--hub-dir", tmp_path / "hub", "--listen", f"127.0.0.1:{port}")
+    assert run.code != 0 and "Address already in use" in run.err, run.err
+    assert _root_logging() == before
