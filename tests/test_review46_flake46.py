@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import importlib
 import logging
+import signal
 import socket
 from pathlib import Path
 
@@ -67,6 +68,13 @@ def _root_logging() -> tuple[list[logging.Handler], int]:
     return root.handlers[:], root.level
 
 
+STOPPING = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _handlers() -> list[object]:
+    return [signal.getsignal(signum) for signum in STOPPING]
+
+
 def test_run_in_a_callers_process_leaves_its_logging_as_it_was(
     cli: CLI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -76,8 +84,12 @@ def test_run_in_a_callers_process_leaves_its_logging_as_it_was(
     suite, every test that ran after an in-process `run` in the same pytest worker (four
     files do; which tests follow them depends on how xdist hands out the files) logged
     INFO records into a dead test's captured stderr, which grew for the rest of the
-    worker's life, and saw the root logger at INFO instead of WARNING."""
+    worker's life, and saw the root logger at INFO instead of WARNING. Its SIGTERM,
+    SIGINT and SIGHUP stayed `run`'s too (`systemd.on_signals`), relayed to the stop of
+    a `run` long gone: the worker ignored a Ctrl-C and CI's `timeout` (its SIGKILL came
+    60 s later)."""
     before = _root_logging()
+    signals = _handlers()
 
     def start(self: HttpServer) -> None:
         raise TillpointError("the HTTP interface did not start on 127.0.0.1 (test)")
@@ -89,14 +101,17 @@ def test_run_in_a_callers_process_leaves_its_logging_as_it_was(
     run = cli("run")
     assert run.code == 1 and "the HTTP interface did not start" in run.err, run.err
     assert _root_logging() == before
+    assert _handlers() == signals
 
 
 def test_hub_serve_in_a_callers_process_leaves_its_logging_as_it_was(
     cli: CLI, tmp_path: Path
 ) -> None:
-    """The same for `hub serve` (its `logs.setup` comes before it listens)."""
+    """The same for `hub serve` (its `logs.setup` and its signals come before it
+    listens)."""
     assert cli("hub", "import", str(EXAMPLES / "catalogue.json"), "--hub-dir", tmp_path / "hub")
     before = _root_logging()
+    signals = _handlers()
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
@@ -104,6 +119,7 @@ def test_hub_serve_in_a_callers_process_leaves_its_logging_as_it_was(
         run = cli("hub", "serve", "--hub-dir", tmp_path / "hub", "--listen", f"127.0.0.1:{port}")
     assert run.code != 0 and "Address already in use" in run.err, run.err
     assert _root_logging() == before
+    assert _handlers() == signals
 
 
 # ------------------------------------- 3. a wait that any line with "failed" in it ended
