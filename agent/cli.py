@@ -281,9 +281,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     CLI), which is left as it was found: its environment (GRPC_VERBOSITY,
     PYDANTIC_DISABLE_PLUGINS), pydantic's plugin loader, its stdout's and stderr's
     encodings (review 38, rev38i; review 39, rev39b: GRPC_VERBOSITY and the streams
-    were left changed there for good)."""
+    were left changed there for good), its root logger's handlers and level and its
+    SIGTERM, SIGINT and SIGHUP handlers (review 46, flake46: `run` and `hub serve` left
+    theirs, INFO to that call's stderr and a relay to their ended stop, for good)."""
     if argv is None:
         return _main(None)
+    import logging
+    import signal
+    import threading
+
+    root = logging.getLogger()
+    logged = root.handlers[:], root.level
+    stopping = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    handlers = [signal.getsignal(signum) for signum in stopping]
     stderr = sys.stderr
     codings = [
         (stream, stream.encoding, stream.errors)
@@ -304,6 +314,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for stream, encoding, errors in codings:
             with contextlib.suppress(Exception):  # a stream its reader closed: as it is
                 stream.reconfigure(encoding=encoding, errors=errors)
+        root.handlers[:] = logged[0]
+        root.setLevel(logged[1])
+        if threading.current_thread() is threading.main_thread():  # only it sets them
+            for signum, handler in zip(stopping, handlers, strict=True):
+                if handler is not None and signal.getsignal(signum) != handler:
+                    signal.signal(signum, handler)
 
 
 def _main(argv: Sequence[str] | None) -> int:

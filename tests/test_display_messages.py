@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from tillpoint.printer.messages import (
     after_commit_lines,
@@ -69,8 +69,12 @@ def test_birthday() -> None:
 
 money = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 names = st.one_of(st.none(), st.text(max_size=40))
+# No deadline: Hypothesis' 200 ms an example (and its 1 s too_slow check) failed these pure
+# tests when a loaded machine stopped the worker for 0.4 s (review 46, flake46).
+unhurried = settings(deadline=None)
 
 
+@unhurried
 @given(names, money, money, st.integers(min_value=-(10**12), max_value=10**12), st.integers(1, 10))
 def test_every_message_fits_the_display(
     name: str | None, total: int, savings: int, points: int, multiplier: int
@@ -91,6 +95,7 @@ def test_every_message_fits_the_display(
 letters = st.text(alphabet="АБВГДЕЖЗИКЛМНОПРСТУФЯ", min_size=1, max_size=12)
 
 
+@unhurried
 @given(letters, letters, st.integers(0, 10**6))
 def test_only_the_first_name_is_ever_shown(first: str, surname: str, points: int) -> None:
     surname = "Ъ" + surname  # never part of the first name or of the wording
@@ -99,6 +104,7 @@ def test_only_the_first_name_is_ever_shown(first: str, surname: str, points: int
         assert all(surname not in line for line in lines)
 
 
+@unhurried
 @given(st.lists(st.text(max_size=60), max_size=5))
 def test_fit_lines_is_always_exactly_two_rows_of_twenty(lines: list[str]) -> None:
     rows = fit_lines(lines)
