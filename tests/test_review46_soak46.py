@@ -1,0 +1,114 @@
+"""Review 46 (soak46): what the soaks with new seeds found, pinned.
+
+Session 46 ran the project's soaks and long differentials with new seeds (store33's
+three-or-more tills on a PostgreSQL hub, long40's walk of kills with more tills, soak22's
+moving clock, difflong and difflong_hub, long32's doors; docs/DECISIONS.md "Review 46
+(soak46)"). The one failure that was not the product's (difflong seed 46201, a burst of
+quotes compared with fresh answers made after an open hold of the same customer had
+expired) is mended in the harness; these tests pin what that failure showed:
+
+- the long-lived agent counts another open hold's spending in a quote's balance (the
+  points leave the batch they will at its Confirm, even for a quote dated before it) and
+  stops counting it the moment it expires, whether or not the hold sweep has run: at
+  each of those moments it answers as a fresh agent on the same data (CONTRACT §5, §11);
+- the harness reads a hold's expiry from the copy's ledger (`held_expiries`,
+  `expiry_within`), so a hold it did not record (a retry's) or a fresh answer late on a
+  loaded machine makes the comparison skipped, not a mismatch.
+
+Real parts: a real `Agent` behind its HTTP interface (review 30's `Till`), real SQLite
+data directories copied with SQLite's backup API; the clock is the test's (no sleeping).
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from bench import difflong as dl
+
+from .conftest import SteppingClock
+from .test_review30_memo30 import Till
+
+ANNA = "2770000000017"
+MILK, CHEESE = "4601234000017", "4601234000055"
+
+
+def _receipt(rid: str, at: str, **changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "receiptId": rid,
+        "storeId": "s1",
+        "tillId": "t1",
+        "at": at,
+        "card": ANNA,
+        "lines": [{"sku": CHEESE, "qty": "2", "priceMinor": 45000}],
+        "redeemPoints": 0,
+    }
+    body.update(changes)
+    return body
+
+
+def test_another_open_holds_spending_leaves_a_quotes_balance_when_it_expires(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §5, §11 (difflong seed 46201's shape): a sale earns a batch; a Hold dated
+    after it redeems from that batch; a quote dated before both shows the batch pending
+    less the held spending, as a fresh agent does; once the hold's TTL (3 s) has passed
+    (nothing swept yet) the same quote shows the whole batch pending again, as a fresh
+    agent does; and so after the hold's sweep."""
+    clock = SteppingClock(datetime(2026, 12, 6, 9, 41, 0, tzinfo=UTC))
+    till = Till(tmp_path, clock, copy.deepcopy(dl.SNAPSHOT))
+    try:
+        sold = till.compare("checkout", _receipt("r-sale", "2026-11-26T17:00:00+03:00"))
+        assert sold[0] == "ok", sold
+        earned = int(sold[1]["earnedPoints"])
+        assert earned > 100, sold
+        held = till.compare(
+            "hold", _receipt("r-held", "2026-11-30T18:59:00+03:00", redeemPoints=100)
+        )
+        assert held[0] == "ok" and held[1]["state"] == "HELD", held
+        spent = int(held[1]["redeemedPoints"])
+        assert spent > 0, held
+        early = _receipt("r-early", "2026-11-22T13:00:00+03:00")
+        early["lines"] = [{"sku": MILK, "qty": "1", "priceMinor": 8990}]
+        during = till.compare("quote", early)
+        clock.passes(dl.PROGRAM_TTL + 0.5)  # the hold has run out; no sweep has run
+        after = till.compare("quote", early)
+        swept = till.compare("cancel", {"receiptId": "r-held"})  # an expired hold: answered CANCELLED
+        again = till.compare("quote", early)
+        till.check()  # each answer a fresh agent's on the data as it was
+        assert swept[0] == "ok" and swept[1]["state"] == "CANCELLED", swept  # CONTRACT §11
+        figures = [doc[1]["balance"] for doc in (during, after, again)]
+        total = [int(f["availablePoints"]) + int(f["pendingPoints"]) for f in figures]
+        # counted while open (the points leave their batch at its own time), not after
+        assert total == [total[1] - spent, total[1], total[1]], (figures, earned, spent)
+        assert figures[1] == figures[2], figures
+    finally:
+        till.close()
+
+
+def test_the_differentials_read_the_holds_expiry_from_the_copys_ledger(tmp_path: Path) -> None:
+    """bench/difflong.py (review 46): `held_expiries` lists the open holds' expiries of a
+    copied data directory (not a closed hold's), and `expiry_within` says whether one
+    falls between the copy and the fresh answer, a second either side."""
+    clock = SteppingClock(datetime(2026, 12, 6, 9, 41, 0, tzinfo=UTC))
+    till = Till(tmp_path, clock, copy.deepcopy(dl.SNAPSHOT))
+    try:
+        for rid in ("r-1", "r-2"):
+            got = till.long("hold", _receipt(rid, "2026-11-30T18:59:00+03:00"))
+            assert got[0] == "ok" and got[1]["state"] == "HELD", got
+        assert till.long("cancel", {"receiptId": "r-2"})[1]["state"] == "CANCELLED"
+        copy_dir = tmp_path / "copy"
+        dl.copy_state(till.data, copy_dir)
+    finally:
+        till.close()
+    expiries = dl.held_expiries(copy_dir)
+    due = clock.t + timedelta(seconds=dl.PROGRAM_TTL)
+    assert [abs((at - due).total_seconds()) < 0.01 for at in expiries] == [True], expiries
+    second = timedelta(seconds=1)
+    assert dl.expiry_within(expiries, clock.t, due)
+    assert dl.expiry_within(expiries, due + second / 2, due + 5 * second)  # a second's margin
+    assert not dl.expiry_within(expiries, clock.t, due - 2 * second)
+    assert not dl.expiry_within(expiries, due + 2 * second, due + 9 * second)
+    assert not dl.expiry_within([], clock.t, due)
