@@ -75,7 +75,7 @@ def test_another_open_holds_spending_leaves_a_quotes_balance_when_it_expires(
         during = till.compare("quote", early)
         clock.passes(dl.PROGRAM_TTL + 0.5)  # the hold has run out; no sweep has run
         after = till.compare("quote", early)
-        swept = till.compare("cancel", {"receiptId": "r-held"})  # an expired hold: answered CANCELLED
+        swept = till.compare("cancel", {"receiptId": "r-held"})  # expired: answered CANCELLED
         again = till.compare("quote", early)
         till.check()  # each answer a fresh agent's on the data as it was
         assert swept[0] == "ok" and swept[1]["state"] == "CANCELLED", swept  # CONTRACT §11
