@@ -112,3 +112,30 @@ def test_the_differentials_read_the_holds_expiry_from_the_copys_ledger(tmp_path:
     assert not dl.expiry_within(expiries, clock.t, due - 2 * second)
     assert not dl.expiry_within(expiries, due + 2 * second, due + 9 * second)
     assert not dl.expiry_within([], clock.t, due)
+
+
+def test_the_moving_clock_soak_reads_the_ledgers_times_between_two_answers(
+    tmp_path: Path,
+) -> None:
+    """bench/soaktime.py (review 46, soak22 seed 46402): a batch earned at 00:00:01
+    activates at 00:00:01 the next day, the moment the soak's calls of that day are
+    made; `crossed` finds it (and the batch's expiry) between two answers' moments, a
+    second either side, and nothing far from them."""
+    from bench.soaktime import crossed
+
+    clock = SteppingClock(datetime(2026, 11, 28, 21, 0, 1, tzinfo=UTC))
+    till = Till(tmp_path, clock, copy.deepcopy(dl.SNAPSHOT))
+    try:
+        sold = till.long("checkout", _receipt("s-126", "2026-11-29T00:00:01+03:00"))
+        assert sold[0] == "ok" and int(sold[1]["earnedPoints"]) > 0, sold
+        copy_dir = tmp_path / "copy"
+        dl.copy_state(till.data, copy_dir)
+    finally:
+        till.close()
+    active = datetime(2026, 11, 29, 21, 0, 1, tzinfo=UTC)  # activationDelayDays 1
+    ms = timedelta(milliseconds=1)
+    assert crossed(copy_dir, active - 100 * ms, active + 200 * ms)
+    assert crossed(copy_dir, active + 1500 * ms, active + 3000 * ms) is False
+    assert crossed(copy_dir, active - 3000 * ms, active - 1500 * ms) is False
+    gone = active + timedelta(days=dl.PROGRAM["pointsLifetimeDays"])
+    assert crossed(copy_dir, gone - 100 * ms, gone + 100 * ms)
