@@ -580,9 +580,17 @@ class Store:
         if all(r is not None and r.get("mode") == "ONLINE" for r in results) and synced:
             self.counts["points_race_checked"] += 1
             spent = sum(int(r.get("redeemedPoints", 0)) for r in results)
-            if spent > max(before, 0):
+            # The first sale committed may be pushed and ingested before the hub answers
+            # the second till: its earned points are then c-2's at the hub, theirs to
+            # spend (review 46, seed 46013: 153 at till-b, earning 49, ingested 4 ms
+            # before till-a was granted exactly 49; the hub never held more than c-2 had).
+            # Only the sale answered first can help the other: the larger of the two.
+            earned = max(int(r.get("earnedPoints", 0)) for r in results if r is not None)
+            if spent > max(before, 0) + earned:
                 self.problem(
-                    f"c-2 redeemed {spent} ONLINE at two tills with {before} (CONTRACT §9)"
+                    f"c-2 redeemed {spent} ONLINE at two tills with {before}, the sales"
+                    f" earning {[int(r.get('earnedPoints', 0)) for r in results if r]}"
+                    " (CONTRACT §9)"
                 )
 
     def lane(self, rng: random.Random, until: float) -> None:

@@ -3,20 +3,24 @@
 Session 46 ran the project's soaks and long differentials with new seeds (store33's
 three-or-more tills on a PostgreSQL hub, long40's walk of kills with more tills, soak22's
 moving clock, difflong and difflong_hub, long32's doors; docs/DECISIONS.md "Review 46
-(soak46)"). The one failure that was not the product's (difflong seed 46201, a burst of
-quotes compared with fresh answers made after an open hold of the same customer had
-expired) is mended in the harness; these tests pin what that failure showed:
+(soak46)"). No failure was the product's; the harness bets are mended, and these tests
+pin what the failures showed the product doing right:
 
 - the long-lived agent counts another open hold's spending in a quote's balance (the
   points leave the batch they will at its Confirm, even for a quote dated before it) and
   stops counting it the moment it expires, whether or not the hold sweep has run: at
   each of those moments it answers as a fresh agent on the same data (CONTRACT §5, §11);
+- a sale ingested by the hub between two tills' grants gives the second the points it
+  earned (store33 seed 46013's "over-grant" was the harness's bound, which left them out);
+- soak22's moving clock: two answers that differ with a time of the ledger between
+  their moments (a batch activating) are told apart (`bench.soaktime.crossed`);
 - the harness reads a hold's expiry from the copy's ledger (`held_expiries`,
   `expiry_within`), so a hold it did not record (a retry's) or a fresh answer late on a
   loaded machine makes the comparison skipped, not a mismatch.
 
 Real parts: a real `Agent` behind its HTTP interface (review 30's `Till`), real SQLite
-data directories copied with SQLite's backup API; the clock is the test's (no sleeping).
+data directories copied with SQLite's backup API, the hub's store on a real SQLite file
+and a real PostgreSQL database; the clock is the test's (no sleeping).
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ import copy
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+import pytest
+from tillpoint.sync.loopback import import_doc, sample_master_data
 
 from bench import difflong as dl
 
@@ -139,3 +146,31 @@ def test_the_moving_clock_soak_reads_the_ledgers_times_between_two_answers(
     assert crossed(copy_dir, active - 3000 * ms, active - 1500 * ms) is False
     gone = active + timedelta(days=dl.PROGRAM["pointsLifetimeDays"])
     assert crossed(copy_dir, gone - 100 * ms, gone + 100 * ms)
+
+
+@pytest.mark.parametrize("hub_store_factory", ["sqlite", "postgresql"], indirect=True)
+def test_a_sale_ingested_between_two_grants_gives_the_second_its_earned_points(
+    hub_store_factory: Any,
+) -> None:
+    """CONTRACT §9 (store33 seed 46013, read as the harness's bound): till-a's receipt holds
+    all of c-1's 1,200 points; another receipt asking then is granted nothing; till-a's
+    sale (spending 1,200, earning 49) is ingested, settling its hold; a receipt asking
+    now is granted the 49 it earned, no more: the two grants together exceed what c-1 had
+    before by what the first sale earned, and the hub never held more than c-1 had. On
+    both hub stores (a real SQLite file, a real PostgreSQL database)."""
+    from .test_hub_claim import NOW, tx
+
+    store = hub_store_factory()
+    import_doc(store, sample_master_data())
+    store.publish(NOW, 7 * 86400.0)
+
+    def ask(device: str, receipt: str, points: int) -> int:
+        now = datetime.now(UTC)  # holds live in real time
+        return int(store.authorise(device, receipt, "c-1", points, NOW, [], now, 900).authorised)
+
+    assert ask("till-a", "till-a-1", 1200) == 1200
+    assert ask("till-b", "till-b-1", 500) == 0  # all of c-1's points held
+    store.ingest("till-a", "", [tx("till-a", 1, "c-1", -1200 + 49)], NOW)
+    assert store.balance("c-1", NOW).held == 0  # the sale settled its hold
+    assert ask("till-b", "till-b-1", 500) == 49
+    assert store.balance("c-1", NOW).held == 49
