@@ -16,7 +16,11 @@ Left out of the comparison, and why:
 - `holdExpiresAt`: the agent's clock at the call plus the TTL; the two answers are made
   milliseconds apart by two clocks;
 - a call within a second of some hold's expiry (a hold that expires between the two
-  answers changes the balance and the Confirm): counted as skipped;
+  answers changes the balance and the Confirm): counted as skipped; the holds' expiries
+  are read from the copy's ledger too (`held_expiries`), from the copy to the fresh
+  answer: a hold the sequence made by a retry, or the fresh answer late on a loaded
+  machine, is seen (review 46: a burst's 16 fresh answers, made after its quotes, met an
+  open hold of the customer the long-lived agent had counted expire between them);
 - the wording of INVALID_ARGUMENT over gRPC: the client's proto mapping refuses a body
   that is no `Receipt` (an unknown field, `redeemPoints: "abc"`) before sending it, and
   proto3 reads `"qty": ""` as no qty; the code is still compared.
@@ -41,7 +45,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -317,6 +321,23 @@ def _copy_if_there(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
+def held_expiries(data: Path) -> list[datetime]:
+    """When the holds open in a data directory's ledger expire (its wall clock)."""
+    conn = sqlite3.connect(data / "ledger.db")
+    try:
+        rows = conn.execute("SELECT expires_at FROM receipt_life WHERE state = 'HELD'").fetchall()
+    finally:
+        conn.close()
+    return [datetime.fromisoformat(str(at).replace("Z", "+00:00")) for (at,) in rows]
+
+
+def expiry_within(expiries: list[datetime], start: datetime, end: datetime) -> bool:
+    """Whether one of `expiries` falls between `start` and `end`, a second either side: an
+    answer made before it and another after it may differ (the balance, the Confirm)."""
+    margin = timedelta(seconds=1)
+    return any(start - margin <= at <= end + margin for at in expiries)
+
+
 def copy_state(src: Path, dst: Path) -> None:
     """A consistent copy of a data directory the long-lived agent is not writing now."""
     if dst.exists():
@@ -394,8 +415,10 @@ def clear_module_caches() -> None:
 
 
 class LongLived:
-    # how long `run` may take to write serving.json
-    START_S = 30.0
+    # how long `run` may take to write serving.json: a condition waited for, so generous
+    # (review 46: soak22's restart of `bench.clocked_run` beside load ~46 on two cores
+    # wrote nothing in 30 s and the soak ended there)
+    START_S = 120.0
 
     def __init__(
         self, work: Path, data: Path, extra_config: str = "", command: list[str] | None = None
@@ -419,7 +442,15 @@ class LongLived:
         serving = data / "serving.json"
         while not serving.exists():
             if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError("run did not start: " + self.log.read_text()[-2000:])
+                how = (
+                    f"exited {self.proc.returncode}"
+                    if self.proc.poll() is not None
+                    else (f"not serving after {self.START_S:.0f} s")
+                )
+                if self.proc.poll() is None:  # not left running past the harness
+                    self.proc.kill()
+                    self.proc.wait(30)
+                raise RuntimeError(f"run did not start ({how}): " + self.log.read_text()[-2000:])
             time.sleep(0.05)
         time.sleep(0.1)
         info = json.loads(serving.read_text())
@@ -641,7 +672,9 @@ class Sequence:
     def compare(self, call: str, body: Any, via: str | None = None) -> tuple[str, Any]:
         via = via or ("grpc" if self.rng.random() < 0.25 else "http")
         copy_dir = self.work / "copy"
+        wall0 = datetime.now(UTC)
         copy_state(self.data, copy_dir)
+        expiries = held_expiries(copy_dir)
         t0 = time.monotonic()
         got = long_answer(self.ll, call, body, via)
         want = fresh_answer(copy_dir, call, body, via)
@@ -664,6 +697,9 @@ class Sequence:
         if any(abs(t0 - (h + PROGRAM_TTL)) < 1.0 for h in self.held.values()):
             # another receipt's hold expiring between the answers changes the balance
             self.skipped += 1
+            return got
+        if expiry_within(expiries, wall0, datetime.now(UTC)):
+            self.skipped += 1  # as read from the ledger (a retry's hold; a slow answer)
             return got
         if (
             via == "grpc"
@@ -785,7 +821,9 @@ class Sequence:
             b["receiptId"] = rid
             bodies.append(b)
         before = self.work / "copy-before"
+        wall0 = datetime.now(UTC)
         copy_state(self.data, before)
+        expiries = held_expiries(before)
         v = self.version + 1
         doc = {
             "version": v,
@@ -854,9 +892,16 @@ class Sequence:
         for t in threads:
             t.join()
         self.version = v
-        for b, via, ans in results:
-            wa = fresh_answer(before, "quote", b, via)
-            wb = fresh_answer(after, "quote", b, via)
+        fresh = [
+            (fresh_answer(before, "quote", b, via), fresh_answer(after, "quote", b, via))
+            for b, via, _ in results
+        ]
+        if expiry_within(expiries, wall0, datetime.now(UTC)):
+            # a hold open at the quotes expired before the fresh answers: not comparable
+            self.skipped += len(results)
+            self.counts["burst quotes"] = self.counts.get("burst quotes", 0) + len(results)
+            return
+        for (b, via, ans), (wa, wb) in zip(results, fresh, strict=True):
             worded = via == "grpc" and ans[0] == "error" and ans[1][0] == "INVALID_ARGUMENT"
             if normal(ans) in (normal(wa), normal(wb)) or worded:
                 self.compared += 1

@@ -176,6 +176,11 @@ class Walk:
         self.sales[rid] = _figures(doc)
 
     def step(self, kill: str | None = None) -> None:
+        if kill == "pg":
+            # the hub's connections are there to terminate: a hub killed a step or two
+            # before (away 0-3 s) had none, and the kill found nothing (review 46: seeds
+            # 46102 and 46103, "pg connections terminated": 0 in a walk of every kind once)
+            self.hub_down_until = 0
         self.hub_back()
         till = self.rng.choice(self.rig.tills)
         mine = [rid for rid, (t, _) in self.open_holds.items() if t is till]

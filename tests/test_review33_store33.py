@@ -30,6 +30,9 @@ Shortened: nothing on the tills or the hub (their shipped defaults); the soak's 
 (55 s of calls, the fault times) is what a test can wait.
 
 `TILLPOINT_SOAK_SEED=N` replays a plan; the seed is printed and named in every failure.
+`TILLPOINT_SOAK_TILLS=N` (2-8) and `TILLPOINT_SOAK_SECONDS=S` (review 46) run a larger
+store or a longer soak (the fault schedule again in each further 55 s); unset, the plan
+is as before.
 """
 
 from __future__ import annotations
@@ -64,7 +67,12 @@ EXE = str(Path(sys.executable).with_name("tillpoint"))
 REPO = Path(__file__).resolve().parent.parent
 MILK, BREAD, CHEESE = "4601234000017", "4601234000024", "4601234000055"
 PRICES = {MILK: 8990, BREAD: 7500, CHEESE: 45000}
-DEVICES = ("till-a", "till-b", "till-c")
+# `TILLPOINT_SOAK_TILLS=N` (2-8) runs a store of N tills (till-a, till-b, ...) and
+# `TILLPOINT_SOAK_SECONDS=S` a longer soak, the faults' 55 s schedule again in each further
+# 55 s (review 46): a seed's plan is unchanged when neither is set.
+SOAK_TILLS = min(8, max(2, int(os.environ.get("TILLPOINT_SOAK_TILLS") or 3)))
+SOAK_SECONDS = max(55.0, float(os.environ.get("TILLPOINT_SOAK_SECONDS") or 55))
+DEVICES = tuple(f"till-{c}" for c in "abcdefgh"[:SOAK_TILLS])
 # c-1 and c-3: everyday sales, refunds, coupons; c-2: only the two-tills redemption race
 # (its balance then follows from the race alone); c-4: starts at 0.
 CARDS = {"c-1": "2770000000017", "c-2": "2770000000024", "c-3": "2770000000031"}
@@ -572,9 +580,17 @@ class Store:
         if all(r is not None and r.get("mode") == "ONLINE" for r in results) and synced:
             self.counts["points_race_checked"] += 1
             spent = sum(int(r.get("redeemedPoints", 0)) for r in results)
-            if spent > max(before, 0):
+            # The first sale committed may be pushed and ingested before the hub answers
+            # the second till: its earned points are then c-2's at the hub, theirs to
+            # spend (review 46, seed 46013: 153 at till-b, earning 49, ingested 4 ms
+            # before till-a was granted exactly 49; the hub never held more than c-2 had).
+            # Only the sale answered first can help the other: the larger of the two.
+            earned = max(int(r.get("earnedPoints", 0)) for r in results if r is not None)
+            if spent > max(before, 0) + earned:
                 self.problem(
-                    f"c-2 redeemed {spent} ONLINE at two tills with {before} (CONTRACT §9)"
+                    f"c-2 redeemed {spent} ONLINE at two tills with {before}, the sales"
+                    f" earning {[int(r.get('earnedPoints', 0)) for r in results if r]}"
+                    " (CONTRACT §9)"
                 )
 
     def lane(self, rng: random.Random, until: float) -> None:
@@ -611,9 +627,11 @@ class Store:
         if done.returncode != 0:
             self.problem(f"hub import {name}: {done.returncode} {done.stderr.strip()}")
 
-    def kill_between_hold_and_confirm(self, rng: random.Random) -> None:
+    def kill_between_hold_and_confirm(self, rng: random.Random, coupon: bool = True) -> None:
+        """`coupon`: the last one-time code on the held receipt (the first time only)."""
         till = rng.choice(DEVICES)
-        body = self.receipt(rng, till, "c-3", coupons=[COUPONS[-1]], redeemPoints=40)
+        codes = [COUPONS[-1]] if coupon else []
+        body = self.receipt(rng, till, "c-3", coupons=codes, redeemPoints=40)
         code, held = self.tills[till].call("hold", body)
         if code != 200:
             self.problem(f"hold before the kill at {till}: {code} {held}")
@@ -630,32 +648,36 @@ class Store:
         self.record_sale(till, "c-3", body, doc)
         self.counts["till_killed_held"] += 1
 
-    def faults(self, rng: random.Random, t0: float) -> None:
-        def at(second: float) -> None:
-            time.sleep(max(0.0, t0 + second - time.monotonic()))
+    def faults(self, rng: random.Random, t0: float, cycles: int = 1) -> None:
+        """The 55 s schedule of faults, `cycles` times one after the other."""
+        for cycle in range(cycles):
+            start = t0 + 55 * cycle
 
-        at(6)
-        self.stop_hub(signal.SIGKILL)
-        time.sleep(3)
-        self.start_hub()
-        at(14)
-        self.proxy.mode = "drop"  # the link looks alive, nothing passes
-        time.sleep(4)
-        self.proxy.mode = "pass"
-        self.proxy.cut_all()
-        at(27)
-        self.stop_hub(signal.SIGTERM)
-        time.sleep(3)
-        self.start_hub()
-        at(33)
-        self.kill_between_hold_and_confirm(rng)
-        at(40)
-        done = self.hub_cli("publish")
-        if done.returncode != 0:
-            self.problem(f"hub publish: {done.returncode} {done.stderr.strip()}")
-        self.proxy.mode = "reset"
-        time.sleep(2)
-        self.proxy.mode = "pass"
+            def at(second: float, start: float = start) -> None:
+                time.sleep(max(0.0, start + second - time.monotonic()))
+
+            at(6)
+            self.stop_hub(signal.SIGKILL)
+            time.sleep(3)
+            self.start_hub()
+            at(14)
+            self.proxy.mode = "drop"  # the link looks alive, nothing passes
+            time.sleep(4)
+            self.proxy.mode = "pass"
+            self.proxy.cut_all()
+            at(27)
+            self.stop_hub(signal.SIGTERM)
+            time.sleep(3)
+            self.start_hub()
+            at(33)
+            self.kill_between_hold_and_confirm(rng, coupon=cycle == 0)
+            at(40)
+            done = self.hub_cli("publish")
+            if done.returncode != 0:
+                self.problem(f"hub publish: {done.returncode} {done.stderr.strip()}")
+            self.proxy.mode = "reset"
+            time.sleep(2)
+            self.proxy.mode = "pass"
 
     def deltas(self, rng: random.Random, until: float) -> None:
         """Deltas published (`hub import --publish`, straight into the database, the hub
@@ -896,7 +918,7 @@ def soak(work: Path, url: str, seconds: float, lanes: int) -> None:
 
         def faults() -> None:
             try:
-                store.faults(fault_rng, t0)
+                store.faults(fault_rng, t0, max(1, int(seconds // 55)))
             except BaseException as exc:
                 errors.append(exc)
 
@@ -904,7 +926,7 @@ def soak(work: Path, url: str, seconds: float, lanes: int) -> None:
         for t in threads:
             t.start()
         for t in threads:
-            t.join(600)
+            t.join(600 + seconds)
         bad = [f"fault thread: {e!r}" for e in errors]
         bad += check_store(store)
         bad += coupons_once(store)
@@ -926,13 +948,14 @@ def soak(work: Path, url: str, seconds: float, lanes: int) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(420 + 3 * (SOAK_SECONDS - 55))
 def test_a_store_of_three_tills_on_one_postgresql_hub_through_outages(
     tmp_path: Path, pg_cluster: Any
 ) -> None:
-    """CONTRACT §9, §11, §13, §6: nothing lost, nothing doubled, every balance agrees."""
+    """CONTRACT §9, §11, §13, §6: nothing lost, nothing doubled, every balance agrees
+    (three tills and 55 s unless `TILLPOINT_SOAK_TILLS` / `TILLPOINT_SOAK_SECONDS` say)."""
     pytest.importorskip("psycopg")
-    soak(tmp_path, pg_cluster.new_database(), seconds=55, lanes=3)
+    soak(tmp_path, pg_cluster.new_database(), seconds=SOAK_SECONDS, lanes=3)
 
 
 # ---------------------------------------------------------------- what the soak's logs showed
