@@ -379,7 +379,7 @@ def publisher(root: Path, work: Path, stop: threading.Event, hub_up: threading.E
     """A delta published at the hub now and then (the tills pull it)."""
     rng = random.Random(7)
     n = 0
-    while not stop.wait(45):
+    while not stop.wait(float(os.environ.get("LEAKDAY_PUBLISH_S", "45"))):
         if not hub_up.is_set():
             continue
         n += 1
