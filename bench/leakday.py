@@ -7,18 +7,19 @@ refuses connections), then a mixed day against till-1 for MINUTES after a warm-u
 quotes of growing baskets, holds (the program's TTL is 3 s: many expire), confirms,
 cancels, checkouts, refunds, balances and identifications over HTTP and gRPC, known and
 never-seen cards and phones (each unknown one new), coupons, fresh receipt ids throughout,
-snapshot deltas published at the hub, `/healthz`, `/v1/status` and `/metrics` read, and
-two hub outages (SIGKILL, restarted ~40 s later) while the POS goes on. The other tills
-sell and push beside it (the hub's per-till state).
+snapshot deltas published at the hub (every 45 s, `LEAKDAY_PUBLISH_S`), `/healthz`,
+`/v1/status` and `/metrics` read, and two hub outages (SIGKILL, restarted ~40 s later)
+while the POS goes on. The other tills sell and push beside it (the hub's per-till state).
 
 Every process runs the real command line (`tillpoint.agent.cli.main`) under
 `python -m bench.leakday serve COUNTS ARGS...`: a daemon thread that, when the file
 COUNTS.req appears, writes the process's RSS, `sys.getallocatedblocks()` after a
-`gc.collect()`, its threads, open files, and its GC-tracked objects by type to COUNTS.N
-(nothing else changes; no debug hook in the product). The report compares the samples
-after the warm-up with the last: anything growing with the calls shows as a type whose
-count climbs and blocks that do not level off.
-"""
+`gc.collect()`, SQLite's `sqlite3_memory_used`, glibc's `mallinfo2`, its threads, open
+files by kind, and its GC-tracked objects by type to COUNTS.N (nothing else changes; no
+debug hook in the product). The report compares the first sample after the hub's last
+restart with the last: anything growing with the calls shows as a type whose count climbs
+and blocks that do not level off. Results: docs/PERFORMANCE.md, "What a long-running till
+and its hub keep"."""
 
 from __future__ import annotations
 
