@@ -46,16 +46,8 @@ from .test_review26_life26 import held_at_hub as held
 from .test_review33_hold33 import OFFLINE_LIMIT, held_at_hub
 from .test_review44_hold44 import TIMINGS, SecondHeldBack, held_twice
 from .test_review44_hold44 import second as second  # the fixture
+from .test_review45_ask45 import asks
 from .test_review45_ask45 import late_hub as late_hub  # the fixture: hold44's hub, SQLite
-
-
-def asks(data_dir: Path) -> list[tuple[str, str]]:
-    conn = sqlite3.connect(data_dir / "ledger.db")
-    try:
-        rows = conn.execute("SELECT receipt_id, asked_at FROM hub_asks").fetchall()
-        return [(str(r), str(a)) for r, a in rows]
-    finally:
-        conn.close()
 
 
 class Writes:

@@ -36,7 +36,6 @@ waits out is most of it); the slow pass adds the PostgreSQL twins of flake39's h
 from __future__ import annotations
 
 import json
-import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -58,20 +57,8 @@ from .test_review39_flake39 import held_back as held_back  # the fixture
 from .test_review39_flake39 import hub as hub  # the fixture: flake39's hub, held_back's
 from .test_review44_hold44 import TIMINGS, SecondHeldBack, held_twice
 from .test_review44_hold44 import second as second  # the fixture
+from .test_review45_ask45 import asks, failing_commit
 from .test_review45_ask45 import late_hub as late_hub  # the fixture: hold44's hub, SQLite
-
-
-def asks(data_dir: Path) -> list[tuple[str, str]]:
-    conn = sqlite3.connect(data_dir / "ledger.db")
-    try:
-        rows = conn.execute("SELECT receipt_id, asked_at FROM hub_asks").fetchall()
-        return [(str(r), str(a)) for r, a in rows]
-    finally:
-        conn.close()
-
-
-def failing_commit(*args: Any, **kwargs: Any) -> None:
-    raise sqlite3.OperationalError("disk I/O error")
 
 
 def cli_reset(
