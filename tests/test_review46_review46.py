@@ -1,0 +1,102 @@
+"""Review 46 (review46): a second pair of eyes on the session's product changes
+(pgrace46's hub lock order and points-hold drop, reset46's owed releases, flake46's
+handback of logging and signals in `main(argv)`).
+
+Each test pins a promise the helpers' own tests (tests/test_review46_*.py) do not hold:
+
+- flake46 hands the caller's SIGTERM, SIGINT and SIGHUP handlers back when `main(argv)`
+  returns. A process whose program is `main(argv)` (bench/serving_ab.py runs `run` so)
+  must still stop as `tillpoint run` does: SIGHUP logged and ignored while it serves,
+  SIGTERM and SIGINT a clean stop, exit 0. The suite's process tests use the `tillpoint`
+  script, whose `main()` takes the other branch. Real process, real ports, systemd's
+  notify socket for READY.
+- pgrace46's drop in `hold_coupons` (a points hold of the receipt placed before the
+  call's arrival): two calls with the same arrival (a hub clock of coarse resolution, or
+  one stepped back onto the same microsecond) do not drop each other's hold, and a
+  call's own points hold stays whatever its stamp's sub-second digits (the bound is
+  `arrived` − 1 µs, in text, compared as text: checked at a second's and a
+  millisecond's edge). Both hub stores.
+- pgrace46's migration 12: a hub of the release before (schema 11, this module's
+  migrations up to 11 stand for its code) refuses the migrated database cleanly (a
+  `StorageError` naming the later release, no traceback), and the migrated database
+  answers this release's claims with the holds it had.
+- reset46: a reset run twice within the window keeps each owed release once (the second
+  reset lists the kept row again, releases it once more, and keeps it; the gauge counts
+  it once).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from tillpoint.agent.service import Agent
+from tillpoint.v1 import tillpoint_pb2 as pb
+from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
+
+from .conftest import free_port, snapshot
+
+# ------------------------------------------------ flake46: main(argv) as a process's program
+
+MAIN_ARGV = "import sys; from tillpoint.agent.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_run_under_main_argv_as_its_own_process_stops_on_its_signals_as_before(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
+    """CONTRACT §10 (a clean stop is exit 0), DECISIONS flake46. `main(argv)` hands the
+    caller's signal handlers back when it returns, not before: a process whose program is
+    `main(argv)` runs `run` with `run`'s handlers (SIGHUP logged and ignored, the agent
+    still serving; SIGTERM or SIGINT the drained stop, exit 0, "stopped" logged). Found
+    right; pinned, since the suite's process tests all start the `tillpoint` script."""
+    data = tmp_path / "data"
+    Agent(data, "till-1").load_snapshot(snapshot())
+    port = free_port()
+    conf = tmp_path / "tillpoint.toml"
+    conf.write_text(
+        f'device_id = "till-1"\ndata_dir = "{data}"\n'
+        f'[server]\nlisten = "127.0.0.1:{port}"\n'
+        '[metrics]\nenabled = false\n'
+        '[http]\nlisten = "127.0.0.1:0"\n'
+        '[log]\nformat = "json"\n'
+    )
+    notify_path = str(tmp_path / "notify.sock")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(notify_path)
+    notify.settimeout(60)
+    env = dict(os.environ, NOTIFY_SOCKET=notify_path)
+    env.pop("TILLPOINT_DEVICE_ID", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", MAIN_ARGV, "--config", str(conf), "run"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert notify.recv(100).decode() == "READY=1"
+        proc.send_signal(signal.SIGHUP)  # logged and ignored: still serving
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.PosAgentStub(channel)
+            assert stub.Status(pb.StatusRequest(), timeout=20).device_id == "till-1"
+        assert proc.poll() is None
+        proc.send_signal(stop)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err[-3000:]
+        assert "SIGHUP ignored" in err, err[-3000:]
+        assert '"stopped"' in err, err[-3000:]
+        assert "Traceback" not in err, err[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        notify.close()
