@@ -66,7 +66,7 @@ def test_run_under_main_argv_as_its_own_process_stops_on_its_signals_as_before(
     conf.write_text(
         f'device_id = "till-1"\ndata_dir = "{data}"\n'
         f'[server]\nlisten = "127.0.0.1:{port}"\n'
-        '[metrics]\nenabled = false\n'
+        "[metrics]\nenabled = false\n"
         '[http]\nlisten = "127.0.0.1:0"\n'
         '[log]\nformat = "json"\n'
     )
@@ -100,3 +100,82 @@ def test_run_under_main_argv_as_its_own_process_stops_on_its_signals_as_before(
             proc.kill()
             proc.wait(10)
         notify.close()
+
+
+# ------------------------------------------------ pgrace46: what the coupon step's drop keeps
+
+
+def _edge() -> datetime:
+    """The next whole second of the wall clock (the holds live in real time): an arrival
+    whose `arrived` − 1 µs is the second before, 59.999999 s in text."""
+    return datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
+
+
+def test_a_coupon_step_keeps_its_own_points_hold_at_a_seconds_edge_on_both_paths(
+    hub_store_factory: Any,
+) -> None:
+    """DECISIONS pgrace46 (b). The drop's bound is the text of `arrived` − 1 µs, compared
+    as text with the holds' `created_at`: an arrival on a whole second has its bound in
+    the second before ("…:59.999999Z"). The call's own points hold (stamped at the
+    arrival, "….000000Z"), placed by the optimistic claim or by the locked path (the till
+    lists an unsent movement), stays; a hold placed 1 µs before the arrival goes. Found
+    right on both stores."""
+    from tillpoint.agent.ledger import utc_text
+    from tillpoint.sync.hub_store import Unsynced
+
+    from .test_review46_pgrace46 import CUSTOMER, DEVICE, TTL_S, _hub, _points_holds
+    from .test_hub_claim import NOW
+
+    hub = _hub(hub_store_factory())
+    arrived = _edge()
+    assert utc_text(arrived).endswith(".000000Z")
+    # the optimistic path (no unsent movements)
+    assert hub.authorise(DEVICE, "r1", CUSTOMER, 300, NOW, [], arrived, TTL_S).authorised == 300
+    assert (
+        hub.hold_coupons(DEVICE, "r1", CUSTOMER, ["NEW-1"], arrived, TTL_S, arrived=arrived) == []
+    )
+    assert _points_holds(hub, "r1") == [(300, utc_text(arrived))]
+    # the locked path (an unsent spend of the till's)
+    unsent = [Unsynced(1, "r-0", -50)]
+    assert hub.authorise(DEVICE, "r2", CUSTOMER, 200, NOW, unsent, arrived, TTL_S).authorised == 200
+    assert (
+        hub.hold_coupons(DEVICE, "r2", CUSTOMER, ["NEW-2"], arrived, TTL_S, arrived=arrived) == []
+    )
+    assert _points_holds(hub, "r2") == [(200, utc_text(arrived))]
+    # a hold of r3 placed 1 µs before its newer call came (the call's points step wrote
+    # nothing): dropped by that call's coupon step
+    before = arrived - timedelta(microseconds=1)
+    assert hub.authorise(DEVICE, "r3", CUSTOMER, 0, NOW, [], arrived, TTL_S).authorised == 0
+    assert hub.authorise(DEVICE, "r3", CUSTOMER, 100, NOW, [], before, TTL_S).authorised == 100
+    assert (
+        hub.hold_coupons(DEVICE, "r3", CUSTOMER, ["NEW-3"], arrived, TTL_S, arrived=arrived) == []
+    )
+    assert _points_holds(hub, "r3") == []
+    assert hub.balance(CUSTOMER, NOW).held == 300 + 200 + 50
+
+
+def test_two_calls_of_one_receipt_with_the_same_arrival_keep_each_others_points_hold(
+    hub_store_factory: Any,
+) -> None:
+    """DECISIONS pgrace46 (b), review 39 (grant39). Two calls of one receipt stamped with
+    the same arrival (a hub clock stepped back onto the microsecond of an earlier call, or
+    one of coarse resolution) cannot be told apart: the later coupon step neither refuses
+    as `Superseded` (nothing placed after its arrival) nor drops the other's points hold
+    (nothing placed before it). The receipt keeps the hold, as grant39 keeps the older
+    call's hold when the stamps are out of order; no hold of the same stamp is dropped.
+    Found right on both stores (the lesser harm: a hold kept for the receipt's life, not
+    the points of a priced receipt given to another till)."""
+    from tillpoint.agent.ledger import utc_text
+
+    from .test_review46_pgrace46 import CUSTOMER, DEVICE, TTL_S, _coupon_holds, _hub, _points_holds
+    from .test_hub_claim import NOW
+
+    hub = _hub(hub_store_factory())
+    arrived = _edge()
+    assert hub.authorise(DEVICE, "r1", CUSTOMER, 0, NOW, [], arrived, TTL_S).authorised == 0
+    assert hub.authorise(DEVICE, "r1", CUSTOMER, 100, NOW, [], arrived, TTL_S).authorised == 100
+    assert (
+        hub.hold_coupons(DEVICE, "r1", CUSTOMER, ["NEW-1"], arrived, TTL_S, arrived=arrived) == []
+    )
+    assert _points_holds(hub, "r1") == [(100, utc_text(arrived))]
+    assert _coupon_holds(hub, "r1") == [("NEW-1", utc_text(arrived))]
