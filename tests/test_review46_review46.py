@@ -43,6 +43,8 @@ from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
 from .conftest import free_port, snapshot
+from .test_review39_flake39 import held_back as held_back  # the fixture of `hub`
+from .test_review39_flake39 import hub as hub  # the fixture: flake39's hub
 
 # ------------------------------------------------ flake46: main(argv) as a process's program
 
@@ -179,3 +181,43 @@ def test_two_calls_of_one_receipt_with_the_same_arrival_keep_each_others_points_
     )
     assert _points_holds(hub, "r1") == [(100, utc_text(arrived))]
     assert _coupon_holds(hub, "r1") == [("NEW-1", utc_text(arrived))]
+
+
+# ------------------------------------------------ reset46: a reset run twice within the window
+
+
+def test_a_second_reset_within_the_window_keeps_the_owed_release_once(
+    hub: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DECISIONS reset46. An engineer runs `reset` again (the first one's answer not read,
+    or a script that resets twice) while a release it kept owed is still in its window:
+    the second reset lists the kept row (an unstored ask), releases it once more, keeps it
+    owed again at the ask's own time (the row as it was: the window does not grow), and
+    the gauge counts it once; nothing is left to expire at the hub. Found right."""
+    from tillpoint.agent import ledger
+
+    from .conftest import enrolled_till
+    from .test_review33_hold33 import a_receipt, held_at_hub
+    from .test_review44_hold44 import TIMINGS
+    from .test_review46_reset46 import asks, failing_commit
+
+    a = enrolled_till(hub, tmp_path / "a", "a", timings=TIMINGS)
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(ledger, "insert_life", failing_commit)
+            with pytest.raises(Exception, match="disk I/O error"):
+                a.agent.hold(a_receipt("lost-1"))
+        kept = asks(a.data_dir)
+        assert [r for r, _ in kept] == ["lost-1"]
+        first = a.agent.reset(force=True)
+        assert (first.hub_holds_released, first.hub_releases_owed) == (1, 1)
+        assert held_at_hub(hub) == 0
+        second = a.agent.reset(force=True)
+        assert second.hub_releases_owed == 1
+        assert second.hub_holds_left == 0
+        assert second.hub_releases_owed_until  # told again (the wall clock, as the first)
+        assert asks(a.data_dir) == kept  # the ask's own time, kept once
+        assert a.agent.hub_calls_owed() == {"release": 1, "shrink": 0}
+        assert held_at_hub(hub) == 0
+    finally:
+        a.stop()
