@@ -22,7 +22,10 @@ Each test pins a promise the helpers' own tests (tests/test_review46_*.py) do no
   answers this release's claims with the holds it had.
 - reset46: a reset run twice within the window keeps each owed release once (the second
   reset lists the kept row again, releases it once more, and keeps it; the gauge counts
-  it once).
+  it once); a receipt held again after the reset OFFLINE, without asking the hub (its
+  commit forgets the kept row, and the hub has no newer hold to refuse the late grant),
+  then cancelled: the late grant is released by the Cancel's own release. Real hub on
+  127.0.0.1 (SQLite), tills with their links and ledgers.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 from .conftest import free_port, snapshot
 from .test_review39_flake39 import held_back as held_back  # the fixture of `hub`
 from .test_review39_flake39 import hub as hub  # the fixture: flake39's hub
+from .test_review44_hold44 import second as second  # the fixture
+from .test_review45_ask45 import late_hub as late_hub  # the fixture: hold44's hub, SQLite
 
 # ------------------------------------------------ flake46: main(argv) as a process's program
 
@@ -220,4 +225,48 @@ def test_a_second_reset_within_the_window_keeps_the_owed_release_once(
         assert a.agent.hub_calls_owed() == {"release": 1, "shrink": 0}
         assert held_at_hub(hub) == 0
     finally:
+        a.stop()
+
+
+def test_a_receipt_held_again_offline_after_the_reset_leaves_no_late_grant_held(
+    late_hub: Any, tmp_path: Path, second: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DECISIONS reset46. The reset kept r's release owed (a Hold that asked twice, its
+    second grant on its way). The POS sends the Hold again under the same receiptId while
+    the till cannot reach the hub: stored OFFLINE without asking it. Its commit forgets
+    the kept row (as an ONLINE hold's does, whose grant39 stamp then refuses the late
+    grant); here the hub has no newer hold, the late grant lands and is kept (the offline
+    limit), and the POS then cancels: the Cancel's release (the new hold's own, owed as an
+    OFFLINE hold's) drops it, and nothing stays owed after the window. Found right."""
+    from tillpoint.agent.service import LATE_GRANT_S
+    from tillpoint.sync.pull import Puller
+
+    from .conftest import ManualClock, enrolled_till
+    from .test_review33_hold33 import OFFLINE_LIMIT, a_receipt, held_at_hub
+    from .test_review44_hold44 import TIMINGS, held_twice
+    from .test_review46_reset46 import Away
+
+    clock = ManualClock(datetime.now(UTC))
+    a = enrolled_till(late_hub, tmp_path / "a", "a", timings=TIMINGS, clock=clock)
+    real = a.agent.hub
+    try:
+        held_twice(a, second, monkeypatch, "twice-o", clock())
+        assert a.agent.reset(force=True).hub_releases_owed == 1
+        Puller(a.agent, a.link, a.link.enrollment, call_timeout_s=5).pull()
+        clock.advance(5)
+        a.agent.hub = Away(real)
+        again = a.agent.hold(a_receipt("twice-o", at=clock()))
+        assert again.mode == "OFFLINE"
+        a.agent.hub = real
+        second.go.set()
+        assert second.done.wait(30)
+        assert held_at_hub(late_hub) == OFFLINE_LIMIT  # the late grant, landed
+        assert a.agent.cancel("twice-o").state == "CANCELLED"
+        a.agent.retry_hub_releases()
+        clock.advance(LATE_GRANT_S + 10)
+        a.agent.retry_hub_releases()
+        assert held_at_hub(late_hub) == 0
+        assert a.agent.hub_calls_owed() == {"release": 0, "shrink": 0}
+    finally:
+        second.go.set()
         a.stop()
