@@ -130,8 +130,8 @@ def test_a_coupon_step_keeps_its_own_points_hold_at_a_seconds_edge_on_both_paths
     from tillpoint.agent.ledger import utc_text
     from tillpoint.sync.hub_store import Unsynced
 
-    from .test_review46_pgrace46 import CUSTOMER, DEVICE, TTL_S, _hub, _points_holds
     from .test_hub_claim import NOW
+    from .test_review46_pgrace46 import CUSTOMER, DEVICE, TTL_S, _hub, _points_holds
 
     hub = _hub(hub_store_factory())
     arrived = _edge()
@@ -174,8 +174,8 @@ def test_two_calls_of_one_receipt_with_the_same_arrival_keep_each_others_points_
     the points of a priced receipt given to another till)."""
     from tillpoint.agent.ledger import utc_text
 
-    from .test_review46_pgrace46 import CUSTOMER, DEVICE, TTL_S, _coupon_holds, _hub, _points_holds
     from .test_hub_claim import NOW
+    from .test_review46_pgrace46 import CUSTOMER, DEVICE, TTL_S, _coupon_holds, _hub, _points_holds
 
     hub = _hub(hub_store_factory())
     arrived = _edge()
