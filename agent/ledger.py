@@ -2060,7 +2060,8 @@ def kept_hub_ask(conn: sqlite3.Connection, receipt_id: str) -> str | None:
     OFFLINE that asked the hub more than once: its release stays owed while a later
     request's grant may land, whatever the hub answers; review 44's hold44 note, kept in
     the ledger since review 45 so that a restart or another process knows it; `reset`
-    forgets it with the rest)."""
+    forgets it with the rest, and keeps the release owed as an unstored ask's while a
+    grant may land: `keep_owed_releases`, review 46)."""
     row = conn.execute(
         "SELECT asked_at FROM hub_asks WHERE receipt_id = ?", (receipt_id,)
     ).fetchone()

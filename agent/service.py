@@ -1193,6 +1193,15 @@ class Agent:
         since = ledger.utc_text(self._now() - timedelta(seconds=LATE_GRANT_S))
         return life.mode == "OFFLINE" and life.held_at > since
 
+    def _unstored_window(self) -> timedelta:
+        """How long after an unstored ask's last noted request its grant may still land:
+        `LATE_GRANT_S` plus the hub's deadline (`timeout_s`, optional as `shrink` is): a
+        till killed inside its write transaction lost the note of a request made at most
+        that much later (review 45, ask45; `_release_unstored`, and `reset`'s kept
+        releases, review 46)."""
+        deadline_s = float(getattr(self.hub, "timeout_s", 0.0) or 0.0)
+        return timedelta(seconds=LATE_GRANT_S + deadline_s)
+
     def on_hub_call_owed(self, listener: Callable[[], None]) -> None:
         """`listener` (quick, from any thread) is told when a call to the hub is owed at
         once: a hold priced OFFLINE whose request placed a hold there all the same (its
@@ -1409,10 +1418,8 @@ class Agent:
         # or the failed transaction). Counted from the ask's last request as the ledger
         # keeps it (`note_hub_ask` replaces the time at each request committed; a failed
         # transaction's is written again, `_keep_last_ask`), plus the hub's deadline
-        # (`timeout_s`, optional as `shrink` is): a till killed inside its write
-        # transaction lost the note of a request made at most that much later.
-        deadline_s = float(getattr(self.hub, "timeout_s", 0.0) or 0.0)
-        late = ledger.utc_text(now - timedelta(seconds=LATE_GRANT_S + deadline_s))
+        # (`_unstored_window`).
+        late = ledger.utc_text(now - self._unstored_window())
         with self._lock:
             asks = ledger.unstored_hub_asks(self._ledger)
         released = 0
@@ -2664,8 +2671,7 @@ class Agent:
                 )
             # on the open holds' time line, as `_grant_may_come` and `_release_unstored`
             now = self._now()
-            deadline_s = float(getattr(self.hub, "timeout_s", 0.0) or 0.0)
-            window = timedelta(seconds=LATE_GRANT_S + deadline_s)
+            window = self._unstored_window()
             with self._write() as conn:
                 hub_holds = ledger.open_hub_holds(conn)
                 # A grant may still land after the release sent below (a Hold priced
