@@ -6,11 +6,18 @@ worker that has run a thousand tests: pathlib's `sys.intern` met its resize in C
 its new copy but not the old one, allocated before tracing began. What a call keeps is
 blocks that multiply with the calls, never one block of a quarter megabyte; such blocks are
 set aside and named in the failure message.
+
+What fills to a bound (sqlite3's statement caches, the interpreter's free lists of lists
+and dicts, where a list of weak references stood) fills in some window, at its own pace
+and from wherever the worker left it: the leak tests read two windows one after the other
+and keep the smaller (`least_kept`). A leak of every call grows in both.
 """
 
 from __future__ import annotations
 
 import tracemalloc
+from collections.abc import Callable
+from dataclasses import dataclass
 
 TABLE_REBUILT = 256 * 1024
 
@@ -42,3 +49,34 @@ def settled() -> None:
                 if type(held) is list and held and type(held[0]) is weakref.ReferenceType:
                     held[:] = [ref for ref in held if ref() is not None]
     gc.collect()
+
+
+@dataclass(frozen=True)
+class Kept:
+    """One window's reading: bytes kept, the single large blocks set aside, the lines
+    that kept most (for the failure message)."""
+
+    grown: int
+    rebuilt: list[tracemalloc.StatisticDiff]
+    top: list[tracemalloc.StatisticDiff]
+
+    def __str__(self) -> str:
+        return f"{self.grown} bytes (rebuilt: {self.rebuilt}; most: {self.top})"
+
+
+def least_kept(
+    run_window: Callable[[int], None], between: Callable[[], None] = settled, windows: int = 2
+) -> tuple[Kept, list[Kept]]:
+    """Run `run_window(k)` for k in 0..windows-1 with tracing already started, `between()`
+    and a snapshot before and after each; (the window that kept least, every window)."""
+    between()
+    before = tracemalloc.take_snapshot()
+    read: list[Kept] = []
+    for k in range(windows):
+        run_window(k)
+        between()
+        after = tracemalloc.take_snapshot()
+        grown, rebuilt = kept_bytes(before, after)
+        read.append(Kept(grown, rebuilt, after.compare_to(before, "lineno")[:5]))
+        before = after
+    return min(read, key=lambda kept: kept.grown), read
