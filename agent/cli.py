@@ -283,9 +283,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     encodings (review 38, rev38i; review 39, rev39b: GRPC_VERBOSITY and the streams
     were left changed there for good), its root logger's handlers and level and its
     SIGTERM, SIGINT and SIGHUP handlers (review 46, flake46: `run` and `hub serve` left
-    theirs, INFO to that call's stderr and a relay to their ended stop, for good)."""
+    theirs, INFO to that call's stderr and a relay to their ended stop, for good), and
+    its cyclic collector (session 47: a `run` that served left every object of the
+    process frozen, never collected, and the young threshold at 10,000). glibc's malloc
+    arena limit a `run` sets stays: glibc cannot lift it again, and it costs no speed."""
     if argv is None:
         return _main(None)
+    import gc
     import logging
     import signal
     import threading
@@ -294,6 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logged = root.handlers[:], root.level
     stopping = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     handlers = [signal.getsignal(signum) for signum in stopping]
+    collector = gc.get_threshold(), gc.get_freeze_count()
     stderr = sys.stderr
     codings = [
         (stream, stream.encoding, stream.errors)
@@ -320,6 +325,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for signum, handler in zip(stopping, handlers, strict=True):
                 if handler is not None and signal.getsignal(signum) != handler:
                     signal.signal(signum, handler)
+        gc.set_threshold(*collector[0])
+        if not collector[1] and gc.get_freeze_count():  # a caller's own freeze stays
+            gc.unfreeze()
 
 
 def _main(argv: Sequence[str] | None) -> int:

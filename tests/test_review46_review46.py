@@ -56,16 +56,9 @@ from .test_review45_ask45 import late_hub as late_hub  # the fixture: hold44's h
 MAIN_ARGV = "import sys; from tillpoint.agent.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
-@pytest.mark.timeout(120)
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_run_under_main_argv_as_its_own_process_stops_on_its_signals_as_before(
-    tmp_path: Path, stop: signal.Signals
-) -> None:
-    """CONTRACT §10 (a clean stop is exit 0), DECISIONS flake46. `main(argv)` hands the
-    caller's signal handlers back when it returns, not before: a process whose program is
-    `main(argv)` runs `run` with `run`'s handlers (SIGHUP logged and ignored, the agent
-    still serving; SIGTERM or SIGINT the drained stop, exit 0, "stopped" logged). Found
-    right; pinned, since the suite's process tests all start the `tillpoint` script."""
+def till_config(tmp_path: Path) -> tuple[Path, int]:
+    """A till's data with the snapshot loaded and its configuration file: gRPC on a free
+    port of 127.0.0.1 (returned), HTTP on any, no /metrics, JSON logs."""
     data = tmp_path / "data"
     Agent(data, "till-1").load_snapshot(snapshot())
     port = free_port()
@@ -77,6 +70,20 @@ def test_run_under_main_argv_as_its_own_process_stops_on_its_signals_as_before(
         '[http]\nlisten = "127.0.0.1:0"\n'
         '[log]\nformat = "json"\n'
     )
+    return conf, port
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_run_under_main_argv_as_its_own_process_stops_on_its_signals_as_before(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
+    """CONTRACT §10 (a clean stop is exit 0), DECISIONS flake46. `main(argv)` hands the
+    caller's signal handlers back when it returns, not before: a process whose program is
+    `main(argv)` runs `run` with `run`'s handlers (SIGHUP logged and ignored, the agent
+    still serving; SIGTERM or SIGINT the drained stop, exit 0, "stopped" logged). Found
+    right; pinned, since the suite's process tests all start the `tillpoint` script."""
+    conf, port = till_config(tmp_path)
     notify_path = str(tmp_path / "notify.sock")
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(notify_path)

@@ -1,0 +1,65 @@
+"""Session 47 (lead): what `main(argv)` hands back to a caller's process after a `run`
+that served.
+
+flake46 handed back the root logger and the stop signals; a `run` that got as far as
+serving also settles the cyclic collector for its own life (`app.settle_collector`:
+every object of the process frozen, the young threshold 10,000). Left so, a program that
+embeds the CLI (a wrapper, a bench, a test worker) never collected any object it had
+made before the `run` again. A real process whose program is `main(argv)`, serving on
+real ports until SIGTERM, then printing its collector's state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+from tillpoint.v1 import tillpoint_pb2 as pb
+from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
+
+from .test_review46_review46 import till_config
+
+PROGRAM = """
+import gc, json, sys
+from tillpoint.agent.cli import main
+gc.set_threshold(700, 10, 10)
+before = [gc.get_threshold(), gc.get_freeze_count()]
+code = main(sys.argv[1:])
+print(json.dumps({"code": code, "before": before,
+                  "after": [gc.get_threshold(), gc.get_freeze_count()]}))
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_run_under_main_argv_hands_the_collector_back(tmp_path: Path) -> None:
+    conf, port = till_config(tmp_path)
+    env = dict(os.environ)
+    env.pop("TILLPOINT_DEVICE_ID", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PROGRAM, "--config", str(conf), "run"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=60)
+            stub = pb_grpc.PosAgentStub(channel)
+            assert stub.Status(pb.StatusRequest(), timeout=20).device_id == "till-1"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 0, err[-3000:]
+    state = json.loads(out.splitlines()[-1])
+    assert state["code"] == 0
+    assert state["after"] == state["before"] == [[700, 10, 10], 0], (state, err[-2000:])
