@@ -941,3 +941,109 @@ def test_http_errors_by_kind(http_till: Http) -> None:
     status, spec = door.call("GET", "/openapi.json")
     calls = ["identify", "quote", "hold", "confirm", "cancel", "checkout", "refund", "balance"]
     assert status == 200 and {f"/v1/{c}" for c in [*calls, "status"]} <= set(spec["paths"])
+
+
+# ---------------------------------------------------------------- §6, §5.4, §13, §12 more
+
+
+def test_a_refund_takes_a_sku_from_its_first_line_with_qty_left_then_the_next(make: Any) -> None:
+    till = make(snapshot(expiring=False, pointsLifetimeDays=0))
+    lines = [(MILK, "1", 10000), (BREAD, "1", 3333), (MILK, "3", 20000)]
+    sale = till.doc("checkout", receipt("r1", *lines, redeemPoints=-1))
+    # 219 points over capacities 100, 33, 600: 29.9, 9.9, 179.3 → 30, 10, 179;
+    # earned on 7000, 2333, 42100 at 10 %: 7, 2.333, 42.1 → 7, 2, 42
+    assert [(ln["redeemedMinor"], ln["earnedPoints"]) for ln in sale["lines"]] == [
+        (3000, 7),
+        (1000, 2),
+        (17900, 42),
+    ]
+    # milk 1 + 1: line 0 whole (30, 7), then a third of line 2 (59, 14)
+    first = till.doc("refund", refund("a", "r1", (MILK, "1"), (MILK, "1")))
+    assert (first["returnedPoints"], first["takenBackPoints"]) == (89, 21)
+    # 2.5 of line 2's 3 returned now: floor(179 × 2.5 / 3) − 59, floor(42 × 2.5 / 3) − 14
+    second = till.doc("refund", refund("b", "r1", (MILK, "1.5")))
+    assert (second["returnedPoints"], second["takenBackPoints"]) == (90, 21)
+    last = till.doc("refund", refund("c", "r1", (MILK, "0.5"), (BREAD, "1")))
+    assert (last["returnedPoints"], last["takenBackPoints"]) == (30 + 10, 7 + 2)
+    assert last["balance"] == {"availablePoints": 1000, "pendingPoints": 0}
+
+
+def test_the_offline_limit_is_the_cards_whichever_way_it_was_scanned(make: Any) -> None:
+    snap = snapshot(expiring=False, offlineRedeemLimitPoints=100, maxRedeemPercent=100)
+    snap["customers"][0]["phone"] = "+79161234567"
+    snap["cards"].append({"number": "2770000000062", "customerId": "c-1", "status": "ACTIVE"})
+    till = make(snap)
+    line = (MILK, "1", 100000)
+    by_phone = receipt("a", line, card="8 916 123-45-67", redeemPoints=80)
+    assert till.doc("checkout", by_phone)["redeemedPoints"] == 80
+    for card in (ANNA, "2770 0000 00017", "9161234567"):
+        assert (
+            till.doc("quote", receipt("b", line, card=card, redeemPoints=-1))["redeemedPoints"]
+            == 20
+        ), card
+    # "for this card": the customer's other card has its own day
+    other = receipt("b", line, card="2770000000062", redeemPoints=-1)
+    assert till.doc("quote", other)["redeemedPoints"] == 100
+
+
+def test_scanned_codes_are_upper_cased_in_any_script_and_lose_their_dashes(make: Any) -> None:
+    offer = {"id": "c1", "kind": "PERCENT_OFF", "skus": [MILK], "value": "10"}
+    offer |= {"couponRequired": True, **DEC}
+    till = make(snapshot([offer], [{"code": "ПРОМО-ЁЖ", "offerId": "c1", **DEC}]))
+    for scanned in ("промо ёж", "ПРОМО–ЁЖ", "Промо\u2011ёж"):
+        result = till.doc("quote", receipt("q", coupons=[scanned]))
+        assert result["coupons"] == [{"code": "ПРОМОЁЖ", "status": "APPLIED", "reason": ""}]
+        assert figures(result) == [(1000, "c1")]
+
+
+def test_text_fields_past_128_characters_are_bad_input(make: Any) -> None:
+    till = make(snapshot())
+    for field in ("receiptId", "storeId", "tillId"):
+        assert "128" in till.refused("quote", receipt("q", **{field: "x" * 129}))
+    assert "128" in till.refused("quote", receipt("q", coupons=["A" * 129]))
+    long_sku = receipt("q")
+    long_sku["lines"][0]["sku"] = "4" * 129
+    assert "128" in till.refused("quote", long_sku)
+    for argv in (["identify", "1" * 129, "--json"], ["balance", "1" * 129, "--json"]):
+        code, out, err = till.run(*argv)
+        assert (code, out) == (2, "") and "128" in err, argv
+    assert till.doc("quote", receipt("x" * 128))["receiptId"] == "x" * 128
+
+
+def test_only_a_found_card_uses_a_code_and_an_unknown_cards_leaves_it_unused(make: Any) -> None:
+    offer = {"id": "c1", "kind": "PERCENT_OFF", "skus": [MILK], "value": "10"}
+    offer |= {"couponRequired": True, **DEC}
+    till = make(snapshot([offer], [{"code": "K1", "offerId": "c1", **DEC}]))
+    stranger = till.doc("checkout", receipt("u1", card=STRANGER, coupons=["K1"]))
+    assert stranger["card"] == {"status": "UNKNOWN"}
+    assert stranger["coupons"][0]["status"] == "REJECTED"
+    assert figures(stranger) == [(0, None)] and stranger["earnedPoints"] == 3
+    anna = till.doc("checkout", receipt("a1", coupons=["K1"]))
+    assert anna["coupons"] == [{"code": "K1", "status": "APPLIED", "reason": ""}]
+    assert figures(anna) == [(1000, "c1")]
+
+
+def test_a_category_cycle_loads_and_its_members_are_each_others_ancestors(make: Any) -> None:
+    """§5 step 2's "any ancestor category" over a snapshot whose parents loop (the contract
+    is silent; docs/CONTRACT.md §3's decision: the hub's import refuses a ring, a till stops
+    its walk up one it is given): pricing ends and an offer on any member reaches the others."""
+    offers = [
+        {"id": "oy", "kind": "PERCENT_OFF", "categories": ["y"], "value": "10", **DEC},
+        {"id": "oz", "kind": "PERCENT_OFF", "categories": ["z"], "value": "20", **DEC},
+        {"id": "of", "kind": "PERCENT_OFF", "categories": ["food"], "value": "1", **DEC},
+    ]
+    snap = snapshot(offers)
+    snap["categories"] += [
+        {"code": "x", "parent": "y", "name": "X"},
+        {"code": "y", "parent": "x", "name": "Y"},
+        {"code": "z", "parent": "z", "name": "Z"},
+    ]
+    snap["products"] += [
+        {"sku": "4601234000079", "name": "X", "category": "x"},
+        {"sku": "4601234000086", "name": "Z", "category": "z"},
+    ]
+    till = make(snap)
+    result = till.doc(
+        "quote", receipt("q", ("4601234000079", "1", 1000), ("4601234000086", "1", 1000))
+    )
+    assert figures(result) == [(100, "oy"), (200, "oz")]
