@@ -1047,3 +1047,24 @@ def test_a_category_cycle_loads_and_its_members_are_each_others_ancestors(make: 
         "quote", receipt("q", ("4601234000079", "1", 1000), ("4601234000086", "1", 1000))
     )
     assert figures(result) == [(100, "oy"), (200, "oz")]
+
+
+def test_every_offer_on_an_excluded_or_unlisted_line_is_excluded_product(make: Any) -> None:
+    offers = [
+        {"id": "of", "kind": "PERCENT_OFF", "categories": ["food"], "value": "10", **DEC},
+        {"id": "ox", "kind": "PERCENT_OFF", "skus": [CIGS, "999"], "value": "10", **DEC},
+        {"id": "mb", "kind": "MULTIBUY", "skus": [CIGS], "buyQty": "1", "freeQty": "1", **DEC},
+        {"id": "bm", "kind": "BONUS_MULTIPLIER", "skus": [CIGS], "value": "2", **DEC},
+    ]
+    till = make(snapshot(offers))
+    result = till.doc("quote", receipt("q", (CIGS, "2", 1000), ("999", "1", 1000)), "--explain")
+    assert figures(result) == [(0, None), (0, None)] and result["earnedPoints"] == 0
+    rows = [
+        {row["offerId"]: row["outcome"] for row in line["offers"]}
+        for line in result["trace"]["lines"]
+    ]
+    assert rows == [
+        dict.fromkeys(["bm", "mb", "of", "ox"], "EXCLUDED_PRODUCT"),
+        {"ox": "EXCLUDED_PRODUCT"},
+    ]
+    assert result["trace"]["deals"] == []
