@@ -1,0 +1,124 @@
+"""Review 47 (pg47): the hub on PostgreSQL under concurrency, the multi-row scans.
+
+Review 46 (pgrace46) wrote the lock order of every hub path and left one thing in
+theory: two statements that lock several rows of one table, each in its own scan order,
+could meet two rows in opposite orders. Checked here on a real PostgreSQL cluster:
+
+- a coupon step's expiry of the coupon holds (`expire_coupon_holds`: every expired hold,
+  in the order of its plan: the heap's, or `expires_at`'s) beside an ingest dropping the
+  coupon holds of the receipts it sold (`drop_coupon_holds_of`: an index scan, in
+  receipt order). One seam only: another session's uncommitted delete of a third expired
+  hold (what a third hub transaction dropping it holds) keeps the expiry mid-statement
+  while the ingest starts.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from tillpoint.agent.errors import StorageError
+from tillpoint.agent.ledger import utc_text
+
+from .test_hub_claim import NOW, tx
+from .test_review46_pgrace46 import _hub, _until, _waits
+
+TTL_S = 600.0
+
+
+def _sale(device: str, seq: int, customer: str, receipt: str) -> Any:
+    return replace(tx(device, seq, customer, 0), request_json=f'{{"receiptId": "{receipt}"}}')
+
+
+def _coupon_rows(url: str) -> list[tuple[str, str, str]]:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT code, device_id, receipt_id FROM coupon_holds WHERE device_id <> 'till-z'"
+            " ORDER BY code"
+        ).fetchall()
+    return [(str(c), str(d), str(r)) for c, d, r in rows]
+
+
+@pytest.mark.timeout(180)
+def test_a_coupon_steps_expiry_and_an_ingests_drop_do_not_deadlock(pg_cluster: Any) -> None:
+    """CONTRACT §13. Till-a's receipts r1 and r2 each held a code (K1, K2) and were sold
+    offline past their holds' time; till-b's r5 held KP. The heap holds r2's, then r5's,
+    then r1's (r2 asked first), and they expired in that order. Till-c's coupon step for
+    x1 expires every expired hold, in that order: it deletes r2's, then waits on r5's
+    (another transaction is dropping it). Till-a's push of r1 and r2 drops their coupon
+    holds by the receipt index: r1's, then waits on r2's (the coupon step's). Once r5's
+    is free the coupon step goes on to r1's: each waits for the other. Before: PostgreSQL
+    failed one ("deadlock detected": the coupon step UNAVAILABLE, its till priced x1
+    OFFLINE; or the push failed). Now every statement that deletes several coupon holds
+    locks them in code order: the coupon step waits at K1, the push goes on."""
+    pytest.importorskip("psycopg")
+    import psycopg
+    from tillpoint.sync.hub_postgres import PostgresHubStore
+
+    url = pg_cluster.new_database()
+    hub = _hub(PostgresHubStore(url, migrate_schema=True))
+    now = datetime.now(UTC)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            # a chain's open coupon holds (other tills', far from expiring): the planner's
+            # statistics of a table of that size (autovacuum's ANALYZE, here at once)
+            conn.execute(
+                "INSERT INTO coupon_holds SELECT 'F' || g, 'till-z', 'z' || g, 'c-9', %s, %s"
+                " FROM generate_series(1, 3000) g",
+                (utc_text(now), utc_text(now + timedelta(days=1))),
+            )
+        # asked (and expired) in this order: r2, r5, r1
+        for n, (device, receipt, customer, code) in enumerate(
+            [
+                ("till-a", "r2", "c-1", "K2"),
+                ("till-b", "r5", "c-2", "KP"),
+                ("till-a", "r1", "c-1", "K1"),
+            ]
+        ):
+            asked = now - timedelta(seconds=TTL_S + 60 - n)
+            assert hub.hold_coupons(device, receipt, customer, [code], asked, TTL_S) == []
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("ANALYZE coupon_holds")
+        assert _coupon_rows(url) == [
+            ("K1", "till-a", "r1"),
+            ("K2", "till-a", "r2"),
+            ("KP", "till-b", "r5"),
+        ]
+        answers: dict[str, Any] = {}
+
+        def call(name: str, body: Any) -> threading.Thread:
+            def run() -> None:
+                try:
+                    answers[name] = body()
+                except StorageError as exc:
+                    answers[name] = exc
+
+            thread = threading.Thread(target=run, daemon=True)
+            thread.start()
+            return thread
+
+        with psycopg.connect(url) as blocker:
+            blocker.execute("DELETE FROM coupon_holds WHERE code = 'KP'")  # uncommitted
+            step = call(
+                "step", lambda: hub.hold_coupons("till-c", "x1", "c-2", ["NEW-1"], now, TTL_S)
+            )
+            _until("the coupon step waits on r5's hold", lambda: _waits(url, "transactionid") == 1)
+            sales = [_sale("till-a", 1, "c-1", "r1"), _sale("till-a", 2, "c-1", "r2")]
+            push = call("push", lambda: hub.ingest("till-a", "", sales, NOW))
+            _until("the push waits too", lambda: _waits(url, "transactionid") == 2)
+            blocker.rollback()  # r5's hold stays (its dropper changed its mind): expired
+        step.join(120)
+        push.join(120)
+        assert not step.is_alive() and not push.is_alive()
+        assert answers["step"] == [], answers  # before: one of the two, "deadlock detected"
+        push_answer = answers["push"]
+        assert not isinstance(push_answer, StorageError), push_answer
+        assert [r.outcome for r in push_answer.results] == ["STORED", "STORED"], answers
+        assert _coupon_rows(url) == [("NEW-1", "till-c", "x1")]
+    finally:
+        hub.close()
