@@ -10,10 +10,15 @@ could meet two rows in opposite orders. Checked here on a real PostgreSQL cluste
   receipt order). One seam only: another session's uncommitted delete of a third expired
   hold (what a third hub transaction dropping it holds) keeps the expiry mid-statement
   while the ingest starts.
+- two pushes (two tills, two customers: no lock in common) recording the uses of the same
+  codes in opposite orders (each code used at both tills, offline: the second use a
+  conflict), and a push's first uses beside an import writing the same codes' draft rows
+  in key order.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -31,6 +36,16 @@ TTL_S = 600.0
 
 def _sale(device: str, seq: int, customer: str, receipt: str) -> Any:
     return replace(tx(device, seq, customer, 0), request_json=f'{{"receiptId": "{receipt}"}}')
+
+
+def _using(device: str, seq: int, customer: str, receipt: str, codes: list[str]) -> Any:
+    """A sale of `receipt` that used `codes` (APPLIED), in that order."""
+    coupons = [{"code": code, "status": "APPLIED"} for code in codes]
+    return replace(
+        tx(device, seq, customer, 0),
+        request_json=json.dumps({"receiptId": receipt}),
+        result_json=json.dumps({"earnedPoints": 7, "coupons": coupons}),
+    )
 
 
 def _coupon_rows(url: str) -> list[tuple[str, str, str]]:
@@ -120,5 +135,71 @@ def test_a_coupon_steps_expiry_and_an_ingests_drop_do_not_deadlock(pg_cluster: A
         assert not isinstance(push_answer, StorageError), push_answer
         assert [r.outcome for r in push_answer.results] == ["STORED", "STORED"], answers
         assert _coupon_rows(url) == [("NEW-1", "till-c", "x1")]
+    finally:
+        hub.close()
+
+
+@pytest.mark.timeout(180)
+def test_two_pushes_using_the_same_codes_in_opposite_orders_do_not_deadlock(
+    pg_cluster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §13 (a code used twice offline: the second use a conflict, the sale
+    stands). Till-a's sale a1 used K1, then K2; till-b's b1 (another customer: the pushes
+    share no lock) used K2, then K1. A use is an insert keyed by the code that waits for
+    another transaction's uncommitted use of it: a1's push recorded K1, b1's then K2 and
+    waited on K1, a1's waited on K2: PostgreSQL failed one push ("deadlock detected"; the
+    till sends it again later). The one seam: a wrapper around `PgTx.record_coupon_use`
+    runs b1's push right after a1's first use, and waits until it waits on a lock or
+    ends. Now a push writes its coupon rows in code order: b1's waits at K1."""
+    pytest.importorskip("psycopg")
+    from tillpoint.sync import hub_postgres
+
+    url = pg_cluster.new_database()
+    hub = _hub(hub_postgres.PostgresHubStore(url, migrate_schema=True))
+    original = hub_postgres.PgTx.record_coupon_use
+    main = threading.get_ident()
+    worker: list[threading.Thread] = []
+    answers: list[Any] = []
+
+    def record_then_other_push(self: Any, row: Any) -> Any:
+        first = original(self, row)
+        if threading.get_ident() == main and not worker:
+
+            def other_push() -> None:
+                sale = _using("till-b", 1, "c-2", "b1", ["K2", "K1"])
+                try:
+                    answers.append(hub.ingest("till-b", "", [sale], NOW))
+                except StorageError as exc:
+                    answers.append(exc)
+
+            worker.append(threading.Thread(target=other_push, daemon=True))
+            worker[0].start()
+            _until(
+                "the other push waits on a lock or ends",
+                lambda: not worker[0].is_alive() or _waits(url, "transactionid"),
+            )
+        return first
+
+    monkeypatch.setattr(hub_postgres.PgTx, "record_coupon_use", record_then_other_push)
+    try:
+        try:
+            mine: Any = hub.ingest("till-a", "", [_using("till-a", 1, "c-1", "a1", ["K1", "K2"])], NOW)
+        except StorageError as exc:
+            mine = exc
+        worker[0].join(60)
+    finally:
+        monkeypatch.undo()
+    try:
+        assert not worker[0].is_alive()
+        for answer in (mine, *answers):  # before: one of the two, "deadlock detected"
+            assert not isinstance(answer, StorageError), answer
+            assert [r.outcome for r in answer.results] == ["STORED"]
+        with hub.read_tx() as read:
+            uses = read.execute("SELECT code, device_id FROM coupon_uses ORDER BY code")
+            assert [tuple(r) for r in uses] == [("K1", "till-a"), ("K2", "till-a")]
+        assert {(c["code"], c["deviceId"]) for c in hub.coupon_conflicts()} == {
+            ("K1", "till-b"),
+            ("K2", "till-b"),
+        }
     finally:
         hub.close()
