@@ -684,15 +684,21 @@ class SqlTx:
             "DELETE FROM coupon_holds WHERE device_id = ? AND {}", device_id, receipt_ids
         )
 
+    def clear_coupon_holds(self, device_id: str, receipt_id: str, now: str) -> None:
+        self.expire_coupon_holds(now)
+        self.drop_coupon_holds(device_id, receipt_id)
+
     def keep_coupon_holds(
         self, device_id: str, receipt_id: str, codes: list[str], placed_by: str
     ) -> int:
         keep = set(codes)
+        # deleted one by one in code order, the order of every other statement that
+        # deletes several coupon holds (`PgTx`; review 47, pg47)
         held = [
             str(code)
             for (code,) in self.execute(
                 "SELECT code FROM coupon_holds WHERE device_id = ? AND receipt_id = ?"
-                " AND created_at <= ?",
+                f" AND created_at <= ? ORDER BY {self.dialect.code_points('code')}",
                 (device_id, receipt_id, placed_by),
             ).fetchall()
         ]
