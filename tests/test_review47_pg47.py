@@ -10,10 +10,19 @@ could meet two rows in opposite orders. Checked here on a real PostgreSQL cluste
   receipt order). One seam only: another session's uncommitted delete of a third expired
   hold (what a third hub transaction dropping it holds) keeps the expiry mid-statement
   while the ingest starts.
+- a claim's expiry of its customer's holds (`hub_claim_hold`: by the customer's index,
+  the heap's order) beside an ingest settling the holds of the receipts it sold (by the
+  receipt index) when those holds are of another customer than the sales (a receipt held
+  for one card and sold with another): the ingest took only its sales' customers' locks.
 - two pushes (two tills, two customers: no lock in common) recording the uses of the same
   codes in opposite orders (each code used at both tills, offline: the second use a
   conflict), and a push's first uses beside an import writing the same codes' draft rows
   in key order.
+- store33's points race (two tills redeeming c-2's points at once) is checked in the
+  hub's order: a race sale's earned points count for the other only when the hub had
+  taken that sale when it placed the other's hold (`race_allowance`, from the soak's
+  record of each hold's newest ingest id); the larger of the two, counted whatever the
+  order, let an over-grant of a few points pass.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from tillpoint.agent.errors import StorageError
 from tillpoint.agent.ledger import utc_text
 
 from .test_hub_claim import NOW, tx
+from .test_review33_store33 import race_allowance
 from .test_review46_pgrace46 import _hub, _until, _waits
 
 TTL_S = 600.0
@@ -36,6 +46,19 @@ TTL_S = 600.0
 
 def _sale(device: str, seq: int, customer: str, receipt: str) -> Any:
     return replace(tx(device, seq, customer, 0), request_json=f'{{"receiptId": "{receipt}"}}')
+
+
+def _shared_holds(url: str, now: datetime) -> None:
+    """Other tills' settled holds (a chain's): the planner's statistics of a table of that
+    size (autovacuum's ANALYZE, here at once)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO holds SELECT 'h' || g, 'till-z', 'z' || g, 'c-9', 1, %s, %s,"
+            " 'SETTLED', '' FROM generate_series(1, 3000) g",
+            (utc_text(now), utc_text(now)),
+        )
 
 
 def _using(device: str, seq: int, customer: str, receipt: str, codes: list[str]) -> Any:
@@ -183,7 +206,8 @@ def test_two_pushes_using_the_same_codes_in_opposite_orders_do_not_deadlock(
     monkeypatch.setattr(hub_postgres.PgTx, "record_coupon_use", record_then_other_push)
     try:
         try:
-            mine: Any = hub.ingest("till-a", "", [_using("till-a", 1, "c-1", "a1", ["K1", "K2"])], NOW)
+            sale = _using("till-a", 1, "c-1", "a1", ["K1", "K2"])
+            mine: Any = hub.ingest("till-a", "", [sale], NOW)
         except StorageError as exc:
             mine = exc
         worker[0].join(60)
@@ -201,5 +225,100 @@ def test_two_pushes_using_the_same_codes_in_opposite_orders_do_not_deadlock(
             ("K1", "till-b"),
             ("K2", "till-b"),
         }
+    finally:
+        hub.close()
+
+
+def test_the_points_race_counts_a_sales_points_only_in_the_hubs_order() -> None:
+    """store33's check (review 46 left it allowing the larger of the two sales' earned
+    points whatever the hub's order). c-2 has 100; the race's sales earn 49 (a) and 30
+    (b). Taken by the hub (ingest id 10) before it placed b's hold (it had 11 then): a's
+    49 are c-2's for b. Taken after (b's hold placed when the hub had 9), or not yet: no
+    points but the 100, and a grant of 103 is an over-grant the check now names."""
+    before = 100
+    assert race_allowance(before, [(49, 10, 5), (30, None, 11)]) == 149
+    assert race_allowance(before, [(49, 10, 5), (30, 12, 9)]) == 100
+    assert race_allowance(before, [(49, None, 5), (30, None, 9)]) == 100
+    assert race_allowance(before, [(49, 10, None), (30, 12, None)]) == 100  # nothing held
+    assert race_allowance(-5, [(49, 10, 5), (30, 12, 9)]) == 0  # as before: from 0
+    # both taken before the other's hold cannot happen (each sale follows its own grant);
+    # the rule would count both
+    assert race_allowance(before, [(49, 10, 12), (30, 11, 10)]) == 179
+    # an over-grant of 3 past the 100 the hub had: caught now, passed the larger-earned rule
+    spent = 103
+    assert spent > race_allowance(before, [(49, 10, 5), (30, 12, 9)])
+    assert spent <= before + max(49, 30)
+
+
+@pytest.mark.timeout(180)
+def test_a_claims_expiry_and_an_ingest_settling_another_customers_holds_do_not_deadlock(
+    pg_cluster: Any,
+) -> None:
+    """CONTRACT §9, §11. c-1's points were held for till-a's r2, till-b's r5 and till-a's
+    r1 (asked in that order: the heap holds them so), and have expired; r1 and r2 were
+    then sold for c-2 (the card changed after the Hold). Till-c's claim for c-1 expires
+    c-1's holds in the heap's order: r2's, then it waits on r5's (another transaction
+    writes it). Till-a's push of r1 and r2 settles their holds by the receipt index:
+    r1's, then it waits on r2's. Once r5's is free the claim goes on to r1's: each waits
+    for the other. Before: PostgreSQL failed the push ("deadlock detected"), or the claim
+    (UNAVAILABLE: till-c priced OFFLINE). The ingest took the locks of its sales'
+    customers (c-2) only; now also those of the holds it settles (c-1), sorted with them,
+    before it writes: the claim and the push take turns."""
+    pytest.importorskip("psycopg")
+    import psycopg
+    from tillpoint.sync.hub_postgres import PostgresHubStore
+
+    url = pg_cluster.new_database()
+    hub = _hub(PostgresHubStore(url, migrate_schema=True))
+    now = datetime.now(UTC)
+    try:
+        _shared_holds(url, now)
+        for n, (device, receipt) in enumerate(
+            [("till-a", "r2"), ("till-b", "r5"), ("till-a", "r1")]
+        ):
+            asked = now - timedelta(seconds=TTL_S + 60 - n)
+            assert hub.authorise(device, receipt, "c-1", 10, NOW, [], asked, TTL_S).authorised == 10
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("ANALYZE holds")
+        answers: dict[str, Any] = {}
+
+        def call(name: str, body: Any) -> threading.Thread:
+            def run() -> None:
+                try:
+                    answers[name] = body()
+                except StorageError as exc:
+                    answers[name] = exc
+
+            thread = threading.Thread(target=run, daemon=True)
+            thread.start()
+            return thread
+
+        with psycopg.connect(url) as blocker:
+            blocker.execute("UPDATE holds SET points = points WHERE receipt_id = 'r5'")
+            claim = call(
+                "claim", lambda: hub.authorise("till-c", "x1", "c-1", 5, NOW, [], now, TTL_S)
+            )
+            _until("the claim waits on r5's hold", lambda: _waits(url, "transactionid") == 1)
+            sales = [_sale("till-a", 1, "c-2", "r1"), _sale("till-a", 2, "c-2", "r2")]
+            push = call("push", lambda: hub.ingest("till-a", "", sales, NOW))
+            _until(
+                "the push waits too (on c-1's lock, or on r2's hold)",
+                lambda: _waits(url, "transactionid") + _waits(url, "advisory") == 2,
+            )
+            blocker.rollback()
+        claim.join(120)
+        push.join(120)
+        assert not claim.is_alive() and not push.is_alive()
+        for answer in answers.values():  # before: one of the two, "deadlock detected"
+            assert not isinstance(answer, StorageError), answer
+        assert answers["claim"].authorised == 5
+        assert [r.outcome for r in answers["push"].results] == ["STORED", "STORED"]
+        with hub.read_tx() as read:
+            states = read.execute(
+                "SELECT receipt_id, state FROM holds WHERE customer_id = 'c-1' ORDER BY receipt_id"
+            ).fetchall()
+        # r1, r2: expired by the claim or settled by the push, whichever came first
+        assert [r for r, _ in states] == ["r1", "r2", "r5", "x1"]
+        assert dict(states)["r5"] == "EXPIRED" and dict(states)["x1"] == "ACTIVE"
     finally:
         hub.close()
