@@ -1493,6 +1493,18 @@ class PgTx(SqlTx):
                 (pg_array(keys),),
             )
 
+    def lock_settling(self, customer_ids: list[str], device_id: str, keys: list[str]) -> None:
+        # One statement, as `lock_customers`: the batch's customers and those of the
+        # device's active holds of `keys`, in code point order (Python's sorted, the
+        # other callers' order)
+        self.conn.execute(
+            "SELECT count(pg_advisory_xact_lock(hashtextextended('customer:' || c, 0)))"
+            " FROM (SELECT c FROM (SELECT unnest(%s::text[]) AS c UNION SELECT customer_id"
+            " FROM holds WHERE device_id = %s AND receipt_id = ANY(%s::text[])"
+            " AND state = 'ACTIVE') u ORDER BY c COLLATE \"C\") s",
+            (pg_array(customer_ids), device_id, pg_array(keys)),
+        )
+
     def lock_receipt(self, device_id: str, receipt_id: str) -> None:
         # the device id's length first: unambiguous across devices (as `RECEIPT_KEY`);
         # `hub_claim_hold` (migration 12) takes the same key

@@ -283,6 +283,12 @@ class HubTx(Protocol):
 
     def lock_customers(self, customer_ids: Iterable[str]) -> None: ...
 
+    def lock_settling(self, customer_ids: list[str], device_id: str, keys: list[str]) -> None:
+        """`lock_customers` of `customer_ids` and of the device's ACTIVE holds of `keys`
+        (an ingest's: the holds it may settle, whoever they are for), all sorted, in one
+        step (review 47, pg47)."""
+        ...
+
     def lock_receipt(self, device_id: str, receipt_id: str) -> None:
         """Until the transaction ends: one authorisation step of the device's receipt at
         a time (`hold_coupons`, `authorise`, `claim_hold`: each one's `Superseded` check,
@@ -383,11 +389,16 @@ class HubRules:
                         f"seq:{r.seq}" for r in answered if r.seq_taken or r.outcome == "REJECTED"
                     ]
                     if gone:
-                        tx.lock_customers(sorted({t.customer_id for t in txs if t.customer_id}))
+                        tx.lock_settling(_customers(txs), device_id, gone)
                         tx.settle_holds(device_id, gone)
                     return IngestResult(int(answer["ackedThrough"]), answered, replayed=True)
-            # The customers whose holds this batch settles, before anything is read.
-            tx.lock_customers(sorted({t.customer_id for t in txs if t.customer_id}))
+            # The customers whose holds this batch settles, before anything is read: its
+            # sales' and those its receipts and seqs are held for now (a receipt held for
+            # one card and sold with another). Without the latter, settling another
+            # customer's holds by the receipt index beside that customer's claim expiring
+            # them in the heap's order met two rows in opposite orders ("deadlock
+            # detected"; review 47, pg47).
+            tx.lock_settling(_customers(txs), device_id, _settle_keys(txs))
             program = self.program(tx)
             stored: dict[tuple[str, int], str] = {}  # what is stored of the batch's seqs
             for dev in {t.device_id for t in txs}:
@@ -1599,6 +1610,19 @@ def _with_earned_expiry(t: TxIn, result: dict[str, Any]) -> str | None:
     head = t.result_json.rstrip()[:-1].rstrip()  # a JSON object (`settle` read it)
     comma = "" if head.endswith("{") else ","
     return f"{head}{comma}{json.dumps(EARNED_EXPIRES_KEY)}:{json.dumps(said)}}}"
+
+
+def _customers(txs: list[TxIn]) -> list[str]:
+    """The customers of a batch's transactions, sorted (the order of their locks)."""
+    return sorted({t.customer_id for t in txs if t.customer_id})
+
+
+def _settle_keys(txs: list[TxIn]) -> list[str]:
+    """The hold keys a batch may settle: every seq's, and its sales' receipts."""
+    keys = {f"seq:{t.seq}" for t in txs}
+    keys.update(_request_receipt(t) for t in txs if t.kind == "CHECKOUT")
+    keys.discard("")
+    return sorted(keys)
 
 
 def _request_receipt(t: TxIn) -> str:

@@ -332,6 +332,9 @@ class SqlTx:
     def lock_receipt(self, device_id: str, receipt_id: str) -> None:
         raise NotImplementedError
 
+    def lock_settling(self, customer_ids: list[str], device_id: str, keys: list[str]) -> None:
+        self.lock_customers(customer_ids)  # SQLite: one writer, nothing to lock
+
     def lock_devices(self) -> None:
         """Until the transaction ends: one enrolment at a time (its check reads every
         device, then inserts)."""
