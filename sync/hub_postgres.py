@@ -7,8 +7,9 @@ server-side cursor) and the schema's migrations.
 Concurrency (several servers, one database):
 
 - ingest takes a transaction-scoped advisory lock on its device, then on the customers
-  of its batch and of the holds it may settle (sorted); authorise takes its receipt's (`PgTx.lock_receipt`), then the
-  customer's; a coupon authorisation (`hold_coupons`) its receipt's. A (deviceId, seq) is
+  of its batch and of the holds it may settle (sorted); authorise takes its receipt's
+  (`PgTx.lock_receipt`), then the customer's; a coupon authorisation (`hold_coupons`)
+  its receipt's. A (deviceId, seq) is
   checked and stored under its device's lock, and ``UNIQUE (device_id, seq)`` stays the
   last word; the hold accounting of a customer is one transaction at a time, and holds
   the lock only inside the database (`claim_hold`: one call of `hub_claim_hold`, after
