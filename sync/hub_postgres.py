@@ -9,11 +9,11 @@ Concurrency (several servers, one database):
 - ingest takes a transaction-scoped advisory lock on its device, then on the customers
   of its batch and of the holds it may settle (sorted); authorise takes its receipt's
   (`PgTx.lock_receipt`), then the customer's; a coupon authorisation (`hold_coupons`)
-  its receipt's. A (deviceId, seq) is
-  checked and stored under its device's lock, and ``UNIQUE (device_id, seq)`` stays the
-  last word; the hold accounting of a customer is one transaction at a time, and holds
-  the lock only inside the database (`claim_hold`: one call of `hub_claim_hold`, after
-  `live_inputs` read the customer's points in one statement).
+  its receipt's. A (deviceId, seq) is checked and stored under its device's lock, and
+  ``UNIQUE (device_id, seq)`` stays the last word; the hold accounting of a customer is
+  one transaction at a time, and holds the lock only inside the database (`claim_hold`:
+  one call of `hub_claim_hold`, after `live_inputs` read the customer's points in one
+  statement).
 - a statement that deletes several coupon holds locks them in code order first, and an
   ingest writes its coupon rows in code order (review 47: opposite orders deadlocked).
 - an ingest's write transaction runs in pipeline mode; its transactions go in one
