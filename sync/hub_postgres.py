@@ -1451,33 +1451,6 @@ class PgTx(SqlTx):
             )
             yield from cur
 
-    # -- coupon holds: every statement that deletes several locks them first, in code
-    # order (`_LOCKED_COUPON_HOLDS`). Each in its plan's order (the heap's, `expires_at`'s,
-    # the receipt index's), an expiry and an ingest's drop met two rows in opposite
-    # orders and PostgreSQL failed one ("deadlock detected"; review 47, pg47).
-
-    def expire_coupon_holds(self, now: str) -> None:
-        self.execute(_LOCKED_COUPON_HOLDS.format("expires_at <= ?"), (now,))
-
-    def drop_coupon_holds(self, device_id: str, receipt_id: str) -> int:
-        return self._count(
-            self.execute(
-                _LOCKED_COUPON_HOLDS.format("device_id = ? AND receipt_id = ?"),
-                (device_id, receipt_id),
-            )
-        )
-
-    def drop_coupon_holds_of(self, device_id: str, receipt_ids: list[str]) -> None:
-        self._of_receipts(
-            _LOCKED_COUPON_HOLDS.format("device_id = ? AND {}"), device_id, receipt_ids
-        )
-
-    def clear_coupon_holds(self, device_id: str, receipt_id: str, now: str) -> None:
-        self.execute(
-            _LOCKED_COUPON_HOLDS.format("expires_at <= ? OR (device_id = ? AND receipt_id = ?)"),
-            (now, device_id, receipt_id),
-        )
-
     # -- locks
 
     def lock_device(self, device_id: str) -> None:
@@ -1521,13 +1494,6 @@ class PgTx(SqlTx):
 
 
 PostgresHubStore.tx_class = PgTx
-
-# The coupon holds of a condition (``{}``) deleted, locked first in code order (the
-# order of `hold_coupons`' inserts too): no two statements wait for each other's rows.
-_LOCKED_COUPON_HOLDS = (
-    "DELETE FROM coupon_holds WHERE code IN (SELECT code FROM coupon_holds WHERE {}"
-    ' ORDER BY code COLLATE "C" FOR UPDATE)'
-)
 
 _INSERT_TRANSACTIONS = (
     f"INSERT INTO transactions ({SqlTx.TRANSACTION_COLUMNS})"

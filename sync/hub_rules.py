@@ -259,8 +259,8 @@ class HubTx(Protocol):
         ...
 
     def clear_coupon_holds(self, device_id: str, receipt_id: str, now: str) -> None:
-        """`expire_coupon_holds`, then `drop_coupon_holds` of the receipt; on PostgreSQL
-        one statement, its rows locked in code order (review 47, pg47)."""
+        """`expire_coupon_holds` and `drop_coupon_holds` of the receipt in one statement
+        (PostgreSQL: its rows locked in code order; review 47, pg47)."""
         ...
 
     def keep_coupon_holds(
