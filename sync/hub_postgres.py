@@ -7,12 +7,15 @@ server-side cursor) and the schema's migrations.
 Concurrency (several servers, one database):
 
 - ingest takes a transaction-scoped advisory lock on its device, then on the customers
-  of its batch (sorted); authorise takes its receipt's (`PgTx.lock_receipt`), then the
-  customer's; a coupon authorisation (`hold_coupons`) its receipt's. A (deviceId, seq) is
-  checked and stored under its device's lock, and ``UNIQUE (device_id, seq)`` stays the
-  last word; the hold accounting of a customer is one transaction at a time, and holds
-  the lock only inside the database (`claim_hold`: one call of `hub_claim_hold`, after
-  `live_inputs` read the customer's points in one statement).
+  of its batch and of the holds it may settle (sorted); authorise takes its receipt's
+  (`PgTx.lock_receipt`), then the customer's; a coupon authorisation (`hold_coupons`)
+  its receipt's. A (deviceId, seq) is checked and stored under its device's lock, and
+  ``UNIQUE (device_id, seq)`` stays the last word; the hold accounting of a customer is
+  one transaction at a time, and holds the lock only inside the database (`claim_hold`:
+  one call of `hub_claim_hold`, after `live_inputs` read the customer's points in one
+  statement).
+- a statement that deletes several coupon holds locks them in code order first, and an
+  ingest writes its coupon rows in code order (review 47: opposite orders deadlocked).
 - an ingest's write transaction runs in pipeline mode; its transactions go in one
   ``INSERT … SELECT FROM unnest`` (`PgTx.flush`).
 - publish takes a session advisory lock, then reads and writes in one REPEATABLE READ
@@ -1465,6 +1468,18 @@ class PgTx(SqlTx):
                 " FROM unnest(%s::text[]) AS k",
                 (pg_array(keys),),
             )
+
+    def lock_settling(self, customer_ids: list[str], device_id: str, keys: list[str]) -> None:
+        # One statement, as `lock_customers`: the batch's customers and those of the
+        # device's active holds of `keys`, in code point order (Python's sorted, the
+        # other callers' order)
+        self.conn.execute(
+            "SELECT count(pg_advisory_xact_lock(hashtextextended('customer:' || c, 0)))"
+            " FROM (SELECT c FROM (SELECT unnest(%s::text[]) AS c UNION SELECT customer_id"
+            " FROM holds WHERE device_id = %s AND receipt_id = ANY(%s::text[])"
+            " AND state = 'ACTIVE') u ORDER BY c COLLATE \"C\") s",
+            (pg_array(customer_ids), device_id, pg_array(keys)),
+        )
 
     def lock_receipt(self, device_id: str, receipt_id: str) -> None:
         # the device id's length first: unambiguous across devices (as `RECEIPT_KEY`);

@@ -258,6 +258,11 @@ class HubTx(Protocol):
         """`drop_coupon_holds` of several receipts, in one statement."""
         ...
 
+    def clear_coupon_holds(self, device_id: str, receipt_id: str, now: str) -> None:
+        """`expire_coupon_holds` and `drop_coupon_holds` of the receipt in one statement
+        (PostgreSQL: its rows locked in code order; review 47, pg47)."""
+        ...
+
     def keep_coupon_holds(
         self, device_id: str, receipt_id: str, codes: list[str], placed_by: str
     ) -> int:
@@ -277,6 +282,12 @@ class HubTx(Protocol):
     def lock_device(self, device_id: str) -> None: ...
 
     def lock_customers(self, customer_ids: Iterable[str]) -> None: ...
+
+    def lock_settling(self, customer_ids: list[str], device_id: str, keys: list[str]) -> None:
+        """`lock_customers` of `customer_ids` and of the device's ACTIVE holds of `keys`
+        (an ingest's: the holds it may settle, whoever they are for), all sorted, in one
+        step (review 47, pg47)."""
+        ...
 
     def lock_receipt(self, device_id: str, receipt_id: str) -> None:
         """Until the transaction ends: one authorisation step of the device's receipt at
@@ -378,11 +389,16 @@ class HubRules:
                         f"seq:{r.seq}" for r in answered if r.seq_taken or r.outcome == "REJECTED"
                     ]
                     if gone:
-                        tx.lock_customers(sorted({t.customer_id for t in txs if t.customer_id}))
+                        tx.lock_settling(_customers(txs), device_id, gone)
                         tx.settle_holds(device_id, gone)
                     return IngestResult(int(answer["ackedThrough"]), answered, replayed=True)
-            # The customers whose holds this batch settles, before anything is read.
-            tx.lock_customers(sorted({t.customer_id for t in txs if t.customer_id}))
+            # The customers whose holds this batch settles, before anything is read: its
+            # sales' and those its receipts and seqs are held for now (a receipt held for
+            # one card and sold with another). Without the latter, settling another
+            # customer's holds by the receipt index beside that customer's claim expiring
+            # them in the heap's order met two rows in opposite orders ("deadlock
+            # detected"; review 47, pg47).
+            tx.lock_settling(_customers(txs), device_id, _settle_keys(txs))
             program = self.program(tx)
             stored: dict[tuple[str, int], str] = {}  # what is stored of the batch's seqs
             for dev in {t.device_id for t in txs}:
@@ -393,10 +409,25 @@ class HubRules:
             sold: dict[str, list[str]] = defaultdict(list)  # device -> receipts sold
             # (device, receipt) of the batch's sales whose seq is taken: numbered again
             renumbered: set[tuple[str, str]] = set()
+            # The batch's coupon rows (uses, till-issued codes): (code, turn, what)
+            coupons: list[tuple[str, int, CouponUse | dict[str, Any]]] = []
             results = [
-                self._ingest_one(tx, t, content, program, now, stored, settled, sold, renumbered)
+                self._ingest_one(
+                    tx, t, content, program, now, stored, settled, sold, renumbered, coupons
+                )
                 for t, content in zip(txs, contents, strict=True)
             ]
+            # ... written after its transactions, in code order (each code's in the
+            # batch's order: the same rows as one by one). In the batch's order, two
+            # pushes using K1, K2 and K2, K1 (a code used at two tills offline) each
+            # waited for the other's uncommitted use, and PostgreSQL failed one ("deadlock
+            # detected"); an import writes the draft's rows in key order too (review 47,
+            # pg47). Nothing of the ingest reads these rows before its end.
+            for _, _, what in sorted(coupons, key=lambda item: item[:2]):
+                if isinstance(what, dict):
+                    self._issue_coupon(tx, what)
+                else:
+                    self._use_coupon(tx, what)
             self._resolve_taken(tx, txs, results, now)
             # The holds these transactions make real: their receipts', and those of
             # their seqs (nothing in between reads the holds: settled once, at the end).
@@ -433,6 +464,7 @@ class HubRules:
         settled: dict[str, list[str]],
         sold: dict[str, list[str]],
         renumbered: set[tuple[str, str]],
+        coupons: list[tuple[str, int, CouponUse | dict[str, Any]]],
     ) -> TxResult:
         existing = stored.get((t.device_id, t.seq))
         if existing is not None:
@@ -494,9 +526,10 @@ class HubRules:
         tx.insert_transaction(t, fields, content, utc_text(now))
         stored[(t.device_id, t.seq)] = content
         if t.kind == "CHECKOUT":
-            self._use_coupons(tx, t, fields["receipt_id"])
+            for use in self._coupon_uses(t, fields["receipt_id"]):
+                coupons.append((use[0], len(coupons), use))
         elif t.kind == "COUPON_ISSUED":
-            self._issue_coupon(tx, fields["coupon"])
+            coupons.append((str(fields["coupon"]["code"]), len(coupons), fields["coupon"]))
         # The holds this transaction makes real: its receipt's, and the one for its seq.
         settled[t.device_id].append(f"seq:{t.seq}")
         if t.kind == "CHECKOUT":
@@ -672,23 +705,29 @@ class HubRules:
             tx.put_till_coupon(code, canon(doc))
 
     @staticmethod
-    def _use_coupons(tx: HubTx, t: TxIn, receipt_id: str) -> None:
-        """The codes a checkout used: the first use of a code is recorded (and the code
-        leaves the next snapshot); a later use elsewhere is a conflict, and the sale stands."""
+    def _coupon_uses(t: TxIn, receipt_id: str) -> list[CouponUse]:
+        """The codes a checkout used (APPLIED), as rows of `coupon_uses`."""
         result = json.loads(t.result_json)
         verdicts = result.get("coupons") if isinstance(result, dict) else None
+        uses: list[CouponUse] = []
         for verdict in verdicts if isinstance(verdicts, list) else ():
             if not isinstance(verdict, dict) or verdict.get("status") != "APPLIED":
                 continue
             code = str(verdict.get("code") or "")
-            if not code:
-                continue
-            row = (code, t.device_id, t.seq, receipt_id, t.customer_id, t.at)
-            first = tx.coupon_first_use(code) or tx.record_coupon_use(row)
-            if first is None:
-                tx.put_till_coupon(code, None)  # the first use: the code leaves
-            elif first != (t.device_id, receipt_id):
-                tx.record_coupon_conflict(row)
+            if code:
+                uses.append((code, t.device_id, t.seq, receipt_id, t.customer_id, t.at))
+        return uses
+
+    @staticmethod
+    def _use_coupon(tx: HubTx, row: CouponUse) -> None:
+        """A code a checkout used: its first use is recorded (and the code leaves the next
+        snapshot); a later use elsewhere is a conflict, and the sale stands."""
+        code, device_id, _, receipt_id, _, _ = row
+        first = tx.coupon_first_use(code) or tx.record_coupon_use(row)
+        if first is None:
+            tx.put_till_coupon(code, None)  # the first use: the code leaves
+        elif first != (device_id, receipt_id):
+            tx.record_coupon_conflict(row)
 
     @staticmethod
     def _settle_unknown(
@@ -1103,8 +1142,13 @@ class HubRules:
                 tx.shrink_hold(
                     device_id, receipt_id, 0, utc_text(arrived - timedelta(microseconds=1))
                 )
-            tx.expire_coupon_holds(utc_text(now))
-            tx.drop_coupon_holds(device_id, receipt_id)
+            # Every expired coupon hold and the receipt's own, in one statement: on
+            # PostgreSQL its rows are locked in code order, as an ingest's drop of its
+            # sales' coupon holds locks them; two statements (or two scan orders, the
+            # expiry's by the heap or by expiry, the drop's by receipt) met two rows in
+            # opposite orders, and PostgreSQL failed one of the two ("deadlock detected":
+            # the push, or this step with its till pricing OFFLINE; review 47, pg47)
+            tx.clear_coupon_holds(device_id, receipt_id, utc_text(now))
             expires = utc_text(now + timedelta(seconds=hold_ttl_s))
             # In one order, the codes sorted: an insert waits for another transaction's
             # uncommitted hold of its code, and two receipts holding K1, K2 and K2, K1 at
@@ -1566,6 +1610,19 @@ def _with_earned_expiry(t: TxIn, result: dict[str, Any]) -> str | None:
     head = t.result_json.rstrip()[:-1].rstrip()  # a JSON object (`settle` read it)
     comma = "" if head.endswith("{") else ","
     return f"{head}{comma}{json.dumps(EARNED_EXPIRES_KEY)}:{json.dumps(said)}}}"
+
+
+def _customers(txs: list[TxIn]) -> list[str]:
+    """The customers of a batch's transactions, sorted (the order of their locks)."""
+    return sorted({t.customer_id for t in txs if t.customer_id})
+
+
+def _settle_keys(txs: list[TxIn]) -> list[str]:
+    """The hold keys a batch may settle: every seq's, and its sales' receipts."""
+    keys = {f"seq:{t.seq}" for t in txs}
+    keys.update(_request_receipt(t) for t in txs if t.kind == "CHECKOUT")
+    keys.discard("")
+    return sorted(keys)
 
 
 def _request_receipt(t: TxIn) -> str:

@@ -122,6 +122,12 @@ class Dialect:
         """`column` compared in code point order (as Python's str and the snapshot do)."""
         return column
 
+    def deleted_in_order(self, table: str, key: str, where: str) -> str:
+        """The DELETE of `table`'s rows where `where`; on an engine of row locks, the
+        rows locked first in `key`'s code point order, so that two such statements (or
+        scans by two indexes) never take two rows in opposite orders (review 47)."""
+        return f"DELETE FROM {table} WHERE {where}"
+
 
 class SqliteDialect(Dialect):
     name = "sqlite"
@@ -186,6 +192,12 @@ class PostgresDialect(Dialect):
 
     def code_points(self, column: str) -> str:
         return f'{column} COLLATE "C"'
+
+    def deleted_in_order(self, table: str, key: str, where: str) -> str:
+        return (
+            f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} WHERE {where}"
+            f" ORDER BY {self.code_points(key)} FOR UPDATE)"
+        )
 
 
 def pg_array(values: Iterable[str | int | None]) -> str:
@@ -330,6 +342,9 @@ class SqlTx:
         raise NotImplementedError
 
     def lock_receipt(self, device_id: str, receipt_id: str) -> None:
+        raise NotImplementedError
+
+    def lock_settling(self, customer_ids: list[str], device_id: str, keys: list[str]) -> None:
         raise NotImplementedError
 
     def lock_devices(self) -> None:
@@ -668,31 +683,47 @@ class SqlTx:
             "INSERT INTO coupon_conflicts VALUES (?,?,?,?,?,?) ON CONFLICT DO NOTHING", row
         )
 
+    # Every statement that deletes several coupon holds takes them in code order
+    # (PostgreSQL: locked first). Each in its plan's order (the heap's, `expires_at`'s,
+    # the receipt index's), an expiry and an ingest's drop met two rows in opposite
+    # orders and PostgreSQL failed one ("deadlock detected"; review 47, pg47).
+
+    def _coupon_holds_deleted(self, where: str) -> str:
+        return self.dialect.deleted_in_order("coupon_holds", "code", where)
+
     def expire_coupon_holds(self, now: str) -> None:
-        self.execute("DELETE FROM coupon_holds WHERE expires_at <= ?", (now,))
+        self.execute(self._coupon_holds_deleted("expires_at <= ?"), (now,))
 
     def drop_coupon_holds(self, device_id: str, receipt_id: str) -> int:
         return self._count(
             self.execute(
-                "DELETE FROM coupon_holds WHERE device_id = ? AND receipt_id = ?",
+                self._coupon_holds_deleted("device_id = ? AND receipt_id = ?"),
                 (device_id, receipt_id),
             )
         )
 
     def drop_coupon_holds_of(self, device_id: str, receipt_ids: list[str]) -> None:
         self._of_receipts(
-            "DELETE FROM coupon_holds WHERE device_id = ? AND {}", device_id, receipt_ids
+            self._coupon_holds_deleted("device_id = ? AND {}"), device_id, receipt_ids
+        )
+
+    def clear_coupon_holds(self, device_id: str, receipt_id: str, now: str) -> None:
+        self.execute(
+            self._coupon_holds_deleted("expires_at <= ? OR (device_id = ? AND receipt_id = ?)"),
+            (now, device_id, receipt_id),
         )
 
     def keep_coupon_holds(
         self, device_id: str, receipt_id: str, codes: list[str], placed_by: str
     ) -> int:
         keep = set(codes)
+        # deleted one by one in code order, the order of every other statement that
+        # deletes several coupon holds (`PgTx`; review 47, pg47)
         held = [
             str(code)
             for (code,) in self.execute(
                 "SELECT code FROM coupon_holds WHERE device_id = ? AND receipt_id = ?"
-                " AND created_at <= ?",
+                f" AND created_at <= ? ORDER BY {self.dialect.code_points('code')}",
                 (device_id, receipt_id, placed_by),
             ).fetchall()
         ]

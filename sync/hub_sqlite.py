@@ -275,6 +275,9 @@ class SqliteTx(SqlTx):
     def lock_customers(self, customer_ids: Iterable[str]) -> None:
         pass
 
+    def lock_settling(self, customer_ids: list[str], device_id: str, keys: list[str]) -> None:
+        pass
+
     def lock_receipt(self, device_id: str, receipt_id: str) -> None:
         pass
 

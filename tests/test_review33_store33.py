@@ -32,7 +32,9 @@ Shortened: nothing on the tills or the hub (their shipped defaults); the soak's 
 `TILLPOINT_SOAK_SEED=N` replays a plan; the seed is printed and named in every failure.
 `TILLPOINT_SOAK_TILLS=N` (2-8) and `TILLPOINT_SOAK_SECONDS=S` (review 46) run a larger
 store or a longer soak (the fault schedule again in each further 55 s); unset, the plan
-is as before.
+is as before. `TILLPOINT_SOAK_OVERGRANT=N` (review 47) makes the hub's claim grant up to N
+points past the live balance: the points-race check (in the hub's order, from a record of
+what the hub had taken when it placed each hold: `CLAIMS_SEEN`) then fails.
 """
 
 from __future__ import annotations
@@ -72,6 +74,9 @@ PRICES = {MILK: 8990, BREAD: 7500, CHEESE: 45000}
 # 55 s (review 46): a seed's plan is unchanged when neither is set.
 SOAK_TILLS = min(8, max(2, int(os.environ.get("TILLPOINT_SOAK_TILLS") or 3)))
 SOAK_SECONDS = max(55.0, float(os.environ.get("TILLPOINT_SOAK_SECONDS") or 55))
+# `TILLPOINT_SOAK_OVERGRANT=N` (review 47): the hub's claim (`hub_claim_hold`) grants up to
+# N points past the live balance, to see the points-race check fail (a check of the check)
+SOAK_OVERGRANT = int(os.environ.get("TILLPOINT_SOAK_OVERGRANT") or 0)
 DEVICES = tuple(f"till-{c}" for c in "abcdefgh"[:SOAK_TILLS])
 # c-1 and c-3: everyday sales, refunds, coupons; c-2: only the two-tills redemption race
 # (its balance then follows from the race alone); c-4: starts at 0.
@@ -255,6 +260,47 @@ class TillProc:
         return [(str(d), int(s), str(r)) for d, s, r in found]
 
 
+# Where the hub placed each points hold, the newest of its customer's transactions it had
+# then (`transactions.ingest_id`, the hub's order of what it took): a claim and an ingest
+# of a customer take the customer's lock, so what a claim saw is exactly the customer's
+# transactions up to that id (review 47, pg47). A trigger of the soak's own database.
+CLAIMS_SEEN = """
+CREATE TABLE soak_claims (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    device_id TEXT NOT NULL, receipt_id TEXT NOT NULL, points BIGINT NOT NULL,
+    known BIGINT NOT NULL
+);
+CREATE FUNCTION soak_claim_seen() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO soak_claims (device_id, receipt_id, points, known)
+    SELECT NEW.device_id, NEW.receipt_id, NEW.points, coalesce(max(t.ingest_id), 0)
+    FROM transactions t WHERE t.customer_id = NEW.customer_id;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER soak_claim_seen AFTER INSERT ON holds
+    FOR EACH ROW EXECUTE FUNCTION soak_claim_seen();
+"""
+
+
+def race_allowance(before: int, sales: list[tuple[int, int | None, int | None]]) -> int:
+    """What two ONLINE redemptions of one customer at once may spend together, in the
+    order the hub took them: the balance the driver counted before (`before`), and the
+    points a race sale earned when the hub had that sale before it granted the other
+    (`sales`: earned points, the sale's ingest id or None when not taken yet, the newest
+    ingest id the hub had when it placed the sale's hold or None when it placed none).
+    A sale answered first, pushed and taken before the other's grant (review 46, seed
+    46013) gives its points to it; a sale taken after gives nothing, whatever it earned."""
+    allowed = max(before, 0)
+    for n, (earned, taken, _) in enumerate(sales):
+        if taken is None:
+            continue
+        others = [seen for m, (_, _, seen) in enumerate(sales) if m != n]
+        if any(seen is not None and taken <= seen for seen in others):
+            allowed += earned
+    return allowed
+
+
 @dataclass
 class Sale:
     receipt_id: str
@@ -282,6 +328,7 @@ class Store:
         store = self.hub.open_store(migrate=True)
         import_doc(store, json.loads(json.dumps(MASTER)))
         store.publish(datetime.now(UTC), 7 * 86400.0)
+        self.record_claims(url)
         self.hub_port = free_port()
         self.proxy = ChaosProxy(self.hub_port, random.Random(seed))
         address = f"127.0.0.1:{self.proxy.port}"
@@ -372,6 +419,43 @@ class Store:
             except subprocess.TimeoutExpired:
                 self.hub_proc.kill()
                 self.hub_proc.wait(10)
+
+    @staticmethod
+    def record_claims(url: str) -> None:
+        """`CLAIMS_SEEN` into the hub's database; with `TILLPOINT_SOAK_OVERGRANT`, the
+        claim's live balance raised by that many points."""
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(CLAIMS_SEEN.encode())
+            if SOAK_OVERGRANT:
+                row = conn.execute(
+                    "SELECT pg_get_functiondef('hub_claim_hold'::regproc)"
+                ).fetchone()
+                assert row is not None
+                live = "v_live := p_spendable - v_held;"
+                assert live in row[0], "hub_claim_hold no longer reads as the soak knows it"
+                more = row[0].replace(live, f"v_live := p_spendable - v_held + {SOAK_OVERGRANT};")
+                conn.execute(more.encode())
+
+    def race_seen(self, receipts: list[str]) -> list[tuple[int | None, int | None]]:
+        """For each receipt: (the ingest id of its sale, or None when the hub has not
+        taken it; the newest ingest id the hub had when it last placed its hold, or None
+        when it placed none)."""
+        listed = ", ".join(f"'{r}'" for r in receipts)  # the driver's own ids: no quotes
+        taken = dict(
+            self.sql(
+                "SELECT receipt_id, ingest_id FROM transactions WHERE kind = 'CHECKOUT'"
+                f" AND receipt_id IN ({listed})"
+            )
+        )
+        seen = dict(
+            self.sql(
+                "SELECT DISTINCT ON (receipt_id) receipt_id, known FROM soak_claims"
+                f" WHERE receipt_id IN ({listed}) ORDER BY receipt_id, id DESC"
+            )
+        )
+        return [(taken.get(r), seen.get(r)) for r in receipts]
 
     def sql(self, statement: str) -> list[tuple[Any, ...]]:
         import psycopg
@@ -579,18 +663,26 @@ class Store:
         self.counts["points_race"] += 1
         if all(r is not None and r.get("mode") == "ONLINE" for r in results) and synced:
             self.counts["points_race_checked"] += 1
-            spent = sum(int(r.get("redeemedPoints", 0)) for r in results)
+            spent = sum(int(r.get("redeemedPoints", 0)) for r in results if r is not None)
             # The first sale committed may be pushed and ingested before the hub answers
             # the second till: its earned points are then c-2's at the hub, theirs to
             # spend (review 46, seed 46013: 153 at till-b, earning 49, ingested 4 ms
             # before till-a was granted exactly 49; the hub never held more than c-2 had).
-            # Only the sale answered first can help the other: the larger of the two.
-            earned = max(int(r.get("earnedPoints", 0)) for r in results if r is not None)
-            if spent > max(before, 0) + earned:
+            # Counted in the hub's order (review 47, pg47: the larger of the two, counted
+            # whatever the order until then, let an over-grant of fewer points pass):
+            # what the hub had taken when it placed each hold (`CLAIMS_SEEN`).
+            earned = [int(r.get("earnedPoints", 0)) for r in results if r is not None]
+            seen = self.race_seen([body["receiptId"] for _, body in bodies])
+            allowed = race_allowance(
+                before, [(e, taken, at) for e, (taken, at) in zip(earned, seen, strict=True)]
+            )
+            if allowed > max(before, 0):
+                self.counts["points_race_taken_first"] += 1  # a sale's points counted
+            if spent > allowed:
                 self.problem(
                     f"c-2 redeemed {spent} ONLINE at two tills with {before}, the sales"
-                    f" earning {[int(r.get('earnedPoints', 0)) for r in results if r]}"
-                    " (CONTRACT §9)"
+                    f" earning {earned} (taken at the hub as ingest ids, the hub's newest"
+                    f" when it placed each hold: {seen}; {allowed} allowed; CONTRACT §9)"
                 )
 
     def lane(self, rng: random.Random, until: float) -> None:
