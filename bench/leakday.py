@@ -56,6 +56,7 @@ def _counts_thread(path: Path) -> None:
             continue
         with contextlib.suppress(OSError):
             req.unlink()
+        trimmed = _trim_if_asked(path)
         gc.collect()
         by_type: collections.Counter[str] = collections.Counter(
             type(o).__qualname__ for o in gc.get_objects()
@@ -70,6 +71,9 @@ def _counts_thread(path: Path) -> None:
             "sqlite_kib": _sqlite_used() // 1024,
             "malloc": _mallinfo(),
             "blocks": sys.getallocatedblocks(),
+            "arenas": _arenas(),
+            "sqlite_conns": _sqlite_connections(),
+            "trimmed": trimmed,
             "threads": threading.active_count(),
             "fds": len(os.listdir("/proc/self/fd")),
             "fd_kinds": dict(
@@ -118,6 +122,47 @@ def _mallinfo() -> dict[str, int]:
         return {}
     return {"in_use_kib": info.uordblks // 1024, "free_kib": info.fordblks // 1024,
             "mmap_kib": info.hblkhd // 1024}  # fmt: skip
+
+
+def _arenas() -> int:
+    """glibc's malloc arenas in this process (`malloc_info`'s heaps); -1 when unknown."""
+    import ctypes
+    import tempfile
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.fdopen.restype = ctypes.c_void_p
+        libc.fdopen.argtypes = [ctypes.c_int, ctypes.c_char_p]
+        libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        libc.fclose.argtypes = [ctypes.c_void_p]
+        with tempfile.TemporaryFile() as f:
+            stream = libc.fdopen(os.dup(f.fileno()), b"w")
+            libc.malloc_info(0, stream)
+            libc.fclose(stream)
+            f.seek(0)
+            return f.read().count(b"<heap nr=")
+    except (OSError, AttributeError):
+        return -1
+
+
+def _sqlite_connections() -> int:
+    """The hub store's open SQLite connections (its `_all` list: one a thread that asked)."""
+    return sum(
+        len(o._all) for o in gc.get_objects() if type(o).__name__ == "SqliteHubStore"
+    )
+
+
+def _trim_if_asked(path: Path) -> bool:
+    """`malloc_trim(0)` before the counts when the file COUNTS.trim is there (then gone)."""
+    import ctypes
+
+    ask = path.with_suffix(".trim")
+    if not ask.exists():
+        return False
+    ask.unlink()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return True
 
 
 def _fd_kind(fd: str) -> str:
@@ -213,6 +258,10 @@ class Hub(HubProc):
         from bench.hubready import wait_hub_serving
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
+        # the hub's own settings of the environment, e.g. MALLOC_ARENA_MAX=16 (review 47)
+        for pair in os.environ.get("LEAKDAY_HUB_ENV", "").split():
+            name, _, value = pair.partition("=")
+            env[name] = value
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [
@@ -442,6 +491,9 @@ def main(work: Path, minutes: float, tills_n: int, seed: int) -> int:
             "t": round(time.monotonic() - t_start, 1),
             "till": counts_of(main_till.counts),
             "hub": counts_of(hub.counts),
+            "hub_db_kib": sum(
+                f.stat().st_size for f in root.glob("hub.db*") if f.is_file()
+            ) // 1024,
         }
         samples.append(doc)
         print(json.dumps(dict(sorted(day.counts.items()))), flush=True)
@@ -453,7 +505,8 @@ def main(work: Path, minutes: float, tills_n: int, seed: int) -> int:
             f"  hub rss {doc['hub']['rss_kib'] / 1024:6.1f} MiB blocks {doc['hub']['blocks']:8d}"
             f" sql {doc['hub']['sqlite_kib'] // 1024} malloc {doc['hub']['malloc']}"
             f" thr {doc['hub']['threads']:3d} fds {doc['hub']['fds']:3d}"
-            "",
+            f" arenas {doc['hub'].get('arenas')} conns {doc['hub'].get('sqlite_conns')}"
+            f" hub.db {doc['hub_db_kib']} KiB",
             flush=True,
         )
 
@@ -495,6 +548,8 @@ def main(work: Path, minutes: float, tills_n: int, seed: int) -> int:
             time.sleep(0.5)
         time.sleep(5)
         sample("end")
+        hub.counts.with_suffix(".trim").write_text("", encoding="ascii")
+        sample("trimmed")  # the hub after malloc_trim(0): what glibc gives back
     finally:
         stop.set()
         side.join(30)
@@ -510,6 +565,7 @@ def main(work: Path, minutes: float, tills_n: int, seed: int) -> int:
 def report(samples: list[dict[str, Any]]) -> None:
     """The first sample after the hub's last restart against the last one (the hub is a
     new process after each outage), and each sample's line."""
+    samples = [s for s in samples if s["label"] != "trimmed"]
     settled = [s for s in samples if s.get("settled")] or samples
     first, last = settled[0], settled[-1]
     for who in ("till", "hub"):
