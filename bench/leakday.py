@@ -147,9 +147,7 @@ def _arenas() -> int:
 
 def _sqlite_connections() -> int:
     """The hub store's open SQLite connections (its `_all` list: one a thread that asked)."""
-    return sum(
-        len(o._all) for o in gc.get_objects() if type(o).__name__ == "SqliteHubStore"
-    )
+    return sum(len(o._all) for o in gc.get_objects() if type(o).__name__ == "SqliteHubStore")
 
 
 def _trim_if_asked(path: Path) -> bool:
@@ -491,9 +489,8 @@ def main(work: Path, minutes: float, tills_n: int, seed: int) -> int:
             "t": round(time.monotonic() - t_start, 1),
             "till": counts_of(main_till.counts),
             "hub": counts_of(hub.counts),
-            "hub_db_kib": sum(
-                f.stat().st_size for f in root.glob("hub.db*") if f.is_file()
-            ) // 1024,
+            "hub_db_kib": sum(f.stat().st_size for f in root.glob("hub.db*") if f.is_file())
+            // 1024,
         }
         samples.append(doc)
         print(json.dumps(dict(sorted(day.counts.items()))), flush=True)
