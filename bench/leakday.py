@@ -14,12 +14,16 @@ while the POS goes on. The other tills sell and push beside it (the hub's per-ti
 Every process runs the real command line (`tillpoint.agent.cli.main`) under
 `python -m bench.leakday serve COUNTS ARGS...`: a daemon thread that, when the file
 COUNTS.req appears, writes the process's RSS, `sys.getallocatedblocks()` after a
-`gc.collect()`, SQLite's `sqlite3_memory_used`, glibc's `mallinfo2`, its threads, open
-files by kind, and its GC-tracked objects by type to COUNTS.N (nothing else changes; no
-debug hook in the product). The report compares the first sample after the hub's last
-restart with the last: anything growing with the calls shows as a type whose count climbs
-and blocks that do not level off. Results: docs/PERFORMANCE.md, "What a long-running till
-and its hub keep"."""
+`gc.collect()`, SQLite's `sqlite3_memory_used`, glibc's `mallinfo2` and its arenas
+(`malloc_info`'s heaps), a hub store's SQLite connections, its threads, open files by
+kind, and its GC-tracked objects by type to COUNTS.N (nothing else changes; no debug
+hook in the product); hub.db's size beside each sample, and a last one of the hub after
+`malloc_trim(0)` (review 47). `LEAKDAY_HUB_ENV="NAME=VALUE ..."` sets the hub's own
+environment (e.g. `MALLOC_ARENA_MAX=16`, glibc's default on two cores). The report
+compares the first sample after the hub's last restart with the last: anything growing
+with the calls shows as a type whose count climbs and blocks that do not level off.
+Results: docs/PERFORMANCE.md, "What a long-running till and its hub keep" and "The
+hub's memory over a day"."""
 
 from __future__ import annotations
 
