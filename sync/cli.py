@@ -452,9 +452,9 @@ def _hub_serve(settings: Settings, args: argparse.Namespace) -> int:
     _in_range("--keep-deltas-days", args.keep_deltas_days, 0, KEEP_DELTAS_MAX_DAYS)
     _in_range("--workers", args.workers, 1, WORKERS_MAX)
     _in_range("--rate-kib", args.rate_kib, 0, 2**40)
-    # glibc's arenas as `run` keeps them, before the server starts its threads: one for
-    # each gRPC worker kept its own free pieces, a hub's free heap 2 -> 31 MB over
-    # leak46's day (review 47, hub47); an operator's MALLOC_ARENA_MAX wins
+    # glibc's arenas as `run` keeps them, before the server starts its threads: with one
+    # for each gRPC worker (16) a hub's free heap grew 3.8 -> 39.4 MB in 13 minutes of
+    # leakday, with two it stayed 7-11 MB (review 47, hub47); MALLOC_ARENA_MAX wins
     limit_malloc_arenas()
     logs.setup(settings.log.level, settings.log.format)
     remove_stale_spools(hub.root)  # what an import killed by SIGKILL left (review 33)
