@@ -14,12 +14,16 @@ while the POS goes on. The other tills sell and push beside it (the hub's per-ti
 Every process runs the real command line (`tillpoint.agent.cli.main`) under
 `python -m bench.leakday serve COUNTS ARGS...`: a daemon thread that, when the file
 COUNTS.req appears, writes the process's RSS, `sys.getallocatedblocks()` after a
-`gc.collect()`, SQLite's `sqlite3_memory_used`, glibc's `mallinfo2`, its threads, open
-files by kind, and its GC-tracked objects by type to COUNTS.N (nothing else changes; no
-debug hook in the product). The report compares the first sample after the hub's last
-restart with the last: anything growing with the calls shows as a type whose count climbs
-and blocks that do not level off. Results: docs/PERFORMANCE.md, "What a long-running till
-and its hub keep"."""
+`gc.collect()`, SQLite's `sqlite3_memory_used`, glibc's `mallinfo2` and its arenas
+(`malloc_info`'s heaps), a hub store's SQLite connections, its threads, open files by
+kind, and its GC-tracked objects by type to COUNTS.N (nothing else changes; no debug
+hook in the product); hub.db's size beside each sample, and a last one of the hub after
+`malloc_trim(0)` (review 47). `LEAKDAY_HUB_ENV="NAME=VALUE ..."` sets the hub's own
+environment (e.g. `MALLOC_ARENA_MAX=16`, glibc's default on two cores). The report
+compares the first sample after the hub's last restart with the last: anything growing
+with the calls shows as a type whose count climbs and blocks that do not level off.
+Results: docs/PERFORMANCE.md, "What a long-running till and its hub keep" and "The
+hub's memory over a day"."""
 
 from __future__ import annotations
 
@@ -56,6 +60,7 @@ def _counts_thread(path: Path) -> None:
             continue
         with contextlib.suppress(OSError):
             req.unlink()
+        trimmed = _trim_if_asked(path)
         gc.collect()
         by_type: collections.Counter[str] = collections.Counter(
             type(o).__qualname__ for o in gc.get_objects()
@@ -70,6 +75,9 @@ def _counts_thread(path: Path) -> None:
             "sqlite_kib": _sqlite_used() // 1024,
             "malloc": _mallinfo(),
             "blocks": sys.getallocatedblocks(),
+            "arenas": _arenas(),
+            "sqlite_conns": _sqlite_connections(),
+            "trimmed": trimmed,
             "threads": threading.active_count(),
             "fds": len(os.listdir("/proc/self/fd")),
             "fd_kinds": dict(
@@ -118,6 +126,45 @@ def _mallinfo() -> dict[str, int]:
         return {}
     return {"in_use_kib": info.uordblks // 1024, "free_kib": info.fordblks // 1024,
             "mmap_kib": info.hblkhd // 1024}  # fmt: skip
+
+
+def _arenas() -> int:
+    """glibc's malloc arenas in this process (`malloc_info`'s heaps); -1 when unknown."""
+    import ctypes
+    import tempfile
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.fdopen.restype = ctypes.c_void_p
+        libc.fdopen.argtypes = [ctypes.c_int, ctypes.c_char_p]
+        libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        libc.fclose.argtypes = [ctypes.c_void_p]
+        with tempfile.TemporaryFile() as f:
+            stream = libc.fdopen(os.dup(f.fileno()), b"w")
+            libc.malloc_info(0, stream)
+            libc.fclose(stream)
+            f.seek(0)
+            return f.read().count(b"<heap nr=")
+    except (OSError, AttributeError):
+        return -1
+
+
+def _sqlite_connections() -> int:
+    """The hub store's open SQLite connections (its `_all` list: one a thread that asked)."""
+    return sum(len(o._all) for o in gc.get_objects() if type(o).__name__ == "SqliteHubStore")
+
+
+def _trim_if_asked(path: Path) -> bool:
+    """`malloc_trim(0)` before the counts when the file COUNTS.trim is there (then gone)."""
+    import ctypes
+
+    ask = path.with_suffix(".trim")
+    if not ask.exists():
+        return False
+    ask.unlink()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return True
 
 
 def _fd_kind(fd: str) -> str:
@@ -213,6 +260,10 @@ class Hub(HubProc):
         from bench.hubready import wait_hub_serving
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
+        # the hub's own settings of the environment, e.g. MALLOC_ARENA_MAX=16 (review 47)
+        for pair in os.environ.get("LEAKDAY_HUB_ENV", "").split():
+            name, _, value = pair.partition("=")
+            env[name] = value
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [
@@ -442,6 +493,8 @@ def main(work: Path, minutes: float, tills_n: int, seed: int) -> int:
             "t": round(time.monotonic() - t_start, 1),
             "till": counts_of(main_till.counts),
             "hub": counts_of(hub.counts),
+            "hub_db_kib": sum(f.stat().st_size for f in root.glob("hub.db*") if f.is_file())
+            // 1024,
         }
         samples.append(doc)
         print(json.dumps(dict(sorted(day.counts.items()))), flush=True)
@@ -453,7 +506,8 @@ def main(work: Path, minutes: float, tills_n: int, seed: int) -> int:
             f"  hub rss {doc['hub']['rss_kib'] / 1024:6.1f} MiB blocks {doc['hub']['blocks']:8d}"
             f" sql {doc['hub']['sqlite_kib'] // 1024} malloc {doc['hub']['malloc']}"
             f" thr {doc['hub']['threads']:3d} fds {doc['hub']['fds']:3d}"
-            "",
+            f" arenas {doc['hub'].get('arenas')} conns {doc['hub'].get('sqlite_conns')}"
+            f" hub.db {doc['hub_db_kib']} KiB",
             flush=True,
         )
 
@@ -495,6 +549,8 @@ def main(work: Path, minutes: float, tills_n: int, seed: int) -> int:
             time.sleep(0.5)
         time.sleep(5)
         sample("end")
+        hub.counts.with_suffix(".trim").write_text("", encoding="ascii")
+        sample("trimmed")  # the hub after malloc_trim(0): what glibc gives back
     finally:
         stop.set()
         side.join(30)
@@ -510,6 +566,7 @@ def main(work: Path, minutes: float, tills_n: int, seed: int) -> int:
 def report(samples: list[dict[str, Any]]) -> None:
     """The first sample after the hub's last restart against the last one (the hub is a
     new process after each outage), and each sample's line."""
+    samples = [s for s in samples if s["label"] != "trimmed"]
     settled = [s for s in samples if s.get("settled")] or samples
     first, last = settled[0], settled[-1]
     for who in ("till", "hub"):
