@@ -26,28 +26,48 @@ grants and outages, judge the product against 300 ms on purpose)."""
 from __future__ import annotations
 
 import functools
+import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
 
 DEFAULT_S = 0.6
 WHERE = ("before", "after")
+DEFAULT_RPC = "AuthorizeRedemption"
+# Every RPC of the hub a till calls (`sync/hub_server.py`'s `HubServicer`); the two
+# streams (a snapshot's chunks, the notifications) are made late as a whole: `before`
+# their first message, `after` their last one (the stream's end, its status, late).
+RPCS = (
+    "AuthorizeRedemption",
+    "ShrinkRedemption",
+    "ReleaseRedemption",
+    "PushTransactions",
+    "PullSnapshot",
+    "ListTransactions",
+    "Subscribe",
+)
+STREAMS = ("PullSnapshot", "Subscribe")
 
 
-def install(delay_s: float, where: str = "before") -> Callable[[], None]:
-    """Make every `HubServicer.AuthorizeRedemption` wait `delay_s` `where` it is told;
-    returns the undo. A server binds its servicer's methods when it starts: hubs started
-    after the call answer late, those already serving are not changed."""
-    from tillpoint.sync.hub_server import HubServicer
+def rpcs_of(names: Sequence[str]) -> tuple[str, ...]:
+    """The RPCs `--late-hub-rpc` names (`all`: every one of `RPCS`), each once, in
+    `RPCS`' order; a name that is not one of them is a `ValueError`."""
+    wanted: set[str] = set()
+    for name in names:
+        if name == "all":
+            wanted.update(RPCS)
+        elif name in RPCS:
+            wanted.add(name)
+        else:
+            raise ValueError(f"--late-hub-rpc: one of {', '.join(RPCS)} or all, not {name!r}")
+    return tuple(r for r in RPCS if r in wanted)
 
-    if where not in WHERE:
-        raise ValueError(f"where: one of {WHERE}, not {where!r}")
-    original = HubServicer.AuthorizeRedemption
 
+def _late_unary(original: Callable[..., Any], delay_s: float, where: str) -> Callable[..., Any]:
     @functools.wraps(original)
-    def late(self: HubServicer, request: Any, context: Any) -> Any:
+    def late(self: Any, request: Any, context: Any) -> Any:
         if where == "before":
             time.sleep(delay_s)
             return original(self, request, context)
@@ -56,16 +76,53 @@ def install(delay_s: float, where: str = "before") -> Callable[[], None]:
         finally:
             time.sleep(delay_s)
 
-    HubServicer.AuthorizeRedemption = late  # type: ignore[method-assign]
+    return late
+
+
+def _late_stream(original: Callable[..., Any], delay_s: float, where: str) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def late(self: Any, request: Any, context: Any) -> Iterator[Any]:
+        if where == "before":
+            time.sleep(delay_s)
+            yield from original(self, request, context)
+            return
+        try:
+            yield from original(self, request, context)
+        finally:
+            time.sleep(delay_s)
+
+    return late
+
+
+def install(
+    delay_s: float, where: str = "before", rpcs: Sequence[str] = (DEFAULT_RPC,)
+) -> Callable[[], None]:
+    """Make every `HubServicer` method named in `rpcs` (`AuthorizeRedemption` alone by
+    default; `all` for each of `RPCS`) wait `delay_s` `where` it is told; returns the
+    undo. A server binds its servicer's methods when it starts: hubs started after the
+    call answer late, those already serving are not changed."""
+    from tillpoint.sync.hub_server import HubServicer
+
+    if where not in WHERE:
+        raise ValueError(f"where: one of {WHERE}, not {where!r}")
+    names = rpcs_of(rpcs)
+    originals = {name: getattr(HubServicer, name) for name in names}
+    for name, original in originals.items():
+        if name in STREAMS:
+            assert inspect.isgeneratorfunction(original), name
+            setattr(HubServicer, name, _late_stream(original, delay_s, where))
+        else:
+            setattr(HubServicer, name, _late_unary(original, delay_s, where))
 
     def undo() -> None:
-        HubServicer.AuthorizeRedemption = original  # type: ignore[method-assign]
+        for name, original in originals.items():
+            setattr(HubServicer, name, original)
 
     return undo
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("latehub", "in-process hubs answer AuthorizeRedemption late")
+    group = parser.getgroup("latehub", "in-process hubs answer late")
     group.addoption(
         "--late-hub-s",
         type=float,
@@ -78,6 +135,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default="before",
         help="wait before the hub reads the call (default) or after it has answered",
     )
+    group.addoption(
+        "--late-hub-rpc",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help=f"the hub RPC answered late (repeatable; default {DEFAULT_RPC}; all for every"
+        f" one of {', '.join(RPCS)})",
+    )
+
+
+def _rpcs_option(config: pytest.Config) -> tuple[str, ...]:
+    return rpcs_of(config.getoption("--late-hub-rpc") or [DEFAULT_RPC])
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -85,11 +154,17 @@ def pytest_configure(config: pytest.Config) -> None:
     if delay < 0:
         raise pytest.UsageError("--late-hub-s must be >= 0")
     where = str(config.getoption("--late-hub-at"))
-    config.add_cleanup(install(delay, where))
+    try:
+        rpcs = _rpcs_option(config)
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.add_cleanup(install(delay, where, rpcs))
 
 
 def pytest_report_header(config: pytest.Config) -> str:
+    rpcs = _rpcs_option(config)
+    what = "every in-process " + (rpcs[0] if len(rpcs) == 1 else "hub RPC of " + ", ".join(rpcs))
     return (
-        f"latehub: every in-process AuthorizeRedemption answered "
+        f"latehub: {what} answered "
         f"{config.getoption('--late-hub-s')} s late ({config.getoption('--late-hub-at')})"
     )
