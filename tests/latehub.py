@@ -33,16 +33,20 @@ into each xdist worker too (`-p` is handed on). Use it to look for such tests; t
 is not expected to pass whole under it (the tests of the deadline itself, FAST's late
 grants and outages, judge the product against 300 ms on purpose).
 
-What review 47 ran under it (0.6 s; DECISIONS "Review 47 (late47)"): the hold, coupon,
-authorise, release, reset, refund and sync files (coupons, coupons_online, coupons_scan,
-hold33, rel33, grant39, hold44, ask45, reset46, sync_reset, sync_redemption, sync_push,
-sync_recovery, refund23, hub_refund_batches; 101 tests) with every RPC late at once and
-with each RPC alone, `before` and `after`; the same files on a PostgreSQL hub
-(`--hub-store postgresql`) and the PostgreSQL parameters of the 38 files that start a hub
-on it, with AuthorizeRedemption and ReleaseRedemption late. No product fault; the
-failures: rel33's two 80 ms releases (they judge the release's deadline on purpose) and
-reset46's two resets (the CLI's releases waited the shipped 300 ms without meaning to:
-they now wait the tests' 3 s)."""
+What review 47 ran under it (0.6 s; DECISIONS "Review 47 (late47)" has the details):
+the hold, coupon, authorise, release, reset, refund and sync files (coupons,
+coupons_online, coupons_scan, hold33, rel33, grant39, hold44, ask45, reset46, sync_reset,
+sync_redemption, sync_push, sync_recovery, refund23, hub_refund_batches; 101 tests) with
+every RPC late at once and with each RPC alone, `before` and `after`; the same files on a
+PostgreSQL hub (`--hub-store postgresql`) and the `[postgresql]` parameters of the 38
+files that start a hub on it (the slow ones of ten hold/release files too), with
+AuthorizeRedemption and ReleaseRedemption late; 46 more files that release, shrink or
+sweep through a hub with every RPC late. No product fault. Expected failures, kept: the
+tests of a deadline (rel33's and rev33b's 80 ms calls, rev40g's shrink inside a Hold's
+one deadline, left35's stop at the shipped settings, `sync now --timeout` in left37 and
+rev36c, leak46's 120 s timeout with every call late). Eleven tests that needed an answer
+within 300 ms without meaning to (reset46, review12, left37, rev36c, rev38b, flake39,
+stress45, rev40b) now wait `ANSWERED_S` (or their tills' 3 s) or for the condition."""
 
 from __future__ import annotations
 
