@@ -188,6 +188,8 @@ def test_sync_now_whose_push_spends_its_timeout_sends_no_owed_release_after_it(
     assert asked == [] and owed_releases(data) == 2
     monkeypatch.setattr(HubServicer, "PushTransactions", pushed)
     hub.restart()
+    # its releases wait for the hub's answers, not the shipped 300 ms (review 47, late47)
+    monkeypatch.setenv("TILLPOINT_HUB__REDEEM_TIMEOUT_MS", "5000")
     again = cli("sync", "now", "--timeout", "30")
     assert again.code == 0, again.err
     assert sorted(asked) == ["h-0", "h-1"] and owed_releases(data) == 0
