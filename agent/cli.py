@@ -977,8 +977,10 @@ def _human_reset(d: dict[str, Any]) -> str:
         said.append(f"{d['hubHoldsReleased']} hold(s) released at the hub")
     if d["hubHoldsLeft"]:
         said.append(
-            f"{d['hubHoldsLeft']} hold(s) not released: the hub was not reached"
-            " (they expire there on their own)"
+            # a release answered too late may have been done there all the same (review
+            # 47, late47): what the till knows is that no answer came in time
+            f"{d['hubHoldsLeft']} hold(s) not known released: the hub did not answer in"
+            " time (any still held there expires on its own)"
         )
     if d["hubReleasesOwed"]:
         # a grant asked for within the last minute may still reach the hub after the

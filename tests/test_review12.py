@@ -136,7 +136,8 @@ def test_reset_says_when_the_hub_could_not_release_the_holds(
     assert code == 0, err
     assert out.strip() == (
         "the till's cache and ledger are empty; numbering continues;"
-        " 1 hold(s) not released: the hub was not reached (they expire there on their own)"
+        " 1 hold(s) not known released: the hub did not answer in time (any still held there"
+        " expires on its own)"
     )
 
 
