@@ -36,6 +36,7 @@ import json
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -90,6 +91,21 @@ def _coupon_rows(url: str) -> list[tuple[str, str, str]]:
     return [(str(c), str(d), str(r)) for c, d, r in rows]
 
 
+def _call(answers: dict[str, Any], name: str, body: Callable[[], Any]) -> threading.Thread:
+    """`body` on a thread of its own, started; its answer (or StorageError) in
+    `answers[name]`."""
+
+    def run() -> None:
+        try:
+            answers[name] = body()
+        except StorageError as exc:
+            answers[name] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
 @pytest.mark.timeout(180)
 def test_a_coupon_steps_expiry_and_an_ingests_drop_do_not_deadlock(pg_cluster: Any) -> None:
     """CONTRACT §13. Till-a's receipts r1 and r2 each held a code (K1, K2) and were sold
@@ -137,25 +153,16 @@ def test_a_coupon_steps_expiry_and_an_ingests_drop_do_not_deadlock(pg_cluster: A
         ]
         answers: dict[str, Any] = {}
 
-        def call(name: str, body: Any) -> threading.Thread:
-            def run() -> None:
-                try:
-                    answers[name] = body()
-                except StorageError as exc:
-                    answers[name] = exc
-
-            thread = threading.Thread(target=run, daemon=True)
-            thread.start()
-            return thread
-
         with psycopg.connect(url) as blocker:
             blocker.execute("DELETE FROM coupon_holds WHERE code = 'KP'")  # uncommitted
-            step = call(
-                "step", lambda: hub.hold_coupons("till-c", "x1", "c-2", ["NEW-1"], now, TTL_S)
+            step = _call(
+                answers,
+                "step",
+                lambda: hub.hold_coupons("till-c", "x1", "c-2", ["NEW-1"], now, TTL_S),
             )
             _until("the coupon step waits on r5's hold", lambda: _waits(url, "transactionid") == 1)
             sales = [_sale("till-a", 1, "c-1", "r1"), _sale("till-a", 2, "c-1", "r2")]
-            push = call("push", lambda: hub.ingest("till-a", "", sales, NOW))
+            push = _call(answers, "push", lambda: hub.ingest("till-a", "", sales, NOW))
             _until("the push waits too", lambda: _waits(url, "transactionid") == 2)
             blocker.rollback()  # r5's hold stays (its dropper changed its mind): expired
         step.join(120)
@@ -290,25 +297,16 @@ def test_a_claims_expiry_and_an_ingest_settling_another_customers_holds_do_not_d
             conn.execute("ANALYZE holds")
         answers: dict[str, Any] = {}
 
-        def call(name: str, body: Any) -> threading.Thread:
-            def run() -> None:
-                try:
-                    answers[name] = body()
-                except StorageError as exc:
-                    answers[name] = exc
-
-            thread = threading.Thread(target=run, daemon=True)
-            thread.start()
-            return thread
-
         with psycopg.connect(url) as blocker:
             blocker.execute("UPDATE holds SET points = points WHERE receipt_id = 'r5'")
-            claim = call(
-                "claim", lambda: hub.authorise("till-c", "x1", "c-1", 5, NOW, [], now, TTL_S)
+            claim = _call(
+                answers,
+                "claim",
+                lambda: hub.authorise("till-c", "x1", "c-1", 5, NOW, [], now, TTL_S),
             )
             _until("the claim waits on r5's hold", lambda: _waits(url, "transactionid") == 1)
             sales = [_sale("till-a", 1, "c-2", "r1"), _sale("till-a", 2, "c-2", "r2")]
-            push = call("push", lambda: hub.ingest("till-a", "", sales, NOW))
+            push = _call(answers, "push", lambda: hub.ingest("till-a", "", sales, NOW))
             _until(
                 "the push waits too (on c-1's lock, or on r2's hold)",
                 lambda: _waits(url, "transactionid") + _waits(url, "advisory") == 2,
