@@ -97,24 +97,26 @@ def test_undone_the_hub_method_is_the_one_it_was(tmp_path: Path) -> None:
         hub.stop()
 
 
+def run_pytest_latehub(*args: str) -> subprocess.CompletedProcess[str]:
+    """A pytest process of the repository with the late-hub plugin loaded by name."""
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "tests.latehub", "-p", "no:xdist", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 @pytest.mark.slow  # two pytest processes, 10-30 s; the tests above are its in-process twins
 def test_the_plugin_loads_by_name_and_refuses_a_negative_delay() -> None:
     here = "tests/test_review45_late45.py::test_undone_the_hub_method_is_the_one_it_was"
 
-    def pytest_(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "pytest", "-p", "tests.latehub", "-p", "no:xdist", *args],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-
-    listed = pytest_("--co", "--late-hub-s", "0.9", "--late-hub-at", "after", here)
+    listed = run_pytest_latehub("--co", "--late-hub-s", "0.9", "--late-hub-at", "after", here)
     assert listed.returncode == 0, listed.stdout + listed.stderr
     assert "latehub: every in-process AuthorizeRedemption answered 0.9 s late (after)" in (
         listed.stdout
     )
-    refused = pytest_("--co", "--late-hub-s", "-1", here)
+    refused = run_pytest_latehub("--co", "--late-hub-s", "-1", here)
     assert refused.returncode == 4, refused.stdout + refused.stderr  # a usage error
     assert "--late-hub-s must be >= 0" in refused.stderr

@@ -27,8 +27,6 @@ and two tills, about 10 s on two workers of the loaded 2-core machine.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -40,7 +38,8 @@ from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data, ti
 from tillpoint.sync.push import Pusher
 
 from . import latehub
-from .conftest import ANSWERED_S, REPO, answered, enrolled_till
+from .conftest import ANSWERED_S, answered, enrolled_till
+from .test_review45_late45 import run_pytest_latehub
 
 ANNA = "2770000000017"  # c-1: 1,200 points at the hub
 BIG = [{"sku": "4601234000017", "qty": "1", "priceMinor": 1_000_000}]  # takes all 1,200
@@ -184,23 +183,14 @@ def test_a_push_answered_late_is_sent_again_and_stored_once(where: str, tmp_path
 def test_the_plugin_takes_late_hub_rpc_by_name_and_refuses_an_unknown_one() -> None:
     here = "tests/test_review47_late47.py::test_each_rpc_and_all_are_made_late_and_undone"
 
-    def pytest_(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "pytest", "-p", "tests.latehub", "-p", "no:xdist", *args],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-
     rpcs = ("--late-hub-rpc", "PushTransactions", "--late-hub-rpc", "ReleaseRedemption")
-    listed = pytest_("--co", *rpcs, "--late-hub-at", "after", here)
+    listed = run_pytest_latehub("--co", *rpcs, "--late-hub-at", "after", here)
     assert listed.returncode == 0, listed.stdout + listed.stderr
     assert (
         "latehub: every in-process hub RPC of ReleaseRedemption, PushTransactions answered"
         " 0.6 s late (after)"
     ) in listed.stdout
-    refused = pytest_("--co", "--late-hub-rpc", "Release", here)
+    refused = run_pytest_latehub("--co", "--late-hub-rpc", "Release", here)
     assert refused.returncode == 4, refused.stdout + refused.stderr  # a usage error
     assert "--late-hub-rpc: one of AuthorizeRedemption" in refused.stderr
     assert "not 'Release'" in refused.stderr
