@@ -1,0 +1,110 @@
+"""Review 47 (review47): a second reading of session 47's hub changes (pg47's ingest:
+`lock_settling` before anything is read, the batch's coupon rows written after its
+transactions in code order). Real parts: the reference hub's stores on SQLite and on a
+throwaway PostgreSQL cluster.
+
+- A pushed sale whose receiptId holds a NUL or a lone UTF-16 surrogate (an earlier
+  release's till took one) is set aside alone as REJECTED on either store (review 31,
+  review 32), the rest of its batch stored. pg47's `lock_settling` sent the receiptId to
+  PostgreSQL (the receipts whose holds the batch may settle) before `settle` refused it:
+  the whole push failed UNAVAILABLE ("PostgreSQL text fields cannot contain NUL (0x00)
+  bytes"), and the till's outbox was blocked behind it for good. A customer id with a
+  NUL went to `lock_customers` the same way (before session 47 too).
+- The coupon rows of one batch, now written after its transactions in code order, are
+  the rows the batch wrote one transaction at a time: a code's first use in the batch's
+  order is its use, a later use of it by another receipt a conflict, a REJECTED sale's
+  codes no use at all, the codes gone from the next snapshot (pinned on both stores).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from .test_hub_claim import tx
+from .test_review46_pgrace46 import _hub
+
+
+def _sale(seq: int, customer: str, request_json: str, codes: tuple[str, ...] = ()) -> Any:
+    coupons = [{"code": code, "status": "APPLIED"} for code in codes]
+    return replace(
+        tx("till-a", seq, customer, 0),
+        request_json=request_json,
+        result_json=json.dumps({"earnedPoints": 7, "coupons": coupons}),
+    )
+
+
+def test_a_sale_with_an_unstorable_receipt_or_customer_is_rejected_alone(
+    hub_store_factory: Any,
+) -> None:
+    """CONTRACT §9, §10: a transaction the hub cannot store is set aside (REJECTED) and
+    the batch goes on; the push never fails for it (the till would send it for good)."""
+    store = _hub(hub_store_factory())
+    batch = [
+        _sale(1, "c-1", '{"receiptId": "r\\u0000nul"}'),  # as an earlier release sent it
+        _sale(2, "c-1", '{"receiptId": "r\\ud800lone"}'),
+        _sale(3, "c\x00x", '{"receiptId": "r-3"}'),
+        _sale(4, "c-1", '{"receiptId": "r-4"}'),
+    ]
+    done = store.ingest("till-a", "b-1", batch, datetime.now(UTC))
+    assert [r.outcome for r in done.results] == ["REJECTED", "REJECTED", "REJECTED", "STORED"]
+    assert "NUL" in done.results[0].reason and "surrogate" in done.results[1].reason
+    assert done.acked_through == 4
+    assert [t.receipt_id for t in store.transactions("till-a")] == ["r-4"]
+    again = store.ingest("till-a", "b-1", batch, datetime.now(UTC))  # the answer replayed
+    assert again.replayed and [r.outcome for r in again.results] == [
+        r.outcome for r in done.results
+    ]
+
+
+def _coupon_state(store: Any) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], Any]:
+    with store.read_tx() as t:
+        uses = t.execute(
+            "SELECT code, device_id, seq, receipt_id FROM coupon_uses ORDER BY code"
+        ).fetchall()
+        conflicts = t.execute(
+            "SELECT code, device_id, seq, receipt_id FROM coupon_conflicts ORDER BY code, seq"
+        ).fetchall()
+        draft = t.execute(
+            "SELECT key, doc FROM draft WHERE kind = 'coupon' ORDER BY key"
+        ).fetchall()
+    return (
+        [tuple(r) for r in uses],
+        [tuple(r) for r in conflicts],
+        [tuple(r) for r in draft],
+    )
+
+
+def test_a_batchs_coupon_rows_are_those_of_its_transactions_one_by_one(
+    hub_store_factory: Any,
+) -> None:
+    """CONTRACT §13: r-1 uses K2 then K1, r-2 uses K1 again (a code used twice in one
+    batch: the later use a conflict, the sale stands), r-3 is REJECTED (its codes are no
+    use), r-4 uses K2 twice in its own result (one use), r-5 repeats r-1's request under
+    another seq (a DUPLICATE: no second use)."""
+    store = _hub(hub_store_factory())
+    batch = [
+        _sale(1, "c-1", '{"receiptId": "r-1"}', ("K2", "K1")),
+        _sale(2, "c-2", '{"receiptId": "r-2"}', ("K1",)),
+        replace(_sale(3, "c-1", '{"receiptId": "r-3"}', ("K3",)), kind="NOPE"),
+        _sale(4, "c-1", '{"receiptId": "r-4"}', ("K4", "K4")),
+        _sale(5, "c-1", '{"receiptId": "r-1"}', ("K2", "K1")),
+    ]
+    done = store.ingest("till-a", "b-1", batch, datetime.now(UTC))
+    assert [r.outcome for r in done.results] == [
+        "STORED",
+        "STORED",
+        "REJECTED",
+        "STORED",
+        "DUPLICATE",
+    ]
+    uses, conflicts, draft = _coupon_state(store)
+    assert uses == [
+        ("K1", "till-a", 1, "r-1"),
+        ("K2", "till-a", 1, "r-1"),
+        ("K4", "till-a", 4, "r-4"),
+    ]
+    assert conflicts == [("K1", "till-a", 2, "r-2")]
+    assert draft == [("K1", None), ("K2", None), ("K4", None)]  # gone from the next snapshot
