@@ -108,3 +108,58 @@ def test_a_batchs_coupon_rows_are_those_of_its_transactions_one_by_one(
     ]
     assert conflicts == [("K1", "till-a", 2, "r-2")]
     assert draft == [("K1", None), ("K2", None), ("K4", None)]  # gone from the next snapshot
+
+
+def test_lock_settling_takes_the_locks_of_the_devices_active_holds_of_its_keys(
+    pg_url: str,
+) -> None:
+    """DECISIONS "Review 47 (pg47)": an ingest's customer locks are its sales' and those
+    of the device's ACTIVE holds of its keys (a receipt, a `seq:N`), and no one else's:
+    not a SETTLED hold's, not another device's, and nothing for empty lists. Read from
+    another session while the ingest's transaction is open (`pg_try_advisory_xact_lock`
+    fails on a key held)."""
+    import psycopg
+    from tillpoint.sync.hub_postgres import PostgresHubStore
+
+    store = PostgresHubStore(pg_url, migrate_schema=True)
+    now = datetime.now(UTC).isoformat()
+    try:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            for n, (device, receipt, customer, state) in enumerate(
+                [
+                    ("till-a", "seq:3", "c-2", "ACTIVE"),  # an unsent sale's spend
+                    ("till-a", "r-9", "c-3", "ACTIVE"),  # held for c-3, sold for c-1
+                    ("till-a", "r-8", "c-4", "SETTLED"),
+                    ("till-b", "r-9", "c-5", "ACTIVE"),  # another till's receipt r-9
+                    ("till-a", "r-7", "c-6", "ACTIVE"),  # not among the keys
+                ]
+            ):
+                conn.execute(
+                    "INSERT INTO holds VALUES (%s, %s, %s, %s, 5, %s, %s, %s, '')",
+                    (f"h{n}", device, receipt, customer, now, now, state),
+                )
+
+        def free(customer: str) -> bool:
+            with psycopg.connect(pg_url) as other:  # a transaction: its lock goes at its end
+                row = other.execute(
+                    "SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))",
+                    (f"customer:{customer}",),
+                ).fetchone()
+                return bool(row and row[0])
+
+        with store.write_tx() as tx:
+            tx.lock_settling([], "till-a", [])  # nothing to lock: no error
+        with store.write_tx() as tx:
+            tx.lock_settling(["c-1"], "till-a", ["r-8", "r-9", "seq:3"])
+            held = {c: not free(c) for c in ("c-1", "c-2", "c-3", "c-4", "c-5", "c-6")}
+        assert held == {
+            "c-1": True,
+            "c-2": True,
+            "c-3": True,
+            "c-4": False,
+            "c-5": False,
+            "c-6": False,
+        }
+        assert free("c-1") and free("c-3")  # gone with the transaction
+    finally:
+        store.close()
