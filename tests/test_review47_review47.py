@@ -14,17 +14,32 @@ throwaway PostgreSQL cluster.
   the rows the batch wrote one transaction at a time: a code's first use in the batch's
   order is its use, a later use of it by another receipt a conflict, a REJECTED sale's
   codes no use at all, the codes gone from the next snapshot (pinned on both stores).
+- `main(argv)` hands back the collector's threshold after a `run` that served, and a
+  caller that had frozen objects itself keeps its freeze (the lead's "a caller's own
+  freeze stays": nothing of the caller's thawed), through a real process serving until
+  SIGTERM.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+
+import grpc
+import pytest
+from tillpoint.v1 import tillpoint_pb2 as pb
+from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
 from .test_hub_claim import tx
 from .test_review46_pgrace46 import _hub
+from .test_review46_review46 import till_config
 
 
 def _sale(seq: int, customer: str, request_json: str, codes: tuple[str, ...] = ()) -> Any:
@@ -163,3 +178,48 @@ def test_lock_settling_takes_the_locks_of_the_devices_active_holds_of_its_keys(
         assert free("c-1") and free("c-3")  # gone with the transaction
     finally:
         store.close()
+
+
+FROZEN_CALLER = """
+import gc, json, sys
+from tillpoint.agent.cli import main
+kept = [object() for _ in range(10)]
+gc.freeze()  # the caller's own
+gc.set_threshold(500, 7, 9)
+before = [gc.get_threshold(), gc.get_freeze_count()]
+code = main(sys.argv[1:])
+print(json.dumps({"code": code, "before": before,
+                  "after": [gc.get_threshold(), gc.get_freeze_count()]}))
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_run_under_main_argv_leaves_a_callers_own_freeze_frozen(tmp_path: Path) -> None:
+    """Session 47 (lead), DECISIONS "Review 47 (review47)": the threshold comes back; the
+    caller's frozen objects stay frozen (the run's freeze on top stays with them)."""
+    conf, port = till_config(tmp_path)
+    env = dict(os.environ)
+    env.pop("TILLPOINT_DEVICE_ID", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FROZEN_CALLER, "--config", str(conf), "run"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=60)
+            stub = pb_grpc.PosAgentStub(channel)
+            assert stub.Status(pb.StatusRequest(), timeout=20).device_id == "till-1"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 0, err[-3000:]
+    state = json.loads(out.splitlines()[-1])
+    assert state["code"] == 0, err[-2000:]
+    assert state["before"][0] == state["after"][0] == [500, 7, 9]
+    assert state["after"][1] >= state["before"][1] > 0  # nothing of the caller's thawed
