@@ -40,7 +40,7 @@ from tillpoint.agent.coupons import issued_by, issued_prefix
 from tillpoint.agent.errors import InputError, NotFound
 from tillpoint.agent.expiry import Movement, Wallet, expiry_time, wallet_of
 from tillpoint.agent.ledger import utc_text
-from tillpoint.agent.limits import has_lone_surrogate
+from tillpoint.agent.limits import has_lone_surrogate, is_utf8_text
 from tillpoint.agent.models import (
     INT64_MAX,
     INT64_MIN,
@@ -1614,15 +1614,22 @@ def _with_earned_expiry(t: TxIn, result: dict[str, Any]) -> str | None:
 
 def _customers(txs: list[TxIn]) -> list[str]:
     """The customers of a batch's transactions, sorted (the order of their locks)."""
-    return sorted({t.customer_id for t in txs if t.customer_id})
+    return sorted({t.customer_id for t in txs if _storable_key(t.customer_id)})
 
 
 def _settle_keys(txs: list[TxIn]) -> list[str]:
     """The hold keys a batch may settle: every seq's, and its sales' receipts."""
     keys = {f"seq:{t.seq}" for t in txs}
     keys.update(_request_receipt(t) for t in txs if t.kind == "CHECKOUT")
-    keys.discard("")
-    return sorted(keys)
+    return sorted(key for key in keys if _storable_key(key))
+
+
+def _storable_key(key: str) -> bool:
+    """Whether a customer id or receipt id of a pushed transaction can name a stored row
+    (a lock's key, read before `settle` checks the transaction): one with a NUL or a lone
+    surrogate names none (`settle` sets its transaction aside), and PostgreSQL's text
+    refused it, failing the whole push (review 47, review47)."""
+    return bool(key) and "\x00" not in key and is_utf8_text(key)
 
 
 def _request_receipt(t: TxIn) -> str:
