@@ -1618,9 +1618,11 @@ def _customers(txs: list[TxIn]) -> list[str]:
 
 
 def _settle_keys(txs: list[TxIn]) -> list[str]:
-    """The hold keys a batch may settle: every seq's, and its sales' receipts."""
+    """The hold keys a batch may settle: every seq's, its sales' receipts, and its
+    refunds' sales' receipts (a refund found booked already settles its sale's receipt's
+    holds, `_booked_before`; review 47)."""
     keys = {f"seq:{t.seq}" for t in txs}
-    keys.update(_request_receipt(t) for t in txs if t.kind == "CHECKOUT")
+    keys.update(_request_receipt(t) for t in txs if t.kind in ("CHECKOUT", "REFUND"))
     return sorted(key for key in keys if _storable_key(key))
 
 

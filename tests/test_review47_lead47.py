@@ -63,3 +63,27 @@ def test_a_run_under_main_argv_hands_the_collector_back(tmp_path: Path) -> None:
     state = json.loads(out.splitlines()[-1])
     assert state["code"] == 0
     assert state["after"] == state["before"] == [[700, 10, 10], 0], (state, err[-2000:])
+
+
+def test_an_ingests_lock_keys_are_every_key_it_may_settle() -> None:
+    """DECISIONS "Session 47 (lead)": an ingest locks the customers of the holds of every
+    key it may settle before it reads anything (pg47's order). A refund found booked
+    already (a DUPLICATE) settles its sale's receipt's holds too (`_booked_before`), so
+    its sale's receipt is among the keys, as a sale's own receipt and every seq are; an
+    id PostgreSQL cannot store is not (review47)."""
+    from dataclasses import replace
+
+    from tillpoint.sync.hub_rules import _settle_keys
+
+    from .test_hub_claim import tx
+
+    sale = replace(tx("till-a", 1, "c-1", 0), request_json='{"receiptId": "r1"}')
+    refund = replace(
+        tx("till-a", 2, "c-1", 0),
+        kind="REFUND",
+        request_json='{"refundId": "f1", "receiptId": "r0"}',
+    )
+    issued = replace(tx("till-a", 3, "", 0), kind="COUPON_ISSUED", request_json="{}")
+    unstorable = replace(tx("till-a", 4, "c-1", 0), request_json='{"receiptId": "r\\u0000"}')
+    keys = _settle_keys([sale, refund, issued, unstorable])
+    assert keys == ["r0", "r1", "seq:1", "seq:2", "seq:3", "seq:4"]
