@@ -3,7 +3,7 @@ covered least: §16's expiring points and the balance's `expiring` list, §17's 
 windows at their edges, §15's basket deals with coupons, tiers and control groups, §6's
 refunds of receipts with redemption, deals and receipt-level points, §11's hold life, §10's
 commands and exit codes, and §12's HTTP errors. Each expectation below was written from
-/work/shared/SPEC.md's words (and docs/CONTRACT.md's recorded decisions where the contract
+the contract's words (and docs/CONTRACT.md's recorded decisions where the contract
 is silent) before the product was run; every one found the product right (docs/DECISIONS.md,
 "Review 47 (spec47)"). They are kept because no earlier test held these promises in this
 form. Driven through the CLI in this process on real files (`main(argv)`), and through a
