@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -36,13 +37,15 @@ print(json.dumps({"code": code, "before": before,
 """
 
 
-@pytest.mark.timeout(120)
-def test_a_run_under_main_argv_hands_the_collector_back(tmp_path: Path) -> None:
+def collector_after_a_run(tmp_path: Path, program: str) -> dict[str, Any]:
+    """`program` (a Python program calling `main(argv)` that prints its collector's state
+    as JSON last) run with `--config … run` for a till of its own, asked for its Status
+    over gRPC once it serves, stopped by SIGTERM; what it printed."""
     conf, port = till_config(tmp_path)
     env = dict(os.environ)
     env.pop("TILLPOINT_DEVICE_ID", None)
     proc = subprocess.Popen(
-        [sys.executable, "-c", PROGRAM, "--config", str(conf), "run"],
+        [sys.executable, "-c", program, "--config", str(conf), "run"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -60,9 +63,15 @@ def test_a_run_under_main_argv_hands_the_collector_back(tmp_path: Path) -> None:
             proc.kill()
             proc.wait(10)
     assert proc.returncode == 0, err[-3000:]
-    state = json.loads(out.splitlines()[-1])
-    assert state["code"] == 0
-    assert state["after"] == state["before"] == [[700, 10, 10], 0], (state, err[-2000:])
+    state: dict[str, Any] = json.loads(out.splitlines()[-1])
+    assert state["code"] == 0, err[-2000:]
+    return state
+
+
+@pytest.mark.timeout(120)
+def test_a_run_under_main_argv_hands_the_collector_back(tmp_path: Path) -> None:
+    state = collector_after_a_run(tmp_path, PROGRAM)
+    assert state["after"] == state["before"] == [[700, 10, 10], 0], state
 
 
 def test_an_ingests_lock_keys_are_every_key_it_may_settle() -> None:

@@ -23,23 +23,16 @@ throwaway PostgreSQL cluster.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
-from tillpoint.v1 import tillpoint_pb2 as pb
-from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
 from .test_hub_claim import tx
 from .test_review46_pgrace46 import _hub
-from .test_review46_review46 import till_config
+from .test_review47_lead47 import collector_after_a_run
 
 
 def _sale(seq: int, customer: str, request_json: str, codes: tuple[str, ...] = ()) -> Any:
@@ -197,29 +190,6 @@ print(json.dumps({"code": code, "before": before,
 def test_a_run_under_main_argv_leaves_a_callers_own_freeze_frozen(tmp_path: Path) -> None:
     """Session 47 (lead), DECISIONS "Review 47 (review47)": the threshold comes back; the
     caller's frozen objects stay frozen (the run's freeze on top stays with them)."""
-    conf, port = till_config(tmp_path)
-    env = dict(os.environ)
-    env.pop("TILLPOINT_DEVICE_ID", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", FROZEN_CALLER, "--config", str(conf), "run"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            grpc.channel_ready_future(channel).result(timeout=60)
-            stub = pb_grpc.PosAgentStub(channel)
-            assert stub.Status(pb.StatusRequest(), timeout=20).device_id == "till-1"
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-    assert proc.returncode == 0, err[-3000:]
-    state = json.loads(out.splitlines()[-1])
-    assert state["code"] == 0, err[-2000:]
+    state = collector_after_a_run(tmp_path, FROZEN_CALLER)
     assert state["before"][0] == state["after"][0] == [500, 7, 9]
     assert state["after"][1] >= state["before"][1] > 0  # nothing of the caller's thawed
