@@ -1,0 +1,335 @@
+"""Review 48 (pg48): the PostgreSQL hub with many tills at once, the races review 47 left.
+
+Review 47 (pg47) listed every hub statement that locks several rows and left three
+things unrun; the first two are run here on a real PostgreSQL cluster (a throwaway one,
+`pg_cluster`), each with one seam that stops a transaction at a chosen statement:
+
+- a points or coupon hold placed for a receipt while a push of that receipt's sale is
+  between its lock read and its commit (a late AuthorizeRedemption of a receipt its till
+  priced OFFLINE, confirmed and pushed; the hold for a third customer, whose lock the
+  push does not take). Found a fault: the push's settle did not see the hold (not yet
+  committed, or placed after the settle), and the receipt, sold, kept the hold ACTIVE:
+  the third customer's points (up to the offline limit) held from every other till, or
+  the coupon code refused to every other receipt, until the hold expired
+  (`holdTtlSeconds` + 60 s). And on both stores, with no race at all, a coupon step of a
+  receipt already sold held its codes for it (a claim answers 0 there).
+- a `hub import` of the same customers and codes beside a push and beside claims: the
+  staged import paused between its statements, the fast import paused mid-COPY (the
+  draft locked to itself).
+- a seeded random soak of many tills against one PostgreSQL hub store (short twin in
+  the default run, the long run slow), checking what must hold at the end.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from tillpoint.agent.errors import StorageError
+from tillpoint.sync.loopback import import_doc, sample_master_data
+
+from .test_hub_claim import NOW
+from .test_review46_pgrace46 import _until, _waits
+from .test_review47_pg47 import _call, _sale
+
+TTL_S = 600.0
+THIRD = "c-3"  # nobody's sale in these pushes: the push takes no lock of its
+
+
+def _master() -> dict[str, Any]:
+    doc = sample_master_data()
+    doc["customers"].append(
+        {"id": THIRD, "firstName": "Вера", "tier": "base", "balancePoints": 500, "segment": "NEW"}
+    )
+    doc["cards"].append({"number": "2770000000031", "customerId": THIRD, "status": "ACTIVE"})
+    return doc
+
+
+def _hub(store: Any) -> Any:
+    import_doc(store, _master())
+    store.publish(NOW, 7 * 86400.0)
+    return store
+
+
+def _holds(hub: Any, receipt: str) -> list[tuple[str, int, str]]:
+    with hub.read_tx() as read:
+        rows = read.execute(
+            "SELECT customer_id, points, state FROM holds WHERE device_id = 'till-a'"
+            " AND receipt_id = ? ORDER BY customer_id",
+            (receipt,),
+        ).fetchall()
+    return [(str(c), int(p), str(s)) for c, p, s in rows]
+
+
+def _coupon_holds(hub: Any) -> list[tuple[str, str]]:
+    with hub.read_tx() as read:
+        rows = read.execute("SELECT code, receipt_id FROM coupon_holds ORDER BY code").fetchall()
+    return [(str(c), str(r)) for c, r in rows]
+
+
+def _held(hub: Any, customer: str) -> int:
+    return int(hub.balance(customer, NOW).held)
+
+
+# ------------------------------------------------------------ 1. a hold placed mid-push
+
+
+def _mid_push(
+    pg_cluster: Any, monkeypatch: pytest.MonkeyPatch, seam: str, step: Any
+) -> tuple[Any, dict[str, Any]]:
+    """Till-a pushes r1's sale (c-2's card; r1 earlier held c-1's points, which the push
+    settles). Right after the push's `seam` statement (a `PgTx` method), `step(hub)` runs
+    on another thread (a late call of r1 for c-3) until it ends or waits on a lock; then
+    the push goes on to its commit. The hub and the answers ("push", "step")."""
+    pytest.importorskip("psycopg")
+    from tillpoint.sync import hub_postgres
+
+    hub = _hub(hub_postgres.PostgresHubStore(pg_cluster.new_database(), migrate_schema=True))
+    database_url = hub.url
+    now = datetime.now(UTC)
+    assert hub.authorise("till-a", "r1", "c-1", 40, NOW, [], now, TTL_S).authorised == 40
+    original = getattr(hub_postgres.PgTx, seam)
+    main = threading.get_ident()
+    answers: dict[str, Any] = {}
+    started: list[threading.Thread] = []
+
+    def seamed(self: Any, *args: Any, **kwargs: Any) -> Any:
+        out = original(self, *args, **kwargs)
+        if threading.get_ident() == main and not started:
+            started.append(_call(answers, "step", lambda: step(hub, datetime.now(UTC))))
+            _until(
+                "the late call ends or waits on a lock",
+                lambda: (
+                    not started[0].is_alive()
+                    or _waits(database_url, "advisory") + _waits(database_url, "transactionid") > 0
+                ),
+            )
+        return out
+
+    monkeypatch.setattr(hub_postgres.PgTx, seam, seamed)
+    try:
+        try:
+            answers["push"] = hub.ingest("till-a", "", [_sale("till-a", 1, "c-2", "r1")], NOW)
+        except StorageError as exc:
+            answers["push"] = exc
+    finally:
+        monkeypatch.undo()
+    assert started, f"the push never ran {seam}"
+    started[0].join(60)
+    assert not started[0].is_alive()
+    for name, answer in answers.items():
+        assert not isinstance(answer, StorageError), (name, answer)
+    assert [r.outcome for r in answers["push"].results] == ["STORED"]
+    return hub, answers
+
+
+def _late_claim(hub: Any, now: datetime) -> Any:
+    return hub.authorise("till-a", "r1", THIRD, 25, NOW, [], now, TTL_S)
+
+
+def _late_coupon_step(hub: Any, now: datetime) -> Any:
+    return hub.hold_coupons("till-a", "r1", THIRD, ["K9"], now, TTL_S, arrived=now)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("seam", ["lock_settling", "settle_holds", "drop_coupon_holds_of"])
+def test_a_late_claim_for_a_third_customer_mid_push_is_not_left_held(
+    pg_cluster: Any, monkeypatch: pytest.MonkeyPatch, seam: str
+) -> None:
+    """CONTRACT §9, §11. Till-a held r1 with c-1's card (40 points), then sold r1 with
+    c-2's (the card changed after the Hold) and pushes it. A late AuthorizeRedemption of
+    r1 for c-3 (25 points) reaches the hub's store while the push runs: after its lock
+    read of the customers (c-1, c-2), after its settle, or after its drop of the coupon
+    holds. Whatever the moment, once both have ended r1 (sold) holds nothing ACTIVE: c-1's
+    hold settled, c-3's points not held (the claim either came before the push's lock
+    read, and was settled by it, or it waits for the push and finds r1 sold: 0 granted).
+    Before: after the settle (and after the lock read when the claim commits after the
+    settle's statement) c-3's 25 points stayed held for r1, sold, from every other till
+    until the hold expired; the push now takes r1's receipt lock (the claim's) before
+    the customers'."""
+    hub, answers = _mid_push(pg_cluster, monkeypatch, seam, _late_claim)
+    try:
+        assert answers["step"].authorised in (0, 25)
+        assert [s for _, _, s in _holds(hub, "r1")] in (["SETTLED"], ["SETTLED", "SETTLED"])
+        assert _held(hub, THIRD) == 0  # before: 25, for a receipt sold
+        assert _held(hub, "c-1") == 0
+    finally:
+        hub.close()
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("seam", ["lock_settling", "settle_holds", "drop_coupon_holds_of"])
+def test_a_late_coupon_step_mid_push_leaves_no_coupon_held_for_the_sold_receipt(
+    pg_cluster: Any, monkeypatch: pytest.MonkeyPatch, seam: str
+) -> None:
+    """CONTRACT §13. As above, a late coupon step of r1 (code K9, for c-3) while r1's
+    sale is being pushed. After both, K9 is held for no receipt: another till's customer
+    can use it at once. Before: the step (under r1's receipt lock only, which the push
+    did not take) held K9 for r1, sold, until the hold expired; another receipt asking
+    for K9 was told it was used."""
+    hub, answers = _mid_push(pg_cluster, monkeypatch, seam, _late_coupon_step)
+    try:
+        assert answers["step"] == ["K9"]  # not held for r1: sold
+        assert _coupon_holds(hub) == []  # before: [("K9", "r1")]
+        assert hub.hold_coupons("till-b", "b1", "c-1", ["K9"], datetime.now(UTC), TTL_S) == []
+    finally:
+        hub.close()
+
+
+def test_a_coupon_step_of_a_receipt_already_sold_holds_nothing(hub_store_factory: Any) -> None:
+    """CONTRACT §13, both stores, no race. r1's sale is stored at the hub; a coupon step of
+    r1 that comes after (a late call of a receipt priced OFFLINE and confirmed) holds
+    nothing for it, as a claim grants 0 there. Before: K9 held for the sold r1 until it
+    expired (`holdTtlSeconds` + 60 s), refused to every other receipt meanwhile. A code the
+    sale itself used is not answered used (it is this receipt's)."""
+    hub = _hub(hub_store_factory())
+    try:
+        sale = _sale("till-a", 1, "c-2", "r1")
+        from dataclasses import replace
+
+        sale = replace(
+            sale,
+            result_json='{"earnedPoints": 7, "coupons": [{"code": "K1", "status": "APPLIED"}]}',
+        )
+        assert [r.outcome for r in hub.ingest("till-a", "", [sale], NOW).results] == ["STORED"]
+        now = datetime.now(UTC)
+        assert hub.hold_coupons("till-a", "r1", "c-2", ["K9", "K1"], now, TTL_S, arrived=now) == [
+            "K9"
+        ]
+        assert _coupon_holds(hub) == []  # before: [("K9", "r1")]
+        assert hub.authorise("till-a", "r1", "c-2", 10, NOW, [], now, TTL_S).authorised == 0
+        assert hub.hold_coupons("till-b", "b1", "c-1", ["K9"], now, TTL_S) == []
+        assert hub.hold_coupons("till-b", "b2", "c-1", ["K1"], now, TTL_S) == ["K1"]
+    finally:
+        hub.close()
+
+
+# ------------------------------------------------------------ 2. an import beside pushes, claims
+
+
+def _import_rows(fast: bool) -> Any:
+    """The central team's file: the three customers again (c-1's balance changed), and
+    two coupon codes, one of which (K1) a till is using right now. A list (the fast path
+    into an empty draft) or an iterator (the staged path)."""
+    import io
+    import json
+
+    from tillpoint.sync.hub_import import read_json
+
+    doc = _master()
+    doc["customers"][0]["balancePoints"] = 1500
+    doc["coupons"] = [{"code": "K0", "offerId": "o1"}, {"code": "K1", "offerId": "o1"}]
+    raw = json.dumps(doc).encode()
+    rows = list(read_json(io.BytesIO(raw), len(raw), None))
+    return rows if fast else iter(rows)
+
+
+def _using(device: str, seq: int, customer: str, receipt: str, codes: list[str]) -> Any:
+    from .test_review47_pg47 import _using as using
+
+    return using(device, seq, customer, receipt, codes)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("fast", [False, True], ids=["staged", "fast"])
+def test_an_import_of_the_same_customers_and_codes_beside_pushes_and_claims(
+    pg_cluster: Any, monkeypatch: pytest.MonkeyPatch, fast: bool
+) -> None:
+    """CONTRACT §9, §13 (the hub's master data and the tills' sales at once). A `hub
+    import` of c-1, c-2, c-3 and the codes K0, K1 is held (the one seam: a wrapper around
+    `_latest_version`, which both import paths call after writing the draft, before their
+    checks and commit) while: claims of c-1 and c-2 (they read the published revisions,
+    never the draft: answered at once), till-a's push of c-1's sale using K2 (a first use:
+    its draft row of K2 is none of the import's: answered at once on the staged path),
+    till-b's push of c-2's sale using K1 (its draft row of K1 is the staged import's
+    uncommitted one: it waits). The fast path (a full import into an empty draft) holds
+    the draft alone (ACCESS EXCLUSIVE, its key dropped and built again): both pushes
+    wait for its commit, as every push writing a coupon row does (pinned here; a chain's
+    import takes 92-117 s, longer than a push's lock wait: docs/HUB.md). Then the import
+    ends. No call fails ("deadlock
+    detected", a lock timeout), every sale stored once, the claims' holds right, and once
+    published K1 and K2 (used) are in no till's snapshot while K0 is."""
+    pytest.importorskip("psycopg")
+    from tillpoint.sync import hub_postgres
+
+    hub = _hub(hub_postgres.PostgresHubStore(pg_cluster.new_database(), migrate_schema=True))
+    url = hub.url
+    original = hub_postgres._latest_version
+    held = threading.Event()
+    go = threading.Event()
+    importer: list[int] = []
+
+    def paused(conn: Any) -> int:
+        if threading.get_ident() in importer and not held.is_set():
+            held.set()
+            assert go.wait(120), "never let go"
+        return original(conn)
+
+    monkeypatch.setattr(hub_postgres, "_latest_version", paused)
+    answers: dict[str, Any] = {}
+
+    def run_import() -> Any:
+        importer.append(threading.get_ident())
+        return hub.import_rows(_import_rows(fast))
+
+    try:
+        now = datetime.now(UTC)
+        imported = _call(answers, "import", run_import)
+        _until("the import holds its draft rows", held.is_set)
+        claims = [
+            _call(
+                answers,
+                "claim-1",
+                lambda: hub.authorise("till-c", "x1", "c-1", 100, NOW, [], now, TTL_S),
+            ),
+            _call(
+                answers,
+                "claim-2",
+                lambda: hub.authorise("till-d", "x2", "c-2", 50, NOW, [], now, TTL_S),
+            ),
+        ]
+        for thread in claims:
+            thread.join(60)
+            assert not thread.is_alive(), "a claim waited for the import"
+        sale_a = _using("till-a", 1, "c-1", "a1", ["K2"])
+        push_a = _call(answers, "push-a", lambda: hub.ingest("till-a", "", [sale_a], NOW))
+        if not fast:  # its draft row is none of the import's
+            push_a.join(60)
+            assert not push_a.is_alive(), "a push without the import's rows waited"
+        sale_b = _using("till-b", 1, "c-2", "b1", ["K1"])
+        push_b = _call(answers, "push-b", lambda: hub.ingest("till-b", "", [sale_b], NOW))
+        # the staged import: on its uncommitted row of K1; the fast one holds the draft
+        # (ACCESS EXCLUSIVE) until its commit: every push writing a coupon row waits
+        waiting = 2 if fast else 1
+        _until(
+            "the pushes wait for the import",
+            lambda: _waits(url, "transactionid") + _waits(url, "relation") == waiting,
+        )
+        assert push_b.is_alive()
+        go.set()
+        for thread in (imported, push_a, push_b):
+            thread.join(120)
+            assert not thread.is_alive()
+    finally:
+        go.set()
+        monkeypatch.undo()
+    try:
+        for name, answer in answers.items():
+            assert not isinstance(answer, StorageError), (name, answer)
+        assert answers["import"].rows > 0
+        assert answers["claim-1"].authorised == 100 and answers["claim-2"].authorised == 50
+        for name in ("push-a", "push-b"):
+            assert [r.outcome for r in answers[name].results] == ["STORED"], name
+        pub = hub.publish(NOW, 7 * 86400.0)
+        doc = hub.snapshot_doc(pub.version, 0)
+        codes = sorted(c["code"] for c in doc.get("coupons", []))
+        assert codes == ["K0"], codes
+        balances = {c["id"]: c for c in doc["customers"]}
+        assert balances["c-1"]["balancePoints"] >= 1500 - 100  # the import's, the sale's 0
+        with hub.read_tx() as read:
+            uses = read.execute("SELECT code, device_id FROM coupon_uses ORDER BY code")
+            assert [tuple(r) for r in uses] == [("K1", "till-b"), ("K2", "till-a")]
+    finally:
+        hub.close()
