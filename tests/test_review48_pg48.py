@@ -108,6 +108,8 @@ def _mid_push(
                     or _waits(database_url, "advisory") + _waits(database_url, "transactionid") > 0
                 ),
             )
+            # waiting, it waits on r1's receipt lock (the push's) and nothing else
+            answers["waited"] = started[0].is_alive() and _waits(database_url, "advisory") == 1
         return out
 
     monkeypatch.setattr(hub_postgres.PgTx, seam, seamed)
@@ -144,17 +146,17 @@ def test_a_late_claim_for_a_third_customer_mid_push_is_not_left_held(
     c-2's (the card changed after the Hold) and pushes it. A late AuthorizeRedemption of
     r1 for c-3 (25 points) reaches the hub's store while the push runs: after its lock
     read of the customers (c-1, c-2), after its settle, or after its drop of the coupon
-    holds. Whatever the moment, once both have ended r1 (sold) holds nothing ACTIVE: c-1's
-    hold settled, c-3's points not held (the claim either came before the push's lock
-    read, and was settled by it, or it waits for the push and finds r1 sold: 0 granted).
-    Before: after the settle (and after the lock read when the claim commits after the
-    settle's statement) c-3's 25 points stayed held for r1, sold, from every other till
-    until the hold expired; the push now takes r1's receipt lock (the claim's) before
-    the customers'."""
+    holds. At each moment the claim now waits on r1's receipt lock (the push takes it
+    before its customers') and then finds r1 sold: 0 granted, c-1's hold settled, c-3's
+    points not held. Before: after the lock read the claim waited for nothing and its
+    hold was settled by the push (right, but c-3's lock never taken); after the settle
+    it waited on r1's settled row, deleted it and held c-3's 25 points ACTIVE for r1,
+    sold, from every other till until the hold expired (`holdTtlSeconds` + 60 s)."""
     hub, answers = _mid_push(pg_cluster, monkeypatch, seam, _late_claim)
     try:
-        assert answers["step"].authorised in (0, 25)
-        assert [s for _, _, s in _holds(hub, "r1")] in (["SETTLED"], ["SETTLED", "SETTLED"])
+        assert answers.pop("waited")  # before: it waited for nothing, or on r1's settled row
+        assert answers["step"].authorised == 0  # r1 found sold
+        assert _holds(hub, "r1") == [("c-1", 40, "SETTLED")]
         assert _held(hub, THIRD) == 0  # before: 25, for a receipt sold
         assert _held(hub, "c-1") == 0
     finally:
@@ -173,6 +175,7 @@ def test_a_late_coupon_step_mid_push_leaves_no_coupon_held_for_the_sold_receipt(
     for K9 was told it was used."""
     hub, answers = _mid_push(pg_cluster, monkeypatch, seam, _late_coupon_step)
     try:
+        assert answers.pop("waited")  # on r1's receipt lock, taken by the push
         assert answers["step"] == ["K9"]  # not held for r1: sold
         assert _coupon_holds(hub) == []  # before: [("K9", "r1")]
         assert hub.hold_coupons("till-b", "b1", "c-1", ["K9"], datetime.now(UTC), TTL_S) == []
