@@ -6,8 +6,9 @@ server-side cursor) and the schema's migrations.
 
 Concurrency (several servers, one database):
 
-- ingest takes a transaction-scoped advisory lock on its device, then on the customers
-  of its batch and of the holds it may settle (sorted); authorise takes its receipt's
+- ingest takes a transaction-scoped advisory lock on its device, then on the receipts it
+  sells (sorted: an authorisation step of one waits for it; review 48), then on the
+  customers of its batch and of the holds it may settle (sorted); authorise takes its receipt's
   (`PgTx.lock_receipt`), then the customer's; a coupon authorisation (`hold_coupons`)
   its receipt's. A (deviceId, seq) is checked and stored under its device's lock, and
   ``UNIQUE (device_id, seq)`` stays the last word; the hold accounting of a customer is
@@ -35,7 +36,7 @@ import re
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -1469,10 +1470,29 @@ class PgTx(SqlTx):
                 (pg_array(keys),),
             )
 
-    def lock_settling(self, customer_ids: list[str], device_id: str, keys: list[str]) -> None:
-        # One statement, as `lock_customers`: the batch's customers and those of the
-        # device's active holds of `keys`, in code point order (Python's sorted, the
-        # other callers' order)
+    def lock_settling(
+        self,
+        customer_ids: list[str],
+        device_id: str,
+        keys: list[str],
+        receipts: Sequence[str] = (),
+    ) -> None:
+        # The receipts' locks first (`lock_receipt`'s keys, sorted, one statement): an
+        # authorisation step of one of them (a late AuthorizeRedemption of a receipt its
+        # till priced OFFLINE, confirmed and pushed) waits for this ingest and then finds
+        # it sold, or has committed and its hold is read below and settled. Without them
+        # a hold placed for a customer this ingest did not lock, committed after its
+        # settle's statement, stayed ACTIVE for the sold receipt until it expired
+        # (review 48, pg48). Receipt before customer, as every path takes them.
+        if receipts:
+            self.conn.execute(
+                "SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0)))"
+                " FROM unnest(%s::text[]) AS k",
+                (pg_array(sorted({_receipt_key(device_id, r) for r in receipts})),),
+            )
+        # Then one statement, as `lock_customers` (its snapshot taken once the receipts'
+        # locks are held): the batch's customers and those of the device's active holds
+        # of `keys`, in code point order (Python's sorted, the other callers' order)
         self.conn.execute(
             "SELECT count(pg_advisory_xact_lock(hashtextextended('customer:' || c, 0)))"
             " FROM (SELECT c FROM (SELECT unnest(%s::text[]) AS c UNION SELECT customer_id"
@@ -1486,7 +1506,7 @@ class PgTx(SqlTx):
         # `hub_claim_hold` (migration 12) takes the same key
         self.conn.execute(
             "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-            (f"receipt:{len(device_id)}:{device_id}{receipt_id}",),
+            (_receipt_key(device_id, receipt_id),),
         )
 
     def lock_devices(self) -> None:
@@ -1494,6 +1514,13 @@ class PgTx(SqlTx):
 
 
 PostgresHubStore.tx_class = PgTx
+
+
+def _receipt_key(device_id: str, receipt_id: str) -> str:
+    """The advisory lock key of a device's receipt (`PgTx.lock_receipt`, `lock_settling`;
+    `hub_claim_hold` of migration 12 builds the same text)."""
+    return f"receipt:{len(device_id)}:{device_id}{receipt_id}"
+
 
 _INSERT_TRANSACTIONS = (
     f"INSERT INTO transactions ({SqlTx.TRANSACTION_COLUMNS})"

@@ -283,10 +283,17 @@ class HubTx(Protocol):
 
     def lock_customers(self, customer_ids: Iterable[str]) -> None: ...
 
-    def lock_settling(self, customer_ids: list[str], device_id: str, keys: list[str]) -> None:
-        """`lock_customers` of `customer_ids` and of the device's ACTIVE holds of `keys`
-        (an ingest's: the holds it may settle, whoever they are for), all sorted, in one
-        step (review 47, pg47)."""
+    def lock_settling(
+        self,
+        customer_ids: list[str],
+        device_id: str,
+        keys: list[str],
+        receipts: Sequence[str] = (),
+    ) -> None:
+        """The receipt locks (`lock_receipt`) of the device's `receipts` (sorted), then
+        `lock_customers` of `customer_ids` and of the device's ACTIVE holds of `keys` (an
+        ingest's: the holds it may settle, whoever they are for), all sorted, read once
+        the receipts' locks are held (review 47, pg47; the receipts: review 48, pg48)."""
         ...
 
     def lock_receipt(self, device_id: str, receipt_id: str) -> None:
@@ -397,8 +404,12 @@ class HubRules:
             # one card and sold with another). Without the latter, settling another
             # customer's holds by the receipt index beside that customer's claim expiring
             # them in the heap's order met two rows in opposite orders ("deadlock
-            # detected"; review 47, pg47).
-            tx.lock_settling(_customers(txs), device_id, _settle_keys(txs))
+            # detected"; review 47, pg47). Those customers are read once the locks of the
+            # batch's receipts are held (an authorisation step of one of them waits for
+            # this ingest, or has committed and is read here): a late call's hold for a
+            # customer not locked here, placed while the ingest ran, stayed ACTIVE for
+            # the sold receipt (review 48, pg48).
+            tx.lock_settling(_customers(txs), device_id, _settle_keys(txs), _settle_receipts(txs))
             program = self.program(tx)
             stored: dict[tuple[str, int], str] = {}  # what is stored of the batch's seqs
             for dev in {t.device_id for t in txs}:
@@ -1129,6 +1140,16 @@ class HubRules:
             # receipt committed between the check's read and the writes below had its
             # coupon holds dropped by this older call (review 45, pgrace45)
             tx.lock_receipt(device_id, receipt_id)
+            if tx.receipt_settled(device_id, receipt_id):
+                # A step of a receipt already sold (a late call of a receipt its till
+                # priced OFFLINE, confirmed and pushed) holds nothing: no transaction
+                # would settle that hold, and the codes were refused to every other
+                # receipt until it expired (review 48, pg48). A claim grants 0 there.
+                # Under the receipt's lock, which the ingest of its sale takes: a sale
+                # being stored is seen here once it is. The codes its sale used are
+                # the receipt's own; every other is answered as not held.
+                mine = {c for c in codes if tx.coupon_first_use(c) == (device_id, receipt_id)}
+                return [code for code in dict.fromkeys(codes) if code not in mine]
             if arrived is not None:
                 _refuse_if_superseded(tx, device_id, receipt_id, utc_text(arrived))
                 # A points hold of the receipt placed before this call came is an older
@@ -1615,6 +1636,13 @@ def _with_earned_expiry(t: TxIn, result: dict[str, Any]) -> str | None:
 def _customers(txs: list[TxIn]) -> list[str]:
     """The customers of a batch's transactions, sorted (the order of their locks)."""
     return sorted({t.customer_id for t in txs if _storable_key(t.customer_id)})
+
+
+def _settle_receipts(txs: list[TxIn]) -> list[str]:
+    """The receipts a batch may settle the holds of: its sales' and its refunds' sales'
+    (those of `_settle_keys` that an authorisation step locks: review 48, pg48)."""
+    receipts = {_request_receipt(t) for t in txs if t.kind in ("CHECKOUT", "REFUND")}
+    return sorted(r for r in receipts if _storable_key(r))
 
 
 def _settle_keys(txs: list[TxIn]) -> list[str]:

@@ -344,7 +344,13 @@ class SqlTx:
     def lock_receipt(self, device_id: str, receipt_id: str) -> None:
         raise NotImplementedError
 
-    def lock_settling(self, customer_ids: list[str], device_id: str, keys: list[str]) -> None:
+    def lock_settling(
+        self,
+        customer_ids: list[str],
+        device_id: str,
+        keys: list[str],
+        receipts: Sequence[str] = (),
+    ) -> None:
         raise NotImplementedError
 
     def lock_devices(self) -> None:

@@ -12,7 +12,7 @@ import logging
 import sqlite3
 import threading
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -275,7 +275,13 @@ class SqliteTx(SqlTx):
     def lock_customers(self, customer_ids: Iterable[str]) -> None:
         pass
 
-    def lock_settling(self, customer_ids: list[str], device_id: str, keys: list[str]) -> None:
+    def lock_settling(
+        self,
+        customer_ids: list[str],
+        device_id: str,
+        keys: list[str],
+        receipts: Sequence[str] = (),
+    ) -> None:
         pass
 
     def lock_receipt(self, device_id: str, receipt_id: str) -> None:
