@@ -852,7 +852,8 @@ def _stored_offer_model() -> type[_StoredOffer]:
 
 @functools.lru_cache(maxsize=1)
 def _stored_offer_list() -> TypeAdapter[list[_StoredOffer]]:
-    return TypeAdapter(list[_stored_offer_model()])  # type: ignore[misc]
+    row: Any = _stored_offer_model()  # a class made at run time: no static type to name
+    return TypeAdapter(list[row])
 
 
 def stored_offers(text: str) -> list[Offer]:

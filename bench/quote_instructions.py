@@ -13,7 +13,7 @@ subtracted, so what is printed is the measured quotes' instructions, per quote.
 `receipt_of_body` → `Agent.quote` → `json_text`) instead of `Agent.quote` on receipts
 parsed before. `--base REV`: the `agent/` of REV counted the same way (imported as
 `bench.known_card --ab` does); the answers of both are hashed and compared equal.
-valgrind: `apt-get install -y valgrind` (`make deps-bench`).
+valgrind: `make deps-bench` installs it (`make instructions BASE=main` runs this).
 """
 
 from __future__ import annotations
