@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := proto/tillpoint/v1/tillpoint.proto
 PROTO_OUT := proto
 
-.PHONY: deb wheel help venv test test-all test-pg lint typecheck proto proto-check openapi-examples demo bench bench-quick profile faults faults-pg faults-quick clean deps-system
+.PHONY: deb wheel help venv test test-all test-pg lint typecheck proto proto-check openapi-examples demo bench bench-quick profile instructions deps-bench faults faults-pg faults-quick clean deps-system
 
 help:
 	@echo "make demo       run a whole store on one machine (embedded defaults)"
@@ -123,6 +123,19 @@ bench-quick: $(STAMP) deps-system
 # Where a quote's and a checkout's CPU goes, by area (docs/PERFORMANCE.md's accounting).
 profile: $(STAMP)
 	$(BIN)/python -m bench.profile --json bench/results/profile.json
+
+# A known card's first-sight 50-line quote counted in instructions by callgrind, this tree
+# against BASE (docs/PERFORMANCE.md, "A known card's quote, cheaper"): deterministic where
+# wall times on a shared machine are not. `make instructions BASE=main`.
+BASE ?= main
+instructions: $(STAMP) deps-bench
+	$(BIN)/python -m bench.quote_instructions --base $(BASE)
+
+# valgrind, for `make instructions` (Debian's package; as root, else say so).
+deps-bench:
+	@command -v valgrind >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; \
+	  else echo "valgrind missing: apt-get install valgrind (make instructions needs it)"; exit 1; fi; }
 
 # Fault injection against the real agent and hub on loopback (docs/FAULTS.md); exits 1
 # when a promise is broken. faults-quick is the CI size (~1 minute): its scenarios in two
