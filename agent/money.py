@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Sequence
 from decimal import Decimal
 from fractions import Fraction
@@ -21,17 +20,11 @@ def frac(value: Decimal | int) -> Fraction:
 
 
 def round_half_up_ratio(numerator: int, denominator: int) -> int:
-    """round_half_up(numerator / denominator) for a positive denominator, in integers."""
+    """round_half_up(numerator / denominator) for a positive denominator, in integers:
+    halves away from zero (the contract §2)."""
     if numerator >= 0:
         return (2 * numerator + denominator) // (2 * denominator)
     return -((-2 * numerator + denominator) // (2 * denominator))
-
-
-def round_half_up(value: Fraction) -> int:
-    """Round to the nearest integer, halves away from zero (the contract §2)."""
-    if value >= 0:
-        return math.floor(value + Fraction(1, 2))
-    return -math.floor(-value + Fraction(1, 2))
 
 
 def line_amount(price_minor: int, qty: Decimal) -> int:
@@ -42,22 +35,13 @@ def line_amount(price_minor: int, qty: Decimal) -> int:
     return round_half_up_ratio(price_minor * numerator, denominator)
 
 
-def largest_remainder(exact: Sequence[Fraction], total: int) -> list[int]:
-    """Split `total` into integer shares of `exact` values whose floors sum to at most `total`.
-
-    Each share is floor(exact); the units still missing go one each to the largest
-    fractional parts, ties to the earlier position (the contract §5 steps 4 and 5).
-    """
-    denominator = math.lcm(*(x.denominator for x in exact)) if exact else 1
-    scaled = [x.numerator * (denominator // x.denominator) for x in exact]
-    return split_integer(scaled, denominator, total)
-
-
 def split_integer(numerators: Sequence[int], denominator: int, total: int) -> list[int]:
-    """`largest_remainder` of the values numerator/denominator, all over one denominator.
+    """Split `total` into integer shares of the values numerator/denominator (all over one
+    denominator), whose floors sum to at most `total`: the largest remainder method.
 
-    The pricing hot path builds its shares this way directly: remainders compared as
-    integers, no Fraction objects.
+    Each share is the value's floor; the units still missing go one each to the largest
+    fractional parts, ties to the earlier position (the contract §5 steps 4 and 5).
+    Remainders are compared as integers, no Fraction objects.
     """
     shares = [n // denominator for n in numerators]
     missing = total - sum(shares)

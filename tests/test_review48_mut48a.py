@@ -9,12 +9,11 @@ pricing tests (docs/DECISIONS.md, "Review 48 (mut48a)", lists every survivor).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tillpoint.agent.money import largest_remainder, round_half_up, round_half_up_ratio
+from tillpoint.agent.money import round_half_up_ratio, split_integer
 from tillpoint.agent.results import CheckoutResult, receipt_from_json
 from tillpoint.agent.service import Agent
 from tillpoint.sync.loopback import LoopbackHub, sample_master_data
@@ -52,29 +51,26 @@ def _quote(
 
 def test_round_half_up_takes_halves_away_from_zero_on_both_sides() -> None:
     """§2's decision: halves away from zero. The product only rounds values ≥ 0, but the
-    functions say "halves away from zero" for any sign (mutant: money.py's negative
-    branch `-2n + d` → `-2n - d` survived, as did every mutant of `round_half_up`)."""
+    function says "halves away from zero" for any sign (mutant: money.py's negative
+    branch `-2n + d` → `-2n - d` survived; `round_half_up` over a Fraction, which nothing
+    called, went)."""
     assert round_half_up_ratio(5, 2) == 3  # 2.5
     assert round_half_up_ratio(-5, 2) == -3  # -2.5
     assert round_half_up_ratio(-3, 2) == -2  # -1.5
     assert round_half_up_ratio(-4, 3) == -1  # -1.33…
     assert round_half_up_ratio(-5, 3) == -2  # -1.66…
     assert round_half_up_ratio(0, 7) == 0
-    assert round_half_up(Fraction(5, 2)) == 3
-    assert round_half_up(Fraction(-5, 2)) == -3
-    assert round_half_up(Fraction(7, 3)) == 2
-    assert round_half_up(Fraction(-7, 3)) == -2
-    assert round_half_up(Fraction(0)) == 0
+    assert round_half_up_ratio(7, 3) == 2
+    assert round_half_up_ratio(-7, 3) == -2
 
 
 def test_largest_remainder_gives_the_missing_units_to_the_largest_fractions() -> None:
     """§5 steps 4 and 5: floors first, then one unit each to the largest fractional parts,
-    ties to the earlier position."""
-    exact = [Fraction(10, 3), Fraction(10, 3), Fraction(10, 3)]  # 3.33… each, total 10
-    assert largest_remainder(exact, 10) == [4, 3, 3]
-    assert largest_remainder([Fraction(1, 4), Fraction(3, 4), Fraction(2)], 3) == [0, 1, 2]
-    assert largest_remainder([Fraction(5, 2), Fraction(1, 2)], 3) == [3, 0]
-    assert largest_remainder([], 0) == []
+    ties to the earlier position (`split_integer`, the values over one denominator)."""
+    assert split_integer([10, 10, 10], 3, 10) == [4, 3, 3]  # 3.33… each, total 10
+    assert split_integer([1, 3, 8], 4, 3) == [0, 1, 2]  # 1/4, 3/4, 2
+    assert split_integer([5, 1], 2, 3) == [3, 0]  # 5/2, 1/2
+    assert split_integer([], 1, 0) == []
 
 
 # ---------------------------------------------------------------- §2, §5: pricing.py
