@@ -1,0 +1,174 @@
+"""Review 48 (mut48b): rules of refunds (§6), expiring points (§16) and identification
+(§4) that a mutation of their code went past the suite's tests of them unnoticed.
+
+Each test pins the contract's rule with figures worked out by hand from docs/CONTRACT.md
+(the comments show the sums), and names the mutant it kills (docs/DECISIONS.md,
+"Review 48 (mut48b)"). The pure rules are called as the till calls them; the rest goes
+through a real `Agent` on real SQLite files.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from fractions import Fraction
+from zoneinfo import ZoneInfo
+
+import pytest
+from tillpoint.agent.errors import Refused
+from tillpoint.agent.expiry import Movement, Wallet, wallet_of
+from tillpoint.agent.refunds import SoldLine, apply_refund
+
+MILK = "4601234000017"
+
+
+# ---------------------------------------------------------------- §6: refunds
+
+
+def test_a_return_past_what_is_left_of_a_line_goes_on_to_the_next_line_of_that_sku() -> None:
+    """§6: "A returned (sku, qty) is taken from the receipt's first line with that SKU that
+    still has qty left, then the next." Line 1 (qty 2, 10 redeemed, 6 earned) had 1
+    returned before; 2 more are returned: 1 from line 1, 1 from line 2 (qty 2, 20
+    redeemed, 8 earned). Given back: floor(10×2/2) − floor(10×1/2) = 5 on line 1,
+    floor(20×1/2) = 10 on line 2: 15. Taken back: 6 − floor(6×1/2) = 3, and
+    floor(8×1/2) = 4: 7. (Mutant: `min(left, qty + returned)` put all 2 on line 1.)"""
+    sold = [
+        SoldLine(MILK, Fraction(2), 10, 6, Fraction(1)),
+        SoldLine(MILK, Fraction(2), 20, 8, Fraction(0)),
+    ]
+    out = apply_refund(sold, [(MILK, Fraction(2))], 0, "r1")
+    assert out.returned_qty == (Fraction(2), Fraction(1))
+    assert (out.returned_points, out.taken_back_points) == (15, 7)
+
+
+def test_returning_more_than_is_left_after_an_earlier_refund_is_refused() -> None:
+    """§6: "Returning more than was bought ... is refused", over the refunds before it
+    too (§6's decisions): 2 bought, 1 returned before, 2 asked."""
+    sold = [SoldLine(MILK, Fraction(2), 10, 6, Fraction(1))]
+    with pytest.raises(Refused, match=r"\(2 bought, 1 returned before, 1 left to return;"):
+        apply_refund(sold, [(MILK, Fraction(2))], 0, "r1")
+
+
+# ---------------------------------------------------------------- §16: points that expire
+
+MSK = ZoneInfo("Europe/Moscow")
+
+
+def _t(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+DEC10 = _t("2026-12-10T23:59:59+03:00")
+DEC31 = _t("2026-12-31T23:59:59+03:00")
+
+
+def _sale(points: int, at: str, receipt_id: str = "r1") -> Movement:
+    return Movement("spend", -points, receipt_id, _t(at), False)
+
+
+def _give_back(points: int, at: str, receipt_id: str = "r1") -> Movement:
+    return Movement("spend", points, receipt_id, _t(at), True)
+
+
+def _wallet(*moves: Movement) -> Wallet:
+    # 100 points: 30 expire on 10.12, 50 on 31.12, 20 never
+    return wallet_of(100, [(30, DEC10), (50, DEC31)], [], moves, 0, MSK)
+
+
+def test_a_spend_takes_the_soonest_expiring_points_first_the_never_expiring_last() -> None:
+    """§16: "Spending takes the points that expire soonest first (points that never expire
+    last)". 60 spent on 1.12: 30 of 10.12's, 30 of 31.12's; left 20 on 31.12 and 20 that
+    never expire: 40 now, and 20 once 31.12 is over."""
+    wallet = _wallet(_sale(60, "2026-12-01T12:00:00+03:00"))
+    assert wallet.points_at(_t("2026-12-01T12:00:00+03:00")) == (40, 0)
+    assert wallet.expiring_at(_t("2026-12-01T12:00:00+03:00")) == [(20, DEC31)]
+    assert wallet.points_at(_t("2027-01-01T00:00:00+03:00")) == (20, 0)
+
+
+def test_points_given_back_go_to_the_batches_they_came_from_the_last_taken_first() -> None:
+    """§16: "Points given back by a refund return to the batches they were taken from";
+    the last taken first (its decisions). Of the 60 above (30 of 10.12's, then 30 of
+    31.12's), 40 given back on 5.12: 30 to 31.12's, 10 to 10.12's: 10 expire on 10.12, 50
+    on 31.12; 80 available, 70 after 10.12."""
+    wallet = _wallet(
+        _sale(60, "2026-12-01T12:00:00+03:00"), _give_back(40, "2026-12-05T12:00:00+03:00")
+    )
+    assert wallet.points_at(_t("2026-12-05T12:00:00+03:00")) == (80, 0)
+    assert wallet.expiring_at(_t("2026-12-05T12:00:00+03:00")) == [(10, DEC10), (50, DEC31)]
+    assert wallet.points_at(_t("2026-12-11T12:00:00+03:00")) == (70, 0)
+
+
+def test_points_given_back_into_a_batch_already_expired_stay_expired() -> None:
+    """§16: "a batch already expired stays expired". The same 40 given back on 15.12: 30
+    to 31.12's (50 again), 10 to 10.12's, gone: 50 + 20 = 70, not 80."""
+    wallet = _wallet(
+        _sale(60, "2026-12-01T12:00:00+03:00"), _give_back(40, "2026-12-15T12:00:00+03:00")
+    )
+    assert wallet.points_at(_t("2026-12-15T12:00:00+03:00")) == (70, 0)
+    assert wallet.expiring_at(_t("2026-12-15T12:00:00+03:00")) == [(50, DEC31)]
+
+
+def test_a_debt_does_not_outlive_the_points_that_paid_it() -> None:
+    """§16's decisions, their example: "50 owed, then 100 earned, is 50 available with 50
+    listed to expire, and 0 after that day (it was -50)". A customer with nothing spends
+    50 on 1.12 (a debt, counted at once: -50); 100 earned on 2.12, spendable at once,
+    expire on 31.12 (on 1.12 they are pending: §3 counts every movement, T decides only
+    what is pending or expired then)."""
+    wallet = wallet_of(
+        0,
+        [],
+        [],
+        [
+            _sale(50, "2026-12-01T12:00:00+03:00", "r1"),
+            Movement(
+                "earn", 100, "r2", _t("2026-12-02T12:00:00+03:00"), False,
+                _t("2026-12-02T12:00:00+03:00"), DEC31,
+            ),
+        ],
+        0,
+        MSK,
+    )
+    assert wallet.points_at(_t("2026-12-01T13:00:00+03:00")) == (-50, 100)
+    assert wallet.points_at(_t("2026-12-03T12:00:00+03:00")) == (50, 0)
+    assert wallet.expiring_at(_t("2026-12-03T12:00:00+03:00")) == [(50, DEC31)]
+    assert wallet.points_at(_t("2027-01-01T00:00:00+03:00")) == (0, 0)
+
+
+def test_a_refund_of_a_sale_the_snapshot_counted_gives_back_to_batches_expiring_as_those_taken() -> None:
+    """§16's decisions: once a snapshot has counted the sale, "Points such a refund gives
+    back go to batches that expire when the ones the sale's redemption took did ..., the
+    last taken first, less what refunds the snapshot counted gave back already; into a
+    batch already expired they stay expired". The sale took 20 points expiring on 10.12,
+    then 30 expiring on 31.12; a refund the snapshot counted gave 10 back (to 31.12's: the
+    snapshot lists them, with 40 that never expire). A refund it has not counted gives
+    back 30 on 5.12: 20 to 31.12's, 10 to 10.12's: 80 available, 10 expiring on 10.12 and
+    10 + 20 = 30 on 31.12; 70 after 10.12. The same refund on 15.12: 10.12's 10 stay
+    expired: 70."""
+    counted = {"r1": ([(20, DEC10), (30, DEC31)], 10)}
+
+    def wallet(at: str) -> Wallet:
+        return wallet_of(50, [(10, DEC31)], [], [_give_back(30, at)], 0, MSK, counted)
+
+    early = wallet("2026-12-05T12:00:00+03:00")
+    assert early.points_at(_t("2026-12-05T12:00:00+03:00")) == (80, 0)
+    assert early.expiring_at(_t("2026-12-05T12:00:00+03:00")) == [(10, DEC10), (30, DEC31)]
+    assert early.points_at(_t("2026-12-11T12:00:00+03:00")) == (70, 0)
+    late = wallet("2026-12-15T12:00:00+03:00")
+    assert late.points_at(_t("2026-12-15T12:00:00+03:00")) == (70, 0)
+    assert late.expiring_at(_t("2026-12-15T12:00:00+03:00")) == [(30, DEC31)]
+
+
+def test_points_taken_back_while_pending_come_off_the_snapshots_pending_entry_of_the_sale() -> None:
+    """§6: points taken back "come off the receipt's own pending points first while they
+    are still pending"; §16's decisions: for a sale the snapshot counted, "while pending,
+    off the `pending` entry that activates when the sale's points do". The snapshot has
+    100 pending from 2.12 10:00 (a 30 days' lifetime: gone after 1.1 10:00); a refund on
+    1.12 takes back 40 of them: 60 pending, then 60 available and 60 listed to expire on
+    1.1, none after."""
+    active = _t("2026-12-02T10:00:00+03:00")
+    gone = _t("2027-01-01T10:00:00+03:00")
+    back = Movement("earn", -40, "r1", _t("2026-12-01T12:00:00+03:00"), True, active, gone)
+    wallet = wallet_of(0, [], [(100, active)], [back], 30, MSK)
+    assert wallet.points_at(_t("2026-12-01T13:00:00+03:00")) == (0, 60)
+    assert wallet.points_at(_t("2026-12-03T12:00:00+03:00")) == (60, 0)
+    assert wallet.expiring_at(_t("2026-12-03T12:00:00+03:00")) == [(60, gone)]
+    assert wallet.points_at(_t("2027-01-02T12:00:00+03:00")) == (0, 0)
