@@ -172,3 +172,26 @@ def test_points_taken_back_while_pending_come_off_the_snapshots_pending_entry_of
     assert wallet.points_at(_t("2026-12-03T12:00:00+03:00")) == (60, 0)
     assert wallet.expiring_at(_t("2026-12-03T12:00:00+03:00")) == [(60, gone)]
     assert wallet.points_at(_t("2027-01-02T12:00:00+03:00")) == (0, 0)
+
+
+def test_a_counted_sale_and_the_counted_sale_that_spent_its_points_both_returned_leave_the_balance() -> None:
+    """§16's decisions: when the sale's batch no longer holds what a refund takes back
+    because another sale spent it, the rest is taken as a spend "and that batch remembers
+    it: points a later refund gives back into the batch, while it has not expired, pay that
+    spend back first. So a sale and the sale that spent its points, both returned, leave
+    the balance as it was in either order"; for sales a snapshot counted, their batch is
+    the snapshot's that expires when the sale's points do. r1 earned 50 (expiring 31.12),
+    r2 spent those 50; the snapshot counted both: 70 that never expire. r1 returned on
+    3.12 takes back 50 (off the 31.12 batch: empty, so off the 70: 20); r2 returned on 5.12
+    gives its 50 back into the 31.12 batch, which pays the 70 back first: 70 that never
+    expire, nothing listed, 70 on 1.1 too."""
+    earned_from = _t("2026-11-20T12:00:00+03:00")
+    take_back = Movement(
+        "spend", -50, "r1", _t("2026-12-03T12:00:00+03:00"), True, earned_from, DEC31
+    )
+    give_back = _give_back(50, "2026-12-05T12:00:00+03:00", "r2")
+    counted = {"r2": ([(50, DEC31)], 0)}
+    wallet = wallet_of(70, [], [], [take_back, give_back], 0, MSK, counted)
+    assert wallet.points_at(_t("2026-12-05T12:00:00+03:00")) == (70, 0)
+    assert wallet.expiring_at(_t("2026-12-05T12:00:00+03:00")) == []
+    assert wallet.points_at(_t("2027-01-01T12:00:00+03:00")) == (70, 0)
