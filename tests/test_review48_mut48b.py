@@ -195,3 +195,52 @@ def test_a_counted_sale_and_the_counted_sale_that_spent_its_points_both_returned
     assert wallet.points_at(_t("2026-12-05T12:00:00+03:00")) == (70, 0)
     assert wallet.expiring_at(_t("2026-12-05T12:00:00+03:00")) == []
     assert wallet.points_at(_t("2027-01-01T12:00:00+03:00")) == (70, 0)
+
+
+def test_points_given_back_in_two_refunds_follow_the_batches_taken_the_last_first() -> None:
+    """§16: given-back points return to the batches they were taken from, the last taken
+    first, across refunds (each after what the ones before gave back). Of the 60 spent on
+    1.12 (30 of 10.12's, then 30 of 31.12's), 20 come back on 3.12 (to 31.12's: 40) and 20
+    on 5.12 (10 to 31.12's: 50, then 10 to 10.12's): 10 expire on 10.12, 50 on 31.12."""
+    wallet = _wallet(
+        _sale(60, "2026-12-01T12:00:00+03:00"),
+        _give_back(20, "2026-12-03T12:00:00+03:00"),
+        _give_back(20, "2026-12-05T12:00:00+03:00"),
+    )
+    assert wallet.points_at(_t("2026-12-05T12:00:00+03:00")) == (80, 0)
+    assert wallet.expiring_at(_t("2026-12-05T12:00:00+03:00")) == [(10, DEC10), (50, DEC31)]
+
+
+def test_points_given_back_for_a_sale_with_no_batches_known_join_the_part_that_never_expires() -> None:
+    """§16's decisions: "Points given back for a sale the hub never counted (taken before
+    the imported balance) join the part that never expires", on the till as at the hub
+    (`Wallet._give_back`): 25 given back for a sale nothing here took points for: 125,
+    and 95 once 10.12's 30 are gone."""
+    wallet = _wallet(_give_back(25, "2026-12-05T12:00:00+03:00", "r-before"))
+    assert wallet.points_at(_t("2026-12-05T12:00:00+03:00")) == (125, 0)
+    assert wallet.expiring_at(_t("2026-12-05T12:00:00+03:00")) == [(30, DEC10), (50, DEC31)]
+    assert wallet.points_at(_t("2026-12-11T12:00:00+03:00")) == (95, 0)
+
+
+def test_points_given_back_into_a_debt_pay_what_is_still_owed_first() -> None:
+    """§16's decisions: spending beyond every batch "is a debt that counts at once"; "A
+    refund of the sale that made the debt gives back what is still owed first". 50 spent
+    by a customer with nothing: -50; 20 of them given back: -30 still owed, -10 after 10
+    more (and no batch to list)."""
+    spent = _sale(50, "2026-12-01T12:00:00+03:00")
+    once = wallet_of(0, [], [], [spent, _give_back(20, "2026-12-03T12:00:00+03:00")], 0, MSK)
+    assert once.points_at(_t("2026-12-03T12:00:00+03:00")) == (-30, 0)
+    twice = wallet_of(
+        0,
+        [],
+        [],
+        [
+            spent,
+            _give_back(20, "2026-12-03T12:00:00+03:00"),
+            _give_back(20, "2026-12-04T12:00:00+03:00"),
+        ],
+        0,
+        MSK,
+    )
+    assert twice.points_at(_t("2026-12-04T12:00:00+03:00")) == (-10, 0)
+    assert twice.expiring_at(_t("2026-12-04T12:00:00+03:00")) == []
