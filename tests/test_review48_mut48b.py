@@ -244,3 +244,42 @@ def test_points_given_back_into_a_debt_pay_what_is_still_owed_first() -> None:
     )
     assert twice.points_at(_t("2026-12-04T12:00:00+03:00")) == (-10, 0)
     assert twice.expiring_at(_t("2026-12-04T12:00:00+03:00")) == []
+
+
+def test_points_given_back_for_a_debt_already_paid_go_to_the_batch_that_paid_it() -> None:
+    """§16's decisions: a refund of the sale that made the debt gives back "what is still
+    owed first, then into the batches that paid it". 50 owed from 1.12, paid by 50 of the
+    100 earned on 2.12 (expiring 31.12): 50. The sale returned on 3.12 gives back 30: none
+    owed, so into the 31.12 batch: 80, all of them listed to expire on 31.12, 0 after."""
+    earned = Movement(
+        "earn", 100, "r2", _t("2026-12-02T12:00:00+03:00"), False,
+        _t("2026-12-02T12:00:00+03:00"), DEC31,
+    )
+    wallet = wallet_of(
+        0,
+        [],
+        [],
+        [
+            _sale(50, "2026-12-01T12:00:00+03:00"),
+            earned,
+            _give_back(30, "2026-12-03T12:00:00+03:00"),
+        ],
+        0,
+        MSK,
+    )
+    assert wallet.points_at(_t("2026-12-03T12:00:00+03:00")) == (80, 0)
+    assert wallet.expiring_at(_t("2026-12-03T12:00:00+03:00")) == [(80, DEC31)]
+    assert wallet.points_at(_t("2027-01-01T12:00:00+03:00")) == (0, 0)
+
+
+def test_a_debt_still_owed_at_the_time_asked_is_netted_off_the_batches_listed() -> None:
+    """§16's decisions: "a debt still owed at the time asked (one dated later and counted
+    at once, which the replay met after the batches that could have paid it had
+    expired ...) is netted off the soonest-expiring batches in `expiring` ... so
+    `expiring` never lists more than is available". 30 expiring on 10.12; a refund dated
+    15.12 takes back 20 spent points: a debt (the 30 are gone by then). Asked on 5.12:
+    30 − 20 = 10 available, and 10 listed to expire on 10.12."""
+    take_back = Movement("spend", -20, "r1", _t("2026-12-15T12:00:00+03:00"), True)
+    wallet = wallet_of(30, [(30, DEC10)], [], [take_back], 0, MSK)
+    assert wallet.points_at(_t("2026-12-05T12:00:00+03:00")) == (10, 0)
+    assert wallet.expiring_at(_t("2026-12-05T12:00:00+03:00")) == [(10, DEC10)]
