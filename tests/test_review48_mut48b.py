@@ -283,3 +283,16 @@ def test_a_debt_still_owed_at_the_time_asked_is_netted_off_the_batches_listed() 
     wallet = wallet_of(30, [(30, DEC10)], [], [take_back], 0, MSK)
     assert wallet.points_at(_t("2026-12-05T12:00:00+03:00")) == (10, 0)
     assert wallet.expiring_at(_t("2026-12-05T12:00:00+03:00")) == [(10, DEC10)]
+
+
+def test_a_pending_take_back_larger_than_one_pending_entry_goes_on_to_the_next() -> None:
+    """The same rule (§6, §16's decisions) when the snapshot has two `pending` entries that
+    activate when the sale's points do (30 and 30, from 2.12 10:00): 40 taken back come
+    off both, 30 and 10: 20 pending, then 20 available and 20 listed to expire on 1.1."""
+    active = _t("2026-12-02T10:00:00+03:00")
+    gone = _t("2027-01-01T10:00:00+03:00")
+    back = Movement("earn", -40, "r1", _t("2026-12-01T12:00:00+03:00"), True, active, gone)
+    wallet = wallet_of(0, [], [(30, active), (30, active)], [back], 30, MSK)
+    assert wallet.points_at(_t("2026-12-01T13:00:00+03:00")) == (0, 20)
+    assert wallet.points_at(_t("2026-12-03T12:00:00+03:00")) == (20, 0)
+    assert wallet.expiring_at(_t("2026-12-03T12:00:00+03:00")) == [(20, gone)]
