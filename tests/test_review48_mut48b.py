@@ -11,14 +11,20 @@ from __future__ import annotations
 
 from datetime import datetime
 from fractions import Fraction
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 from tillpoint.agent.errors import Refused
 from tillpoint.agent.expiry import Movement, Wallet, wallet_of
 from tillpoint.agent.refunds import SoldLine, apply_refund
+from tillpoint.agent.results import receipt_from_json
+from tillpoint.agent.service import Agent
+
+from .conftest import receipt, receipt_time, snapshot
 
 MILK = "4601234000017"
+BORIS = "2770000000024"  # c-b, base tier
 
 
 # ---------------------------------------------------------------- §6: refunds
@@ -296,3 +302,30 @@ def test_a_pending_take_back_larger_than_one_pending_entry_goes_on_to_the_next()
     assert wallet.points_at(_t("2026-12-01T13:00:00+03:00")) == (0, 20)
     assert wallet.points_at(_t("2026-12-03T12:00:00+03:00")) == (20, 0)
     assert wallet.expiring_at(_t("2026-12-03T12:00:00+03:00")) == [(20, gone)]
+
+
+# ---------------------------------------------------------------- §11: a Confirm's balance
+
+
+def test_a_confirms_balance_leaves_out_the_points_another_open_hold_reserves(
+    tmp_path: Path,
+) -> None:
+    """§11's decisions: "a result's `balance.availablePoints` (quote, hold, confirm) leaves
+    out the points this till's other open holds of the customer reserve; the `Balance`
+    call reports the ledger as it is". Two holds of Boris (50 and 70 points redeemed);
+    the first confirmed answers the ledger's balance at its time less the other's 70.
+    (Mutant: `ledger.held_points` answering 0, which no file of the ledger's set saw.)"""
+    snap = snapshot()
+    snap["customers"][1]["balancePoints"] = 1000
+    agent = Agent(tmp_path / "data", "till-1")
+    try:
+        agent.load_snapshot(snap)
+        line = [{"sku": "4601234000055", "qty": "1", "priceMinor": 45000}]
+        agent.hold(receipt_from_json(receipt("h-a", BORIS, lines=line, redeemPoints=50)))
+        agent.hold(receipt_from_json(receipt("h-b", BORIS, lines=line, redeemPoints=70)))
+        confirmed = agent.confirm("h-a").to_json()
+        ledger_now = agent.balance(BORIS, receipt_time()).to_json()["availablePoints"]
+        assert confirmed["redeemedPoints"] == 50
+        assert confirmed["balance"]["availablePoints"] == ledger_now - 70
+    finally:
+        agent.close()
