@@ -126,8 +126,13 @@ def test_a_debt_does_not_outlive_the_points_that_paid_it() -> None:
         [
             _sale(50, "2026-12-01T12:00:00+03:00", "r1"),
             Movement(
-                "earn", 100, "r2", _t("2026-12-02T12:00:00+03:00"), False,
-                _t("2026-12-02T12:00:00+03:00"), DEC31,
+                "earn",
+                100,
+                "r2",
+                _t("2026-12-02T12:00:00+03:00"),
+                False,
+                _t("2026-12-02T12:00:00+03:00"),
+                DEC31,
             ),
         ],
         0,
@@ -139,7 +144,7 @@ def test_a_debt_does_not_outlive_the_points_that_paid_it() -> None:
     assert wallet.points_at(_t("2027-01-01T00:00:00+03:00")) == (0, 0)
 
 
-def test_a_refund_of_a_sale_the_snapshot_counted_gives_back_to_batches_expiring_as_those_taken() -> None:
+def test_a_counted_sales_refund_gives_back_to_batches_expiring_as_those_it_took() -> None:
     """§16's decisions: once a snapshot has counted the sale, "Points such a refund gives
     back go to batches that expire when the ones the sale's redemption took did ..., the
     last taken first, less what refunds the snapshot counted gave back already; into a
@@ -180,7 +185,7 @@ def test_points_taken_back_while_pending_come_off_the_snapshots_pending_entry_of
     assert wallet.points_at(_t("2027-01-02T12:00:00+03:00")) == (0, 0)
 
 
-def test_a_counted_sale_and_the_counted_sale_that_spent_its_points_both_returned_leave_the_balance() -> None:
+def test_two_counted_sales_one_spending_the_others_points_both_returned_leave_the_balance() -> None:
     """§16's decisions: when the sale's batch no longer holds what a refund takes back
     because another sale spent it, the rest is taken as a spend "and that batch remembers
     it: points a later refund gives back into the batch, while it has not expired, pay that
@@ -217,7 +222,7 @@ def test_points_given_back_in_two_refunds_follow_the_batches_taken_the_last_firs
     assert wallet.expiring_at(_t("2026-12-05T12:00:00+03:00")) == [(10, DEC10), (50, DEC31)]
 
 
-def test_points_given_back_for_a_sale_with_no_batches_known_join_the_part_that_never_expires() -> None:
+def test_points_given_back_for_a_sale_with_no_batch_known_never_expire() -> None:
     """§16's decisions: "Points given back for a sale the hub never counted (taken before
     the imported balance) join the part that never expires", on the till as at the hub
     (`Wallet._give_back`): 25 given back for a sale nothing here took points for: 125,
@@ -258,8 +263,13 @@ def test_points_given_back_for_a_debt_already_paid_go_to_the_batch_that_paid_it(
     100 earned on 2.12 (expiring 31.12): 50. The sale returned on 3.12 gives back 30: none
     owed, so into the 31.12 batch: 80, all of them listed to expire on 31.12, 0 after."""
     earned = Movement(
-        "earn", 100, "r2", _t("2026-12-02T12:00:00+03:00"), False,
-        _t("2026-12-02T12:00:00+03:00"), DEC31,
+        "earn",
+        100,
+        "r2",
+        _t("2026-12-02T12:00:00+03:00"),
+        False,
+        _t("2026-12-02T12:00:00+03:00"),
+        DEC31,
     )
     wallet = wallet_of(
         0,
