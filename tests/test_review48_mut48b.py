@@ -9,16 +9,19 @@ through a real `Agent` on real SQLite files.
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from datetime import datetime
 from fractions import Fraction
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from tillpoint.agent import ledger as ledger_db
 from tillpoint.agent.errors import Refused
 from tillpoint.agent.expiry import Movement, Wallet, wallet_of
 from tillpoint.agent.refunds import SoldLine, apply_refund
-from tillpoint.agent.results import receipt_from_json
+from tillpoint.agent.results import receipt_from_json, refund_from_json
 from tillpoint.agent.service import Agent
 
 from .conftest import receipt, receipt_time, snapshot
@@ -339,3 +342,69 @@ def test_a_confirms_balance_leaves_out_the_points_another_open_hold_reserves(
         assert confirmed["balance"]["availablePoints"] == ledger_now - 70
     finally:
         agent.close()
+
+
+# ------------------------------------- §9 × §16: an unsent refund's points sent to the hub
+
+
+def test_an_unsent_refunds_points_count_for_the_hub_only_in_batches_still_alive(
+    tmp_path: Path,
+) -> None:
+    """§16: points given back go to the batches they were taken from, the last taken first,
+    and into an expired batch they stay expired; the till sends the hub, for an online
+    redemption, only the unsent give-backs that still count (`ledger.given_back_alive`).
+    Boris has 200 points expiring 30.11 23:59:59 and 100 that never do; a sale at 23:50
+    redeems 250 (200 of the expiring, then 50). Refunds of 1 of its 3 units give back
+    floor(250 × 1/3) = 83 at 23:55 and floor(250 × 2/3) − 83 = 83 at 00:20. The first: 50
+    into the never-expiring part, then 33 into the expiring one: 83 alive through 23:59:59
+    (.999999 included), 50 after. The second comes after the first's 83 (50 + 33 of the
+    200): all 83 into the expiring batch: 0 alive on 1.12. (Mutants of its sums and of the
+    inclusive end, which only a slow test of review 30 reached.)"""
+    snap = snapshot()
+    snap["program"] = {
+        **snap["program"],
+        "maxRedeemPercent": 100,
+        "offlineRedeemLimitPoints": 10**6,
+    }
+    boris = snap["customers"][1]
+    boris["balancePoints"] = 300
+    boris["expiring"] = [{"points": 200, "expiresAt": "2026-11-30T23:59:59+03:00"}]
+    agent = Agent(tmp_path / "data", "till-1")
+    try:
+        agent.load_snapshot(snap)
+        line = [{"sku": MILK, "qty": "3", "priceMinor": 10000}]
+        sold = agent.checkout(
+            receipt_from_json(
+                receipt("x-1", BORIS, at="2026-11-30T23:50:00+03:00", lines=line, redeemPoints=250)
+            )
+        )
+        assert sold.redeemed_points == 250
+        for refund_id, at in (
+            ("x-1-a", "2026-11-30T23:55:00+03:00"),
+            ("x-1-b", "2026-12-01T00:20:00+03:00"),
+        ):
+            back = agent.refund(
+                refund_from_json(
+                    {
+                        "refundId": refund_id,
+                        "receiptId": "x-1",
+                        "at": at,
+                        "lines": [{"sku": MILK, "qty": "1"}],
+                    }
+                )
+            )
+            assert back.returned_points == 83
+    finally:
+        agent.close()
+    with contextlib.closing(sqlite3.connect(tmp_path / "data" / "ledger.db")) as conn:
+        (first, _), (second, _) = conn.execute(
+            "SELECT seq, points FROM points WHERE receipt_id = 'x-1' AND kind = 'spend'"
+            " AND points > 0 ORDER BY seq"
+        ).fetchall()
+
+        def alive(seq: int, at: str) -> int:
+            return ledger_db.given_back_alive(conn, "till-1", "x-1", seq, 83, _t(at))
+
+        assert alive(first, "2026-11-30T23:59:59.999999+03:00") == 83
+        assert alive(first, "2026-12-01T00:00:00+03:00") == 50
+        assert alive(second, "2026-12-01T00:30:00+03:00") == 0
