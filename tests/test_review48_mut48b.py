@@ -408,3 +408,17 @@ def test_an_unsent_refunds_points_count_for_the_hub_only_in_batches_still_alive(
         assert alive(first, "2026-11-30T23:59:59.999999+03:00") == 83
         assert alive(first, "2026-12-01T00:00:00+03:00") == 50
         assert alive(second, "2026-12-01T00:30:00+03:00") == 0
+
+
+# ---------------------------------------------------------------- §4: identification
+
+
+def test_only_the_contracts_four_forms_of_a_phone_find_its_customer(agent: Agent) -> None:
+    """§4: "`+7XXXXXXXXXX`, `8XXXXXXXXXX`, `7XXXXXXXXXX` and `XXXXXXXXXX` are the same
+    phone"; "any other string of digits" is `UNKNOWN`. Anna's phone is +7 916 123-45-67:
+    its four forms find her; 11 digits that start with 9 are no phone's form (the mutant
+    `len == 11 or first in "78"` read them as +7 and the 10 after the 9)."""
+    for text in ("+79161234567", "89161234567", "79161234567", "9161234567"):
+        found = agent.identify(text).to_json()
+        assert (found["status"], found["customerId"]) == ("FOUND", "c-a"), text
+    assert agent.identify("99161234567").to_json() == {"status": "UNKNOWN"}
