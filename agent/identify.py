@@ -47,10 +47,6 @@ class Identification:
     card_number: str | None = None
     reason: str = ""
 
-    @property
-    def found(self) -> bool:
-        return self.status == "FOUND"
-
 
 def normalise(text: str) -> str:
     return _DROP.sub("", text)
