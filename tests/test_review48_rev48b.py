@@ -196,7 +196,7 @@ def offer_lines(draw: st.DrawFn) -> str:
     reader might be given (proto3's empty values, nulls, snake_case names, decimals
     written many ways, Cyrillic and emoji, escapes or none)."""
     row: dict[str, Any] = {"id": draw(_KEYS), "kind": draw(st.sampled_from(_KINDS))}
-    for name in draw(st.lists(st.sampled_from(sorted(_FIELDS)), unique=True)):
+    for name in [name for name in sorted(_FIELDS) if draw(st.booleans())]:
         key = _SNAKE[name] if name in _SNAKE and draw(st.booleans()) else name
         row[key] = draw(_FIELDS[name])
     keys = list(row)
@@ -235,7 +235,7 @@ def test_any_stored_offer_list_parses_as_the_full_parse(text: str) -> None:
 
 
 @pytest.mark.slow
-@settings(max_examples=4000, **{**_PROPERTY, "derandomize": False})  # type: ignore[arg-type]
+@settings(max_examples=2000, **{**_PROPERTY, "derandomize": False})  # type: ignore[arg-type]
 @given(stored_lists())
 def test_any_stored_offer_list_parses_as_the_full_parse_long(text: str) -> None:
     assert_identical(text)
