@@ -870,9 +870,10 @@ def _stored_offer_list() -> TypeAdapter[list[_StoredOffer]]:
 
 def stored_offers(text: str) -> list[Offer]:
     """The offers of a JSON list of the cache's offer rows, as `Offer`s equal to
-    `TypeAdapter(list[Offer]).validate_json(text, context=STORED)`'s, at ≈ 40 % of its
-    cost: the rows were validated whole when their snapshot was applied, so what `Offer`'s
-    Python validators do is done. Their types are validated as ever; `Offer`'s field
+    `TypeAdapter(list[Offer]).validate_json(text, context=STORED)`'s, at ≈ 80 % of its
+    cost (docs/PERFORMANCE.md, "A known card's quote, cheaper"): the rows were validated
+    whole when their snapshot was applied, so what `Offer`'s Python validators do is
+    done. Their types are validated as ever; `Offer`'s field
     validators only turn an empty value ("", []) into the field's default, which these
     types refuse (an empty customer too, above), and its model validator only refuses,
     by `offer_problem`'s rules, which each offer made here is held to as well: a list any
