@@ -17,6 +17,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar, cast
 
+from pydantic import TypeAdapter
+
 from .db import (
     BUILDING,
     CACHE,
@@ -50,7 +52,6 @@ from .models import (
     Removed,
     Snapshot,
     SnapshotHeader,
-    stored_offers,
 )
 
 T = TypeVar("T")
@@ -855,7 +856,9 @@ class _Personal:
             # A usual customer's few offers in one parse (the rows were validated when the
             # snapshot was applied): cheaper than reading each one's targets with
             # `json.loads` first and parsing the two or three a receipt gets.
-            parsed = stored_offers(f"[{','.join(docs)}]") if docs else []
+            parsed = (
+                _offer_list().validate_json(f"[{','.join(docs)}]", context=STORED) if docs else []
+            )
             self.offers = list(parsed)
             self.targets = [_targets_of(offer) for offer in parsed]
         else:
@@ -865,7 +868,7 @@ class _Personal:
     def parsed(self, i: int) -> Offer:
         offer = self.offers[i]
         if offer is None:
-            offer = self.offers[i] = stored_offers(f"[{self.docs[i]}]")[0]
+            offer = self.offers[i] = Offer.model_validate_json(self.docs[i], context=STORED)
         return offer
 
     def all(self) -> list[Offer]:
@@ -913,6 +916,11 @@ def _targets_of(offer: Offer) -> tuple[frozenset[str], frozenset[str]] | None:
     if offer.kind not in LINE_KINDS:
         return None
     return frozenset(offer.skus), frozenset(offer.categories)
+
+
+@functools.lru_cache(maxsize=1)
+def _offer_list() -> TypeAdapter[list[Offer]]:
+    return TypeAdapter(list[Offer])
 
 
 def _offer_id(offer: Offer) -> str:

@@ -30,10 +30,8 @@ from pydantic import (
     Strict,
     StrictBool,
     StringConstraints,
-    TypeAdapter,
     ValidationError,
     ValidationInfo,
-    create_model,
     field_validator,
     model_validator,
 )
@@ -755,9 +753,36 @@ class Offer(Model):
 
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> Offer:
-        problem = offer_problem(self, stored=_stored(info))
-        if problem is not None:
-            raise ValueError(problem)
+        if self.min_qty and _decimals(self.min_qty) > 3 and not _stored(info):
+            raise ValueError(
+                f"offer {self.id}: minQty {self.min_qty} has more than 3 decimals (the contract §2)"
+            )
+        # an end in whole seconds holds through that second (§2): a window inside one
+        # second ("10:15:00.250" to "10:15:00") is a real one, as a coupon's (review 31)
+        if self.valid_from and self.valid_to and self.valid_from > last_instant(self.valid_to):
+            raise ValueError(f"offer {self.id}: validFrom is after validTo")
+        if self.kind in VALUE_KINDS and "value" not in self.model_fields_set:
+            raise ValueError(f"offer {self.id}: value is required for {self.kind}")
+        if self.kind == "QUANTITY_PRICE" and not self.tiers:
+            raise ValueError(f"offer {self.id}: QUANTITY_PRICE needs tiers")
+        if len(self.tiers) > 1 and not _stored(info):
+            prices: dict[Decimal, int] = {}
+            for tier in self.tiers:
+                price = prices.setdefault(tier.min_qty, tier.unit_price_minor)
+                if price != tier.unit_price_minor:
+                    raise ValueError(
+                        f"offer {self.id}: two tiers with minQty {tier.min_qty.normalize():f}"
+                        f" and two unit prices ({price} and {tier.unit_price_minor}): which"
+                        " applies would depend on their order"
+                    )
+        if self.kind == "MULTIBUY":
+            for name, qty in (("buyQty", self.buy_qty), ("freeQty", self.free_qty)):
+                if qty is None or qty != qty.to_integral_value():
+                    raise ValueError(f"offer {self.id}: MULTIBUY needs a whole {name} of 1 or more")
+        if self.kind in ("PERCENT_OFF", "RECEIPT_PERCENT_OFF") and self.value > 100:
+            raise ValueError(f"offer {self.id}: a percentage above 100")
+        if self.kind == "EXTRA_POINTS" and self.value != self.value.to_integral_value():
+            raise ValueError(f"offer {self.id}: EXTRA_POINTS value must be whole points")
         return self
 
     def valid_at(self, moment: datetime) -> bool:
@@ -806,106 +831,6 @@ class Offer(Model):
         if self.weekdays and weekday not in self.weekdays:
             return False
         return not (self.on_favorite_weekday and favorite_weekday != weekday)
-
-
-def offer_problem(offer: Offer, *, stored: bool) -> str | None:
-    """What `Offer`'s model validator refuses an offer for, None when nothing: by the rules
-    of input, or those of a row read back from the cache when `stored` (`STORED`).
-    `stored_offers`, which builds offers without the validator, holds them to it too."""
-    if not stored and offer.min_qty and _decimals(offer.min_qty) > 3:
-        return (
-            f"offer {offer.id}: minQty {offer.min_qty} has more than 3 decimals (the contract §2)"
-        )
-    # an end in whole seconds holds through that second (§2): a window inside one
-    # second ("10:15:00.250" to "10:15:00") is a real one, as a coupon's (review 31); a
-    # start not after the end is not after its last instant either (the usual offer)
-    start, end = offer.valid_from, offer.valid_to
-    if start and end and start > end and start > last_instant(end):
-        return f"offer {offer.id}: validFrom is after validTo"
-    if offer.kind in VALUE_KINDS and "value" not in offer.__pydantic_fields_set__:
-        return f"offer {offer.id}: value is required for {offer.kind}"
-    if offer.kind == "QUANTITY_PRICE" and not offer.tiers:
-        return f"offer {offer.id}: QUANTITY_PRICE needs tiers"
-    if len(offer.tiers) > 1 and not stored:
-        prices: dict[Decimal, int] = {}
-        for tier in offer.tiers:
-            price = prices.setdefault(tier.min_qty, tier.unit_price_minor)
-            if price != tier.unit_price_minor:
-                return (
-                    f"offer {offer.id}: two tiers with minQty {tier.min_qty.normalize():f}"
-                    f" and two unit prices ({price} and {tier.unit_price_minor}): which"
-                    " applies would depend on their order"
-                )
-    if offer.kind == "MULTIBUY":
-        for name, qty in (("buyQty", offer.buy_qty), ("freeQty", offer.free_qty)):
-            if qty is None or qty != qty.to_integral_value():
-                return f"offer {offer.id}: MULTIBUY needs a whole {name} of 1 or more"
-    if offer.kind in ("PERCENT_OFF", "RECEIPT_PERCENT_OFF") and offer.value > 100:
-        return f"offer {offer.id}: a percentage above 100"
-    if offer.kind == "EXTRA_POINTS" and offer.value != offer.value.to_integral_value():
-        return f"offer {offer.id}: EXTRA_POINTS value must be whole points"
-    return None
-
-
-class _StoredOffer(Model):
-    """`Offer`'s fields with their types, none of its Python validators: a cache row's
-    parse (`stored_offers`). Made from `Offer.model_fields` below, so a field added to
-    `Offer` is read here too."""
-
-
-def _stored_offer_model() -> type[_StoredOffer]:
-    fields: dict[str, Any] = {
-        name: (field.annotation, field) for name, field in Offer.model_fields.items()
-    }
-    # "" is not a customer here (`Offer`'s validator makes it None): the full parse decides
-    fields["customer_id"] = (Key | None, Field(default=None, alias="customerId"))
-    return create_model("StoredOffer", __base__=_StoredOffer, **fields)
-
-
-@functools.lru_cache(maxsize=1)
-def _stored_offer_list() -> TypeAdapter[list[_StoredOffer]]:
-    row: Any = _stored_offer_model()  # a class made at run time: no static type to name
-    return TypeAdapter(list[row])
-
-
-def stored_offers(text: str) -> list[Offer]:
-    """The offers of a JSON list of the cache's offer rows, as `Offer`s equal to
-    `TypeAdapter(list[Offer]).validate_json(text, context=STORED)`'s, at ≈ 80 % of its
-    cost (docs/PERFORMANCE.md, "A known card's quote, cheaper"): the rows were validated
-    whole when their snapshot was applied, so what `Offer`'s Python validators do is
-    done. Their types are validated as ever; `Offer`'s field
-    validators only turn an empty value ("", []) into the field's default, which these
-    types refuse (an empty customer too, above), and its model validator only refuses,
-    by `offer_problem`'s rules, which each offer made here is held to as well: a list any
-    row of which is refused here is parsed by `Offer` itself, which reads it or says what
-    is wrong (a row stored by an older release, say). Each offer is made without a second
-    validation: its fields as parsed, under `Offer`'s class (review 48, rev48b)."""
-    try:
-        parsed = _stored_offer_list().validate_json(text, context=STORED)
-    except ValidationError:
-        return list(_offer_list().validate_json(text, context=STORED))
-    offers: list[Offer] = []
-    for row in parsed:
-        offer = _new_offer(Offer)
-        _set(offer, "__dict__", row.__dict__)
-        _set(offer, "__pydantic_fields_set__", row.__pydantic_fields_set__)
-        _set(offer, "__pydantic_extra__", None)
-        _set(offer, "__pydantic_private__", None)
-        if offer_problem(offer, stored=True) is not None:
-            # a row `Offer`'s model validator refuses (a cache no snapshot's reader wrote):
-            # the full parse says so in its words, as for every other reader of the cache
-            return list(_offer_list().validate_json(text, context=STORED))
-        offers.append(offer)
-    return offers
-
-
-@functools.lru_cache(maxsize=1)
-def _offer_list() -> TypeAdapter[list[Offer]]:
-    return TypeAdapter(list[Offer])
-
-
-_new_offer = object.__new__
-_set = object.__setattr__
 
 
 def coupon_code(text: str) -> str:
