@@ -18,7 +18,8 @@ contract is silent are pinned with the decision docs/CONTRACT.md now writes besi
 - §5 step 3: a receipt offer's threshold over eligible lines only; EXTRA_POINTS once.
 - §5 step 4: each cap binding in turn (requested, balance, percent, capacity, the offline
   limit of the store-day, across local midnight), a point value of 50 with a percent of
-  12.5, the largest-remainder spread; an UNKNOWN card redeems nothing.
+  12.5, the largest-remainder spread; an UNKNOWN card redeems nothing; seeded days of
+  checkouts, the limit spent receipt by receipt and the running balance.
 - §5 step 5: tier rates with decimals, the first tier for an UNKNOWN card, the birthday
   window's edges in the store's zone (the days before, 29 February in 2027 and 2028, across
   the new year, Vladivostok), multipliers against the birthday's, a multiplier below 1,
@@ -43,7 +44,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
@@ -961,3 +962,74 @@ def test_the_cli_and_a_running_till_s_http_port_price_alike(
     tmp_path: Path, clean_env: None
 ) -> None:
     _doors_walk(tmp_path, processes_only=True)
+
+
+# ---------------------------------------------------------------- a day of checkouts
+
+
+def checkouts_walk(tmp_path: Path, seed: int, walks: int) -> None:
+    """§5 step 4 over a day of commits: each receipt's redemption is the least of what it
+    asked, the balance it has by then (points earned before it spendable at once with
+    `activationDelayDays` 0), 30 % or 100 % of the eligible amount after discounts, the
+    lines' capacities and what is left of `offlineRedeemLimitPoints` for its card on the
+    Moscow date of `at` (days change at 21:00 UTC); each result's balance is the running
+    one. Every receipt is later than the one before."""
+    rng = random.Random(seed)
+    devices = {"printer": "none", "display": "none", "scanner": "none"}
+    customer_of = {ANNA: "c-a", BORIS: "c-b", GLEB: "c-d", EVA: "c-e"}
+    for walk in range(walks):
+        agent = till_agent(tmp_path / f"walk{walk}", "till-1", device_kinds=devices)
+        try:
+            percent = rng.choice([30, 100])
+            snap = snapshot(
+                offlineRedeemLimitPoints=rng.choice([0, 50, 500, 100000]), maxRedeemPercent=percent
+            )
+            for customer in snap["customers"]:
+                customer["balancePoints"] = rng.choice([0, 100, 1200, 5000])
+            agent.load_snapshot(snap)
+            balance = {c["id"]: c["balancePoints"] for c in snap["customers"]}
+            spent_on: dict[tuple[str, date], int] = {}
+            at = datetime(2026, 12, 14, 20, 0, tzinfo=ZoneInfo("Europe/Moscow"))
+            for n in range(15):
+                at += timedelta(minutes=rng.choice([1, 30, 90, 240]))
+                card = rng.choice(list(customer_of))
+                rows = [
+                    line(rng.choice([MILK, SHOES, CIGS, BREAD]), rng.choice(["1", "2", "0.5"]),
+                         rng.randint(0, 200000))
+                    for _ in range(rng.randint(1, 3))
+                ]  # fmt: skip
+                asked = rng.choice([-1, 0, 50, 300, 10**5])
+                body = receipt(rows, card=card, at=at.isoformat(), redeem=asked, rid=f"w{n}")
+                # the lines' amounts after discounts, as a quote without points prices them
+                unpaid = agent.quote(receipt_from_json({**body, "redeemPoints": 0})).to_json()
+                eligible = [
+                    r["amountMinor"] - r["discountMinor"]
+                    for r, row in zip(unpaid["lines"], rows, strict=True)
+                    if row["sku"] != CIGS
+                ]
+                limits = [
+                    max(0, balance[customer_of[card]]),
+                    sum(eligible) * percent // 100 // 100,
+                    sum(amount // 100 for amount in eligible),
+                    snap["program"]["offlineRedeemLimitPoints"]
+                    - spent_on.get((card, at.date()), 0),
+                ]
+                if asked != -1:
+                    limits.append(asked)
+                doc = agent.checkout(receipt_from_json(body)).to_json()
+                assert doc["redeemedPoints"] == max(0, min(limits)), (seed, walk, n, limits, doc)
+                key = (card, at.date())
+                spent_on[key] = spent_on.get(key, 0) + doc["redeemedPoints"]
+                balance[customer_of[card]] += doc["earnedPoints"] - doc["redeemedPoints"]
+                assert doc["balance"]["availablePoints"] == balance[customer_of[card]], doc
+        finally:
+            agent.close()
+
+
+def test_a_day_of_checkouts_spends_within_every_cap(tmp_path: Path) -> None:
+    checkouts_walk(tmp_path, 4903, 2)
+
+
+@pytest.mark.slow
+def test_a_day_of_checkouts_spends_within_every_cap_long(tmp_path: Path) -> None:
+    checkouts_walk(tmp_path, 4904, 40)
