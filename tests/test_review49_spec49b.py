@@ -3,7 +3,7 @@ receipt) and §8 (the customer display) read black-box, sentence by sentence, at
 
 Every expected figure below was worked out by hand from the contract's words (the working
 is beside each case) before the product was run; the product agreed in every one, and
-with an independent reading of §5 steps 1-5 and 7 written here (`oracle`) over some 4,000
+with an independent reading of §5 steps 1-7 written here (`oracle`) over some 6,000
 seeded random snapshots and receipts (docs/DECISIONS.md, "Review 49 (spec49b)"). They are
 kept because no earlier test held these cases in one place; the few points where the
 contract is silent are pinned with the decision docs/CONTRACT.md now writes beside them
@@ -546,7 +546,7 @@ def _birthday_in(year: int, born: date) -> date:
 
 
 def oracle(snap: dict[str, Any], body: dict[str, Any], held_out: bool = True) -> dict[str, Any]:
-    """§5 steps 1-5 and 7 as the contract words them, for a quote on a till with nothing
+    """§5 steps 1-7 as the contract words them, for a quote on a till with nothing
     committed (the whole offline limit left): line offers PERCENT_OFF, AMOUNT_OFF,
     FIXED_PRICE and BONUS_MULTIPLIER; receipt offers RECEIPT_PERCENT_OFF and EXTRA_POINTS.
     Written from the contract, not from agent/pricing.py. The recorded decisions it
@@ -660,11 +660,24 @@ def oracle(snap: dict[str, Any], body: dict[str, Any], held_out: bool = True) ->
                 w["discount"], w["offer"] = discount, best_receipt[0][2]
     # step 4
     redeemed = 0
+    available = pending = 0
     if customer is not None:
+        # the balance at `at`: balancePoints less its batches expired before `at` (§16; a
+        # batch holds through its `expiresAt`), plus the snapshot's pending points active by
+        # then; the rest of them is still pending
+        expired = sum(
+            e["points"]
+            for e in customer.get("expiring", [])
+            if datetime.fromisoformat(e["expiresAt"]) < at
+        )
+        activates = [(datetime.fromisoformat(p["activatesAt"]), p["points"])
+                     for p in customer.get("pending", [])]  # fmt: skip
+        available = customer["balancePoints"] - expired + sum(p for t, p in activates if t <= at)
+        pending = sum(p for t, p in activates if t > at)
         after = sum(w["amount"] - w["discount"] for w in work if w["eligible"])
         caps = [(w["amount"] - w["discount"]) // pv if w["eligible"] else 0 for w in work]
         percent = Fraction(Decimal(str(program["maxRedeemPercent"])))
-        limits = [max(0, customer["balancePoints"]), math.floor(after * percent / 100 / pv),
+        limits = [max(0, available), math.floor(after * percent / 100 / pv),
                   sum(caps), program["offlineRedeemLimitPoints"]]  # fmt: skip
         if body["redeemPoints"] != -1:
             limits.append(body["redeemPoints"])
@@ -724,6 +737,15 @@ def oracle(snap: dict[str, Any], body: dict[str, Any], held_out: bool = True) ->
         "payableMinor": total - discount - redeemed * pv,
         "earnedPoints": earned + extra,
         "heldOut": out_of_group,
+        # step 6: spendable at once with no activation delay, pending until then otherwise
+        "balance": None
+        if customer is None
+        else {
+            "availablePoints": available
+            - redeemed
+            + (earned + extra if not program["activationDelayDays"] else 0),
+            "pendingPoints": pending + (earned + extra if program["activationDelayDays"] else 0),
+        },
         "_applied": multipliers_applied + extras,
     }
 
@@ -736,6 +758,15 @@ _WINDOWS = [  # every one a window (`validFrom` at or before `validTo`), some en
     ("2026-12-01T00:00:00+03:00", "2026-12-15T12:00:00+03:00"),
     ("2026-12-15T09:00:01Z", "2026-12-16T00:00:00+03:00"),
     ("2026-12-01T00:00:00+03:00", "2026-12-15T08:59:59Z"),
+]
+
+
+_MOMENTS = [  # pending points' activation and batches' expiry, around AT
+    "2026-11-19T00:00:00+03:00",
+    "2026-12-15T11:59:59+03:00",
+    "2026-12-15T12:00:00+03:00",
+    "2026-12-15T12:00:00.5+03:00",
+    "2026-12-20T00:00:00+03:00",
 ]
 
 
@@ -756,9 +787,19 @@ def random_case(rng: random.Random, n: int) -> tuple[dict[str, Any], dict[str, A
                {"code": "silver", "accrualPercent": _decimal(rng, 10, 2)},
                {"code": "gold", "accrualPercent": _decimal(rng, 15, rng.choice([0, 1, 3]))}],
     )  # fmt: skip
+    snap["program"]["activationDelayDays"] = rng.choice([0, 0, 1, 14])
     for customer in snap["customers"]:
-        customer["balancePoints"] = rng.choice([0, 5, 80, 1200, 100000])
+        customer["balancePoints"] = balance = rng.choice([0, 5, 80, 1200, 100000])
         customer["controlGroups"] = rng.sample(["camp-1", "camp-2", "camp-3"], rng.randint(0, 2))
+        customer["pending"] = [
+            {"points": rng.randint(1, 300), "activatesAt": rng.choice(_MOMENTS)}
+            for _ in range(rng.randint(0, 2))
+        ]
+        customer["expiring"] = []
+        for _ in range(rng.randint(0, 3) if balance else 0):  # parts of balancePoints
+            points = rng.randint(0, balance - sum(e["points"] for e in customer["expiring"]))
+            if points:
+                customer["expiring"].append({"points": points, "expiresAt": rng.choice(_MOMENTS)})
     kinds = ["PERCENT_OFF", "AMOUNT_OFF", "FIXED_PRICE", "BONUS_MULTIPLIER",
              "RECEIPT_PERCENT_OFF", "EXTRA_POINTS"]  # fmt: skip
     values = {"PERCENT_OFF": (100, [0, 1, 2]), "AMOUNT_OFF": (5000, [0, 1]),
@@ -801,6 +842,7 @@ def random_case(rng: random.Random, n: int) -> tuple[dict[str, Any], dict[str, A
 
 FIELDS = ["totalMinor", "discountMinor", "redeemedPoints", "payableMinor", "earnedPoints",
           "heldOut"]  # fmt: skip
+BALANCE = ["availablePoints", "pendingPoints"]
 
 
 def against_the_oracle(till: Till, seed: int, count: int) -> None:
@@ -815,13 +857,18 @@ def against_the_oracle(till: Till, seed: int, count: int) -> None:
         assert {k: got[k] for k in FIELDS} == {k: expected[k] for k in FIELDS}, (
             seed, n, snap, body, got,
         )  # fmt: skip
+        balance = got["balance"] and {k: got["balance"][k] for k in BALANCE}
+        assert balance == expected["balance"], (seed, n, snap, body, got)
+        assert len(got["display"]) == 2 and all(len(row) <= 20 for row in got["display"]), got
 
 
 def test_quotes_agree_with_an_independent_reading_of_step_1_to_7(till: Till) -> None:
     """§5 over seeded random snapshots and receipts (rates, point values, percent caps,
     offline limits, birthdays, control groups, every line and receipt offer kind but the
-    basket deals, weighed lines, sent amounts, unlisted and excluded goods): each quote's
-    figures as `oracle` works them out. The long run is the slow twin below."""
+    basket deals, weighed lines, sent amounts, unlisted and excluded goods, pending points
+    and expiring batches around `at`, activation delays): each quote's figures and balance
+    as `oracle` works them out, and a display of 2 rows of at most 20. The long run is the
+    slow twin below."""
     against_the_oracle(till, 4901, 40)
 
 
