@@ -901,3 +901,32 @@ def test_every_case_has_its_own_offers() -> None:
         for o in offers:
             targets = [*o.get("skus", []), *o.get("categories", [])]
             assert all(f"-{case}-" in t or t == f"c15-{case}" for t in targets), (case, o)
+
+
+def test_s4_a_till_with_no_snapshot_still_identifies_and_refuses_the_sale(cli: CLI) -> None:
+    """CONTRACT §4's decision (review 49): on an empty cache a valid number is UNKNOWN and a
+    bad scan INVALID (exit 0), while a quote of the same card is refused, exit 2, "no
+    snapshot loaded" (§10). Over HTTP and gRPC: tests/test_review39_spec39a.py."""
+    for text, want in ((ANNA, {"status": "UNKNOWN"}), (PHONE, {"status": "UNKNOWN"})):
+        done = cli("identify", text, "--json")
+        assert (done.code, done.json()) == (0, want), done.err
+    done = cli("identify", "2770000000018", "--json")
+    assert done.code == 0 and done.json()["status"] == "INVALID", done.err
+    done = cli("quote", receipt(ANNA, [line(MILK, "1", 8990)]), "--json")
+    assert done.code == 2 and done.out == "", done
+    assert "no snapshot loaded" in done.err and len(done.err.strip().splitlines()) == 1
+
+
+def test_s4_a_phone_reaches_a_customer_through_a_card_no_scan_can_match(cli: CLI) -> None:
+    """A plain snapshot's card with a wrong check digit loads as a row no scan matches (§3's
+    decisions), yet it is one of its customer's cards: the phone finds her through it."""
+    snap = snapshot()
+    snap["customers"].append(
+        {"id": "c-10", "firstName": "Ира", "tier": "base", "phone": "+79160000010",
+         "balancePoints": 50, "segment": "ACTIVE"}
+    )  # fmt: skip
+    snap["cards"].append({"number": "2770000000018", "customerId": "c-10", "status": "ACTIVE"})
+    assert cli("snapshot", "load", snap).code == 0
+    assert cli("identify", "2770000000018", "--json").json()["status"] == "INVALID"
+    found = cli("identify", "8 916 000-00-10", "--json").json()
+    assert (found["status"], found["customerId"]) == ("FOUND", "c-10")
