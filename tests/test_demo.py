@@ -55,6 +55,7 @@ def test_demo_help_explains_the_options(cli: CLI) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_demo_command_with_three_tills(cli: CLI) -> None:
     run = cli("demo", "--tills", "3")
     assert run.code == 0, run.out + run.err

@@ -68,6 +68,7 @@ def test_the_examples_are_well_formed(tmp_path: Path) -> None:
 
 @needs_jdk
 @pytest.mark.slow
+@pytest.mark.ci
 def test_the_java_example_compiles(tmp_path: Path) -> None:
     (tmp_path / "TillExample.java").write_text(example("java"), encoding="utf-8")
     subprocess.run([str(JAVAC), "TillExample.java"], cwd=tmp_path, check=True, timeout=180)
@@ -104,6 +105,7 @@ def test_the_python_example_runs(agent_url: str, tmp_path: Path) -> None:
 
 @needs_jdk
 @pytest.mark.slow
+@pytest.mark.ci
 def test_the_java_example_runs(agent_url: str, tmp_path: Path) -> None:
     (tmp_path / "TillExample.java").write_text(example("java"), encoding="utf-8")
     subprocess.run([str(JAVAC), "TillExample.java"], cwd=tmp_path, check=True, timeout=180)
@@ -145,7 +147,7 @@ def test_the_setup_block_runs_each_program_by_its_saved_name() -> None:
 
 @pytest.mark.parametrize(
     "language",
-    ["curl", "python", pytest.param("java", marks=[needs_jdk, pytest.mark.slow])],
+    ["curl", "python", pytest.param("java", marks=[needs_jdk, pytest.mark.slow, pytest.mark.ci])],
 )
 def test_the_examples_run_against_tillpoint_run(language: str, tmp_path: Path) -> None:
     (tmp_path / "examples").symlink_to(REPO / "examples")

@@ -145,6 +145,7 @@ def deb() -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 @pytest.mark.timeout(1200)  # the first test builds the package (wheels for three Pythons)
 def test_package_contents_and_control(deb: Path) -> None:
     info = subprocess.run(["dpkg-deb", "-I", deb], capture_output=True, text=True, check=True)
@@ -249,6 +250,7 @@ def installed(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 @pytest.mark.timeout(1200)
 @pytest.mark.parametrize("version", SUPPORTED)
 def test_installs_offline_with_each_supported_python(
@@ -303,6 +305,7 @@ def test_installs_offline_with_each_supported_python(
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 @pytest.mark.timeout(1200)
 def test_installed_agent_starts_and_answers(installed: Path, tmp_path: Path) -> None:
     exe = installed / "opt/tillpoint/venv/bin/tillpoint"

@@ -191,6 +191,7 @@ def test_the_walkthrough_parses() -> None:
     )
 
 
+@pytest.mark.ci
 @pytest.mark.slow  # about 30 tillpoint processes and two syncs: 20-40 s
 def test_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
     steps = walkthrough((REPO / "README.md").read_text(encoding="utf-8"))

@@ -1036,7 +1036,7 @@ def test_a_long_lived_till_with_a_hub_answers_as_a_fresh_one_many_seeds(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", range(3120, 3124))
+@pytest.mark.parametrize("seed", [pytest.param(3120, marks=pytest.mark.ci), *range(3121, 3124)])
 def test_a_long_lived_synced_till_answers_as_a_fresh_one(tmp_path: Path, seed: int) -> None:
     """As `tillpoint run` runs: its sync loops (pull, push, Subscribe, the shipped backoffs
     of `SyncTimings()`) and its 15 s hold timer beside the calls."""

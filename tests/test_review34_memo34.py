@@ -571,6 +571,7 @@ def _memo34_walk(tmp_path: Path, seed: int, steps: int, synced: bool = False) ->
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_a_long_lived_till_answers_as_a_fresh_one_through_settings_zones_and_midnights(
     tmp_path: Path,
 ) -> None:

@@ -184,7 +184,10 @@ def test_every_test_ci_deselects_still_exists() -> None:
     pytest says nothing of it. Each names a test file and a test function defined there."""
     args = _ci_pytest_args()
     deselected = [args[n + 1] for n, arg in enumerate(args) if arg == "--deselect"]
-    assert len(deselected) > 60, args
+    # the parse found the pass's options: its marks (the default suite and the `slow`
+    # tests marked `ci`, review 49) and its deselections
+    assert args[args.index("-m") + 1] == "not slow or ci", args
+    assert len(deselected) >= 10, args
     missing = []
     for node in deselected:
         path, _, name = node.partition("::")
