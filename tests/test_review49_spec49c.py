@@ -517,6 +517,14 @@ def test_any_customer_code_and_codes_on_cards_that_are_not_found(make: Any) -> N
         ("ANY1", "REJECTED", "DUPLICATE"),
     ]
     assert stranger["lines"][0]["discountMinor"] == 0
+    # a later scan of a code is DUPLICATE whatever the first scan's verdict
+    twice = till.doc("quote", receipt("t", juice, coupons=["NOPE", "nope", "ENDED1", "ended-1"]))
+    assert verdicts(twice) == [
+        ("NOPE", "REJECTED", "UNKNOWN"),
+        ("NOPE", "REJECTED", "DUPLICATE"),
+        ("ENDED1", "REJECTED", "EXPIRED"),
+        ("ENDED1", "REJECTED", "DUPLICATE"),
+    ]
     # the unknown card used nothing: Boris still may
     assert verdicts(till.doc("quote", receipt("b2", juice, card=BOB, coupons=["ANY1"]))) == [
         ("ANY1", "APPLIED", ""),
@@ -573,8 +581,11 @@ def test_the_offers_a_commit_prints_at_each_edge(make: Any) -> None:
     # the default cooldown of 7 days: a second later none of those three again; ends-now ended
     later = three.doc("checkout", receipt("d", at="2026-12-15T12:00:01+03:00"))
     assert later["printedOffers"] == ["o-10", "o-9", "in7-utc"]
-    none = make(snapshot(PRINT_OFFERS, maxOffersPrinted=0))
+    issued = personal("iss", 0, issueCoupon=True, couponRequired=True)
+    none = make(snapshot([*PRINT_OFFERS, issued], maxOffersPrinted=0))
     assert none.doc("checkout", receipt("c"))["printedOffers"] == []
+    unprinted = none.doc("quote", receipt("q", ("bread", "1", 1000), coupons=["TP5TILL11"]))
+    assert verdicts(unprinted) == [("TP5TILL11", "REJECTED", "UNKNOWN")]  # no code issued
 
 
 def test_a_till_issued_code_is_the_customers_from_at_to_the_offers_end(make: Any) -> None:
@@ -684,3 +695,89 @@ def test_checkout_explain_as_a_process_and_over_a_running_agents_http_agree(
         except subprocess.TimeoutExpired:
             run.kill()
             run.wait()
+
+
+def test_multiplier_codes_beside_a_birthday_and_a_checkout_retried_with_explain(make: Any) -> None:
+    """The birthday's ×5 (20 December, five days ahead: inside the 7-day window) beats a ×3
+    and equals a ×5 a code unlocks: that code gave nothing (NOT_APPLICABLE), both rows
+    `BEATEN` by `birthdayMultiplier` with 0; a ×6 unlocked on bread beats it and its ×2.
+    The same checkout retried with `explain` answers the stored figures with a trace, the
+    quote's own, and the same verdicts."""
+    snap = snapshot(
+        [
+            offer("x3", "BONUS_MULTIPLIER", "3", skus=["milk"]),
+            offer("x5", "BONUS_MULTIPLIER", "5", skus=["milk"], couponRequired=True),
+            offer("x6", "BONUS_MULTIPLIER", "6", skus=["bread"], couponRequired=True),
+            offer("x2b", "BONUS_MULTIPLIER", "2", skus=["bread"]),
+        ],
+        [coupon("X5", "x5"), coupon("X6", "x6")],
+    )
+    snap["customers"][0]["birthday"] = "1990-12-20"
+    till = make(snap)
+    body = receipt("a", ("milk", "1", 10000), ("bread", "1", 10000), coupons=["X5", "X6"])
+    quoted = till.doc("quote", {**body, "explain": True})
+    sold = till.doc("checkout", body)
+    assert "trace" not in sold
+    want = [("X5", "REJECTED", "NOT_APPLICABLE"), ("X6", "APPLIED", "")]
+    assert verdicts(quoted) == verdicts(sold) == want
+    # 100,00 at 10 %: ×5 is 50 points, ×6 is 60
+    assert [line["earnedPoints"] for line in sold["lines"]] == [50, 60]
+    retried = till.doc("checkout", {**body, "explain": True})
+    assert retried["trace"] == quoted["trace"]
+    assert {**retried, "trace": None} == {**sold, "trace": None}
+    milk, bread = (rows(line) for line in retried["trace"]["lines"])
+    assert milk == {
+        "x3": {"outcome": "BEATEN", "beatenBy": "birthdayMultiplier", "beatenByDiscountMinor": 0},
+        "x5": {"outcome": "BEATEN", "beatenBy": "birthdayMultiplier", "beatenByDiscountMinor": 0},
+    }
+    assert bread == {
+        "x2b": {"outcome": "BEATEN", "beatenBy": "x6", "beatenByDiscountMinor": 0},
+        "x6": {"outcome": "APPLIED"},
+    }
+    # X5 was not used up; X6 was
+    again = till.doc("quote", receipt("b", ("bread", "1", 100), coupons=["X6", "X5"]))
+    assert verdicts(again) == [
+        ("X6", "REJECTED", "ALREADY_USED"),
+        ("X5", "REJECTED", "NOT_APPLICABLE"),
+    ]
+
+
+def test_a_code_whose_offer_gives_nothing_for_any_other_cause_is_not_applicable(make: Any) -> None:
+    """§13 names three causes of NOT_APPLICABLE ("beaten on every line, threshold not met,
+    or a control-group customer"); its words are "its offer gave this receipt nothing", and
+    the project reads every other such cause the same way (docs/DECISIONS.md, "Coupons"):
+    an excluded line, an offer out of its dates or weekday, below its `minQty`, another
+    customer's personal offer, a SKU not in the basket. A code beaten on one line and
+    applied on another is APPLIED."""
+    offers = [
+        offer("two", "PERCENT_OFF", "15", skus=["milk", "bread"], couponRequired=True),
+        offer("mass-milk", "PERCENT_OFF", "20", skus=["milk"]),
+        offer("cig", "PERCENT_OFF", "15", skus=["cigs"], couponRequired=True),
+        offer(
+            "old",
+            "PERCENT_OFF",
+            "15",
+            skus=["bread"],
+            couponRequired=True,
+            validTo="2026-12-10T00:00:00+03:00",
+        ),  # fmt: skip
+        offer(
+            "boris", "PERCENT_OFF", "15", skus=["bread"], couponRequired=True, customerId="c-2"
+        ),  # fmt: skip
+        offer("minq", "PERCENT_OFF", "15", skus=["bread"], couponRequired=True, minQty="2"),
+        offer("absent", "PERCENT_OFF", "15", skus=["juice"], couponRequired=True),
+        offer("mon", "PERCENT_OFF", "15", skus=["bread"], couponRequired=True, weekdays=[1]),
+    ]
+    names = {"TWO": "two", "CIG": "cig", "OLD": "old", "BOR": "boris", "MINQ": "minq",
+             "ABS": "absent", "MON": "mon"}  # fmt: skip
+    till = make(snapshot(offers, [{"code": c, "offerId": o, **DEC} for c, o in names.items()]))
+    lines = [("milk", "1", 10000), ("bread", "1", 10000), ("cigs", "1", 1000)]
+    result = till.doc("quote", receipt("a", *lines, coupons=list(names)))
+    assert verdicts(result) == [("TWO", "APPLIED", "")] + [
+        (code, "REJECTED", "NOT_APPLICABLE") for code in list(names)[1:]
+    ]
+    assert [(line["offerId"], line["discountMinor"]) for line in result["lines"]] == [
+        ("mass-milk", 2000),
+        ("two", 1500),
+        (None, 0),
+    ]
