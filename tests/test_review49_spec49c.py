@@ -799,3 +799,18 @@ def test_a_code_whose_offer_gives_nothing_for_any_other_cause_is_not_applicable(
         ("two", 1500),
         (None, 0),
     ]
+
+
+def test_a_code_is_found_whichever_dash_or_blank_the_scanner_sent(make: Any) -> None:
+    till = make(snapshot(COUPON_OFFERS, COUPONS))
+    for scanned in [
+        "SORRY\u22127K2Q9",  # a minus sign
+        "SORRY\u00a07K2Q9",  # a no-break space
+        "sorry\u20147k2q9",  # an em dash
+        "SORRY\t7K2Q9",
+        "SORRY\u20107K2Q9",  # a hyphen
+        "\u017forry7k2q9",  # a long s, upper-cased S
+    ]:
+        result = till.doc("quote", receipt("q", ("milk", "1", 10000), coupons=[scanned]))
+        assert verdicts(result) == [("SORRY7K2Q9", "APPLIED", "")], repr(scanned)
+        assert result["lines"][0]["discountMinor"] == 4000
