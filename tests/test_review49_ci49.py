@@ -23,19 +23,32 @@ against it: the same assertions, fewer process starts.
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
+import pytest
 from tillpoint.printer.virtual import VirtualPrinter
+from tillpoint.sync.loopback import LoopbackHub
 
+from . import test_review25_ops25 as ops25
+from . import test_review25_rev25b as rev25b
+from . import test_review25_rev25c as rev25c
+from . import test_review25_sync25 as sync25
+from . import test_review27_rev27 as rev27
+from . import test_review27_sync27 as sync27
+from . import test_review28_rev28 as rev28
+from . import test_review29_left29 as left29
 from . import test_review32_conc32 as conc32
+from . import test_review34_left34 as left34
 from . import test_review34_pos34 as pos34
+from .conftest import CLI, PROGRAM, snapshot
 
 
 def test_pos34_s_http_edges_on_one_run(tmp_path: Path) -> None:
     """The checks of pos34's one-till tests (no hub), on one real `tillpoint run` seeded as
     its module fixture seeds it, each with its own receiptIds as there."""
-    program = {**pos34.PROGRAM, "holdTtlSeconds": 600, "offlineRedeemLimitPoints": 100_000}
-    till = pos34.Till(tmp_path, pos34.seeded(tmp_path / "till", pos34.snapshot(program=program)))
+    program = {**PROGRAM, "holdTtlSeconds": 600, "offlineRedeemLimitPoints": 100_000}
+    till = conc32.Till(tmp_path, conc32.seeded(tmp_path / "till", snapshot(program=program)))
     try:
         pos34.test_a_body_cut_short_by_the_clients_end_is_408_at_once_not_after_the_body_timeout(
             till
@@ -72,12 +85,12 @@ def test_conc32_s_one_receipt_through_three_doors_on_one_run(tmp_path: Path) -> 
     both. Their counts do not meet: the first holds without a commit, the others count
     their own receiptIds and the journal against the outbox."""
     program = {
-        **conc32.PROGRAM,
+        **PROGRAM,
         "holdTtlSeconds": 600,
         "offlineRedeemLimitPoints": 100_000,
         "offerPrintCooldownDays": 0,
     }
-    snap = conc32.snapshot(program=program, offers=[conc32.PRINTABLE])
+    snap = snapshot(program=program, offers=[conc32.PRINTABLE])
     with VirtualPrinter() as printer:
         till = conc32.Till(tmp_path, conc32.seeded(tmp_path / "till", snap), printer=printer)
         till.printer = printer
@@ -87,3 +100,137 @@ def test_conc32_s_one_receipt_through_three_doors_on_one_run(tmp_path: Path) -> 
             conc32.test_confirm_and_cancel_at_once_one_wins(till)
         finally:
             till.stop()
+
+
+# ---------------------------------------------------------------- already small, called as they are
+#
+# Each test below is a `slow` test of a group with no default twin that takes ~1-3 s quiet
+# (2-9 s at load ~10): its own size is the small one. It is called here as it is, with its
+# own fixtures, so that CI runs its promise; the slow original stays in `make test-all`.
+
+
+def test_rev27_a_remembered_expiry_in_lower_case_is_checked_again(tmp_path: Path) -> None:
+    """rev27 (CONTRACT §9): a remembered certificate expiry in lower case is read again."""
+    rev27.test_a_remembered_expiry_written_in_lower_case_is_checked_again(tmp_path)
+
+
+def test_rev27_an_outbox_row_whose_result_does_not_read_is_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """rev27: an outbox row whose result does not read is named, not an internal error."""
+    rev27.test_an_outbox_row_whose_result_does_not_read_is_named_not_an_internal_error(
+        tmp_path, caplog
+    )
+
+
+def test_rev27_an_unexpected_error_of_the_sync_thread_is_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rev27: an unexpected error of the sync thread is logged with its trace, once."""
+    rev27.test_an_unexpected_error_of_the_sync_thread_is_logged_with_its_trace_once(
+        tmp_path, caplog, monkeypatch
+    )
+
+
+def test_rev27_a_pull_that_fails_on_the_tills_side_is_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rev27: a pull that fails on the till's side is logged once."""
+    rev27.test_a_pull_that_fails_on_the_tills_side_is_logged_once(tmp_path, caplog, monkeypatch)
+
+
+def test_rev25c_a_long_lived_till_keeps_what_its_hub_acknowledged(tmp_path: Path) -> None:
+    """rev25c (CONTRACT §9): what the hub acknowledged is kept for that hub across a
+    ledger of the release before, a renewed server certificate and a restart."""
+    rev25c.test_a_long_lived_till_of_one_hub_keeps_what_it_acknowledged(tmp_path)
+
+
+def test_rev25c_a_renewed_bundle_of_the_same_hub_keeps_what_it_acknowledged(
+    tmp_path: Path, cli: CLI
+) -> None:
+    """rev25c (CONTRACT §9): the same CA in other line endings is the same hub."""
+    rev25c.test_a_renewed_bundle_of_the_same_hub_keeps_what_it_acknowledged(tmp_path, cli)
+
+
+def test_rev25b_a_till_enrolled_with_another_hub_sends_it_none_of_the_old_hubs_sales(
+    tmp_path: Path, cli: CLI
+) -> None:
+    """rev25b (CONTRACT §9): the 35 days kept are sent again to their own hub only."""
+    rev25b.test_a_till_enrolled_with_another_hub_does_not_send_it_the_old_hubs_sales(tmp_path, cli)
+
+
+def test_rev25b_a_hub_restored_from_a_backup_gets_the_discarded_seqs_again(
+    tmp_path: Path,
+) -> None:
+    """rev25b (CONTRACT §9): a restored hub is told again the seqs `reset --force` discarded."""
+    rev25b.test_a_hub_restored_from_a_backup_gets_the_discarded_seqs_again(tmp_path)
+
+
+def test_sync25_a_hub_restored_from_a_backup_is_not_taken_for_the_tills_base(
+    tmp_path: Path,
+) -> None:
+    """sync25 (CONTRACT §3): a delta applies only on top of exactly its base."""
+    hub = LoopbackHub(tmp_path / "hub", data=sync25.no_accrual_data())
+    try:
+        sync25.test_a_hub_restored_from_a_backup_is_not_taken_for_the_tills_base(hub, tmp_path)
+    finally:
+        hub.stop()
+
+
+def test_sync25_after_reset_force_the_tills_later_sales_still_reach_the_snapshots(
+    tmp_path: Path,
+) -> None:
+    """sync25 (CONTRACT §9): the seqs `reset --force` discarded are set aside at the hub."""
+    hub = LoopbackHub(tmp_path / "hub", data=sync25.no_accrual_data())
+    try:
+        sync25.test_after_reset_force_the_tills_later_sales_still_reach_the_snapshots(hub, tmp_path)
+    finally:
+        hub.stop()
+
+
+def test_sync25_without_notifications_the_till_polls(tmp_path: Path) -> None:
+    """sync25 (CONTRACT §9): a hub whose notifications never come is polled."""
+    hub = LoopbackHub(tmp_path / "hub", data=sync25.no_accrual_data())
+    try:
+        sync25.test_without_notifications_the_till_polls(hub, tmp_path)
+    finally:
+        hub.stop()
+
+
+def test_sync27_an_outbox_row_the_till_cannot_read_stops_neither_pulls_nor_status(
+    tmp_path: Path,
+) -> None:
+    """sync27: an unreadable outbox row stops neither the pulls nor `status`."""
+    sync27.test_an_outbox_row_the_till_cannot_read_stops_neither_pulls_nor_status(tmp_path)
+
+
+def test_sync27_two_tills_running_as_one_device_are_told_apart_in_words(tmp_path: Path) -> None:
+    """sync27: two tills running as one device are said so, in words."""
+    sync27.test_two_tills_running_as_one_device_are_told_apart_in_words(tmp_path)
+
+
+def test_rev28_hub_import_from_stdin_stopped_leaves_no_copy_behind(tmp_path: Path) -> None:
+    """rev28: `hub import -` stopped leaves no copy of standard input behind."""
+    rev28.test_hub_import_from_stdin_stopped_leaves_no_copy_behind(tmp_path)
+
+
+def test_left29_a_multiplier_code_held_by_the_hub_with_its_smaller_grant(tmp_path: Path) -> None:
+    """left29 (CONTRACT §13): a multiplier code that applies only with the hub's smaller
+    grant is held by the hub too."""
+    left29.test_a_multiplier_code_that_applies_only_with_the_hubs_smaller_grant_is_held_by_the_hub(
+        tmp_path
+    )
+
+
+def test_left34_hub_serve_says_which_copies_of_standard_input_it_removed(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    """left34: `hub serve` says at start which copies of standard input it removed."""
+    left34.test_hub_serve_says_at_start_which_copies_of_standard_input_it_removed(tmp_path, procs)
+
+
+def test_ops25_run_logs_its_release_and_the_snapshot_it_serves_or_that_it_has_none(
+    tmp_path: Path,
+) -> None:
+    """ops25: `run`'s start line names its release and its snapshot, or says it has none."""
+    ops25.test_run_logs_its_release_and_the_snapshot_it_serves_or_that_it_has_none(tmp_path)
