@@ -27,6 +27,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from tillpoint.agent.http_api import HttpServer
+from tillpoint.agent.service import Agent
 from tillpoint.printer.virtual import VirtualPrinter
 from tillpoint.sync.loopback import LoopbackHub
 
@@ -34,6 +36,7 @@ from . import test_review25_ops25 as ops25
 from . import test_review25_rev25b as rev25b
 from . import test_review25_rev25c as rev25c
 from . import test_review25_sync25 as sync25
+from . import test_review26_doc26 as doc26
 from . import test_review27_rev27 as rev27
 from . import test_review27_sync27 as sync27
 from . import test_review28_rev28 as rev28
@@ -234,3 +237,27 @@ def test_ops25_run_logs_its_release_and_the_snapshot_it_serves_or_that_it_has_no
 ) -> None:
     """ops25: `run`'s start line names its release and its snapshot, or says it has none."""
     ops25.test_run_logs_its_release_and_the_snapshot_it_serves_or_that_it_has_none(tmp_path)
+
+
+# ---------------------------------------------------------------- doc26's walk, one Receipt path
+
+
+def test_doc26_s_openapi_walk_of_the_receipt_schema_at_quote(tmp_path: Path) -> None:
+    """doc26's walk of every body openapi.json allows and forbids, for the three paths
+    that take a `Receipt` (quote, hold, checkout: slow, ~1.5-3 s each at load) once: at
+    /v1/quote, the same variants of the same schema (hold and checkout answer the same
+    bodies through the same validation, and their answers' schema is walked in
+    test_review31_pos31's guide run). The server as doc26's `served` fixture makes it."""
+    agent = Agent(tmp_path / "data", "till-1")
+    agent.load_snapshot(snapshot(offers=doc26.OFFERS))
+    server = HttpServer(agent, "127.0.0.1:0")
+    server.start()
+    client = doc26.Client(server.port)
+    try:
+        doc26.test_every_call_answers_what_openapi_declares_for_what_its_schema_allows_and_forbids(
+            client, "/v1/quote"
+        )
+    finally:
+        client.close()
+        server.stop()
+        agent.close()
