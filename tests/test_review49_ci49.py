@@ -41,6 +41,8 @@ from . import test_review27_rev27 as rev27
 from . import test_review27_sync27 as sync27
 from . import test_review28_rev28 as rev28
 from . import test_review29_left29 as left29
+from . import test_review31_hub31 as hub31
+from . import test_review31_rev31d as rev31d
 from . import test_review32_conc32 as conc32
 from . import test_review34_left34 as left34
 from . import test_review34_pos34 as pos34
@@ -261,3 +263,43 @@ def test_doc26_s_openapi_walk_of_the_receipt_schema_at_quote(tmp_path: Path) -> 
         client.close()
         server.stop()
         agent.close()
+
+
+# ---------------------------------------------------------------- PostgreSQL-only, already small
+#
+# These five have no SQLite form (PostgreSQL's advisory lock that a hub holds while the
+# database is open); ~1 s each on the session's cluster, which the default run starts
+# anyway for its other PostgreSQL tests.
+
+
+def test_hub31_hub_migrate_refuses_while_a_hub_has_the_database_open(pg_url: str) -> None:
+    """hub31 (docs/HUB.md, Migrations): `hub migrate` beside an open hub is refused."""
+    hub31.test_hub_migrate_refuses_while_a_hub_has_the_database_open(pg_url)
+
+
+def test_rev31d_a_hub_that_waited_for_a_migration_checks_the_schema_it_got(pg_url: str) -> None:
+    """rev31d: a hub that waited for a migration checks the schema it got."""
+    rev31d.test_a_hub_that_waited_for_a_migration_checks_the_schema_it_got(pg_url)
+
+
+def test_rev31d_a_hub_whose_open_lock_connection_is_killed_serves_and_stops_clean(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """rev31d: a hub whose open-lock connection is killed serves on and stops clean."""
+    rev31d.test_a_hub_whose_open_lock_connection_is_killed_serves_and_stops_clean(pg_url, tmp_path)
+
+
+def test_rev31d_two_hubs_starting_at_once_on_an_older_schema_both_serve(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rev31d: two hubs starting at once on an older schema both serve."""
+    rev31d.test_two_hubs_starting_at_once_on_an_older_schema_both_serve(pg_url, monkeypatch)
+
+
+def test_rev31d_a_hub_takes_its_open_lock_again_once_its_connection_is_gone(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rev31d: a hub takes its open lock again once its connection is gone."""
+    rev31d.test_a_hub_takes_its_open_lock_again_once_its_connection_is_gone(
+        pg_url, tmp_path, monkeypatch
+    )
