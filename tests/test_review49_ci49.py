@@ -19,6 +19,12 @@ against it: the same assertions, fewer process starts.
   run takes three of them in turn whose counts do not meet (the same hold from three
   doors, a hold and a checkout of one receipt, a confirm and a cancel at once), with the
   print jobs counted as they do.
+- Slow tests of groups with no default twin that are small already (~1-3 s quiet, 2-9 s at
+  load ~10: rev27, rev25b, rev25c, sync25, sync27, rev28, left29, left34, ops25, and five
+  PostgreSQL-only hub31/rev31d tests on the session's cluster): each called as it is, with
+  its own fixtures.
+- doc26's walk of what openapi.json allows and forbids, for the `Receipt` schema at
+  /v1/quote (its quote, hold and checkout runs are slow).
 """
 
 from __future__ import annotations
