@@ -23,6 +23,9 @@ against it: the same assertions, fewer process starts.
   load ~10: rev27, rev25b, rev25c, sync25, sync27, rev28, left29, left34, ops25, and five
   PostgreSQL-only hub31/rev31d tests on the session's cluster): each called as it is, with
   its own fixtures.
+- Six slow tests whose default twins were partial only, as small (exp27's three
+  explanations and quotes of the hub's grant, sync30's second sale across midnight, deal26's
+  code that wins after a refusal, ref27's big receipt returned line by line): called so too.
 - doc26's walk of what openapi.json allows and forbids, for the `Receipt` schema at
   /v1/quote (its quote, hold and checkout runs are slow).
 """
@@ -36,17 +39,21 @@ import pytest
 from tillpoint.agent.http_api import HttpServer
 from tillpoint.agent.service import Agent
 from tillpoint.printer.virtual import VirtualPrinter
-from tillpoint.sync.loopback import LoopbackHub
+from tillpoint.sync.loopback import LoopbackHub, sample_master_data
 
 from . import test_review25_ops25 as ops25
 from . import test_review25_rev25b as rev25b
 from . import test_review25_rev25c as rev25c
 from . import test_review25_sync25 as sync25
+from . import test_review26_deal26 as deal26
 from . import test_review26_doc26 as doc26
+from . import test_review27_exp27 as exp27
+from . import test_review27_ref27 as ref27
 from . import test_review27_rev27 as rev27
 from . import test_review27_sync27 as sync27
 from . import test_review28_rev28 as rev28
 from . import test_review29_left29 as left29
+from . import test_review30_sync30 as sync30
 from . import test_review31_hub31 as hub31
 from . import test_review31_rev31d as rev31d
 from . import test_review32_conc32 as conc32
@@ -309,3 +316,60 @@ def test_rev31d_a_hub_takes_its_open_lock_again_once_its_connection_is_gone(
     rev31d.test_a_hub_takes_its_open_lock_again_once_its_connection_is_gone(
         pg_url, tmp_path, monkeypatch
     )
+
+
+# ---------------------------------------------------------------- partial twins closed, as they are
+
+
+def test_exp27_a_quote_of_a_held_receipt_answers_the_points_the_hub_granted_it(
+    tmp_path: Path,
+) -> None:
+    """exp27 (CONTRACT §11): a quote of a held receipt answers the hub's grant."""
+    exp27.test_a_quote_of_a_held_receipt_answers_the_points_the_hub_granted_it(tmp_path)
+
+
+def test_exp27_why_a_sale_got_only_what_the_hub_granted(tmp_path: Path) -> None:
+    """exp27 (CONTRACT §17): the explanation names the hub's grant as the cap."""
+    exp27.test_why_a_sale_got_only_what_the_hub_granted(tmp_path)
+
+
+def test_exp27_why_a_sale_made_while_the_hub_was_away_got_the_offline_limit(
+    tmp_path: Path,
+) -> None:
+    """exp27 (CONTRACT §17): the explanation names the offline limit as the cap."""
+    exp27.test_why_a_sale_made_while_the_hub_was_away_got_the_offline_limit(tmp_path)
+
+
+def test_sync30_a_second_sale_across_midnight_before_the_first_is_sent(tmp_path: Path) -> None:
+    """sync30 (CONTRACT §16, §9): a second sale across midnight before the first is sent."""
+    hub = LoopbackHub(tmp_path / "hub", data=sync30.expiring_data(), clock=lambda: sync30.HUB_NOW)
+    try:
+        sync30.test_a_second_sale_across_midnight_before_the_first_is_sent(hub, tmp_path)
+    finally:
+        hub.stop()
+
+
+def test_deal26_a_code_that_wins_after_the_hub_refused_another_is_authorised_too(
+    tmp_path: Path,
+) -> None:
+    """deal26 (CONTRACT §13): a code that comes to apply after the hub's answer is
+    authorised too; the hub as deal26's `two_offer_hub` fixture makes it."""
+    offers = [
+        {"id": "o-big", "kind": "PERCENT_OFF", "skus": [deal26.MILK], "value": "50",
+         "couponRequired": True},
+        {"id": "o-small", "kind": "AMOUNT_OFF", "skus": [deal26.MILK], "value": "2000",
+         "couponRequired": True},
+    ]  # fmt: skip
+    codes = [{"code": "BIG1", "offerId": "o-big"}, {"code": "SMALL1", "offerId": "o-small"}]
+    hub = LoopbackHub(
+        tmp_path / "hub", data=sample_master_data() | {"offers": offers, "coupons": codes}
+    )
+    try:
+        deal26.test_a_code_that_wins_after_the_hub_refused_another_is_authorised_too(hub, tmp_path)
+    finally:
+        hub.stop()
+
+
+def test_ref27_a_big_receipt_returned_line_by_line_is_answered_at_once(cli: CLI) -> None:
+    """ref27 (CONTRACT §6): a 1,400-line sale returned line by line, each refund at once."""
+    ref27.test_a_big_receipt_returned_line_by_line_is_answered_at_once(cli)
