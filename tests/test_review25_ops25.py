@@ -231,7 +231,6 @@ def _run_briefly(data: Path) -> str:
     return log.read_text()
 
 
-@pytest.mark.slow
 def test_run_logs_its_release_and_the_snapshot_it_serves_or_that_it_has_none(
     tmp_path: Path,
 ) -> None:

@@ -27,7 +27,6 @@ def drain(data_dir: Path, device_id: str, link: Any) -> None:
         pusher.close()
 
 
-@pytest.mark.slow
 def test_a_till_enrolled_with_another_hub_does_not_send_it_the_old_hubs_sales(
     tmp_path: Path, cli: Any
 ) -> None:
@@ -80,7 +79,6 @@ def test_a_till_enrolled_with_another_hub_does_not_send_it_the_old_hubs_sales(
         new.stop()
 
 
-@pytest.mark.slow
 def test_a_hub_restored_from_a_backup_gets_the_discarded_seqs_again(tmp_path: Path) -> None:
     """docs/CONTRACT.md §9 (loses nothing), docs/HUB.md (Backups): a hub restored from a
     backup is sent again what it acknowledged since, so that the device's mark goes on.

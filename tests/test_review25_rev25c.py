@@ -37,7 +37,6 @@ def kept(data_dir: Path) -> list[int]:
         conn.close()
 
 
-@pytest.mark.slow
 def test_a_renewed_bundle_of_the_same_hub_keeps_what_it_acknowledged(
     tmp_path: Path, cli: Any
 ) -> None:
@@ -89,7 +88,6 @@ def acked_hub(data_dir: Path) -> str | None:
         conn.close()
 
 
-@pytest.mark.slow
 def test_a_long_lived_till_of_one_hub_keeps_what_it_acknowledged(tmp_path: Path) -> None:
     """docs/CONTRACT.md §9: what the hub acknowledged is kept for that hub. A ledger of the
     release before (no 'acked_hub') forgets nothing at its first answer; nor does a hub

@@ -261,7 +261,6 @@ def test_a_snapshot_counting_part_of_the_tills_sales_counts_nothing_twice(tmp_pa
         hub.stop()
 
 
-@pytest.mark.slow
 def test_without_notifications_the_till_polls(hub: LoopbackHub, tmp_path: Path) -> None:
     """docs/CONTRACT.md §9: a notification makes the till pull at once; otherwise it polls
     (here: a hub whose notifications never reach the till, every 2 s)."""
@@ -284,7 +283,6 @@ def test_without_notifications_the_till_polls(hub: LoopbackHub, tmp_path: Path) 
         till.stop()
 
 
-@pytest.mark.slow
 def test_a_hub_restored_from_a_backup_is_not_taken_for_the_tills_base(
     hub: LoopbackHub, tmp_path: Path
 ) -> None:
@@ -396,7 +394,6 @@ def test_what_a_hub_restored_from_a_backup_lost_is_sent_again(
         till.stop()
 
 
-@pytest.mark.slow
 def test_after_reset_force_the_tills_later_sales_still_reach_the_snapshots(
     hub: LoopbackHub, tmp_path: Path
 ) -> None:

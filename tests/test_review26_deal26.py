@@ -155,7 +155,6 @@ def _verdicts(result: Any) -> list[tuple[str, str, str]]:
     return [(v.code, v.status, v.reason) for v in result.coupons]
 
 
-@pytest.mark.slow
 def test_a_code_that_wins_after_the_hub_refused_another_is_authorised_too(
     two_offer_hub: LoopbackHub, tmp_path: Path
 ) -> None:

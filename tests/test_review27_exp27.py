@@ -82,7 +82,6 @@ def test_the_text_trace_of_an_unknown_card_says_why_it_redeems_nothing(cli: CLI)
     assert "  redemption: asked 50, allowed 0 (bound by unknown_card)" in text.out.splitlines()
 
 
-@pytest.mark.slow
 def test_why_a_sale_got_only_what_the_hub_granted(tmp_path: Path) -> None:
     """docs/CONTRACT.md §17: `quote --explain` after the sale answers support's "why only
     50 points?" with the caps the sale was priced with, the hub grant included. Борис has
@@ -114,7 +113,6 @@ def test_why_a_sale_got_only_what_the_hub_granted(tmp_path: Path) -> None:
         hub.stop()
 
 
-@pytest.mark.slow
 def test_why_a_sale_made_while_the_hub_was_away_got_the_offline_limit(tmp_path: Path) -> None:
     """docs/CONTRACT.md §5 step 4, §17: a sale made while the hub did not answer is capped
     by the day's offline limit (500). Asked "why this price?" once the hub answers again,
@@ -142,7 +140,6 @@ def test_why_a_sale_made_while_the_hub_was_away_got_the_offline_limit(tmp_path: 
         hub.stop()
 
 
-@pytest.mark.slow
 def test_a_quote_of_a_held_receipt_answers_the_points_the_hub_granted_it(tmp_path: Path) -> None:
     """docs/CONTRACT.md §11, §17: a quote of a held receipt (the same body) answers what its
     Confirm commits. Online, the hub granted the hold 50 of Борис's 300 points (another

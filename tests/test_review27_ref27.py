@@ -40,7 +40,6 @@ def _refund(refund_id: str, back: list[dict[str, Any]], **changes: Any) -> dict[
 # ------------------------------------------------------------ a big receipt returned line by line
 
 
-@pytest.mark.slow  # ~2 s: a 1,400-line sale priced and committed first
 def test_a_big_receipt_returned_line_by_line_is_answered_at_once(cli: CLI) -> None:
     """docs/CONTRACT.md §6, DECISIONS "A receipt or a refund is at most 10,000 lines": one
     call's work is bounded as its bytes are. A POS that sends each scan as a line of its

@@ -31,7 +31,6 @@ from tillpoint.v1 import tillpoint_pb2 as pb
 CARD = "2770000000017"
 
 
-@pytest.mark.slow  # a hub and a till: ~3 s
 def test_a_remembered_expiry_written_in_lower_case_is_checked_again(tmp_path: Path) -> None:
     """docs/CONTRACT.md §2, §9: an `expiresAt` is an RFC 3339 time, and RFC 3339 lets a
     bundle write its "T" and "Z" in lower case (the till's check of the bundle reads it
@@ -71,7 +70,6 @@ def test_a_remembered_expiry_written_in_lower_case_is_checked_again(tmp_path: Pa
         hub.stop()
 
 
-@pytest.mark.slow  # a hub, a till and its sync thread's retries: ~5 s
 def test_an_outbox_row_whose_result_does_not_read_is_named_not_an_internal_error(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -137,7 +135,6 @@ def _pulls_failing(
         hub.stop()
 
 
-@pytest.mark.slow  # a hub, a till and its sync thread's retries: ~3 s
 def test_an_unexpected_error_of_the_sync_thread_is_logged_with_its_trace_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -155,7 +152,6 @@ def test_an_unexpected_error_of_the_sync_thread_is_logged_with_its_trace_once(
         assert errors[0].exc_info is not None  # with its trace
 
 
-@pytest.mark.slow  # a hub, a till and its sync thread's retries: ~3 s
 def test_a_pull_that_fails_on_the_tills_side_is_logged_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -304,7 +304,6 @@ def test_a_backlog_drains_over_an_uplink_too_thin_for_a_whole_batch(tmp_path: Pa
 # ---------------------------------------------------------------- 4. two tills, one id
 
 
-@pytest.mark.slow
 def test_two_tills_running_as_one_device_are_told_apart_in_words(tmp_path: Path) -> None:
     """docs/CONTRACT.md §9: (deviceId, seq) is one sale. Two tills running as one device
     (one enrolment bundle installed on both, a cloned disk) number their sales alike: the
@@ -389,7 +388,6 @@ def test_a_snapshot_comes_down_a_thin_link_in_one_pull(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- 5. a row the till cannot send
 
 
-@pytest.mark.slow
 def test_an_outbox_row_the_till_cannot_read_stops_neither_pulls_nor_status(
     tmp_path: Path,
 ) -> None:

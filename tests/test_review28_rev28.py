@@ -58,7 +58,6 @@ def test_the_display_shows_the_total_without_its_spaces_rather_than_over_two_row
     assert "123456789,01" in shown
 
 
-@pytest.mark.slow
 def test_hub_import_from_stdin_stopped_leaves_no_copy_behind(tmp_path: Path) -> None:
     """docs/CONTRACT.md §10 (`hub import -` copies standard input into the hub's directory,
     removed afterwards): an import stopped by SIGTERM (`timeout`, a job runner, systemd) or

@@ -287,7 +287,6 @@ def test_extra_points_with_no_threshold_on_a_receipt_of_excluded_products_only(c
     assert [line["earnedPoints"] for line in doc["lines"]] == [0]
 
 
-@pytest.mark.slow  # ~3 s: a hub and two tills
 def test_a_multiplier_code_that_applies_only_with_the_hubs_smaller_grant_is_held_by_the_hub(
     tmp_path: Path,
 ) -> None:

@@ -160,7 +160,6 @@ def test_a_tills_unsent_sale_is_replayed_at_its_time(store: Any) -> None:
     assert authorise(store, "till-b", "b-1", 100, "2026-12-01T00:20:00+03:00") == 0
 
 
-@pytest.mark.slow
 def test_a_second_sale_across_midnight_before_the_first_is_sent(
     hub: LoopbackHub, tmp_path: Path
 ) -> None:

@@ -200,7 +200,6 @@ def test_a_push_with_a_batch_id_no_store_keeps_is_invalid_argument(
     assert list(listed.transactions) == []
 
 
-@pytest.mark.slow
 def test_hub_migrate_refuses_while_a_hub_has_the_database_open(pg_url: str) -> None:
     """docs/HUB.md, Migrations: a hub is stopped before `hub migrate`. A migrate run
     while a hub (or any hub command) has the PostgreSQL database open changed the schema

@@ -163,7 +163,6 @@ def _in_thread(work: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any
     return thread, out
 
 
-@pytest.mark.slow
 def test_two_hubs_starting_at_once_on_an_older_schema_both_serve(
     pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -204,7 +203,6 @@ def test_two_hubs_starting_at_once_on_an_older_schema_both_serve(
             store.close()
 
 
-@pytest.mark.slow
 def test_a_hub_that_waited_for_a_migration_checks_the_schema_it_got(pg_url: str) -> None:
     """docs/HUB.md, Migrations: a hub checks the schema once, at its start, and then runs
     its release's SQL; a migration (a later release's `hub migrate`) must not slip in
@@ -253,7 +251,6 @@ def _hub_backends(admin: Any, url: str) -> int:
     return int(row[0]) if row else 0
 
 
-@pytest.mark.slow
 def test_a_hub_whose_open_lock_connection_is_killed_serves_and_stops_clean(
     pg_url: str, tmp_path: Path
 ) -> None:
@@ -294,7 +291,6 @@ def _open_locks(admin: Any) -> list[int]:
     return [int(r[0]) for r in rows]
 
 
-@pytest.mark.slow
 def test_a_hub_takes_its_open_lock_again_once_its_connection_is_gone(
     pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -508,7 +508,6 @@ def test_a_shrink_and_another_tills_authorisation_interleaved_on_postgresql(
 # ---------------------------------------------------------------- 6. what `hub serve` removed
 
 
-@pytest.mark.slow
 def test_hub_serve_says_at_start_which_copies_of_standard_input_it_removed(
     tmp_path: Path, procs: list[subprocess.Popen[bytes]]
 ) -> None:
