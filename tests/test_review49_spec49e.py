@@ -32,6 +32,9 @@ test held these edges in this form:
   nothing and confirms nothing.
 - §12: a JSON key given twice in a request counts the last time, at HTTP as at the CLI.
 - §10: `--version` says the version and the contract it implements, in text and in `--json`.
+- §10 (the one fault, a message): a `confirm`/`cancel` RECEIPT_ID or a `--fiscal` value that
+  starts with a dash is told how to give it (`-- -neg`, `--fiscal=-FD-1`); it was "the
+  following arguments are required: RECEIPT_ID" though one was given.
 
 One `tillpoint run` (HTTP and gRPC on random loopback ports) answers the module's calls;
 the CLI's refusals run on a data directory of their own.
@@ -577,3 +580,47 @@ def test_version_names_the_contract_in_text_and_json() -> None:
         "version": __version__,
         "contract": "tillpoint.v1, 2026-11, sections 1-17",
     }
+
+
+# ---------------------------------------------------------------- §10: a dash first
+
+
+def test_a_receipt_id_or_fiscal_document_that_starts_with_a_dash_is_told_how_to_give_it(
+    cli_data: Path, tmp_path: Path
+) -> None:
+    """A receiptId the hold's file and HTTP take ("-neg") given to `confirm` or `cancel`
+    was "the following arguments are required: RECEIPT_ID" with no hint (it was given:
+    argparse read it as an option), and `--fiscal -FD-1` "expected one argument" (review
+    49, spec49e: a one-line message a person understands says how to give them)."""
+    path = tmp_path / "neg.json"
+    path.write_text(json.dumps(receipt("-neg")), encoding="utf-8")
+
+    def tillpoint(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [EXE, "--data-dir", str(cli_data), *args],
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    for command in ("confirm", "cancel"):
+        refused = tillpoint(command, "-neg", "--json")
+        assert (refused.returncode, refused.stdout) == (2, "")
+        assert refused.stderr == (
+            "tillpoint: the following arguments are required: RECEIPT_ID; a text that starts"
+            f" with a dash goes after --: -- -neg (see `tillpoint {command} --help`)\n"
+        )
+    refused = tillpoint("confirm", "-neg", "--fiscal", "-FD-1", "--json")
+    assert refused.returncode == 2
+    held = tillpoint("hold", str(path), "--json")
+    assert held.returncode == 0, held.stderr
+    refused = tillpoint("confirm", "--json", "--fiscal", "-FD-1", "--", "-neg")
+    assert (refused.returncode, refused.stdout) == (2, "")
+    assert refused.stderr == (
+        "tillpoint: argument --fiscal: expected one argument; a value that starts with a"
+        " dash is written --fiscal=-FD-1 (see `tillpoint confirm --help`)\n"
+    )
+    done = tillpoint("confirm", "--json", "--fiscal=-FD-1", "--", "-neg")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["state"] == "CONFIRMED"
