@@ -81,7 +81,13 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # argparse reads a scanned "-2770000000017-" as an unknown option and then says
         # only that the text is missing: say how to give it
-        dashed = [w for w in sys.argv[1:] if w[:1] == "-" and w[1:2].isdigit()]
+        words = sys.argv[1:]
+        dashed = [w for w in words if w[:1] == "-" and w[1:2].isdigit()]
+        if not dashed and message.startswith("the following arguments are required: RECEIPT_ID"):
+            # confirm's and cancel's receipt id as the POS named it ("-neg", which a hold's
+            # file and HTTP take): argparse read it as an option and said none was given
+            # (review 49, spec49e); those commands have no option of one dash but -h
+            dashed = [w for w in words if w[:1] == "-" and w[1:2] not in ("", "-")]
         # only where argparse did not take the word: a value it refused (`--speed -1`,
         # out of range) is not helped by `-- -1`
         unplaced = message.startswith("the following arguments are required") or (
@@ -91,7 +97,25 @@ class _Parser(argparse.ArgumentParser):
         )
         if dashed and unplaced:
             message += f"; a text that starts with a dash goes after --: -- {dashed[0]}"
+        message += _dashed_value(message, words)
         self.exit(EXIT_INPUT, f"tillpoint: {message} (see `{self.prog} --help`)\n")
+
+
+def _dashed_value(message: str, words: Sequence[str]) -> str:
+    """`confirm r1 --fiscal -FD-1`: argparse reads a value that starts with one dash as an
+    option and says the option has none ("argument --fiscal: expected one argument"); say
+    how to give it, `--fiscal=-FD-1` (review 49, spec49e). A next word of two dashes is
+    another option (`--data-dir --at T`: a script's unset variable), left as said."""
+    found = re.match(r"argument (--[\w-]+): expected one argument$", message)
+    if found is None:
+        return ""
+    option = found.group(1)
+    for i, word in enumerate(words[:-1]):
+        if len(word) > 2 and option.startswith(word):
+            value = words[i + 1]
+            if value[:1] == "-" and value[1:2] not in ("", "-"):
+                return f"; a value that starts with a dash is written {word}={value}"
+    return ""
 
 
 def _common(json_flag: bool = True) -> _Parser:
