@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.sync import pki
 from tillpoint.sync.loopback import LoopbackHub, Till, receipt, sample_master_data, wait_for
