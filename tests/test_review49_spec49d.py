@@ -196,6 +196,18 @@ def test_a_full_snapshot_replaces_every_table_and_its_removed_removes_nothing(ma
     assert after["coupons"] == [{"code": "K1", "status": "REJECTED", "reason": "UNKNOWN"}]
     assert till.balance(BOB, AT) == {"availablePoints": 70, "pendingPoints": 0}
 
+    # The JSON Lines form: the header's `removed` removes nothing from a full snapshot either.
+    header = {k: v for k, v in v2.items() if k not in ("products", "customers", "cards")}
+    text = [json.dumps(header | {"version": 3, "format": "tillpoint.snapshot/jsonl"})]
+    for section in ("products", "customers", "cards"):
+        text += [json.dumps({"section": section})]
+        text += [json.dumps(row, ensure_ascii=False) for row in v2[section]]
+    code, out, err = till.run("snapshot", "load", till.file("\n".join(text) + "\n"), "--json")
+    assert code == 0 and json.loads(out)["version"] == 3, err
+    again = till.doc("quote", basket | {"receiptId": "q3"})
+    assert lines_of(again) == [("A", 0, None, 0, 0), ("B", 0, None, 0, 5)]
+    assert ident(till, ANNA2)["customerId"] == "c-2"
+
 
 # ---------------------------------------------------------------- §3: deltas
 
@@ -308,6 +320,25 @@ def test_deltas_apply_on_their_exact_base_replace_whole_rows_and_remove_each_kin
     third = till.doc("quote", receipt("q7", BOB, [("B", "1", 10000)], coupons=["K1"]))
     assert lines_of(third) == [("B", 700, "o-2", 0, 2)]  # 9300 × 3 % = 2.79 → 2
     assert third["coupons"] == [{"code": "K1", "status": "REJECTED", "reason": "UNKNOWN"}]
+
+
+def test_a_removed_card_leaves_its_customer_to_her_other_card_and_her_phone(make: Any) -> None:
+    """§3's `removed.cards` with §4: the customer stays; her phone finds her through her
+    other active card, and once that one is removed too, `BLOCKED` ("no active card")."""
+    phone = "+79161234567"
+    till = make(
+        full(
+            1,
+            products=[{"sku": "A", "name": "A"}],
+            customers=[{"id": "c-1", "firstName": "Анна", "balancePoints": 1, "phone": phone}],
+            cards=[{"number": ANNA, "customerId": "c-1"}, {"number": ANNA2, "customerId": "c-1"}],
+        )
+    )
+    assert load(till, delta(2, 1, removed={"cards": [ANNA]}))[0] == 0
+    assert ident(till, ANNA) == {"status": "UNKNOWN"}
+    assert ident(till, phone)["customerId"] == ident(till, ANNA2)["customerId"] == "c-1"
+    assert load(till, delta(3, 2, removed={"cards": [ANNA2]}))[0] == 0
+    assert ident(till, phone) == {"status": "BLOCKED", "reason": "the customer has no active card"}
 
 
 def test_pending_applied_through_older_snapshots_and_values_outside_their_sets(
