@@ -710,6 +710,9 @@ LATER16 = [
 ]
 
 
+END20 = "2026-12-20T23:59:59+03:00"
+
+
 def batches(balance: dict[str, Any]) -> list[tuple[int, str]]:
     return [(b["points"], b["expiresAt"]) for b in balance.get("expiring", [])]
 
@@ -791,6 +794,51 @@ def test_expiring_points_are_spent_soonest_first_and_come_back_to_their_batches(
     # with the sale's 5: 605 through 26.12 12:00:00.25, 600 after.
     assert other.balance(ANNA, "2026-12-26T12:00:00.25+03:00")["availablePoints"] == 605
     assert other.balance(ANNA, "2026-12-26T12:00:00.250001+03:00")["availablePoints"] == 600
+
+
+@pytest.mark.parametrize(
+    ("refund_at", "after"),
+    [
+        # In the batch's last second: the 30 go back into it alive, 70 expire at midnight.
+        ("2026-12-20T23:59:59.5+03:00", {"availablePoints": 1003, "expiring": [(70, END20)]}),
+        # At midnight: the batch has expired; the 30 go back into it and stay expired.
+        ("2026-12-21T00:00:00+03:00", {"availablePoints": 933, "expiring": []}),
+    ],
+)
+def test_points_given_back_at_a_batchs_last_moment_live_and_a_moment_later_stay_expired(
+    make: Any, refund_at: str, after: dict[str, Any]
+) -> None:
+    """§16 with §2's inclusive end: 100 of 1000 points expire 20.12 at 23:59:59. A sale on
+    15.12 spends 60 of them (40 left) and earns 94000 × 7 % = 65.8 → 65 (never expiring):
+    1005. Half of it returned gives back floor(60 × 5 / 10) = 30 into the batch they came
+    from and takes back floor(65 × 5 / 10) = 32. Either way 933 are left on the 21st; the
+    rest returned then gives back 30 into the expired batch and takes back 33: 900."""
+    till = make(
+        full(
+            1,
+            products=[{"sku": "A", "name": "A"}],
+            customers=[
+                {
+                    "id": "c-1",
+                    "firstName": "Анна",
+                    "tier": "gold",
+                    "balancePoints": 1000,
+                    "expiring": [{"points": 100, "expiresAt": END20}],
+                }
+            ],
+            cards=[{"number": ANNA, "customerId": "c-1"}],
+        )
+    )
+    sale = till.doc("checkout", receipt("r1", ANNA, [("A", "10", 10000)], redeemPoints=60))
+    assert sale["balance"]["availablePoints"] == 1005
+    assert batches(sale["balance"]) == [(40, END20)]
+    half = till.doc("refund", refund("f1", "r1", refund_at, ("A", "5")))
+    assert (half["returnedPoints"], half["takenBackPoints"]) == (30, 32)
+    assert half["balance"]["availablePoints"] == after["availablePoints"]
+    assert batches(half["balance"]) == after["expiring"]
+    assert till.balance(ANNA, "2026-12-21T00:00:00+03:00")["availablePoints"] == 933
+    rest = till.doc("refund", refund("f2", "r1", "2026-12-21T00:00:01+03:00", ("A", "5")))
+    assert moved(rest) == (30, 33, 900, 0, False)
 
 
 def test_a_lifetime_keeps_the_local_clock_time_across_both_clock_changes(make: Any) -> None:
