@@ -1,0 +1,272 @@
+"""Review 49 (mut49b): rules of expiring points (§16), refunds (§6), the offline limit
+(§5, §11) and identification (§4) that a mutation of their code went past the suite's
+tests of them unnoticed (the second part of review 48's mutation testing).
+
+Each test pins the contract's rule with figures worked out by hand from docs/CONTRACT.md
+(the comments show the sums), and names the mutant it kills (docs/DECISIONS.md,
+"Review 49 (mut49b)"). The pure rules are called as the till calls them; the rest goes
+through a real `Agent` on real SQLite files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tillpoint.agent import ledger as ledger_db
+from tillpoint.agent.results import receipt_from_json, refund_from_json
+from tillpoint.agent.service import Agent
+
+from .conftest import enrolled_till, receipt, snapshot
+
+if TYPE_CHECKING:
+    from tillpoint.sync.loopback import LoopbackHub
+
+MILK = "4601234000017"
+BORIS = "2770000000024"  # c-b, base tier
+
+
+def _t(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def _redeeming_program(snap: dict[str, Any]) -> None:
+    """Every point of a basket may be redeemed, and the offline limit is out of the way."""
+    snap["program"] = {
+        **snap["program"],
+        "maxRedeemPercent": 100,
+        "offlineRedeemLimitPoints": 10**6,
+    }
+
+
+def _refund(agent: Agent, refund_id: str, receipt_id: str, at: str, qty: str) -> Any:
+    return agent.refund(
+        refund_from_json(
+            {
+                "refundId": refund_id,
+                "receiptId": receipt_id,
+                "at": at,
+                "lines": [{"sku": MILK, "qty": qty}],
+            }
+        )
+    )
+
+
+def _give_backs(conn: sqlite3.Connection, receipt_id: str) -> list[tuple[str, int, int]]:
+    """(device, seq, points) of the refunds' give-back rows of a sale, in the order written."""
+    return [
+        (str(d), int(s), int(p))
+        for d, s, p in conn.execute(
+            "SELECT device_id, seq, points FROM points WHERE receipt_id = ? AND kind = 'spend'"
+            " AND points > 0 ORDER BY id",
+            (receipt_id,),
+        )
+    ]
+
+
+# ------------------------------------- §9 × §16: an unsent refund's points sent to the hub
+
+
+def test_a_give_back_into_three_batches_follows_each_batch_the_last_taken_first(
+    tmp_path: Path,
+) -> None:
+    """§16: "Spending takes the points that expire soonest first (points that never expire
+    last)"; "Points given back by a refund return to the batches they were taken from; a
+    batch already expired stays expired"; the last taken first (its decisions). Boris has
+    300 points: 100 expire on 10.12, 100 on 20.12, 100 never. A sale on 1.12 redeems 250:
+    100 of 10.12's, 100 of 20.12's, 50 of the never-expiring (one row per batch, §16's
+    decisions). Returned whole on 15.12 it gives back floor(250 × 1/1) = 250 (§6): 50 to
+    the never-expiring part, 100 to 20.12's, 100 to 10.12's, expired: 150 still count on
+    15.12 (what the till tells the hub of that unsent refund, `ledger.given_back_alive`),
+    50 on 21.12. (Mutant: `skip -= amount + room`, which let 20.12's batch take 200.)"""
+    snap = snapshot()
+    _redeeming_program(snap)
+    boris = snap["customers"][1]
+    boris["balancePoints"] = 300
+    boris["expiring"] = [
+        {"points": 100, "expiresAt": "2026-12-10T23:59:59+03:00"},
+        {"points": 100, "expiresAt": "2026-12-20T23:59:59+03:00"},
+    ]
+    agent = Agent(tmp_path / "data", "till-1")
+    try:
+        agent.load_snapshot(snap)
+        line = [{"sku": MILK, "qty": "1", "priceMinor": 30000}]
+        sold = agent.checkout(
+            receipt_from_json(
+                receipt("x-1", BORIS, at="2026-12-01T12:00:00+03:00", lines=line, redeemPoints=250)
+            )
+        )
+        assert sold.redeemed_points == 250
+        back = _refund(agent, "x-1-r", "x-1", "2026-12-15T12:00:00+03:00", "1")
+        assert back.returned_points == 250
+    finally:
+        agent.close()
+    with contextlib.closing(sqlite3.connect(tmp_path / "data" / "ledger.db")) as conn:
+        taken = conn.execute(
+            "SELECT -p.points, p.expires_at FROM points p JOIN receipts r USING (receipt_id)"
+            " WHERE p.receipt_id = 'x-1' AND p.kind = 'spend' AND p.points < 0 AND p.seq = r.seq"
+            " ORDER BY p.id"
+        ).fetchall()
+        assert [(p, e and _t(e)) for p, e in taken] == [
+            (100, _t("2026-12-10T23:59:59+03:00")),
+            (100, _t("2026-12-20T23:59:59+03:00")),
+            (50, None),
+        ]
+        ((device, seq, points),) = _give_backs(conn, "x-1")
+        assert (device, points) == ("till-1", 250)
+
+        def alive(at: str) -> int:
+            return ledger_db.given_back_alive(conn, "till-1", "x-1", seq, 250, _t(at))
+
+        assert alive("2026-12-10T12:00:00+03:00") == 250
+        assert alive("2026-12-15T12:00:00+03:00") == 150
+        assert alive("2026-12-20T23:59:59+03:00") == 150
+        assert alive("2026-12-21T00:00:00+03:00") == 50
+
+
+def test_a_give_back_after_an_earlier_refund_starts_where_that_one_stopped_in_three_batches(
+    tmp_path: Path,
+) -> None:
+    """The same sale (100 of 10.12's, 100 of 20.12's, 50 never, taken in that order),
+    returned in two refunds of a line of qty 2 (§6: floor(250 × 1/2) = 125, then
+    250 − 125 = 125). The first, on 5.12, gives back 50 to the never-expiring part and 75
+    to 20.12's; the second, on 15.12, the last 25 of 20.12's and 100 to 10.12's, which
+    expired on 10.12: 25 of its 125 still count on 15.12, none on 21.12. (Mutant:
+    `skip -= amount + room`: after the first's 125 it skipped all of 20.12's.)"""
+    snap = snapshot()
+    _redeeming_program(snap)
+    boris = snap["customers"][1]
+    boris["balancePoints"] = 300
+    boris["expiring"] = [
+        {"points": 100, "expiresAt": "2026-12-10T23:59:59+03:00"},
+        {"points": 100, "expiresAt": "2026-12-20T23:59:59+03:00"},
+    ]
+    agent = Agent(tmp_path / "data", "till-1")
+    try:
+        agent.load_snapshot(snap)
+        line = [{"sku": MILK, "qty": "2", "priceMinor": 15000}]
+        sold = agent.checkout(
+            receipt_from_json(
+                receipt("x-2", BORIS, at="2026-12-01T12:00:00+03:00", lines=line, redeemPoints=250)
+            )
+        )
+        assert sold.redeemed_points == 250
+        first = _refund(agent, "x-2-a", "x-2", "2026-12-05T12:00:00+03:00", "1")
+        second = _refund(agent, "x-2-b", "x-2", "2026-12-15T12:00:00+03:00", "1")
+        assert (first.returned_points, second.returned_points) == (125, 125)
+    finally:
+        agent.close()
+    with contextlib.closing(sqlite3.connect(tmp_path / "data" / "ledger.db")) as conn:
+        (_, seq_a, _), (_, seq_b, _) = _give_backs(conn, "x-2")
+
+        def alive(seq: int, at: str) -> int:
+            return ledger_db.given_back_alive(conn, "till-1", "x-2", seq, 125, _t(at))
+
+        assert alive(seq_a, "2026-12-05T12:00:00+03:00") == 125
+        assert alive(seq_a, "2026-12-21T00:00:00+03:00") == 50
+        assert alive(seq_b, "2026-12-15T12:00:00+03:00") == 25
+        assert alive(seq_b, "2026-12-21T00:00:00+03:00") == 0
+
+
+def test_points_given_back_past_the_sales_own_rows_count_as_never_expiring(
+    tmp_path: Path,
+) -> None:
+    """§16's decisions: "Points given back for a sale the hub never counted (taken before
+    the imported balance) join the part that never expires"; the till's rule alike
+    (`Wallet._give_back`, review 48): given back with no batch known, they never expire.
+    A ledger an earlier release let two device ids write (`ledger.other_device`: it opens
+    under either) holds a sale of till-1 that redeemed 250 (100 of 10.12's, 100 of 20.12's,
+    50 never) and its refund written as till-2: till-2 has no row of the sale, so all 250
+    it gave back count for the hub, on 15.12 and on 21.12 alike. (Mutant: `alive −
+    max(0, left)`, which told the hub −250.)"""
+    snap = snapshot()
+    _redeeming_program(snap)
+    boris = snap["customers"][1]
+    boris["balancePoints"] = 300
+    boris["expiring"] = [
+        {"points": 100, "expiresAt": "2026-12-10T23:59:59+03:00"},
+        {"points": 100, "expiresAt": "2026-12-20T23:59:59+03:00"},
+    ]
+    data = tmp_path / "data"
+    agent = Agent(data, "till-1")
+    try:
+        agent.load_snapshot(snap)
+        line = [{"sku": MILK, "qty": "1", "priceMinor": 30000}]
+        agent.checkout(
+            receipt_from_json(
+                receipt("x-3", BORIS, at="2026-12-01T12:00:00+03:00", lines=line, redeemPoints=250)
+            )
+        )
+    finally:
+        agent.close()
+    # What an earlier release left: a transaction journaled under a second id.
+    with contextlib.closing(sqlite3.connect(data / "ledger.db")) as conn, conn:
+        conn.execute(
+            "INSERT INTO journal VALUES ('till-2', 1, 'CHECKOUT', 'old-2',"
+            " '2026-12-01T09:00:00+00:00', NULL, '', '2026-12-01T09:00:00+00:00')"
+        )
+    agent = Agent(data, "till-2")
+    try:
+        back = _refund(agent, "x-3-r", "x-3", "2026-12-15T12:00:00+03:00", "1")
+        assert back.returned_points == 250
+    finally:
+        agent.close()
+    with contextlib.closing(sqlite3.connect(data / "ledger.db")) as conn:
+        ((device, seq, points),) = _give_backs(conn, "x-3")
+        assert (device, points) == ("till-2", 250)
+        for at in ("2026-12-15T12:00:00+03:00", "2026-12-21T00:00:00+03:00"):
+            assert ledger_db.given_back_alive(conn, "till-2", "x-3", seq, 250, _t(at)) == 250
+
+
+# ---------------------------------------------------------------- §5, §11: the offline limit
+
+
+def test_an_open_offline_hold_counts_against_the_cards_offline_limit_of_the_day(
+    agent: Agent,
+) -> None:
+    """§5 step 4: offline, redemption is capped by "what is left of
+    `offlineRedeemLimitPoints` for this card on this store-day"; §11's decisions: "an
+    open hold counts against the day's offline limit ... for every other receipt of this
+    till, quotes included". Anna (1200 points) on a till with no hub (OFFLINE), limit
+    500: a hold redeeming 200, then a quote asking 500 on the same store-day gets 500 −
+    200 = 300; a checkout of 100 more, then a quote: 500 − 200 − 100 = 200. (Mutant:
+    `offline_redeemed`'s `used -= …`, the open holds' use taken off instead of added:
+    the quote got all 500.)"""
+    line = [{"sku": "4601234000055", "qty": "1", "priceMinor": 300000}]
+    held = agent.hold(receipt_from_json(receipt("h-1", lines=line, redeemPoints=200)))
+    assert (held.mode, held.redeemed_points) == ("OFFLINE", 200)
+    quoted = agent.quote(receipt_from_json(receipt("q-1", lines=line, redeemPoints=500)))
+    assert quoted.redeemed_points == 300
+    sold = agent.checkout(receipt_from_json(receipt("c-1", lines=line, redeemPoints=100)))
+    assert sold.redeemed_points == 100
+    quoted = agent.quote(receipt_from_json(receipt("q-2", lines=line, redeemPoints=500)))
+    assert quoted.redeemed_points == 200
+
+
+def test_an_open_offline_hold_counts_against_the_limit_when_the_hub_is_away(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """The same rules on a till with a hub that does not answer (§5 step 4: "When the hub
+    is not reachable, also min with what is left of `offlineRedeemLimitPoints`"; §11's
+    decisions: an open hold counts against the day's offline limit). The hub's Anna has
+    1,200 points, the limit is 500: with the hub stopped, a Hold of 200 is OFFLINE; a
+    second Hold asking 500 the same store-day gets 500 − 200 = 300; once both are
+    confirmed, a third gets 0. (Mutant: `offline_redeemed`'s `used -= …`: the second got
+    all 500, 700 offline in one day.)"""
+    till = enrolled_till(hub, tmp_path / "till", "till-1")
+    try:
+        hub.stop()  # away: every Hold prices OFFLINE
+        line = [{"sku": MILK, "qty": "1", "priceMinor": 300000}]
+        first = till.agent.hold(receipt_from_json(receipt("h-1", lines=line, redeemPoints=200)))
+        assert (first.mode, first.redeemed_points) == ("OFFLINE", 200)
+        second = till.agent.hold(receipt_from_json(receipt("h-2", lines=line, redeemPoints=500)))
+        assert (second.mode, second.redeemed_points) == ("OFFLINE", 300)
+        till.agent.confirm("h-1")
+        till.agent.confirm("h-2")
+        third = till.agent.hold(receipt_from_json(receipt("h-3", lines=line, redeemPoints=500)))
+        assert (third.mode, third.redeemed_points) == ("OFFLINE", 0)
+    finally:
+        till.stop()
