@@ -270,3 +270,25 @@ def test_an_open_offline_hold_counts_against_the_limit_when_the_hub_is_away(
         assert (third.mode, third.redeemed_points) == ("OFFLINE", 0)
     finally:
         till.stop()
+
+
+# ---------------------------------------------------------------- §4: identification
+
+
+def test_the_unassigned_code_point_between_two_dropped_runs_is_another_character(
+    agent: Agent,
+) -> None:
+    """§4: "anything with other characters is `INVALID`"; its decisions (review 33) drop
+    the invisible operators U+2060…U+2064 and the bidi isolates U+2066…U+2069 as white
+    space. U+2065 between them is unassigned: no format character, so "another
+    character": Anna's card with it is `INVALID` (digits only), with either neighbour
+    it finds her. (Mutant: `_char_class`'s `points[i + 1] == point + 2`, which wrote the
+    two runs as one range U+2060…U+2069 and dropped U+2065 too.)"""
+    card = "2770000000017"
+    for mark in ("\u2064", "\u2066"):
+        found = agent.identify(card[:6] + mark + card[6:]).to_json()
+        assert (found["status"], found["customerId"]) == ("FOUND", "c-a"), hex(ord(mark))
+    assert agent.identify(card[:6] + "\u2065" + card[6:]).to_json() == {
+        "status": "INVALID",
+        "reason": "a card number or phone has digits only (no brackets, letters or other signs)",
+    }
