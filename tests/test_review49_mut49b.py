@@ -134,8 +134,9 @@ def test_a_give_back_after_an_earlier_refund_starts_where_that_one_stopped_in_th
     returned in two refunds of a line of qty 2 (§6: floor(250 × 1/2) = 125, then
     250 − 125 = 125). The first, on 5.12, gives back 50 to the never-expiring part and 75
     to 20.12's; the second, on 15.12, the last 25 of 20.12's and 100 to 10.12's, which
-    expired on 10.12: 25 of its 125 still count on 15.12, none on 21.12. (Mutant:
-    `skip -= amount + room`: after the first's 125 it skipped all of 20.12's.)"""
+    expired on 10.12: 25 of its 125 still count on 15.12, none on 21.12. (What the refunds
+    before it gave back, skipped batch by batch: kills `skip += …`, `max` for the skip's
+    `min` and `amount + min(amount, skip)`.)"""
     snap = snapshot()
     _redeeming_program(snap)
     boris = snap["customers"][1]
