@@ -293,3 +293,56 @@ def test_the_unassigned_code_point_between_two_dropped_runs_is_another_character
         "status": "INVALID",
         "reason": "a card number or phone has digits only (no brackets, letters or other signs)",
     }
+
+
+# ------------------------------------- §16: a receipt's result in its time's place
+
+
+def test_a_late_receipts_earned_batch_is_spent_by_a_later_sale_in_its_result_too(
+    tmp_path: Path,
+) -> None:
+    """§16's decisions: the till replays its own transactions in time order, and "a
+    receipt's result puts the receipt in its time's place among them": its `balance` is
+    what `balance --at` its time says next. Points expire 30 days after they become
+    spendable; Boris has 300 that never expire. A sale on 25.11 redeems 100. A receipt
+    dated 20.11, sent after it, earns floor(1000.00 × 3 %) = 30 points, spendable at once
+    and expiring on 20.12. In time order the 25.11 sale comes after it and spends the
+    soonest-expiring first: the 30 of 20.12, then 70 of the 300: 230 left, none listed
+    to expire; the sale's own floor(400.00 × 3 %) = 12 are pending on 20.11 (§3: every
+    movement counts, the time asked decides only what is pending). (Mutants of
+    `Points.after`: `later and …`, `if not later`, which put the late receipt after the
+    sale: 30 listed to expire on 20.12 that the sale had spent.)"""
+    snap = snapshot()
+    snap["program"] = {**snap["program"], "pointsLifetimeDays": 30}
+    snap["customers"][1]["balancePoints"] = 300
+    agent = Agent(tmp_path / "data", "till-1")
+    try:
+        agent.load_snapshot(snap)
+        sold = agent.checkout(
+            receipt_from_json(
+                receipt(
+                    "s-1",
+                    BORIS,
+                    at="2026-11-25T12:00:00+03:00",
+                    lines=[{"sku": MILK, "qty": "1", "priceMinor": 50000}],
+                    redeemPoints=100,
+                )
+            )
+        )
+        assert sold.redeemed_points == 100
+        late = agent.checkout(
+            receipt_from_json(
+                receipt(
+                    "s-0",
+                    BORIS,
+                    at="2026-11-20T12:00:00+03:00",
+                    lines=[{"sku": MILK, "qty": "1", "priceMinor": 100000}],
+                )
+            )
+        ).to_json()
+        assert late["earnedPoints"] == 30
+        assert late["balance"] == {"availablePoints": 230, "pendingPoints": 12}
+        at = _t("2026-11-20T12:00:00+03:00")
+        assert agent.balance(BORIS, at).to_json() == late["balance"]
+    finally:
+        agent.close()
