@@ -15,8 +15,10 @@ import sqlite3
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 from tillpoint.agent import ledger as ledger_db
+from tillpoint.agent.expiry import wallet_of
 from tillpoint.agent.results import receipt_from_json, refund_from_json
 from tillpoint.agent.service import Agent
 
@@ -346,3 +348,43 @@ def test_a_late_receipts_earned_batch_is_spent_by_a_later_sale_in_its_result_too
         assert agent.balance(BORIS, at).to_json() == late["balance"]
     finally:
         agent.close()
+
+
+def test_a_receipt_that_moves_no_points_still_lists_the_batches_that_expire(agent: Agent) -> None:
+    """§16: `Balance` gains `expiring`, the next batches that still hold points; a
+    receipt's `balance` is the balance after it (§5 step 6). Boris has 80 points, 50 of
+    them expiring on 31.12; a receipt of cigarettes only (excluded from loyalty: nothing
+    earned) redeeming nothing moves no points: its balance is 80, 50 of them listed to
+    expire on 31.12. (Mutant: `Points.after` answering None when it was given no move,
+    which dropped the list.)"""
+    snap = snapshot()
+    snap["customers"][1]["expiring"] = [{"points": 50, "expiresAt": "2026-12-31T23:59:59+03:00"}]
+    agent.load_snapshot({**snap, "version": 2, "baseVersion": 0})
+    line = [{"sku": "4601234000031", "qty": "1", "priceMinor": 20000}]
+    sold = agent.checkout(receipt_from_json(receipt("t-1", BORIS, lines=line))).to_json()
+    assert (sold.get("earnedPoints", 0), sold.get("redeemedPoints", 0)) == (0, 0)
+    assert sold["balance"] == {
+        "availablePoints": 80,
+        "pendingPoints": 0,
+        "expiring": [{"points": 50, "expiresAt": "2026-12-31T23:59:59+03:00"}],
+    }
+
+
+MSK = ZoneInfo("Europe/Moscow")
+
+
+def test_pending_points_count_from_the_instant_they_activate_when_points_expire() -> None:
+    """§5 step 6 / §3: earned points are pending until `activatesAt`, then available;
+    §16's decisions: pending points are "spendable at `activatesAt`" and gone
+    `pointsLifetimeDays` after it at the same local clock time. A snapshot's pending
+    entry of 40 points activating on 1.12 12:00 with a 30-day lifetime: pending a
+    microsecond before, available at 12:00 itself, through 31.12 12:00:00.999999, gone
+    after. (Mutant: `Batch.spendable`'s `active_from < at`: at the activation instant
+    the points were neither pending nor available.)"""
+    activates = _t("2026-12-01T12:00:00+03:00")
+    wallet = wallet_of(0, [], [(40, activates)], [], 30, MSK)
+    assert wallet.points_at(_t("2026-12-01T11:59:59.999999+03:00")) == (0, 40)
+    assert wallet.points_at(activates) == (40, 0)
+    assert wallet.expiring_at(activates) == [(40, _t("2026-12-31T12:00:00+03:00"))]
+    assert wallet.points_at(_t("2026-12-31T12:00:00.999999+03:00")) == (40, 0)
+    assert wallet.points_at(_t("2026-12-31T12:00:01+03:00")) == (0, 0)
