@@ -388,3 +388,22 @@ def test_pending_points_count_from_the_instant_they_activate_when_points_expire(
     assert wallet.expiring_at(activates) == [(40, _t("2026-12-31T12:00:00+03:00"))]
     assert wallet.points_at(_t("2026-12-31T12:00:00.999999+03:00")) == (40, 0)
     assert wallet.points_at(_t("2026-12-31T12:00:01+03:00")) == (0, 0)
+
+
+def test_a_plus_number_with_a_bracket_after_the_plus_is_refused_for_its_bracket(
+    agent: Agent,
+) -> None:
+    """§4: a `+` number that is not a Russian phone, and anything with other characters,
+    is `INVALID`; its decisions: "Brackets are not dropped", the reason "a card number or
+    phone has digits only (no brackets, letters or other signs)". `+(79161234567` has a
+    bracket right after the `+`: refused for the bracket, not as "not a Russian phone
+    number" (the digits after it are a Russian phone's). (Mutant: `identify`'s
+    `scanned[2:]`, which looked at the text after the bracket.)"""
+    assert agent.identify("+(79161234567").to_json() == {
+        "status": "INVALID",
+        "reason": "a card number or phone has digits only (no brackets, letters or other signs)",
+    }
+    assert agent.identify("+89161234567").to_json() == {
+        "status": "INVALID",
+        "reason": "not a Russian phone number (+7 and 10 digits)",
+    }
