@@ -407,3 +407,140 @@ def test_a_plus_number_with_a_bracket_after_the_plus_is_refused_for_its_bracket(
         "status": "INVALID",
         "reason": "not a Russian phone number (+7 and 10 digits)",
     }
+
+
+# ---------------------------------------- §16: a refund of a sale the snapshot has counted
+
+
+def test_a_counted_sales_refund_gives_back_to_batches_expiring_as_those_it_took(
+    tmp_path: Path,
+) -> None:
+    """§16's decisions: once a snapshot has counted the sale, "Points such a refund gives
+    back go to batches that expire when the ones the sale's redemption took did (the
+    sale's rows say which ...), the last taken first ...; into a batch already expired they
+    stay expired". Boris has 300 points, 100 expiring on 10.12. A sale of 150.00 on 1.12
+    redeems 150 (100 of 10.12's, then 50 of the rest; nothing left to earn on). Snapshot 2
+    counts it: 150 points, none expiring. Returned whole on 5.12, it gives back 150: 50 to
+    the part that never expires, 100 to a batch expiring on 10.12: 300 on 5.12 with 100
+    listed, 200 on 11.12. (Mutants of `ledger._counted_sales`, which read the sale's rows:
+    `row[1] != "spend"` for the refunds giving back, `return {}`: all 150 never expired.)"""
+    snap = snapshot()
+    _redeeming_program(snap)
+    boris = snap["customers"][1]
+    boris["balancePoints"] = 300
+    boris["expiring"] = [{"points": 100, "expiresAt": "2026-12-10T23:59:59+03:00"}]
+    agent = Agent(tmp_path / "data", "till-1")
+    try:
+        agent.load_snapshot(snap)
+        line = [{"sku": MILK, "qty": "1", "priceMinor": 15000}]
+        sold = agent.checkout(
+            receipt_from_json(
+                receipt("k-1", BORIS, at="2026-12-01T12:00:00+03:00", lines=line, redeemPoints=150)
+            )
+        ).to_json()
+        assert (sold["redeemedPoints"], sold.get("earnedPoints", 0)) == (150, 0)
+        counted = snapshot(version=2, appliedThrough={"till-1": 1})
+        _redeeming_program(counted)
+        counted["customers"][1]["balancePoints"] = 150
+        agent.load_snapshot(counted)
+        back = _refund(agent, "k-1-r", "k-1", "2026-12-05T12:00:00+03:00", "1").to_json()
+        assert back["returnedPoints"] == 150
+        assert agent.balance(BORIS, _t("2026-12-05T12:00:00+03:00")).to_json() == {
+            "availablePoints": 300,
+            "pendingPoints": 0,
+            "expiring": [{"points": 100, "expiresAt": "2026-12-10T23:59:59+03:00"}],
+        }
+        assert agent.balance(BORIS, _t("2026-12-11T00:00:00+03:00")).to_json() == {
+            "availablePoints": 200,
+            "pendingPoints": 0,
+        }
+    finally:
+        agent.close()
+
+
+# ------------------------------------- §3, §16: a balance asked before the till's moves
+
+
+def test_a_balance_asked_before_every_move_replays_them_batch_by_batch(tmp_path: Path) -> None:
+    """§16: "Available at T = what is left of the batches not expired at T"; §6's
+    decisions (review 40): §3 counts the till's own transactions whatever their dates, T
+    decides only which batches are pending or expired then. Nothing expires; points
+    activate 3 days after a sale. Boris has 100. A sale of 1000.00 on 20.11 earns 30
+    (3 %), spendable on 23.11; a sale on 25.11 redeems 120 (the 100 first, the older
+    batch on a tie, then 20 of the 30) and earns floor(880.00 × 3 %) = 26, spendable on
+    28.11. Asked for 19.11, before both: the 100 are spent, 10 of the first sale's and the
+    26 pending: 0 available, 36 pending (not −20 and 56, the sums' figures). (Mutant:
+    `ledger._moved_later`'s test negated: a balance asked before every move took the
+    sums.)"""
+    snap = snapshot()
+    snap["program"] = {**snap["program"], "activationDelayDays": 3}
+    snap["customers"][1]["balancePoints"] = 100
+    agent = Agent(tmp_path / "data", "till-1")
+    try:
+        agent.load_snapshot(snap)
+        line = [{"sku": MILK, "qty": "1", "priceMinor": 100000}]
+        first = agent.checkout(
+            receipt_from_json(receipt("m-1", BORIS, at="2026-11-20T12:00:00+03:00", lines=line))
+        ).to_json()
+        assert first["earnedPoints"] == 30
+        second = agent.checkout(
+            receipt_from_json(
+                receipt("m-2", BORIS, at="2026-11-25T12:00:00+03:00", lines=line, redeemPoints=120)
+            )
+        ).to_json()
+        assert (second["redeemedPoints"], second["earnedPoints"]) == (120, 26)
+        assert agent.balance(BORIS, _t("2026-11-19T12:00:00+03:00")).to_json() == {
+            "availablePoints": 0,
+            "pendingPoints": 36,
+        }
+    finally:
+        agent.close()
+
+
+def test_two_refunds_of_a_counted_sale_give_back_along_the_sales_own_rows_only(
+    tmp_path: Path,
+) -> None:
+    """The same rule when the refunds also take back earned points. Boris has 300, 100
+    expiring on 10.12; a sale of 2 × 1000.00 on 1.12 redeems 150 (100 of 10.12's, 50 of
+    the rest) and earns floor(1850.00 × 3 %) = 55, spendable at once, never expiring.
+    Snapshot 2 counts it: 300 − 150 + 55 = 205. Two refunds of one unit each, on 3.12 and
+    5.12, give back 75 and 75 (§6: floor(150 × 1/2), then the rest) and take back 27 and
+    28. The give-backs follow the sale's rows, the last taken first: 50 to the rest and 25
+    to 10.12's, then 75 to 10.12's: 300 on 5.12, 100 of them listed to expire on 10.12,
+    200 after. A refund's take-back row is no batch the sale took from. (Mutant:
+    `_counted_sales`'s `own or points < 0`, which counted the take-backs as parts the sale
+    took: 45 listed, 255 after 10.12.)"""
+    snap = snapshot()
+    _redeeming_program(snap)
+    boris = snap["customers"][1]
+    boris["balancePoints"] = 300
+    boris["expiring"] = [{"points": 100, "expiresAt": "2026-12-10T23:59:59+03:00"}]
+    agent = Agent(tmp_path / "data", "till-1")
+    try:
+        agent.load_snapshot(snap)
+        line = [{"sku": MILK, "qty": "2", "priceMinor": 100000}]
+        sold = agent.checkout(
+            receipt_from_json(
+                receipt("k-2", BORIS, at="2026-12-01T12:00:00+03:00", lines=line, redeemPoints=150)
+            )
+        ).to_json()
+        assert (sold["redeemedPoints"], sold["earnedPoints"]) == (150, 55)
+        counted = snapshot(version=2, appliedThrough={"till-1": 1})
+        _redeeming_program(counted)
+        counted["customers"][1]["balancePoints"] = 205
+        agent.load_snapshot(counted)
+        first = _refund(agent, "k-2-a", "k-2", "2026-12-03T12:00:00+03:00", "1").to_json()
+        second = _refund(agent, "k-2-b", "k-2", "2026-12-05T12:00:00+03:00", "1").to_json()
+        assert (first["returnedPoints"], first["takenBackPoints"]) == (75, 27)
+        assert (second["returnedPoints"], second["takenBackPoints"]) == (75, 28)
+        assert agent.balance(BORIS, _t("2026-12-05T12:00:00+03:00")).to_json() == {
+            "availablePoints": 300,
+            "pendingPoints": 0,
+            "expiring": [{"points": 100, "expiresAt": "2026-12-10T23:59:59+03:00"}],
+        }
+        assert agent.balance(BORIS, _t("2026-12-11T00:00:00+03:00")).to_json() == {
+            "availablePoints": 200,
+            "pendingPoints": 0,
+        }
+    finally:
+        agent.close()
