@@ -544,3 +544,113 @@ def test_two_refunds_of_a_counted_sale_give_back_along_the_sales_own_rows_only(
         }
     finally:
         agent.close()
+
+
+def test_a_late_refund_takes_back_the_points_of_a_counted_sale_a_snapshot_shows_active(
+    tmp_path: Path,
+) -> None:
+    """§6: returning everything "takes back exactly e"; points taken back come off the
+    receipt's own pending points while they are pending (at the refund's `at`). Points
+    activate 3 days after a sale and expire 30 days later. Boris (80) buys for 1000.00 on
+    1.12: 30 points, spendable on 4.12. Snapshot 2, published after that, counts the sale:
+    110, 30 of them expiring on 3.1. The refund, dated 2.12 (the points still pending
+    then), reaches the till after it: it takes back 30, so from 4.12 Boris has
+    110 − 30 = 80. (Mutant: `Wallet.apply`'s `if not left`: with no pending entry of that
+    activation left in the snapshot, the 30 were never taken back: 110.)"""
+    snap = snapshot()
+    program = {**snap["program"], "pointsLifetimeDays": 30, "activationDelayDays": 3}
+    snap["program"] = program
+    agent = Agent(tmp_path / "data", "till-1")
+    try:
+        agent.load_snapshot(snap)
+        line = [{"sku": MILK, "qty": "1", "priceMinor": 100000}]
+        sold = agent.checkout(
+            receipt_from_json(receipt("p-1", BORIS, at="2026-12-01T12:00:00+03:00", lines=line))
+        ).to_json()
+        assert sold["earnedPoints"] == 30
+        counted = snapshot(version=2, appliedThrough={"till-1": 1}, program=program)
+        boris = counted["customers"][1]
+        boris["balancePoints"] = 110
+        boris["expiring"] = [{"points": 30, "expiresAt": "2027-01-03T12:00:00+03:00"}]
+        agent.load_snapshot(counted)
+        back = _refund(agent, "p-1-r", "p-1", "2026-12-02T12:00:00+03:00", "1").to_json()
+        assert (back["returnedPoints"], back["takenBackPoints"]) == (0, 30)
+        after = agent.balance(BORIS, _t("2026-12-05T12:00:00+03:00")).to_json()
+        assert (after["availablePoints"], after["pendingPoints"]) == (80, 0)
+    finally:
+        agent.close()
+
+
+def _lifetime_agent(tmp_path: Path) -> Agent:
+    """Points expire 30 days after they become spendable; Boris has 300 that never do."""
+    snap = snapshot()
+    _redeeming_program(snap)
+    snap["program"]["pointsLifetimeDays"] = 30
+    snap["customers"][1]["balancePoints"] = 300
+    agent = Agent(tmp_path / "data", "till-1")
+    agent.load_snapshot(snap)
+    return agent
+
+
+def _sale(agent: Agent, receipt_id: str, at: str, price: int, redeem: int = 0) -> Any:
+    line = [{"sku": MILK, "qty": "1", "priceMinor": price}]
+    body = receipt(receipt_id, BORIS, at=at, lines=line, redeemPoints=redeem)
+    return agent.checkout(receipt_from_json(body)).to_json()
+
+
+def test_a_sale_after_an_earning_one_spends_its_batch_first_in_its_own_result(
+    tmp_path: Path,
+) -> None:
+    """§16: spending takes the soonest-expiring points first; a receipt's result is the
+    balance after it (§5 step 6). A sale of 1000.00 on 15.11 earns 30, expiring on 15.12.
+    A sale of 50.00 on 20.11 redeems 50 (all of it: nothing earned): the 30 of 15.12
+    first, then 20 of the 300: 280 left, none listed to expire. (Mutant: `Points.after`'s
+    `sum(0 for …)`: the receipt put before the earlier sale, it spent the 300 first.)"""
+    agent = _lifetime_agent(tmp_path)
+    try:
+        assert _sale(agent, "e-1", "2026-11-15T12:00:00+03:00", 100000)["earnedPoints"] == 30
+        spent = _sale(agent, "e-2", "2026-11-20T12:00:00+03:00", 5000, redeem=50)
+        assert (spent["redeemedPoints"], spent.get("earnedPoints", 0)) == (50, 0)
+        assert spent["balance"] == {"availablePoints": 280, "pendingPoints": 0}
+    finally:
+        agent.close()
+
+
+def test_a_late_receipt_between_two_sales_takes_its_place_between_them(tmp_path: Path) -> None:
+    """§16's decisions: a receipt's result puts it in its time's place among the till's
+    moves. 15.11: a sale of 1000.00 redeems 10 (of the 300) and earns floor(990.00 × 3 %)
+    = 29 (expiring 15.12). 25.11: a sale of 500.00 redeems 100 (two rows: 29 of 15.12's,
+    71 of the rest) and earns floor(400.00 × 3 %) = 12 (pending on 20.11). Then a receipt
+    dated 20.11 earns 30 (expiring 20.12). In time order the 25.11 sale spends 29 of
+    15.12's, then 30 of 20.12's and 41 of the 290: on 20.11, 249 available, 12 pending,
+    none listed. (Mutant: `Points.after`'s `sum(2 for …)`: the receipt put after the 25.11
+    sale's spending, 30 listed to expire on 20.12.)"""
+    agent = _lifetime_agent(tmp_path)
+    try:
+        first = _sale(agent, "b-1", "2026-11-15T12:00:00+03:00", 100000, redeem=10)
+        assert (first["redeemedPoints"], first["earnedPoints"]) == (10, 29)
+        later = _sale(agent, "b-2", "2026-11-25T12:00:00+03:00", 50000, redeem=100)
+        assert (later["redeemedPoints"], later["earnedPoints"]) == (100, 12)
+        late = _sale(agent, "b-3", "2026-11-20T12:00:00+03:00", 100000)
+        assert late["earnedPoints"] == 30
+        assert late["balance"] == {"availablePoints": 249, "pendingPoints": 12}
+    finally:
+        agent.close()
+
+
+def test_a_refund_of_a_redemption_from_points_that_never_expire_leaves_the_balance(
+    agent: Agent,
+) -> None:
+    """§6: returning everything gives back exactly p and takes back exactly e. Boris
+    (base, 80 points, none expiring) buys for 1000.00 redeeming 50 and earns
+    floor(950.00 × 3 %) = 28: 58. Returned whole: 50 back, 28 taken: 80, no batch
+    listed. (Mutant: `ledger.spent_expiry`'s `row is None and …`, which stored the text
+    "None" as the give-back's expiry.)"""
+    line = [{"sku": MILK, "qty": "1", "priceMinor": 100000}]
+    sold = agent.checkout(receipt_from_json(receipt("n-1", BORIS, lines=line, redeemPoints=50)))
+    assert (sold.redeemed_points, sold.to_json()["earnedPoints"]) == (50, 28)
+    back = _refund(agent, "n-1-r", "n-1", "2026-11-23T12:00:00+03:00", "1").to_json()
+    assert (back["returnedPoints"], back["takenBackPoints"]) == (50, 28)
+    assert back["balance"] == {"availablePoints": 80, "pendingPoints": 0}
+    now = _t("2026-11-23T12:00:00+03:00")
+    assert agent.balance(BORIS, now).to_json() == back["balance"]
