@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from tillpoint.agent import ledger as ledger_db
-from tillpoint.agent.expiry import wallet_of
+from tillpoint.agent.expiry import Movement, wallet_of
 from tillpoint.agent.results import receipt_from_json, refund_from_json
 from tillpoint.agent.service import Agent
 
@@ -654,3 +654,20 @@ def test_a_refund_of_a_redemption_from_points_that_never_expire_leaves_the_balan
     assert back["balance"] == {"availablePoints": 80, "pendingPoints": 0}
     now = _t("2026-11-23T12:00:00+03:00")
     assert agent.balance(BORIS, now).to_json() == back["balance"]
+
+
+def test_points_that_expired_before_a_debt_was_made_never_pay_it() -> None:
+    """§16: "a batch already expired stays expired"; its decisions: a debt "is paid by
+    the points that become spendable after it ... as they do". Boris's 100 points all
+    expire on 10.12. A refund on 15.12 takes back 50 points of a sale the till knows
+    nothing of: no batch counts then, so it is a debt: −50 on 15.12 and still −50 on
+    20.12; 30 earned on 20.12 pay 30 of it: −20. (Mutant: `Wallet.settle`'s `since is
+    None and …`, which let the expired 100 pay the debt: 0.)"""
+    dec10 = _t("2026-12-10T23:59:59+03:00")
+    take_back = Movement("spend", -50, "r1", _t("2026-12-15T12:00:00+03:00"), True)
+    wallet = wallet_of(100, [(100, dec10)], [], [take_back], 0, MSK)
+    assert wallet.points_at(_t("2026-12-15T12:00:00+03:00")) == (-50, 0)
+    assert wallet.points_at(_t("2026-12-20T12:00:00+03:00")) == (-50, 0)
+    at = _t("2026-12-20T12:00:00+03:00")
+    wallet.apply(Movement("earn", 30, "r2", at, False, at, None))
+    assert wallet.points_at(at) == (-20, 0)
