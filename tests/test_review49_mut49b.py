@@ -671,3 +671,92 @@ def test_points_that_expired_before_a_debt_was_made_never_pay_it() -> None:
     at = _t("2026-12-20T12:00:00+03:00")
     wallet.apply(Movement("earn", 30, "r2", at, False, at, None))
     assert wallet.points_at(at) == (-20, 0)
+
+
+def test_a_debt_owed_at_the_time_asked_is_netted_off_two_batches_in_turn() -> None:
+    """§16's decisions: a debt still owed at the time asked "is netted off the
+    soonest-expiring batches in `expiring`, as a spend takes them". 30 points expire on
+    10.12 and 20 on 12.12; a refund dated 15.12 takes back 40 spent points (both batches
+    are gone by then): a debt of 40. Asked on 5.12: 50 − 40 = 10 available; netted, 30
+    off 10.12's and 10 off 12.12's: 10 listed, on 12.12. (Mutant: `expiring_at`'s
+    `owed += part`, which netted 30 more off 12.12's: none listed.)"""
+    dec10, dec12 = _t("2026-12-10T23:59:59+03:00"), _t("2026-12-12T23:59:59+03:00")
+    take_back = Movement("spend", -40, "r1", _t("2026-12-15T12:00:00+03:00"), True)
+    wallet = wallet_of(50, [(30, dec10), (20, dec12)], [], [take_back], 0, MSK)
+    assert wallet.points_at(_t("2026-12-05T12:00:00+03:00")) == (10, 0)
+    assert wallet.expiring_at(_t("2026-12-05T12:00:00+03:00")) == [(10, dec12)]
+
+
+def test_a_refund_of_the_sale_that_made_a_debt_pays_what_is_owed_then_the_payer() -> None:
+    """§16's decisions: "A refund of the sale that made the debt gives back what is still
+    owed first, then into the batches that paid it." Nothing left; a sale on 1.12 spends
+    50: a debt of 50. 30 earned on 2.12 pay 30 of it (20 still owed). The sale's refund
+    on 3.12 gives back 40: 20 to what is owed, 20 to the batch that paid: 20 available.
+    (Mutant: `_repay`'s `points += owed`, which gave the payer 30.)"""
+    moves = [
+        Movement("spend", -50, "r1", _t("2026-12-01T12:00:00+03:00"), False),
+        Movement(
+            "earn",
+            30,
+            "r2",
+            _t("2026-12-02T12:00:00+03:00"),
+            False,
+            _t("2026-12-02T12:00:00+03:00"),
+            None,
+        ),
+        Movement("spend", 40, "r1", _t("2026-12-03T12:00:00+03:00"), True),
+    ]
+    wallet = wallet_of(0, [], [], moves, 0, MSK)
+    assert wallet.points_at(_t("2026-12-03T12:00:00+03:00")) == (20, 0)
+
+
+def test_points_given_back_into_an_expired_batch_count_at_a_time_before_it_expired(
+    tmp_path: Path,
+) -> None:
+    """§16: a batch already expired stays expired; §6's decisions (review 40): points a
+    refund gives back count "at once" for a balance asked for a time before the refund
+    too, T deciding only which batches are pending or expired then. Boris's 80 points all
+    expire on 10.12. A sale of 60.00 on 1.12 redeems 60 (nothing earned); its refund on
+    15.12 gives the 60 back into the 10.12 batch, expired: 0 on 15.12, and asked for
+    5.12, 80 (all listed to expire on 10.12). (Mutant: `_into`'s `batch.points -=
+    points`: −40 on 5.12.)"""
+    snap = snapshot()
+    _redeeming_program(snap)
+    snap["customers"][1]["expiring"] = [{"points": 80, "expiresAt": "2026-12-10T23:59:59+03:00"}]
+    agent = Agent(tmp_path / "data", "till-1")
+    try:
+        agent.load_snapshot(snap)
+        sold = _sale(agent, "x-9", "2026-12-01T12:00:00+03:00", 6000, redeem=60)
+        assert (sold["redeemedPoints"], sold.get("earnedPoints", 0)) == (60, 0)
+        back = _refund(agent, "x-9-r", "x-9", "2026-12-15T12:00:00+03:00", "1").to_json()
+        assert back["returnedPoints"] == 60
+        assert back["balance"] == {"availablePoints": 0, "pendingPoints": 0}
+        assert agent.balance(BORIS, _t("2026-12-05T12:00:00+03:00")).to_json() == {
+            "availablePoints": 80,
+            "pendingPoints": 0,
+            "expiring": [{"points": 80, "expiresAt": "2026-12-10T23:59:59+03:00"}],
+        }
+    finally:
+        agent.close()
+
+
+def test_a_partial_take_back_leaves_the_rest_of_the_sales_own_batch(tmp_path: Path) -> None:
+    """§16's decisions: "taken-back points come off the sale's own earned batch first".
+    Points expire 30 days after they become spendable; Boris has 300 that never do. A
+    sale of 2 × 1000.00 on 1.12 earns 60, expiring on 31.12. One unit returned on 5.12
+    takes back floor(60 × 1/2) = 30 off that batch: 330, 30 listed on 31.12. (Mutant:
+    `_take_back`'s `max` for `min`, which emptied the batch and gave 30 to the rest.)"""
+    agent = _lifetime_agent(tmp_path)
+    try:
+        line = [{"sku": MILK, "qty": "2", "priceMinor": 100000}]
+        body = receipt("w-1", BORIS, at="2026-12-01T12:00:00+03:00", lines=line)
+        assert agent.checkout(receipt_from_json(body)).to_json()["earnedPoints"] == 60
+        back = _refund(agent, "w-1-r", "w-1", "2026-12-05T12:00:00+03:00", "1").to_json()
+        assert back["takenBackPoints"] == 30
+        assert back["balance"] == {
+            "availablePoints": 330,
+            "pendingPoints": 0,
+            "expiring": [{"points": 30, "expiresAt": "2026-12-31T12:00:00+03:00"}],
+        }
+    finally:
+        agent.close()
