@@ -760,3 +760,24 @@ def test_a_partial_take_back_leaves_the_rest_of_the_sales_own_batch(tmp_path: Pa
         }
     finally:
         agent.close()
+
+
+def test_a_take_back_while_pending_comes_off_the_sales_own_pending_batch(tmp_path: Path) -> None:
+    """§6: "Points taken back come off the receipt's own pending points first while they
+    are still pending." Points activate 3 days after a sale and expire 30 days later.
+    Boris (80) buys 2 × 1000.00 on 1.12: 60 points pending until 4.12. One unit returned
+    on 2.12 takes back floor(60 × 1/2) = 30 off them: 80 available, 30 pending. (Mutant:
+    `Wallet.apply`'s `own.points -= m.points`: 90 pending.)"""
+    snap = snapshot()
+    snap["program"] = {**snap["program"], "pointsLifetimeDays": 30, "activationDelayDays": 3}
+    agent = Agent(tmp_path / "data", "till-1")
+    try:
+        agent.load_snapshot(snap)
+        line = [{"sku": MILK, "qty": "2", "priceMinor": 100000}]
+        body = receipt("q-1", BORIS, at="2026-12-01T12:00:00+03:00", lines=line)
+        assert agent.checkout(receipt_from_json(body)).to_json()["earnedPoints"] == 60
+        back = _refund(agent, "q-1-r", "q-1", "2026-12-02T12:00:00+03:00", "1").to_json()
+        assert back["takenBackPoints"] == 30
+        assert back["balance"] == {"availablePoints": 80, "pendingPoints": 30}
+    finally:
+        agent.close()
