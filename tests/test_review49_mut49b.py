@@ -781,3 +781,42 @@ def test_a_take_back_while_pending_comes_off_the_sales_own_pending_batch(tmp_pat
         assert back["balance"] == {"availablePoints": 80, "pendingPoints": 30}
     finally:
         agent.close()
+
+
+def test_a_debt_is_netted_off_the_soonest_expiring_batch_whatever_the_snapshots_order() -> None:
+    """The same netting (§16's decisions: "netted off the soonest-expiring batches ... as
+    a spend takes them") with the snapshot's `expiring` listed latest first: 20 on 12.12,
+    then 30 on 10.12, and a debt of 40 made on 15.12. Asked on 5.12: 30 off 10.12's, 10
+    off 12.12's: 10 listed, on 12.12. (Mutant: `expiring_at`'s sort key `expires_at and
+    at`, which netted in the snapshot's order: 10 listed on 10.12.)"""
+    dec10, dec12 = _t("2026-12-10T23:59:59+03:00"), _t("2026-12-12T23:59:59+03:00")
+    take_back = Movement("spend", -40, "r1", _t("2026-12-15T12:00:00+03:00"), True)
+    wallet = wallet_of(50, [(20, dec12), (30, dec10)], [], [take_back], 0, MSK)
+    assert wallet.points_at(_t("2026-12-05T12:00:00+03:00")) == (10, 0)
+    assert wallet.expiring_at(_t("2026-12-05T12:00:00+03:00")) == [(10, dec12)]
+
+
+def test_points_given_back_into_a_paid_debt_go_to_its_payers_the_last_first() -> None:
+    """§16's decisions: a refund of the sale that made the debt gives back "what is still
+    owed first, then into the batches that paid it" (the last taken first). Nothing left;
+    a sale on 1.12 spends 50: a debt. 30 earned on 2.12 (expiring 31.12) and 20 on 3.12
+    (never) pay it, in that order. Its refunds give back 10 on 4.12 (to the 3.12 batch),
+    then 40 on 5.12 (its other 10, then 30 to the 2.12 batch): 50, 30 listed on 31.12.
+    (Mutants of `_repay`'s payer list: `part + back`, 10 listed; `back != part` and its
+    negation, an endless loop.)"""
+    dec31 = _t("2026-12-31T23:59:59+03:00")
+
+    def earn(points: int, receipt_id: str, at: str, expires: datetime | None) -> Movement:
+        return Movement("earn", points, receipt_id, _t(at), False, _t(at), expires)
+
+    moves = [
+        Movement("spend", -50, "r1", _t("2026-12-01T12:00:00+03:00"), False),
+        earn(30, "r2", "2026-12-02T12:00:00+03:00", dec31),
+        earn(20, "r3", "2026-12-03T12:00:00+03:00", None),
+        Movement("spend", 10, "r1", _t("2026-12-04T12:00:00+03:00"), True),
+        Movement("spend", 40, "r1", _t("2026-12-05T12:00:00+03:00"), True),
+    ]
+    wallet = wallet_of(0, [], [], moves, 0, MSK)
+    at = _t("2026-12-05T12:00:00+03:00")
+    assert wallet.points_at(at) == (50, 0)
+    assert wallet.expiring_at(at) == [(30, dec31)]
