@@ -820,3 +820,24 @@ def test_points_given_back_into_a_paid_debt_go_to_its_payers_the_last_first() ->
     at = _t("2026-12-05T12:00:00+03:00")
     assert wallet.points_at(at) == (50, 0)
     assert wallet.expiring_at(at) == [(30, dec31)]
+
+
+def test_batches_of_one_point_are_listed_spent_and_expire_like_any_other() -> None:
+    """§16: `expiring` is "the next (at most 3) batches that still hold points"; spending
+    takes the soonest-expiring first. 13 points: 1 each expiring on 10.12, 12.12, 20.12
+    and 24.12, 9 never. On 1.12 three are listed (10.12, 12.12, 20.12). A spend of 2 on
+    1.12 takes 10.12's and 12.12's point: 11 left, 20.12's and 24.12's listed, and still
+    11 on 13.12. (Mutants: `EXPIRING_SHOWN` 2 or 4; `expiring_at`'s and `_spend`'s
+    `points > 1`, which passed over a batch of one point.)"""
+    d10, d12, d20, d24 = (_t(f"2026-12-{day}T23:59:59+03:00") for day in ("10", "12", "20", "24"))
+    batches = [(1, d10), (1, d12), (1, d20), (1, d24)]
+    at = _t("2026-12-01T12:00:00+03:00")
+    assert wallet_of(13, batches, [], [], 0, MSK).expiring_at(at) == [
+        (1, d10),
+        (1, d12),
+        (1, d20),
+    ]
+    spent = wallet_of(13, batches, [], [Movement("spend", -2, "r1", at, False)], 0, MSK)
+    assert spent.points_at(at) == (11, 0)
+    assert spent.expiring_at(at) == [(1, d20), (1, d24)]
+    assert spent.points_at(_t("2026-12-13T12:00:00+03:00")) == (11, 0)
