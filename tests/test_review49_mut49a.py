@@ -1,0 +1,97 @@
+"""Review 49 (mut49a): the rules of the explain trace, the offer index, control groups
+and the results' documents that a mutation run found untested.
+
+Each test pins a rule of the contract (docs/CONTRACT.md §5, §8, §17) with figures worked
+out by hand from the rule's words, not from running the code; its docstring names the
+mutant of `agent/pricing.py` or `agent/results.py` that survived the tests chosen for
+the run (docs/DECISIONS.md, "Review 49 (mut49a)", lists every survivor).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tillpoint.agent.results import CheckoutResult, receipt_from_json
+from tillpoint.agent.service import Agent
+
+from .conftest import receipt, snapshot
+
+MILK = "4601234000017"  # dairy (food)
+BREAD = "4601234000024"  # bakery (food)
+ANNA = "2770000000017"  # c-a, gold (7.5 %), 1,200 points, birthday 25 November
+
+
+@pytest.fixture
+def till(tmp_path: Path) -> Iterator[Agent]:
+    agent = Agent(tmp_path / "till", "till-1")
+    yield agent
+    agent.close()
+
+
+def _quote(
+    till: Agent,
+    lines: list[dict[str, Any]],
+    offers: Sequence[dict[str, Any]] = (),
+    *,
+    card: str = ANNA,
+    at: str,
+    explain: bool = False,
+    **snap: Any,
+) -> CheckoutResult:
+    till.load_snapshot(snapshot(offers=list(offers), **snap))
+    doc = receipt("q-1", card=card, at=at, lines=lines)
+    if explain:
+        doc["explain"] = True
+    return till.quote(receipt_from_json(doc))
+
+
+BREAD_100 = [{"sku": BREAD, "qty": "1", "priceMinor": 10000}]
+
+
+# ---------------------------------------------------------------- §5 step 3: the bounds
+
+
+@pytest.mark.parametrize(
+    ("valid_from", "valid_to", "at", "applies"),
+    [
+        # an end in whole seconds holds through that second
+        (None, "2026-12-10T23:59:59+03:00", "2026-12-10T23:59:59.999999+03:00", True),
+        (None, "2026-12-10T23:59:59+03:00", "2026-12-11T00:00:00+03:00", False),
+        # an end with a fraction of a second is that very moment
+        (None, "2026-12-10T10:15:00.250+03:00", "2026-12-10T10:15:00.250+03:00", True),
+        (None, "2026-12-10T10:15:00.250+03:00", "2026-12-10T10:15:00.250001+03:00", False),
+        # a start is the moment it says
+        ("2026-12-10T10:15:00+03:00", None, "2026-12-10T10:15:00+03:00", True),
+        ("2026-12-10T10:15:00+03:00", None, "2026-12-10T10:14:59.999999+03:00", False),
+    ],
+)
+def test_a_receipt_offers_bounds_are_inclusive_to_the_microsecond(
+    till: Agent, valid_from: str | None, valid_to: str | None, at: str, applies: bool
+) -> None:
+    """§5's decision "receipt offers use the same filters as line offers (valid at `at`
+    ...)", with step 2's "inclusive bounds" read by §2's decisions. Review 48 pinned the
+    line offers' bounds; the receipt offers' are a filter of their own
+    (`pricing._Usable.__call__`), whose `validFrom <= at` → `<` and `at <= validTo's
+    last instant` → `<` both survived.
+
+    One bread at 100.00, Анна (gold, 7.5 %), 10 December (not her birthday window):
+    5 % off the receipt is 5.00; 50 extra points on top of floor(100.00 × 7.5 % / 1.00)
+    = 7 (7.5) earned. Outside the bounds: no discount, 7 points."""
+    bounds: dict[str, str] = {}
+    if valid_from is not None:
+        bounds["validFrom"] = valid_from
+    if valid_to is not None:
+        bounds["validTo"] = valid_to
+    offers = [
+        {"id": "rp-5", "kind": "RECEIPT_PERCENT_OFF", "value": "5", "minTotalMinor": 0, **bounds},
+        {"id": "xp-50", "kind": "EXTRA_POINTS", "value": "50", "minTotalMinor": 0, **bounds},
+    ]
+    result = _quote(till, BREAD_100, offers, at=at)
+    assert result.discount_minor == (500 if applies else 0)
+    assert result.lines[0].offer_id == ("rp-5" if applies else None)
+    assert result.payable_minor == (9500 if applies else 10000)
+    # 95.00 × 7.5 % = 7.125 → 7 when it applies; 100.00 × 7.5 % = 7.5 → 7 when not
+    assert result.earned_points == (57 if applies else 7)
