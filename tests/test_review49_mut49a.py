@@ -95,3 +95,45 @@ def test_a_receipt_offers_bounds_are_inclusive_to_the_microsecond(
     assert result.payable_minor == (9500 if applies else 10000)
     # 95.00 × 7.5 % = 7.125 → 7 when it applies; 100.00 × 7.5 % = 7.5 → 7 when not
     assert result.earned_points == (57 if applies else 7)
+
+
+# ---------------------------------------------------------------- §17: the trace's rows
+
+
+def test_an_extra_points_offer_of_0_points_says_0_whatever_its_outcome(till: Agent) -> None:
+    """§17's decisions: a receipt offer always carries its terms, an `EXTRA_POINTS` its
+    `points`, "what it adds once the basket reaches its threshold"; an offer that adds 0
+    (a value of "0" loads: whole points, 0 or more) says 0, met (`ZERO_DISCOUNT`: it gives
+    nothing) or not (`BELOW_MIN_TOTAL`). (Mutant: `_receipt_terms`' `max(0, points)` →
+    `max(1, points)` survived: no test traced an offer of 0 points.)
+
+    One bread at 100.00 for Анна on 10 December: the basket is 10000; xp-0a's threshold
+    0 is met (missing 0), xp-0b's 200.00 is 100.00 short. She earns floor(7.5) = 7 and
+    nothing more."""
+    offers = [
+        {"id": "xp-0a", "kind": "EXTRA_POINTS", "value": "0", "minTotalMinor": 0},
+        {"id": "xp-0b", "kind": "EXTRA_POINTS", "value": "0", "minTotalMinor": 20000},
+    ]
+    result = _quote(till, BREAD_100, offers, at="2026-12-10T12:00:00+03:00", explain=True)
+    assert result.earned_points == 7
+    assert result.trace is not None
+    assert result.trace["receiptOffers"] == [
+        {
+            "offerId": "xp-0a",
+            "kind": "EXTRA_POINTS",
+            "outcome": "ZERO_DISCOUNT",
+            "minTotalMinor": 0,
+            "basketMinor": 10000,
+            "missingMinor": 0,
+            "points": 0,
+        },
+        {
+            "offerId": "xp-0b",
+            "kind": "EXTRA_POINTS",
+            "outcome": "BELOW_MIN_TOTAL",
+            "minTotalMinor": 20000,
+            "basketMinor": 10000,
+            "missingMinor": 10000,
+            "points": 0,
+        },
+    ]
