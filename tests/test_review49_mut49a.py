@@ -137,3 +137,60 @@ def test_an_extra_points_offer_of_0_points_says_0_whatever_its_outcome(till: Age
             "points": 0,
         },
     ]
+
+
+CHEESE = "4601234000055"  # dairy (food)
+
+
+def test_a_deal_beaten_on_a_line_with_no_offer_names_the_smaller_id_of_a_tie(
+    till: Agent,
+) -> None:
+    """§17's decision on a `MULTIBUY` `BEATEN` by line offers: on a line with no line offer
+    of its own, the line offer "that gave the group the most (ties: the smaller id) and what
+    it gave there". (Mutant: `_group_winner`'s key `(-given, id)` → `(-given, given)`, which
+    leaves a tie to the order of the lines, survived: no test had two line offers giving
+    the group the same.)
+
+    Milk 100.00, bread 100.00, cheese 50.00, one each, for Анна on 10 December. The deal
+    (buy 2, get 1; all three SKUs): the three units make one complete group, the cheapest
+    (the cheese) free: 50.00, over all three lines. The line offers: o-b takes 60.00 off
+    the milk, o-a 60.00 off the bread, 120.00 in all: the deal (50.00) is beaten. Milk and
+    bread are beaten by their own offers; the cheese, with none, by o-a (60.00, a tie with
+    o-b, the smaller id), though o-b's line comes first. The cheese then pays 50.00."""
+    offers = [
+        {"id": "o-b", "kind": "AMOUNT_OFF", "skus": [MILK], "value": "6000"},
+        {"id": "o-a", "kind": "AMOUNT_OFF", "skus": [BREAD], "value": "6000"},
+        {"id": "m-3for2", "kind": "MULTIBUY", "skus": [MILK, BREAD, CHEESE],
+         "buyQty": "2", "freeQty": "1"},
+    ]  # fmt: skip
+    lines = [
+        {"sku": MILK, "qty": "1", "priceMinor": 10000},
+        {"sku": BREAD, "qty": "1", "priceMinor": 10000},
+        {"sku": CHEESE, "qty": "1", "priceMinor": 5000},
+    ]
+    result = _quote(till, lines, offers, at="2026-12-10T12:00:00+03:00", explain=True)
+    assert [(line.offer_id, line.discount_minor) for line in result.lines] == [
+        ("o-b", 6000),
+        ("o-a", 6000),
+        (None, 0),
+    ]
+    assert result.trace is not None
+    deal_rows = [
+        [row for row in line["offers"] if row["offerId"] == "m-3for2"]
+        for line in result.trace["lines"]
+    ]
+    beaten = {"offerId": "m-3for2", "kind": "MULTIBUY", "outcome": "BEATEN"}
+    assert deal_rows == [
+        [{**beaten, "discountMinor": 0, "beatenBy": "o-b", "beatenByDiscountMinor": 6000}],
+        [{**beaten, "discountMinor": 0, "beatenBy": "o-a", "beatenByDiscountMinor": 6000}],
+        [{**beaten, "discountMinor": 5000, "beatenBy": "o-a", "beatenByDiscountMinor": 6000}],
+    ]
+    assert result.trace["deals"] == [
+        {
+            "offerId": "m-3for2",
+            "outcome": "BEATEN",
+            "discountMinor": 5000,
+            "lineOffersMinor": 12000,
+            "lines": [0, 1, 2],
+        }
+    ]
