@@ -9,6 +9,8 @@ the run (docs/DECISIONS.md, "Review 49 (mut49a)", lists every survivor).
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -194,3 +196,26 @@ def test_a_deal_beaten_on_a_line_with_no_offer_names_the_smaller_id_of_a_tie(
             "lines": [0, 1, 2],
         }
     ]
+
+
+# ---------------------------------------------------------------- results.py
+
+
+def test_the_typed_client_reads_results_without_importing_pydantic() -> None:
+    """`agent/results.py` says it: "the gRPC client maps replies without importing
+    pydantic" (the models are imported for type checking only, and by `receipt_from_json`
+    at its first call). A POS process that uses `tillpoint.client` does not pay for the
+    models' import. (Mutant: `if TYPE_CHECKING:` → `if not TYPE_CHECKING:` survived every
+    test, `tests/test_cli_forward.py` too: the forwarding CLI never imports results.)"""
+    probe = (
+        "import sys\n"
+        "import tillpoint.client\n"
+        "from tillpoint.agent.results import CheckoutResult\n"
+        "done = CheckoutResult.from_json({'receiptId': 'r-1', 'lines': [{'sku': 'a'}]})\n"
+        "assert done.lines[0].amount_minor == 0, done\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pydantic'))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout
