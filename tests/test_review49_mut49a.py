@@ -219,3 +219,42 @@ def test_the_typed_client_reads_results_without_importing_pydantic() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_a_control_group_multiplier_of_1_gives_nothing_and_one_above_1_is_held_out(
+    till: Agent,
+) -> None:
+    """§17's decisions: "A control-group offer is `CONTROL_GROUP` when it would give the
+    line (or the receipt) something and `ZERO_DISCOUNT` when it would give nothing"; §5
+    step 5: the multiplier is the largest of 1 and the line's offers, so a ×1 gives
+    nothing; step 7 and its decision: `heldOut` lists what would have applied. (Mutant:
+    the trace's `multiplier > 1` → `>= 1` for a control-group multiplier survived: no test
+    put a ×1 in a control group.)
+
+    Анна is in campaign camp-1's control group. Bread 100.00 with bm-1 (×1), milk 100.00
+    with bm-2 (×2), both of camp-1: neither applies; each line earns 100.00 × 7.5 % = 7.5,
+    15 in all. Outside the control group bm-2 would have doubled the milk's: held out;
+    bm-1 would have given nothing: not held out."""
+    customers = snapshot()["customers"]
+    customers[0]["controlGroups"] = ["camp-1"]
+    offers = [
+        {"id": "bm-1", "kind": "BONUS_MULTIPLIER", "skus": [BREAD], "value": "1",
+         "campaignId": "camp-1"},
+        {"id": "bm-2", "kind": "BONUS_MULTIPLIER", "skus": [MILK], "value": "2",
+         "campaignId": "camp-1"},
+    ]  # fmt: skip
+    lines = [
+        {"sku": BREAD, "qty": "1", "priceMinor": 10000},
+        {"sku": MILK, "qty": "1", "priceMinor": 10000},
+    ]
+    result = _quote(
+        till, lines, offers, at="2026-12-10T12:00:00+03:00", explain=True, customers=customers
+    )
+    assert result.earned_points == 15
+    assert [line.earned_points for line in result.lines] == [8, 7]  # 7.5 each: ties to the first
+    assert result.held_out == ("bm-2",)
+    assert result.trace is not None
+    assert [line["offers"] for line in result.trace["lines"]] == [
+        [{"offerId": "bm-1", "kind": "BONUS_MULTIPLIER", "outcome": "ZERO_DISCOUNT"}],
+        [{"offerId": "bm-2", "kind": "BONUS_MULTIPLIER", "outcome": "CONTROL_GROUP"}],
+    ]
