@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tillpoint.agent.results import CheckoutResult, receipt_from_json
+from tillpoint.agent.results import (
+    Card,
+    CheckoutResult,
+    RefundResult,
+    ResultLine,
+    receipt_from_json,
+)
 from tillpoint.agent.service import Agent
 
 from .conftest import receipt, snapshot
@@ -258,3 +264,20 @@ def test_a_control_group_multiplier_of_1_gives_nothing_and_one_above_1_is_held_o
         [{"offerId": "bm-1", "kind": "BONUS_MULTIPLIER", "outcome": "ZERO_DISCOUNT"}],
         [{"offerId": "bm-2", "kind": "BONUS_MULTIPLIER", "outcome": "CONTROL_GROUP"}],
     ]
+
+
+def test_a_stored_result_read_back_takes_0_for_a_figure_it_lacks() -> None:
+    """`CheckoutResult.from_json` and `RefundResult.from_json` read a stored result of any
+    release: "a field it lacks is its default", for a figure the contract's messages'
+    default, 0 (proto3), never another number. (Mutants: the line's `amountMinor` and
+    `discountMinor` read as 1 when absent survived; the other defaults were not run.)"""
+    old = CheckoutResult.from_json({"receiptId": "r-old", "lines": [{"sku": "a"}]})
+    assert old.lines == (ResultLine("a", 0, 0, None, 0, 0),)
+    figures = (old.total_minor, old.discount_minor, old.redeemed_points, old.payable_minor)
+    assert figures == (0, 0, 0, 0) and old.earned_points == 0
+    assert old.card == Card("UNKNOWN") and old.mode == "OFFLINE" and old.balance is None
+    assert (old.held_out, old.printed_offers, old.coupons, old.display) == ((), (), None, None)
+    assert (old.state, old.seq, old.trace) == (None, None, None)
+    refund = RefundResult.from_json({"refundId": "f-old", "receiptId": "r-old"})
+    assert (refund.returned_points, refund.taken_back_points, refund.seq) == (0, 0, 0)
+    assert refund.negative_balance is False and refund.device_id == "" and refund.balance is None
