@@ -9,6 +9,7 @@ the run (docs/DECISIONS.md, "Review 49 (mut49a)", lists every survivor).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -16,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tillpoint.agent.cli import json_document
 from tillpoint.agent.results import (
     Card,
     CheckoutResult,
     RefundResult,
     ResultLine,
+    json_text,
     receipt_from_json,
 )
 from tillpoint.agent.service import Agent
@@ -281,3 +284,40 @@ def test_a_stored_result_read_back_takes_0_for_a_figure_it_lacks() -> None:
     refund = RefundResult.from_json({"refundId": "f-old", "receiptId": "r-old"})
     assert (refund.returned_points, refund.taken_back_points, refund.seq) == (0, 0, 0)
     assert refund.negative_balance is False and refund.device_id == "" and refund.balance is None
+
+
+def test_a_stored_result_is_answered_as_the_bytes_it_was_stored_as() -> None:
+    """§5: "the same receipt sent again returns the stored result"; `agent/results.py`:
+    "a replay repeats the stored bytes whatever release stored them". A result stored by
+    an older release (here one with no `heldOut`, `printedOffers`, `coupons` or `display`)
+    is answered over HTTP (`json_text`) as the CLI prints that stored document, not as
+    this release would write the result again. (Mutant: `json_text`'s `result.stored is
+    not None` → `is None`, which writes a stored result's lines from its rows and the
+    rest afresh, adding `"heldOut": []` and `"printedOffers": []`, survived.)"""
+    stored = {
+        "receiptId": "r-old",
+        "card": {"status": "UNKNOWN"},
+        "mode": "OFFLINE",
+        "lines": [
+            {
+                "sku": "a",
+                "amountMinor": 10000,
+                "discountMinor": 0,
+                "offerId": None,
+                "redeemedMinor": 0,
+                "earnedPoints": 3,
+            }
+        ],
+        "totalMinor": 10000,
+        "discountMinor": 0,
+        "redeemedPoints": 0,
+        "payableMinor": 10000,
+        "earnedPoints": 3,
+        "balance": None,
+        "state": "CONFIRMED",
+        "deviceId": "till-1",
+        "seq": 1,
+    }
+    again = CheckoutResult.from_json(stored)
+    assert json_text(again) == json_document(stored)
+    assert json.loads(json_text(again)) == stored  # no key added, none left out
