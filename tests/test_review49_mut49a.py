@@ -207,6 +207,29 @@ def test_a_deal_beaten_on_a_line_with_no_offer_names_the_smaller_id_of_a_tie(
     ]
 
 
+TOBACCO = "4601234000031"  # excluded from loyalty
+UNKNOWN_CARD = "2770000000994"  # a valid number the snapshot does not know
+
+
+def test_an_unknown_cards_excluded_line_adds_nothing_to_the_points_floor(till: Agent) -> None:
+    """§5 step 1: an excluded line gets "no points"; step 5: earned = floor(sum of the
+    exact line points), an unknown card at the first tier's rate. (Mutant: an `UNKNOWN`
+    card's pricing gave an excluded line a numerator of 1 instead of 0, 1/10,000 of a
+    point, survived: no test had the eligible lines' exact points just under a whole.)
+
+    Milk at 33.33 and cigarettes at 100.00 for an unknown card, base tier 3 %: the milk
+    earns 33.33 × 3 % / 1.00 = 0.9999 points, the cigarettes none: floor(0.9999) = 0."""
+    lines = [
+        {"sku": MILK, "qty": "1", "priceMinor": 3333},
+        {"sku": TOBACCO, "qty": "1", "priceMinor": 10000},
+    ]
+    result = _quote(till, lines, card=UNKNOWN_CARD, at="2026-12-10T12:00:00+03:00")
+    assert result.card.status == "UNKNOWN"
+    assert result.earned_points == 0
+    assert [line.earned_points for line in result.lines] == [0, 0]
+    assert result.payable_minor == 13333
+
+
 # ---------------------------------------------------------------- results.py
 
 
