@@ -34,6 +34,7 @@ contract is silent are pinned with the decision docs/CONTRACT.md now writes besi
 from __future__ import annotations
 
 import contextlib
+import copy
 import http.client
 import io
 import json
@@ -59,7 +60,7 @@ from tillpoint.agent.http_api import HttpServer
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 
-from .conftest import free_port
+from .conftest import PROGRAM, free_port
 from .test_review35_shape35 import clean_env
 
 __all__ = ["clean_env"]  # the fixture, used by name below
@@ -83,23 +84,7 @@ def snapshot(**program: Any) -> dict[str, Any]:
         "version": 1,
         "baseVersion": 0,
         "issuedAt": "2026-11-23T03:00:00Z",
-        "program": {
-            "currency": "RUB",
-            "timezone": "Europe/Moscow",
-            "pointValueMinor": 100,
-            "maxRedeemPercent": 30,
-            "activationDelayDays": 0,
-            "offlineRedeemLimitPoints": 500,
-            "birthdayMultiplier": 5,
-            "birthdayWindowDays": 7,
-            "maxOffersPrinted": 5,
-            "offerPrintCooldownDays": 7,
-            "tiers": [
-                {"code": "base", "accrualPercent": "3"},
-                {"code": "silver", "accrualPercent": "5"},
-                {"code": "gold", "accrualPercent": "7.5"},
-            ],
-        },
+        "program": copy.deepcopy(PROGRAM),
         "categories": [
             {"code": "food", "name": "Продукты"},
             {"code": "dairy", "parent": "food", "name": "Молочные"},
