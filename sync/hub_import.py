@@ -934,28 +934,31 @@ def read_stdin(
     read the rows twice (`ImportFile`), and a pipe is read once. `fmt` None: `sniff_format`."""
     if fmt not in (None, "json", "jsonl"):
         raise InputError(f"unknown import format {fmt!r}: json or jsonl")
-    try:
-        spool_dir.mkdir(parents=True, exist_ok=True)
-        spooled = tempfile.NamedTemporaryFile(dir=spool_dir, prefix=SPOOL_PREFIX)  # noqa: SIM115
-        # held while the import runs: the next import or serve (`remove_stale_spools`)
-        # removes a copy only when no live import holds it
-        with contextlib.suppress(OSError):  # a file system without locks: the age alone
-            fcntl.flock(spooled.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        raise InputError(
-            f"-: cannot keep a copy of standard input in {spool_dir} ({exc.strerror or exc})"
-        ) from None
-    with spooled as spool, _exit_on_stop():
+    # the handlers first (review 49): a SIGTERM between the copy's creation and their
+    # installing (a loaded machine's moment) ended the process at once, the copy left
+    with _exit_on_stop():
         try:
-            shutil.copyfileobj(stream, spool, 1 << 20)
-            spool.flush()
-        except OSError as exc:  # a read error, or the hub's disk full
-            raise InputError(f"-: cannot copy standard input ({exc.strerror or exc})") from None
-        path = Path(spool.name)
-        if fmt is None:
-            with path.open("rb") as head:
-                fmt = sniff_format(_first_line(head))
-        yield ImportFile(path, fmt, path.stat().st_size, progress)
+            spool_dir.mkdir(parents=True, exist_ok=True)
+            spooled = tempfile.NamedTemporaryFile(dir=spool_dir, prefix=SPOOL_PREFIX)  # noqa: SIM115
+        except OSError as exc:
+            raise InputError(
+                f"-: cannot keep a copy of standard input in {spool_dir} ({exc.strerror or exc})"
+            ) from None
+        with spooled as spool:
+            # held while the import runs: the next import or serve (`remove_stale_spools`)
+            # removes a copy only when no live import holds it
+            with contextlib.suppress(OSError):  # a file system without locks: the age alone
+                fcntl.flock(spool.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            try:
+                shutil.copyfileobj(stream, spool, 1 << 20)
+                spool.flush()
+            except OSError as exc:  # a read error, or the hub's disk full
+                raise InputError(f"-: cannot copy standard input ({exc.strerror or exc})") from None
+            path = Path(spool.name)
+            if fmt is None:
+                with path.open("rb") as head:
+                    fmt = sniff_format(_first_line(head))
+            yield ImportFile(path, fmt, path.stat().st_size, progress)
 
 
 @contextmanager
