@@ -279,7 +279,13 @@ class Wallet:
                 # `pending` entry that activates when they do.
                 left = self._off_counted(-m.points, m.activates_at, m.expires_at, pending=True)
                 if left:
-                    self._add(Batch(-left, m.activates_at, m.expires_at))
+                    # A snapshot published after they activated counts them active (no
+                    # such entry): they come off the batches that expire when they do, as
+                    # a take-back after the activation does, then as a spend, never as a
+                    # batch below zero (review 50: it said `pendingPoints` -30 and left
+                    # the 30 listed in `expiring`).
+                    self.settle(m.at)
+                    self._take_back(left, m.receipt_id, m.at, (m.expires_at,))
             else:
                 batch = self._add(Batch(m.points, m.activates_at, m.expires_at))
                 if m.points > 0 and m.receipt_id:

@@ -670,19 +670,20 @@ def balance(
     found = _point_devices(conn, customer.id) if moved else []
     devices = [(d, applied_through.get(d, 0)) for d in found]
     if program is None or not (lifetime or customer.expiring):
-        available, pending, expiring_rows = 0, 0, 0
+        available, pending, replayed_rows = 0, 0, 0
         cutoff = utc_text(at)
         for device_id, seq in devices:
             a, p, e = _summed_moves(conn, customer.id, device_id, cutoff, seq, sold)
-            available, pending, expiring_rows = available + a, pending + p, expiring_rows + e
+            available, pending, replayed_rows = available + a, pending + p, replayed_rows + e
         if program is None or not (
-            expiring_rows or _moved_later(conn, customer.id, devices, at, sold)
+            replayed_rows or _moved_later(conn, customer.id, devices, at, sold)
         ):
             tally = Tally(at, customer.balance_points + available, pending)
             for entry in customer.pending:
                 tally.add("earn", entry.points, entry.activates_at)
             return Points(tally.available, tally.pending)
-    # Points expire: the unsynced moves are replayed batch by batch (in the order below).
+    # Points expire (or a take-back the sums cannot place): the unsynced moves are
+    # replayed batch by batch (in the order below).
     rows: list[Any] = []
     for device_id, seq in devices:
         rows += conn.execute(
@@ -776,10 +777,14 @@ def _summed_moves(
     sold: str | None,
 ) -> tuple[int, int, int]:
     """A device's unsynced point rows of the customer (but receipt `sold`'s, `balance`):
-    (available, pending, rows that expire), by the one rule of `expiry.Tally`: spending
-    counts at once, earned points from their activation time (never without one). Summed
-    by SQLite; when its 64-bit sum overflows (movements past int64 whose balance fits: a
-    customer at the int64 floor earning), in Python, exactly."""
+    (available, pending, rows the sums cannot count), by the one rule of `expiry.Tally`:
+    spending counts at once, earned points from their activation time (never without
+    one). Summed by SQLite; when its 64-bit sum overflows (movements past int64 whose
+    balance fits: a customer at the int64 floor earning), in Python, exactly. The rows
+    the sums cannot count are replayed batch by batch (`balance`): rows that expire, and
+    a refund's take-back of points still pending at `cutoff` (a negative earn), which
+    comes off a pending entry of the snapshot only while it holds them, else off the
+    batch a snapshot published after their activation lists them in (review 50)."""
     where = (
         " FROM points WHERE customer_id = ?1 AND device_id = ?2 AND seq > ?4"
         " AND receipt_id IS NOT ?5"
@@ -789,14 +794,16 @@ def _summed_moves(
         a, p, e = conn.execute(
             "SELECT coalesce(sum(CASE WHEN kind = 'spend' OR activates_at <= ?3"
             " THEN points END), 0), coalesce(sum(CASE WHEN kind = 'spend'"
-            " OR activates_at <= ?3 THEN NULL ELSE points END), 0), count(expires_at)" + where,
+            " OR activates_at <= ?3 THEN NULL ELSE points END), 0), count(expires_at)"
+            " + count(CASE WHEN kind = 'earn' AND points < 0 AND activates_at > ?3 THEN 1 END)"
+            + where,
             args,
         ).fetchone()
         return int(a), int(p), int(e)
     except sqlite3.OperationalError as exc:
         if "integer overflow" not in str(exc):
             raise
-    available = pending = expiring = 0
+    available = pending = replayed = 0
     for kind, points, activates_at, expires_at in conn.execute(
         "SELECT kind, points, activates_at, expires_at" + where, args
     ):
@@ -804,8 +811,9 @@ def _summed_moves(
             available += points
         else:
             pending += points
-        expiring += expires_at is not None
-    return available, pending, expiring
+            replayed += kind == "earn" and points < 0 and activates_at is not None
+        replayed += expires_at is not None
+    return available, pending, replayed
 
 
 def _moved_at(tx_at: str | None, at: datetime) -> datetime:
