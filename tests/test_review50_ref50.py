@@ -32,12 +32,13 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -434,3 +435,119 @@ def pos_posts_the_refund(tmp_path: Path, day: Day, bare_env: dict[str, str]) -> 
         except subprocess.TimeoutExpired:
             run.kill()
             run.wait()
+
+
+# ---------------------------------------------------------------- seeded histories
+
+
+def late_history(seed: int, tmp: Path) -> str | None:
+    """A random history at one till of sales (some redeeming, some pushed at once),
+    syncs (the hub counts the outbox and publishes; the till loads it) and refunds of
+    parts of the sales dated between the sale and now (late ones included, reaching the
+    till after a snapshot that counts their sale's points active), but never before a
+    redeeming sale or another refund already made: a refund dated before a spend the
+    snapshot counted is replayed after it on the till until the next snapshot (§16's
+    decisions), a known difference, not this review's. The first refund whose result has
+    `pendingPoints` below zero, or the first moment from the last step on where the till
+    and the hub (having counted everything) disagree on available and pending points, or
+    the till's `expiring` differs from the hub's snapshot's (its first 3 batches); None
+    when they agree. (Before review 50, 5 of the seeds 0–119 failed: 4 a negative
+    pending figure, seed 5 from 3.1 on, the till giving back points its batch below zero
+    had taken.)"""
+    r = random.Random(seed)
+    lifetime, delay = r.choice([0, 5, 30]), r.choice([1, 3])
+    start = t("2026-11-23T10:00:00+03:00")
+    batches = [(r.randint(10, 300), start + timedelta(hours=r.randint(10, 400))) for _ in "ab"]
+    hub = SqliteHubStore(tmp / "hub.db")
+    agent = Agent(tmp / "till", "till-1")
+    try:
+        master = _master(r.choice([0, 100, 1000]), batches[: r.randint(0, 2)], lifetime, delay)
+        import_doc(hub, master)
+        agent.load_snapshot(hub.snapshot_doc(hub.publish(start, WEEK).version, 0))
+        now, left, sold_at, steps = start, {}, {}, []
+        last_spend = start
+        for i in range(r.randint(4, 10)):
+            now += timedelta(hours=r.randint(1, 60))
+            step = r.choice(["sale", "sale", "refund", "refund", "sync", "sync"])
+            if step == "sale":
+                line = {"sku": SKU, "qty": "1", "priceMinor": r.randint(100, 300_000)}
+                body = receipt(f"r{i}", card=BORIS, at=now.isoformat(), lines=[line])
+                body["redeemPoints"] = r.choice([0, 0, 50, 400])
+                agent.checkout(receipt_from_json(body))
+                left[f"r{i}"], sold_at[f"r{i}"] = 4, now  # quarters left
+                if body["redeemPoints"]:
+                    last_spend = now
+                if r.random() < 0.5:
+                    hub.ingest("till-1", "", pushed(tmp / "till"), NOW)
+            elif step == "refund" and any(left.values()):
+                sold = r.choice([s for s, q in left.items() if q])
+                quarters = r.randint(1, left[sold])
+                left[sold] -= quarters
+                since = max(sold_at[sold], last_spend)
+                at = since + timedelta(seconds=r.randint(0, int((now - since).total_seconds())))
+                last_spend = at
+                body = {"refundId": f"f{i}", "receiptId": sold, "at": at.isoformat()}
+                body["lines"] = [{"sku": SKU, "qty": str(quarters / 4)}]
+                back = agent.refund(Refund.model_validate(body)).to_json()
+                if back["balance"]["pendingPoints"] < 0:
+                    return f"seed {seed}: {steps}, a refund answered {back}"
+                step += f" of {sold} dated {at:%d.%m %H}"
+            elif step == "sync":
+                hub.ingest("till-1", "", pushed(tmp / "till"), NOW)
+                agent.load_snapshot(hub.snapshot_doc(hub.publish(now, WEEK).version, 0))
+            steps.append(f"{step} {now:%d.%m %H}")
+        hub.ingest("till-1", "", pushed(tmp / "till"), NOW)
+        for hours in (0, 1, 5, 24, 48, 72, 24 * 7, 24 * 20, 24 * 40):
+            moment = now + timedelta(hours=hours)
+            till = agent.balance(BORIS, moment).to_json()
+            there = hub.balance("c-b", moment)
+            if (till["availablePoints"], till["pendingPoints"]) != (there.available, there.pending):
+                return (
+                    f"seed {seed} (L {lifetime}, d {delay}): {steps}, +{hours} h: {till}, {there}"
+                )
+        doc = hub.snapshot_doc(hub.publish(now, WEEK).version, 0)
+        listed = seen(agent.balance(BORIS, now).to_json())[2]
+        published = [(p, t(e).isoformat()) for p, e in row_of(boris_of(doc))[1]][:3]
+        if listed != published:
+            return f"seed {seed} (L {lifetime}, d {delay}): {steps}: {listed} != {published}"
+    finally:
+        agent.close()
+        hub.close()
+    return None
+
+
+def test_the_till_and_the_hub_agree_on_late_refunds_in_seeded_histories(tmp_path: Path) -> None:
+    """Four of the seeds that failed before review 50 (~3 s)."""
+    found = [d for seed in (5, 17, 53, 106) if (d := late_history(seed, tmp_path / str(seed)))]
+    assert not found, "\n".join(found)
+
+
+# Seeds of 0-499 where the till and the hub disagree for reasons this review leaves
+# (docs/DECISIONS.md, review 50: "Left"); each failed the same way before it.
+KNOWN = {
+    240: "a refund dated before a later sale's points activated, entered after a snapshot"
+    " that lists those points: the till takes its spend from them, the hub from the rest",
+    350: "a refund dated before its sale's batch expired, entered after a snapshot that"
+    " no longer lists the batch: the till takes the points from the rest",
+    425: "points given back into a counted sale's batch that a refund the snapshot"
+    " counted had found spent: the till has no memory of that spend to pay back",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_till_and_the_hub_agree_on_late_refunds_in_many_seeded_histories(
+    tmp_path: Path,
+) -> None:
+    """300 seeds but the known ones (~2–4 minutes on a loaded machine)."""
+    seeds = [seed for seed in range(300) if seed not in KNOWN]
+    found = [d for seed in seeds if (d := late_history(seed, tmp_path / str(seed)))]
+    assert not found, "\n".join(found[:5])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", sorted(KNOWN))
+def test_the_known_differences_left(seed: int, tmp_path: Path) -> None:
+    """Each known seed still disagrees (strict: a change that mends one says so)."""
+    found = late_history(seed, tmp_path)
+    assert found is not None, f"seed {seed} agrees now: {KNOWN[seed]}"
