@@ -1,0 +1,119 @@
+"""Review 50 (mut50b): mutation testing of the coupons' verdicts (§13), the request limits'
+line reading (§3, §10) and the hub's mirror of the rules (§6, §11, §13, §16).
+
+Each test pins a rule of docs/CONTRACT.md that a surviving mutant broke without a test
+noticing; the expected figures are worked by hand from the contract (docs/DECISIONS.md,
+"Review 50 (mut50b)"). Real parts: real SQLite files, the reference hub on 127.0.0.1,
+real processes where the till's path uses them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tillpoint.agent.results import receipt_from_json
+from tillpoint.agent.service import Agent
+from tillpoint.sync.loopback import LoopbackHub, Till, sample_master_data
+
+from .conftest import answered, enrolled_till
+from .test_coupons import COUPONS, MILK, SORRY, receipt, snap, verdicts
+
+KEFIR = "4601234000024"
+# A second coupon-only offer, on the kefir: 5.00 off a unit with the code KEF-1
+KEF_OFFER = {
+    "id": "o-kefir",
+    "kind": "AMOUNT_OFF",
+    "skus": [KEFIR],
+    "value": "500",
+    "couponRequired": True,
+}
+KEF_COUPON = {"code": "KEF-1", "offerId": "o-kefir"}
+
+
+# ---------------------------------------------------------------- §13: a coupon's window
+
+
+def test_a_coupon_holds_through_the_last_microsecond_of_its_valid_to_second(
+    tmp_path: Path,
+) -> None:
+    """§13's coupon dates read by §2's rule: a `validTo` written in whole seconds
+    (`2026-12-20T23:59:59+03:00`) is still in force at 23:59:59.999999 and over at the next
+    second's 00:00:00.000; a `validFrom` is the moment it says. Anna's SORRY-7K2Q9 (valid
+    20.11 00:00 to 20.12 23:59:59, Moscow) on 2 milks of 89.90: 20.00 off each, 40.00."""
+    agent = Agent(tmp_path / "till", "till-1")
+    try:
+        agent.load_snapshot(snap(coupons=COUPONS))
+
+        def quoted(at: str) -> tuple[list[tuple[str, str, str]], int]:
+            result = agent.quote(receipt_from_json(receipt("q", "SORRY7K2Q9", at=at)))
+            return verdicts(result), result.lines[0].discount_minor
+
+        applied = ([("SORRY7K2Q9", "APPLIED", "")], 4000)
+        assert quoted("2026-12-20T23:59:59.999999+03:00") == applied
+        assert quoted("2026-12-20T23:59:59.500+03:00") == applied
+        assert quoted("2026-12-21T00:00:00+03:00") == (
+            [("SORRY7K2Q9", "REJECTED", "EXPIRED")],
+            0,
+        )
+        assert quoted("2026-11-20T00:00:00+03:00") == applied
+        assert quoted("2026-11-19T23:59:59.999999+03:00") == (
+            [("SORRY7K2Q9", "REJECTED", "NOT_YET_VALID")],
+            0,
+        )
+    finally:
+        agent.close()
+
+
+# ---------------------------------------------------------------- §13: online, the hub's "used"
+
+
+@pytest.fixture()
+def coupon_hub(tmp_path: Path) -> Iterator[LoopbackHub]:
+    data = sample_master_data() | {
+        "offers": [SORRY, KEF_OFFER],
+        "coupons": [*COUPONS, KEF_COUPON],
+    }
+    hub = LoopbackHub(tmp_path / "hub", data=data)
+    yield hub
+    hub.stop()
+
+
+def _till(hub: LoopbackHub, tmp_path: Path, name: str) -> Till:
+    return enrolled_till(hub, tmp_path / name, name, timings=answered())
+
+
+def test_the_hubs_used_code_turns_only_that_code_and_leaves_a_duplicate_and_another_code(
+    coupon_hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """§13: online, "a code the hub says is used is `ALREADY_USED`" — that code only. Till b
+    checks out APP555 first (the hub holds it for b's receipt). Till a then scans APP555,
+    APP-555 again and KEF-1 on milk 2 × 89.90 and kefir 60.00: the hub says APP555 is used,
+    so its first scan is ALREADY_USED, its second stays DUPLICATE (every later scan of a
+    code is, §13's decisions), and KEF-1, which the hub held for a, is APPLIED: the milk
+    at 179.80 with no discount, the kefir 60.00 − 5.00, 234.80 to pay."""
+    a, b = _till(coupon_hub, tmp_path, "a"), _till(coupon_hub, tmp_path, "b")
+    try:
+        first = b.agent.checkout(receipt_from_json(receipt("b-1", "APP555")))
+        assert (first.mode, verdicts(first)) == ("ONLINE", [("APP555", "APPLIED", "")])
+        lines = [
+            {"sku": MILK, "qty": "2", "priceMinor": 8990},
+            {"sku": KEFIR, "qty": "1", "priceMinor": 6000},
+        ]
+        sale = a.agent.checkout(
+            receipt_from_json(receipt("a-1", "APP555", "app-555", "KEF-1", lines=lines))
+        )
+        assert sale.mode == "ONLINE"
+        assert verdicts(sale) == [
+            ("APP555", "REJECTED", "ALREADY_USED"),
+            ("APP555", "REJECTED", "DUPLICATE"),
+            ("KEF1", "APPLIED", ""),
+        ]
+        assert [line.discount_minor for line in sale.lines] == [0, 500]
+        assert sale.payable_minor == 23480
+    finally:
+        a.stop()
+        b.stop()
+
+
