@@ -8,17 +8,24 @@ real processes where the till's path uses them."""
 
 from __future__ import annotations
 
+import io
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tillpoint.agent import limits, snapshot_stream
+from tillpoint.agent.errors import InputError
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 from tillpoint.sync.loopback import LoopbackHub, Till, sample_master_data
+from tillpoint.sync.pull import cache_version
 
-from .conftest import answered, enrolled_till
+from .conftest import answered, enrolled_till, snapshot
 from .test_coupons import COUPONS, MILK, SORRY, receipt, snap, verdicts
+from .test_deals_snapshots import jsonl
 
 KEFIR = "4601234000024"
 # A second coupon-only offer, on the kefir: 5.00 off a unit with the code KEF-1
@@ -117,3 +124,74 @@ def test_the_hubs_used_code_turns_only_that_code_and_leaves_a_duplicate_and_anot
         b.stop()
 
 
+# ---------------------------------------------------------------- §3: a snapshot's lines
+
+EDGE = 1000  # the line bound made 1,000 bytes in this process (as review 42's tests do)
+
+
+@pytest.fixture
+def bound(monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.setattr(limits, "LINE_MAX_BYTES", EDGE)
+    return EDGE
+
+
+def _lines(raw: bytes, first: bytes | None, text: bool) -> list[Any]:
+    """`stream_lines` of `raw`, its first line (or part of it) `first` read before, from a
+    binary stream or a text one (the CLI's standard input either way)."""
+    if text:
+        head: Any = None if first is None else first.decode()
+        return list(snapshot_stream.stream_lines(io.StringIO(raw.decode()), head))
+    return list(snapshot_stream.stream_lines(io.BytesIO(raw), first))
+
+
+@pytest.mark.parametrize("text", [False, True])
+def test_a_first_line_read_whole_before_is_one_line_and_the_next_follows(
+    bound: int, text: bool
+) -> None:
+    """§3: a JSON Lines snapshot is one row a line. The CLI reads a stream's first line
+    before it knows it is JSON Lines (`snapshot load -`): handed over whole, with its
+    newline, it is line 1 as it is, and the rest of the stream is read from line 2 on."""
+    got = _lines(b'{"section": "products"}\n', b'{"format": "x"}\n', text)
+    want = [b'{"format": "x"}\n', b'{"section": "products"}\n']
+    assert got == ([w.decode() for w in want] if text else want)
+
+
+@pytest.mark.parametrize("text", [False, True])
+def test_a_first_line_read_to_the_bound_is_finished_and_judged_whole(
+    bound: int, text: bool
+) -> None:
+    """§3's bound (64 MiB, here 1,000 bytes): a line of exactly the bound and its newline
+    is read; one byte more is refused naming line 1 — also when the first `EDGE` bytes of
+    it were read before (the CLI's head): the rest of the line is read, not taken as line
+    2. A last line of exactly the bound with no newline after it is read too."""
+    ok = b"x" * EDGE + b"\n"
+    assert _lines(ok[EDGE:] + b"{}\n", ok[:EDGE], text) == (
+        [ok.decode(), "{}\n"] if text else [ok, b"{}\n"]
+    )
+    long = b"x" * (EDGE + 1) + b"\n"
+    with pytest.raises(InputError, match=r"^snapshot line 1: longer than 0 MiB "):
+        _lines(long[EDGE:], long[:EDGE], text)
+    last = b"x" * EDGE  # no newline: the file's end
+    for head in (10, EDGE - 1, EDGE):
+        assert _lines(last[head:], last[:head], text) == [last.decode() if text else last]
+
+
+def test_snapshot_load_from_standard_input_reads_its_header_line_once(tmp_path: Path) -> None:
+    """§3, §10: `tillpoint snapshot load -` of a JSON Lines snapshot on standard input (a
+    real process, a pipe): the header line the CLI reads first is the header, and every row
+    after it loads (the cache at version 1)."""
+    path = jsonl(snapshot(), tmp_path / "v1.jsonl")
+    exe = str(Path(sys.executable).with_name("tillpoint"))
+    data = str(tmp_path / "till")
+    env = {"TILLPOINT_DEVICE_ID": "till-1", "PATH": "/usr/bin:/bin"}
+    with open(path, "rb") as stdin:
+        done = subprocess.run(
+            [exe, "--data-dir", data, "snapshot", "load", "-"],
+            stdin=stdin,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+    assert done.returncode == 0, done.stderr
+    assert cache_version(Path(data)) == 1
