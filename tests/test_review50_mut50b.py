@@ -12,6 +12,7 @@ import io
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from tillpoint.agent import limits, snapshot_stream
 from tillpoint.agent.errors import InputError
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
-from tillpoint.sync.loopback import LoopbackHub, Till, sample_master_data
+from tillpoint.sync.loopback import LoopbackHub, Till, import_doc, sample_master_data
 from tillpoint.sync.pull import cache_version
 
 from .conftest import answered, enrolled_till, snapshot
@@ -195,3 +196,60 @@ def test_snapshot_load_from_standard_input_reads_its_header_line_once(tmp_path: 
         )
     assert done.returncode == 0, done.stderr
     assert cache_version(Path(data)) == 1
+
+
+# ---------------------------------------------------------------- §9: a push replayed
+
+
+def _two_sales(tmp_path: Path) -> list[Any]:
+    """Two sales of a till (Anna's milk, then her kefir), as its outbox sends them."""
+    from .test_coupons import outbox
+
+    agent = Agent(tmp_path / "till", "till-1")
+    try:
+        agent.load_snapshot(snap())
+        agent.checkout(receipt_from_json(receipt("r-1")))
+        lines = [{"sku": KEFIR, "qty": "1", "priceMinor": 6000}]
+        agent.checkout(receipt_from_json(receipt("r-2", lines=lines)))
+    finally:
+        agent.close()
+    return outbox(tmp_path / "till")
+
+
+def test_a_pushed_batch_seen_before_is_answered_the_same_for_30_days(tmp_path: Path) -> None:
+    """§9's decision (docs/PROTOCOL.md): the hub answers a `batch_id` it has seen with the
+    same content with the stored answer (the till's retry after a lost answer hears
+    `STORED`, not `DUPLICATE`), and keeps its answers 30 days; a `batch_id` it has seen with
+    other content is worked afresh. A real SQLite hub store, the till's own transactions."""
+    from tillpoint.sync.hub_sqlite import SqliteHubStore
+
+    one, two = _two_sales(tmp_path)
+    store = SqliteHubStore(tmp_path / "hub.db")
+    try:
+        import_doc(store, sample_master_data())
+        t0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+
+        def outcomes(batch: str, txs: list[Any], now: datetime) -> tuple[Any, ...]:
+            got = store.ingest("till-1", batch, txs, now)
+            return got.acked_through, [(r.seq, r.outcome) for r in got.results], got.replayed
+
+        assert outcomes("b-1", [one], t0) == (1, [(1, "STORED")], False)
+        # the answer lost, the same batch again a day and 29 days later: the stored answer
+        assert outcomes("b-1", [one], t0 + timedelta(days=1)) == (1, [(1, "STORED")], True)
+        assert outcomes("b-1", [one], t0 + timedelta(days=29)) == (1, [(1, "STORED")], True)
+        # the same id with other content (the batch's rows are what it is named by): afresh
+        assert outcomes("b-1", [one, two], t0 + timedelta(days=29)) == (
+            2,
+            [(1, "DUPLICATE"), (2, "STORED")],
+            False,
+        )
+        # another push 31 days on prunes the answers older than 30 days: b-1's is gone, and
+        # b-1 sent again then is worked as any batch (its rows are stored: DUPLICATE)
+        assert outcomes("b-2", [two], t0 + timedelta(days=60)) == (2, [(2, "DUPLICATE")], False)
+        assert outcomes("b-1", [one, two], t0 + timedelta(days=60)) == (
+            2,
+            [(1, "DUPLICATE"), (2, "DUPLICATE")],
+            False,
+        )
+    finally:
+        store.close()
