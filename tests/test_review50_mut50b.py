@@ -253,3 +253,40 @@ def test_a_pushed_batch_seen_before_is_answered_the_same_for_30_days(tmp_path: P
         )
     finally:
         store.close()
+
+
+def test_a_replayed_answer_drops_what_was_held_since_under_a_seq_it_set_aside(
+    tmp_path: Path,
+) -> None:
+    """§9, §11 (docs/PROTOCOL.md: a replayed push is answered the same, and does the same):
+    a push whose transaction 1 the hub sets aside (REJECTED: a kind it does not know) loses
+    its answer; the till, still holding seq 1 as unsent, asks for a redemption and lists it
+    as an unsynced spend of 100, which the hub holds (`seq:1`) for the other tills: Anna's
+    1,200 are 1,100 for till-2. The till sends the batch again: the stored answer, and the
+    hold of the seq it set aside goes, as at the first answer: 1,200 for till-2 again."""
+    from dataclasses import replace
+
+    from tillpoint.sync.hub_sqlite import SqliteHubStore
+    from tillpoint.sync.hub_store import Unsynced
+
+    one, _ = _two_sales(tmp_path)
+    bad = replace(one, kind="99")
+    store = SqliteHubStore(tmp_path / "hub.db")
+    try:
+        import_doc(store, sample_master_data())
+        t0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+        store.publish(t0 - timedelta(hours=1), 7 * 86400.0)  # Anna's 1,200 points
+        first = store.ingest("till-1", "b-1", [bad], t0)
+        assert [(r.seq, r.outcome) for r in first.results] == [(1, "REJECTED")]
+        spend = Unsynced(seq=1, receipt_id="r-1", points=-100)
+        store.authorise("till-1", "r-9", "c-1", 0, t0, [spend], t0, 60.0)
+
+        def for_till_2(now: datetime) -> int:
+            return store.authorise("till-2", "r-x", "c-1", 0, now, [], now, 60.0).live_balance
+
+        assert for_till_2(t0 + timedelta(seconds=1)) == 1100
+        again = store.ingest("till-1", "b-1", [bad], t0 + timedelta(seconds=2))
+        assert again.replayed and [(r.seq, r.outcome) for r in again.results] == [(1, "REJECTED")]
+        assert for_till_2(t0 + timedelta(seconds=3)) == 1200
+    finally:
+        store.close()
