@@ -290,3 +290,24 @@ def test_a_replayed_answer_drops_what_was_held_since_under_a_seq_it_set_aside(
         assert for_till_2(t0 + timedelta(seconds=3)) == 1200
     finally:
         store.close()
+
+
+def test_a_snapshot_files_last_line_of_one_byte_is_read_and_refused(tmp_path: Path) -> None:
+    """§3: every line of a JSON Lines snapshot after the header is a section line or a row,
+    each a JSON object. A file whose last line is one byte (`7`, no newline after it: a
+    file cut short, a stray byte) is refused naming that line, the cache unchanged — also
+    right after the header, where the build reads the lines itself (to the payload's last
+    byte) before its workers take the sections."""
+    whole = jsonl(snapshot(), tmp_path / "v1.jsonl").read_bytes()
+    header = whole[: whole.index(b"\n") + 1]
+    for name, data in (("whole", whole), ("header", header)):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_bytes(data + b"7")
+        lines = data.count(b"\n") + 1
+        agent = Agent(tmp_path / name, "till-1")
+        try:
+            with pytest.raises(InputError, match=f"^snapshot line {lines}: "):
+                agent.load_snapshot_file(path)
+        finally:
+            agent.close()
+        assert cache_version(tmp_path / name) == 0  # nothing loaded
