@@ -311,3 +311,66 @@ def test_a_snapshot_files_last_line_of_one_byte_is_read_and_refused(tmp_path: Pa
         finally:
             agent.close()
         assert cache_version(tmp_path / name) == 0  # nothing loaded
+
+
+# ---------------------------------------------------------------- §9, §11: holds at the hub
+
+
+def _published_store(tmp_path: Path) -> Any:
+    from tillpoint.sync.hub_sqlite import SqliteHubStore
+
+    store = SqliteHubStore(tmp_path / "hub.db")
+    import_doc(store, sample_master_data())
+    store.publish(datetime(2026, 11, 23, 7, 0, tzinfo=UTC), 7 * 86400.0)
+    return store
+
+
+def test_a_grant_of_0_points_places_no_hold(tmp_path: Path) -> None:
+    """§11, §13's decisions: `hub status`'s `holdsOutstanding` counts the redemption holds
+    tills placed online and not yet settled or expired, and their points. A request for 0
+    points (a receipt that redeems nothing, asked for its codes) and one for a customer with
+    nothing to spend are granted 0 and hold nothing: no hold id, no hold counted. Anna's
+    1,200 points: a request for 200 holds 200, one hold; Boris asks for 400 of his 300 and
+    gets 300."""
+    store = _published_store(tmp_path)
+    try:
+        now = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+        nothing = store.authorise("till-1", "r-1", "c-1", 0, now, [], now, 60.0)
+        assert (nothing.authorised, nothing.hold_id, nothing.live_balance) == (0, "", 1200)
+        assert store.holds_outstanding(now) == (0, 0)
+        some = store.authorise("till-1", "r-2", "c-1", 200, now, [], now, 60.0)
+        assert (some.authorised, some.live_balance) == (200, 1200) and some.hold_id
+        assert store.holds_outstanding(now) == (1, 200)
+        boris = store.authorise("till-2", "r-3", "c-2", 400, now, [], now, 60.0)
+        assert (boris.authorised, boris.live_balance) == (300, 300)
+        assert store.holds_outstanding(now) == (2, 500)
+        # Anna's other receipt asks 0: nothing more held, her live balance 1,000 (200 held)
+        again = store.authorise("till-2", "r-4", "c-1", 0, now, [], now, 60.0)
+        assert (again.authorised, again.hold_id, again.live_balance) == (0, "", 1000)
+        assert store.holds_outstanding(now) == (2, 500)
+    finally:
+        store.close()
+
+
+def test_an_unsynced_spend_of_minus_int64_max_is_taken_and_one_below_is_refused(
+    tmp_path: Path,
+) -> None:
+    """§2, §10: points are signed 64-bit. An unsent movement the till lists with its
+    redemption request is held as its negation, which must fit: −(2⁶³ − 1) is taken (held
+    as 2⁶³ − 1), −2⁶³ is refused as bad input naming the seq, nothing held."""
+    from tillpoint.sync.hub_store import Unsynced
+
+    top = 2**63 - 1
+    store = _published_store(tmp_path)
+    try:
+        now = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+        low = Unsynced(seq=1, receipt_id="r-1", points=-top - 1)
+        with pytest.raises(InputError, match=r"^unsynced seq 1: points -9223372036854775808 "):
+            store.authorise("till-1", "r-9", "c-1", 0, now, [low], now, 60.0)
+        assert store.holds_outstanding(now) == (0, 0)
+        edge = Unsynced(seq=1, receipt_id="r-1", points=-top)
+        got = store.authorise("till-1", "r-9", "c-1", 0, now, [edge], now, 60.0)
+        assert (got.authorised, got.live_balance) == (0, 1200 - top)
+        assert store.holds_outstanding(now) == (1, top)
+    finally:
+        store.close()
