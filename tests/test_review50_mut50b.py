@@ -374,3 +374,41 @@ def test_an_unsynced_spend_of_minus_int64_max_is_taken_and_one_below_is_refused(
         assert store.holds_outstanding(now) == (1, top)
     finally:
         store.close()
+
+
+# ---------------------------------------------------------------- §9: a seq taken
+
+
+def test_a_refund_after_its_sale_whose_seq_is_taken_in_one_batch_waits_for_the_sale(
+    tmp_path: Path,
+) -> None:
+    """§9's decision (docs/PROTOCOL.md, review 32): a sale whose seq the hub holds with
+    another transaction is set aside `seqTaken` (the till numbers it again); a refund of
+    that sale later in the same batch is answered so too, and is not counted before its
+    sale. The refund of a sale the hub holds (r-0) in the same batch is stored."""
+    import json
+    from dataclasses import replace
+
+    from tillpoint.sync.hub_sqlite import SqliteHubStore
+
+    from .test_review32_hub32b import NOW as AT
+    from .test_review32_hub32b import sale
+
+    def refund(seq: int, refund_id: str, of: str) -> Any:
+        request = json.dumps({"receiptId": of, "refundId": refund_id})
+        return replace(sale(seq, refund_id, kind="REFUND"), request_json=request)
+
+    store = SqliteHubStore(tmp_path / "hub.db")
+    try:
+        import_doc(store, sample_master_data())
+        assert store.ingest("till-x", "", [sale(1, "r-0")], AT).results[0].outcome == "STORED"
+        got = store.ingest("till-x", "", [sale(1, "r-a"), refund(2, "f-1", "r-a")], AT)
+        assert [(r.seq, r.outcome, r.seq_taken) for r in got.results] == [
+            (1, "CONFLICT", True),
+            (2, "CONFLICT", True),
+        ]
+        assert got.results[1].reason.startswith("its sale r-a is numbered again at the till")
+        kept = store.ingest("till-x", "", [refund(3, "f-0", "r-0")], AT)
+        assert [(r.seq, r.outcome) for r in kept.results] == [(3, "STORED")]
+    finally:
+        store.close()
