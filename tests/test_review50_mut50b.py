@@ -412,3 +412,29 @@ def test_a_refund_after_its_sale_whose_seq_is_taken_in_one_batch_waits_for_the_s
         assert [(r.seq, r.outcome) for r in kept.results] == [(3, "STORED")]
     finally:
         store.close()
+
+
+def test_a_pushed_sale_settles_its_receipts_hold(tmp_path: Path) -> None:
+    """§9, §11: the hub holds a receipt's granted points until the receipt's transaction
+    reaches it (or the hold expires); the sale's push settles the hold, so its points are
+    not kept out of reach twice (the sale counts, the hold goes). Anna's receipt r-1 holds
+    200 of her 1,200; once its sale is pushed no hold is outstanding, and her other
+    receipt's live balance is the 1,200 with the sale counted (the sale here moves +1)."""
+    from tillpoint.sync.hub_sqlite import SqliteHubStore
+
+    from .test_review32_hub32b import NOW as AT
+    from .test_review32_hub32b import sale
+
+    store = SqliteHubStore(tmp_path / "hub.db")
+    try:
+        import_doc(store, sample_master_data())
+        store.publish(AT - timedelta(hours=1), 7 * 86400.0)
+        held = store.authorise("till-x", "r-1", "c-1", 200, AT, [], AT, 600.0)
+        assert held.authorised == 200 and store.holds_outstanding(AT) == (1, 200)
+        got = store.ingest("till-x", "", [sale(1, "r-1")], AT)
+        assert [(r.seq, r.outcome) for r in got.results] == [(1, "STORED")]
+        assert store.holds_outstanding(AT) == (0, 0)
+        other = store.authorise("till-y", "r-2", "c-1", 0, AT, [], AT, 600.0)
+        assert other.live_balance == 1201
+    finally:
+        store.close()
