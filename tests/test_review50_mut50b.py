@@ -438,3 +438,40 @@ def test_a_pushed_sale_settles_its_receipts_hold(tmp_path: Path) -> None:
         assert other.live_balance == 1201
     finally:
         store.close()
+
+
+def test_a_redemption_counts_the_tills_unsent_movements_once(tmp_path: Path) -> None:
+    """§9, §11 (docs/PROTOCOL.md, `UnsyncedPoints`): with a redemption request the till
+    lists its movements the hub may not have. One the hub holds under its seq for the same
+    receipt is received (counted once, as stored; nothing held for it); another receipt
+    under that seq is a movement the hub has not got (review 32: it counts, and its spend
+    is held). An unsent sale at 11:59 that redeemed 100 and earned 30 counts as both: its
+    spend replayed at its time, its 30 added. Anna: 1,200 imported, +1 of the stored sale
+    r-1. Boris: 300."""
+    from tillpoint.agent.expiry import utc_text
+    from tillpoint.sync.hub_sqlite import SqliteHubStore
+    from tillpoint.sync.hub_store import Unsynced
+
+    from .test_review32_hub32b import NOW as AT
+    from .test_review32_hub32b import sale
+
+    store = SqliteHubStore(tmp_path / "hub.db")
+    try:
+        import_doc(store, sample_master_data())
+        store.publish(AT - timedelta(hours=1), 7 * 86400.0)
+        store.ingest("till-x", "", [sale(1, "r-1")], AT)
+
+        def live(receipt_id: str, customer: str, item: Unsynced) -> int:
+            got = store.authorise("till-x", receipt_id, customer, 0, AT, [item], AT, 600.0)
+            return got.live_balance
+
+        assert live("r-9", "c-1", Unsynced(seq=1, receipt_id="r-1", points=-100)) == 1201
+        assert store.holds_outstanding(AT) == (0, 0)
+        assert live("r-8", "c-1", Unsynced(seq=1, receipt_id="r-z", points=-100)) == 1101
+        assert store.holds_outstanding(AT) == (1, 100)
+        sold = utc_text(AT - timedelta(minutes=1))
+        unsent = Unsynced(seq=2, receipt_id="r-2", points=-70, at=sold, spent=100)
+        assert live("r-7", "c-2", unsent) == 300 - 100 + 30
+        assert store.holds_outstanding(AT) == (2, 170)
+    finally:
+        store.close()
