@@ -348,6 +348,12 @@ def test_a_grant_of_0_points_places_no_hold(tmp_path: Path) -> None:
         again = store.authorise("till-2", "r-4", "c-1", 0, now, [], now, 60.0)
         assert (again.authorised, again.hold_id, again.live_balance) == (0, "", 1000)
         assert store.holds_outstanding(now) == (2, 500)
+        # an unsent movement of 0 points (a sale that earned and spent nothing) holds nothing
+        from tillpoint.sync.hub_store import Unsynced
+
+        flat = Unsynced(seq=7, receipt_id="r-6", points=0)
+        store.authorise("till-2", "r-5", "c-1", 0, now, [flat], now, 60.0)
+        assert store.holds_outstanding(now) == (2, 500)
     finally:
         store.close()
 
@@ -475,3 +481,17 @@ def test_a_redemption_counts_the_tills_unsent_movements_once(tmp_path: Path) -> 
         assert store.holds_outstanding(AT) == (2, 170)
     finally:
         store.close()
+
+
+# ---------------------------------------------------------------- §10: a text's limit
+
+
+def test_a_text_of_128_characters_is_taken_and_one_of_129_refused() -> None:
+    """§10's decision: every text field of a request holds at most 128 characters; one
+    over is refused naming the call, the field and the limit. A receipt id and a scanned
+    code of exactly 128 are taken; 129 are refused."""
+    assert len(receipt_from_json(receipt("r" * 128, "C" * 128)).receipt_id) == 128
+    with pytest.raises(InputError, match=r"^receipt: receiptId is too long \(at most 128 char"):
+        receipt_from_json(receipt("r" * 129))
+    with pytest.raises(InputError, match=r"^receipt: coupons\[0\] is too long \(at most 128 c"):
+        receipt_from_json(receipt("r-1", "C" * 129))
