@@ -495,3 +495,82 @@ def test_a_text_of_128_characters_is_taken_and_one_of_129_refused() -> None:
         receipt_from_json(receipt("r" * 129))
     with pytest.raises(InputError, match=r"^receipt: coupons\[0\] is too long \(at most 128 c"):
         receipt_from_json(receipt("r-1", "C" * 129))
+
+
+# ---------------------------------------------------------------- §6, §16: an UNKNOWN card's refund
+
+
+def test_an_unknown_cards_refund_takes_back_off_pending_before_activation_only(
+    tmp_path: Path,
+) -> None:
+    """§4, §6, §16: the hub settles the points an UNKNOWN card's sale earned (the till
+    counted nothing), pending until `activationDelayDays` later at the same local time; a
+    refund takes back off that pending part while the refund's `at` is before the
+    activation, and off the available points from the activation instant on (pending
+    points are spendable at `activatesAt`). 14 days' delay: the sale of 23.11 10:00 (Moscow)
+    earns 50, pending until 7.12 10:00 (07:00 UTC). A refund on 30.11 takes back 20: −20
+    pending. One at 7.12 10:00:00 exactly takes back 10: −10 available. One on 1.12 takes
+    back 40 of which 30 are still pending: −30 pending, −10 available."""
+    import json
+    import sqlite3
+
+    from tillpoint.sync.hub_sqlite import SqliteHubStore
+    from tillpoint.sync.hub_store import TxIn
+
+    card = "2770000000994"  # no customer's
+
+    def tx(seq: int, kind: str, at: str, request: dict[str, Any], result: dict[str, Any]) -> TxIn:
+        return TxIn(
+            "till-x", seq, kind, at, "", card, json.dumps(request), json.dumps(result), 0, 0, ""
+        )
+
+    data = sample_master_data()
+    data["program"]["activationDelayDays"] = 14
+    store = SqliteHubStore(tmp_path / "hub.db")
+    try:
+        import_doc(store, data)
+        store.publish(datetime(2026, 11, 23, 6, 0, tzinfo=UTC), 7 * 86400.0)
+        batch = [
+            tx(
+                1,
+                "CHECKOUT",
+                "2026-11-23T10:00:00+03:00",
+                {"receiptId": "r-1"},
+                {"earnedPoints": 50},
+            ),
+            tx(
+                2,
+                "REFUND",
+                "2026-11-30T12:00:00+03:00",
+                {"receiptId": "r-1", "refundId": "f-1"},
+                {"takenBackPoints": 20},
+            ),
+            tx(
+                3,
+                "REFUND",
+                "2026-12-07T10:00:00+03:00",
+                {"receiptId": "r-1", "refundId": "f-2"},
+                {"takenBackPoints": 10},
+            ),
+            tx(
+                4,
+                "REFUND",
+                "2026-12-01T12:00:00+03:00",
+                {"receiptId": "r-1", "refundId": "f-3"},
+                {"takenBackPoints": 40},
+            ),
+        ]
+        got = store.ingest("till-x", "", batch, datetime(2026, 12, 8, 9, 0, tzinfo=UTC))
+        assert [r.outcome for r in got.results] == ["STORED"] * 4
+    finally:
+        store.close()
+    conn = sqlite3.connect(tmp_path / "hub.db")
+    try:
+        rows = conn.execute(
+            "SELECT seq, delta_available, delta_pending, pending_activates_at FROM transactions"
+            " WHERE device_id = 'till-x' ORDER BY seq"
+        ).fetchall()
+    finally:
+        conn.close()
+    due = "2026-12-07T07:00:00.000000Z"  # the hub's UTC text
+    assert rows == [(1, 0, 50, due), (2, 0, -20, due), (3, -10, 0, None), (4, -10, -30, due)]
