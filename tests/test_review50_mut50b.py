@@ -348,12 +348,30 @@ def test_a_grant_of_0_points_places_no_hold(tmp_path: Path) -> None:
         again = store.authorise("till-2", "r-4", "c-1", 0, now, [], now, 60.0)
         assert (again.authorised, again.hold_id, again.live_balance) == (0, "", 1000)
         assert store.holds_outstanding(now) == (2, 500)
+        # one point asked, one held
+        one = store.authorise("till-2", "r-7", "c-1", 1, now, [], now, 60.0)
+        assert (one.authorised, one.live_balance) == (1, 1000) and one.hold_id
+        assert store.holds_outstanding(now) == (3, 501)
+        # Boris's 300 are held for r-3; a sale of his then pushed spent 100 of them: his
+        # live balance is -100 for another receipt, which is granted 0, not less
+        from dataclasses import replace
+
+        from .test_review32_hub32b import sale
+
+        # (the sale at 07:58, the receipt at 07:59: r-3's hold, of 08:00, counts as it is)
+        sold = (now - timedelta(minutes=2)).isoformat()
+        spent = replace(sale(1, "r-b1"), customer_id="c-2", delta_available=-100, at=sold)
+        assert store.ingest("till-3", "", [spent], now).results[0].outcome == "STORED"
+        before = now - timedelta(minutes=1)
+        short = store.authorise("till-2", "r-8", "c-2", 50, before, [], now, 60.0)
+        assert (short.authorised, short.hold_id, short.live_balance) == (0, "", -100)
+        assert store.holds_outstanding(now) == (3, 501)
         # an unsent movement of 0 points (a sale that earned and spent nothing) holds nothing
         from tillpoint.sync.hub_store import Unsynced
 
         flat = Unsynced(seq=7, receipt_id="r-6", points=0)
         store.authorise("till-2", "r-5", "c-1", 0, now, [flat], now, 60.0)
-        assert store.holds_outstanding(now) == (2, 500)
+        assert store.holds_outstanding(now) == (3, 501)
     finally:
         store.close()
 
@@ -574,3 +592,72 @@ def test_an_unknown_cards_refund_takes_back_off_pending_before_activation_only(
         conn.close()
     due = "2026-12-07T07:00:00.000000Z"  # the hub's UTC text
     assert rows == [(1, 0, 50, due), (2, 0, -20, due), (3, -10, 0, None), (4, -10, -30, due)]
+
+
+def test_what_the_hub_counts_of_a_seq_0_an_issued_code_and_an_unknown_cards_0_points(
+    tmp_path: Path,
+) -> None:
+    """§9: seqs start at 1, a transaction under seq 0 is set aside (REJECTED). §13: a
+    till-issued coupon (COUPON_ISSUED) moves no points. §4: an UNKNOWN card's sale that
+    earned 0 points, or whose result does not say, moves none (no delay: nothing pending)."""
+    import json
+    import sqlite3
+
+    from tillpoint.sync.hub_sqlite import SqliteHubStore
+    from tillpoint.sync.hub_store import TxIn
+
+    at = "2026-11-23T10:00:00+03:00"
+
+    def tx(
+        seq: int, kind: str, request: dict[str, Any], result: dict[str, Any], **more: Any
+    ) -> TxIn:
+        fields: dict[str, Any] = {"customer_id": "", "card": "2770000000994"} | more
+        return TxIn(
+            "till-x",
+            seq,
+            kind,
+            at,
+            fields["customer_id"],
+            fields["card"],
+            json.dumps(request),
+            json.dumps(result),
+            0,
+            0,
+            "",
+        )
+
+    coupon = {"code": "TP5TILLX1", "offerId": "o-1", "customerId": "c-1", "validFrom": at}
+    store = SqliteHubStore(tmp_path / "hub.db")
+    try:
+        import_doc(store, sample_master_data())
+        batch = [
+            tx(0, "CHECKOUT", {"receiptId": "r-0"}, {"earnedPoints": 5}),
+            tx(1, "CHECKOUT", {"receiptId": "r-1"}, {"earnedPoints": 0}),
+            tx(2, "CHECKOUT", {"receiptId": "r-2"}, {}),
+            tx(
+                3,
+                "COUPON_ISSUED",
+                {"receiptId": "r-3", "coupon": coupon},
+                {},
+                customer_id="c-1",
+                card="2770000000017",
+            ),
+        ]
+        got = store.ingest("till-x", "", batch, datetime(2026, 11, 23, 8, 0, tzinfo=UTC))
+        assert [(r.seq, r.outcome) for r in got.results] == [
+            (0, "REJECTED"),
+            (1, "STORED"),
+            (2, "STORED"),
+            (3, "STORED"),
+        ]
+        assert got.results[0].reason == "seq must be 1 or more"
+    finally:
+        store.close()
+    conn = sqlite3.connect(tmp_path / "hub.db")
+    try:
+        rows = conn.execute(
+            "SELECT seq, delta_available, delta_pending FROM transactions ORDER BY seq"
+        ).fetchall()
+    finally:
+        conn.close()
+    assert rows == [(1, 0, 0), (2, 0, 0), (3, 0, 0)]
