@@ -661,3 +661,45 @@ def test_what_the_hub_counts_of_a_seq_0_an_issued_code_and_an_unknown_cards_0_po
     finally:
         conn.close()
     assert rows == [(1, 0, 0), (2, 0, 0), (3, 0, 0)]
+
+
+def test_the_locked_grant_gives_0_to_a_stranger_a_short_customer_and_a_sold_receipt(
+    tmp_path: Path,
+) -> None:
+    """§9, §11: what the hub grants is at most what is asked and at least 0, through
+    either of its two ways (a request with unsent movements is worked under the customer's
+    lock). A customer the hub has no row of has nothing (live balance 0); a customer whose
+    holds exceed the balance (live -100) is granted 0; a receipt already sold (its sale
+    pushed) is granted 0 and holds nothing."""
+    from dataclasses import replace
+
+    from tillpoint.sync.hub_sqlite import SqliteHubStore
+    from tillpoint.sync.hub_store import Unsynced
+
+    from .test_review32_hub32b import sale
+
+    now = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+    flat = Unsynced(seq=50, receipt_id="r-50", points=0)  # worked under the lock
+    store = SqliteHubStore(tmp_path / "hub.db")
+    try:
+        import_doc(store, sample_master_data())
+        store.publish(now - timedelta(hours=1), 7 * 86400.0)
+        for unsynced in ([], [flat]):
+            got = store.authorise("till-1", "r-1", "c-9", 100, now, unsynced, now, 60.0)
+            assert (got.authorised, got.hold_id, got.live_balance) == (0, "", 0)
+        # Boris: 300, all held for r-3 at 08:00, then a sale of 100 at 07:58 pushed
+        assert store.authorise("till-2", "r-3", "c-2", 300, now, [], now, 60.0).authorised == 300
+        sold = (now - timedelta(minutes=2)).isoformat()
+        spent = replace(sale(1, "r-b1"), customer_id="c-2", delta_available=-100, at=sold)
+        store.ingest("till-3", "", [spent], now)
+        got = store.authorise(
+            "till-1", "r-8", "c-2", 50, now - timedelta(minutes=1), [flat], now, 60.0
+        )
+        assert (got.authorised, got.hold_id, got.live_balance) == (0, "", -100)
+        # Anna's receipt r-5, sold and pushed, asked about again: 0, nothing held
+        store.ingest("till-1", "", [replace(sale(2, "r-5"), device_id="till-1", at=sold)], now)
+        got = store.authorise("till-1", "r-5", "c-1", 100, now, [flat], now, 60.0)
+        assert (got.authorised, got.hold_id) == (0, "")
+        assert store.holds_outstanding(now) == (1, 300)
+    finally:
+        store.close()
