@@ -84,3 +84,57 @@ def test_a_waiting_coupons_offer_the_hub_made_a_mass_offer_is_left_off(tmp_path:
         ]
     finally:
         agent.close()
+
+
+# ------------------------------------------------- §5 step 5: accrual's common denominator
+
+MILK = "4601234000017"  # dairy (food)
+BREAD = "4601234000024"  # bakery (food)
+BORIS = "2770000000024"  # c-b, base (3 %), no birthday near 23 November
+
+
+def _quote(tmp_path: Path, offers: list[dict[str, Any]], **body: Any) -> dict[str, Any]:
+    agent = Agent(tmp_path / "till", "till-1")
+    try:
+        agent.load_snapshot(snapshot(offers=offers))
+        return agent.quote(receipt_from_json(receipt("q-1", **body))).to_json()
+    finally:
+        agent.close()
+
+
+def test_fractional_multipliers_beside_a_line_without_one_keep_every_lines_points_exact(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §5 step 5: each line's exact points are base × rate × multiplier /
+    (100 × pointValueMinor); earned = floor of their sum, a line's share its floor plus one
+    for the largest fractional parts. Борис (3 %), 100.00 each: milk ×1.5 is
+    10000 × 3 × 1.5 / 10000 = 4.5, cheese ×1.25 is 3.75, bread ×1 is 3; floor(11.25) = 11,
+    the floors 4 + 3 + 3 = 10 and the one left to the largest fraction, the cheese's .75:
+    4, 4, 3. Mutants: the numerators over the common denominator (the lcm of the
+    multipliers' denominators, 4 here) `× lcm` → `// lcm` on the ×1 line, and
+    `× (lcm // denominator)` → `// (…)` on a multiplier's line. No test had a multiplier
+    that is not a whole number beside a line with another (or none)."""
+    offers = [
+        {"id": "m-1", "kind": "BONUS_MULTIPLIER", "skus": [MILK], "value": "1.5"},
+        {"id": "m-2", "kind": "BONUS_MULTIPLIER", "skus": [CHEESE], "value": "1.25"},
+    ]
+    lines = [
+        {"sku": MILK, "qty": "1", "priceMinor": 10000},
+        {"sku": CHEESE, "qty": "1", "priceMinor": 10000},
+        {"sku": BREAD, "qty": "1", "priceMinor": 10000},
+    ]
+    result = _quote(tmp_path, offers, card=BORIS, lines=lines)
+    assert [line["earnedPoints"] for line in result["lines"]] == [4, 4, 3]
+    assert result["earnedPoints"] == 11
+
+
+def test_a_multiplier_on_a_line_paid_one_kopeck_in_money_applies(tmp_path: Path) -> None:
+    """CONTRACT §13/§17's decisions: a multiplier "on a line that earns on nothing" (amount
+    − discount − redeemedMinor is 0) gave nothing and is `ZERO_DISCOUNT`; a line paid 1
+    minor unit earns on something (1 × 3 × 2 / 10000 exact points), so its ×2 is the line's,
+    `APPLIED`. Mutant: the "earns on nothing" test `<= 0` → `<= 1`."""
+    offers = [{"id": "m-1", "kind": "BONUS_MULTIPLIER", "skus": [MILK], "value": "2"}]
+    lines = [{"sku": MILK, "qty": "1", "priceMinor": 1}]
+    result = _quote(tmp_path, offers, card=BORIS, lines=lines, explain=True)
+    (line,) = result["trace"]["lines"]
+    assert [(o["offerId"], o["outcome"]) for o in line["offers"]] == [("m-1", "APPLIED")]
