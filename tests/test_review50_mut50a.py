@@ -138,3 +138,23 @@ def test_a_multiplier_on_a_line_paid_one_kopeck_in_money_applies(tmp_path: Path)
     result = _quote(tmp_path, offers, card=BORIS, lines=lines, explain=True)
     (line,) = result["trace"]["lines"]
     assert [(o["offerId"], o["outcome"]) for o in line["offers"]] == [("m-1", "APPLIED")]
+
+
+def test_a_known_cards_excluded_line_adds_nothing_to_the_points_floor(tmp_path: Path) -> None:
+    """CONTRACT §5 step 1: an excluded line gets no points; step 5: earned is the floor of
+    the eligible lines' exact points. Борис (3 %): milk at 33.33 is 3333 × 3 / 10000 =
+    0.9999 points, cigarettes at 100.00 (excluded) 0: 0 points, not 1; milk at 100.00 is
+    exactly 3 points beside them, not 2. Mutants: a known card's excluded line's numerator
+    `0` → `1` and → `-1` (review 49 pinned the UNKNOWN card's own one-pass pricing; a known
+    card is priced by the steps)."""
+    lines = [
+        {"sku": MILK, "qty": "1", "priceMinor": 3333},
+        {"sku": "4601234000031", "qty": "1", "priceMinor": 10000},
+    ]
+    result = _quote(tmp_path, [], card=BORIS, lines=lines)
+    assert [line["earnedPoints"] for line in result["lines"]] == [0, 0]
+    assert result["earnedPoints"] == 0
+    lines[0]["priceMinor"] = 10000
+    result = _quote(tmp_path, [], card=BORIS, lines=lines)
+    assert [line["earnedPoints"] for line in result["lines"]] == [3, 0]
+    assert result["earnedPoints"] == 3
