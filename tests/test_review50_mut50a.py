@@ -158,3 +158,41 @@ def test_a_known_cards_excluded_line_adds_nothing_to_the_points_floor(tmp_path: 
     result = _quote(tmp_path, [], card=BORIS, lines=lines)
     assert [line["earnedPoints"] for line in result["lines"]] == [3, 0]
     assert result["earnedPoints"] == 3
+
+
+# ------------------------------------------------- §15: a deal against a 1-kopeck line offer
+
+
+def test_a_line_offer_of_one_kopeck_counts_against_a_deal(tmp_path: Path) -> None:
+    """CONTRACT §15: a `MULTIBUY` takes its lines only when its total discount is strictly
+    larger than the sum of the best line-offer discounts (step 2's rules: an offer whose
+    discount comes to 0 is not applied; 1 is). Two milks at 0.01: "1 + 1" frees one,
+    floor(2 × 1 / 2) = 1; 50 % off the line is floor(2 × 50 / 100) = 1. 1 is not larger
+    than 1: the deal is beaten and the line gets p-1. Mutant: `_best_line_offer` counting
+    only a discount `> 1`: the deal took the line."""
+    offers = [
+        {"id": "d-1", "kind": "MULTIBUY", "skus": [MILK], "buyQty": "1", "freeQty": "1"},
+        {"id": "p-1", "kind": "PERCENT_OFF", "skus": [MILK], "value": "50"},
+    ]
+    lines = [{"sku": MILK, "qty": "2", "priceMinor": 1}]
+    result = _quote(tmp_path, offers, card=BORIS, lines=lines)
+    (line,) = result["lines"]
+    assert (line["amountMinor"], line["discountMinor"], line["offerId"]) == (2, 1, "p-1")
+
+
+# ------------------------------------------------- §17: the display's receipt discount in reach
+
+
+def test_a_receipt_offer_of_0_percent_is_not_the_discount_in_reach(tmp_path: Path) -> None:
+    """CONTRACT §17's decision: a quote shows how much more the basket needs for "the
+    nearest receipt discount the customer would get". A 0 % receipt offer gives no
+    discount: at 100.00, with 0 % from 500.00 and 5 % from 1,000.00, the display says
+    "Ещё 900 ₽ до −5%", never "Ещё 400 ₽ до −0%". Mutant: the reach's `value > 0` →
+    `>= 0`."""
+    offers = [
+        {"id": "r-0", "kind": "RECEIPT_PERCENT_OFF", "value": "0", "minTotalMinor": 50000},
+        {"id": "r-5", "kind": "RECEIPT_PERCENT_OFF", "value": "5", "minTotalMinor": 100000},
+    ]
+    lines = [{"sku": MILK, "qty": "1", "priceMinor": 10000}]
+    result = _quote(tmp_path, offers, card=BORIS, lines=lines)
+    assert result["display"] == ["Итого: 100,00", "Ещё 900 ₽ до −5%"]
