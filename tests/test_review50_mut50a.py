@@ -94,7 +94,8 @@ BORIS = "2770000000024"  # c-b, base (3 %), no birthday near 23 November
 
 
 def _quote(tmp_path: Path, offers: list[dict[str, Any]], **body: Any) -> dict[str, Any]:
-    agent = Agent(tmp_path / "till", "till-1")
+    # a till of its own each time: a snapshot of the version a till has is not loaded again
+    agent = Agent(tmp_path / f"till-{len(list(tmp_path.iterdir()))}", "till-1")
     try:
         agent.load_snapshot(snapshot(offers=offers))
         return agent.quote(receipt_from_json(receipt("q-1", **body))).to_json()
@@ -187,8 +188,9 @@ def test_a_receipt_offer_of_0_percent_is_not_the_discount_in_reach(tmp_path: Pat
     """CONTRACT §17's decision: a quote shows how much more the basket needs for "the
     nearest receipt discount the customer would get". A 0 % receipt offer gives no
     discount: at 100.00, with 0 % from 500.00 and 5 % from 1,000.00, the display says
-    "Ещё 900 ₽ до −5%", never "Ещё 400 ₽ до −0%". Mutant: the reach's `value > 0` →
-    `>= 0`."""
+    "Ещё 900 ₽ до −5%", never "Ещё 400 ₽ до −0%"; a 1 % from 600.00 beside them is a
+    discount, the nearest: "Ещё 500 ₽ до −1%". Mutants: the reach's `value > 0` → `>= 0`
+    and → `> 1`."""
     offers = [
         {"id": "r-0", "kind": "RECEIPT_PERCENT_OFF", "value": "0", "minTotalMinor": 50000},
         {"id": "r-5", "kind": "RECEIPT_PERCENT_OFF", "value": "5", "minTotalMinor": 100000},
@@ -196,3 +198,8 @@ def test_a_receipt_offer_of_0_percent_is_not_the_discount_in_reach(tmp_path: Pat
     lines = [{"sku": MILK, "qty": "1", "priceMinor": 10000}]
     result = _quote(tmp_path, offers, card=BORIS, lines=lines)
     assert result["display"] == ["Итого: 100,00", "Ещё 900 ₽ до −5%"]
+    offers.append(
+        {"id": "r-1", "kind": "RECEIPT_PERCENT_OFF", "value": "1", "minTotalMinor": 60000}
+    )
+    result = _quote(tmp_path, offers, card=BORIS, lines=lines)
+    assert result["display"] == ["Итого: 100,00", "Ещё 500 ₽ до −1%"]
