@@ -203,3 +203,16 @@ def test_a_receipt_offer_of_0_percent_is_not_the_discount_in_reach(tmp_path: Pat
     )
     result = _quote(tmp_path, offers, card=BORIS, lines=lines)
     assert result["display"] == ["Итого: 100,00", "Ещё 500 ₽ до −1%"]
+
+
+def test_a_receipt_discount_of_one_kopeck_applies(tmp_path: Path) -> None:
+    """CONTRACT §5 step 3: the best receipt offer takes value % off every eligible line
+    with no line offer (floor per line); like a line offer, one that comes to 0 is not
+    applied, and 1 is: 1 % off a milk at 1.00 is floor(100 × 1 / 100) = 1. Mutant: the
+    receipt offer's `total <= 0` → `<= 1` (it was `ZERO_DISCOUNT`, nothing off)."""
+    offers = [{"id": "r-1", "kind": "RECEIPT_PERCENT_OFF", "value": "1", "minTotalMinor": 0}]
+    lines = [{"sku": MILK, "qty": "1", "priceMinor": 100}]
+    result = _quote(tmp_path, offers, card=BORIS, lines=lines)
+    (line,) = result["lines"]
+    assert (line["discountMinor"], line.get("offerId")) == (1, "r-1")
+    assert result["payableMinor"] == 99
