@@ -1146,17 +1146,16 @@ def offers_to_print(
 
 def may_go_on_paper(offer: Offer, customer: Customer | None) -> bool:
     """Whether the snapshot lets `offer` go on paper (§7), whatever the moment: it is
-    `printable`, and an offer of a customer's own is for `customer`, who is still in the
+    `printable`, and an offer of a customer's own for `customer`, who is still in the
     cache (None: removed since, card closed or data erased, so no card brings them to a
     till and no one else may use the offer) and not in its campaign's control group. The
     one test of both `offers_to_print` (which adds the time, the window and the cooldown)
-    and `Agent.offers_on_paper` (a queued coupon job, asked again before it prints)."""
-    if not offer.printable:
-        return False
-    if not offer.customer_id:
-        return True
+    and `Agent.offers_on_paper` (a queued coupon job, asked again before it prints). A mass
+    offer (no `customer_id`: no customer's id equals it) never goes on paper: §7 prints a
+    customer's own offers, and a delta may make a queued coupon's offer a mass one."""
     return (
-        customer is not None
+        offer.printable
+        and customer is not None
         and customer.id == offer.customer_id
         and not in_control_group(offer, customer)
     )

@@ -616,9 +616,10 @@ class Agent:
         """Of the offers a queued coupon job holds, those the snapshot still lets print
         (there and `printable`: a delta may have withdrawn them since the sale; not of a
         campaign whose control group the customer has joined since, nor of a customer no
-        longer in the cache, §7), each with its `validTo` (None: no end) and its words
-        now (`printText`, reworded by a delta); None when no snapshot is loaded (nothing
-        to tell by). The print worker of `tillpoint run` asks before it prints a job."""
+        longer in the cache, nor made a mass offer since, §7), each with its `validTo`
+        (None: no end) and its words now (`printText`, reworded by a delta); None when no
+        snapshot is loaded (nothing to tell by). The print worker of `tillpoint run` asks
+        before it prints a job."""
         from tillpoint.printer.payload import OfferNow, offer_text
 
         with self._read() as (view, _):

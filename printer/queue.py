@@ -163,9 +163,10 @@ def _receipt_now(job: _Job, payload: PrintPayload, now: datetime) -> datetime:
 
 
 # What the snapshot offers now of a job's offers (`PrintWorker.offers_now`): given their
-# ids, the ones it would still print (there, `printable`, and not of a campaign whose
-# control group the customer has joined since), each with its `validTo` and its words
-# now; None when it cannot tell (no snapshot loaded): the job prints as it was queued.
+# ids, the ones it would still print (there, `printable`, still the customer's own and
+# not of a campaign whose control group the customer has joined since), each with its
+# `validTo` and its words now; None when it cannot tell (no snapshot loaded): the job
+# prints as it was queued.
 OffersNow = Callable[[Sequence[str]], Mapping[str, OfferNow] | None]
 
 
