@@ -612,24 +612,33 @@ class Agent:
             return ScanResult("OFFER", code=text.strip(), offer_id=offer)
         return ScanResult("CARD", card=self.identify(text))
 
-    def offers_on_paper(self, offer_ids: Sequence[str]) -> dict[str, OfferNow] | None:
+    def offers_on_paper(
+        self, offer_ids: Sequence[str], receipt_id: str | None = None
+    ) -> dict[str, OfferNow] | None:
         """Of the offers a queued coupon job holds, those the snapshot still lets print
         (there and `printable`: a delta may have withdrawn them since the sale; not of a
         campaign whose control group the customer has joined since, nor of a customer no
-        longer in the cache, nor made a mass offer since, §7), each with its `validTo`
-        (None: no end) and its words now (`printText`, reworded by a delta); None when no
-        snapshot is loaded (nothing to tell by). The print worker of `tillpoint run` asks
-        before it prints a job."""
+        longer in the cache, nor made a mass offer since, nor given since to a customer
+        other than the one who bought `receipt_id`, §7), each with its `validTo` (None: no
+        end) and its words now (`printText`, reworded by a delta); None when no snapshot
+        is loaded (nothing to tell by). The print worker of `tillpoint run` asks before
+        it prints a job, with the job's receipt."""
         from tillpoint.printer.payload import OfferNow, offer_text
 
-        with self._read() as (view, _):
+        with self._read() as (view, conn):
             if view.version == 0:
                 return None
+            # The customer the coupon is for: the sale's (a receipt the ledger no longer
+            # has, or none named: the offers' own customers, as before review 50).
+            sold = ledger.sold_receipt(conn, receipt_id) if receipt_id is not None else None
+            owner = sold.customer_id if sold is not None else None
             found: dict[str, OfferNow] = {}
             for offer_id in dict.fromkeys(offer_ids):
                 offer = view.offer(offer_id)
                 if offer is None:
                     continue
+                if owner is not None and offer.customer_id != owner:
+                    continue  # given to another customer since the sale (review 50)
                 # a coupon's offers are its customer's (§7): as the cache has them now
                 customer = view.customer(offer.customer_id) if offer.customer_id else None
                 if not may_go_on_paper(offer, customer):

@@ -163,11 +163,11 @@ def _receipt_now(job: _Job, payload: PrintPayload, now: datetime) -> datetime:
 
 
 # What the snapshot offers now of a job's offers (`PrintWorker.offers_now`): given their
-# ids, the ones it would still print (there, `printable`, still the customer's own and
-# not of a campaign whose control group the customer has joined since), each with its
-# `validTo` and its words now; None when it cannot tell (no snapshot loaded): the job
-# prints as it was queued.
-OffersNow = Callable[[Sequence[str]], Mapping[str, OfferNow] | None]
+# ids and the job's receipt id, the ones it would still print (there, `printable`, still
+# the own offers of the receipt's customer and not of a campaign whose control group the
+# customer has joined since), each with its `validTo` and its words now; None when it
+# cannot tell (no snapshot loaded): the job prints as it was queued.
+OffersNow = Callable[[Sequence[str], str], Mapping[str, OfferNow] | None]
 
 
 def _as_offered_now(payload: PrintPayload, offers_now: OffersNow | None) -> PrintPayload:
@@ -179,7 +179,7 @@ def _as_offered_now(payload: PrintPayload, offers_now: OffersNow | None) -> Prin
     if offers_now is None or not payload.offers:
         return payload
     try:
-        current = offers_now([o.id for o in payload.offers])
+        current = offers_now([o.id for o in payload.offers], payload.receipt_id)
     except Exception:  # the cache unreadable now: printed as queued, never held up
         log.warning("the offers of a print job could not be read from the snapshot", exc_info=True)
         return payload

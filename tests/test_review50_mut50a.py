@@ -86,6 +86,48 @@ def test_a_waiting_coupons_offer_the_hub_made_a_mass_offer_is_left_off(tmp_path:
         agent.close()
 
 
+def test_a_waiting_coupons_offer_the_hub_gave_another_customer_is_left_off(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §7, the same rule as above: a delta gave o-a to Борис (c-b) while Анна's
+    coupon waited for the printer. o-a is no longer an offer of the sale's customer, so
+    it is left off her coupon and o-b prints alone. It printed (mut50a's finding, fixed by
+    the lead: the worker asked for the offer's customer now, not the job's; it now passes
+    the job's receipt, whose customer the ledger keeps). Asked without a receipt (as
+    before), the offers' own customers decide."""
+    from tillpoint.printer.config import PrinterConfig
+    from tillpoint.printer.queue import PrintWorker, list_jobs
+    from tillpoint.printer.virtual import VirtualPrinter
+
+    now = datetime.fromisoformat("2026-11-23T10:20:00+03:00")
+    data = tmp_path / "data"
+    agent = Agent(data, "till-1", clock=lambda: now)
+    offers = [_next_visit("o-a", 1), _next_visit("o-b", 2)]
+    try:
+        agent.load_snapshot(snapshot(offers=offers))
+        sale = agent.checkout(receipt_from_json(receipt("r1"))).to_json()
+        assert sale["printedOffers"] == ["o-a", "o-b"]
+        given = {**offers[0], "customerId": "c-b"}
+        agent.load_snapshot({"version": 2, "baseVersion": 1, "offers": [given]})
+        assert list(agent.offers_on_paper(["o-a", "o-b"], "r1") or {}) == ["o-b"]
+        assert list(agent.offers_on_paper(["o-a", "o-b"]) or {}) == ["o-a", "o-b"]
+        with VirtualPrinter() as printer:
+            config = PrinterConfig(kind="network", host="127.0.0.1", port=printer.port)
+            worker = PrintWorker(
+                data / "ledger.db", config, clock=lambda: now, offers_now=agent.offers_on_paper
+            )
+            try:
+                assert worker.run_once() == 0
+                (paper,) = printer.wait_for(1)
+                assert paper.codes == ["TP1-o-b"]
+            finally:
+                worker.close()
+        (job,) = list_jobs(data / "ledger.db", "r1", include_done=True)
+        assert job["state"] == "DONE", job
+    finally:
+        agent.close()
+
+
 # ------------------------------------------------- §5 step 5: accrual's common denominator
 
 MILK = "4601234000017"  # dairy (food)
