@@ -70,3 +70,53 @@ def test_a_fiscal_document_of_64_characters_is_stored_whole(till: Agent) -> None
     assert done.state == "CONFIRMED"
     (tx,) = outbox(till)
     assert tx["fiscalDocument"] == document
+
+
+def test_a_sweep_told_to_stop_leaves_the_expired_holds_release_owed(tmp_path: Path) -> None:
+    """§11 (expired holds release their reservations) with `tillpoint run`'s stop: once the
+    hold timer's stop is set, its sweep still expires the hold (it reserves nothing at the
+    till) but sends no release; it is owed (the hub keeps the points until it is sent), and
+    the next round sends it. (mut50c: `hub_hold and not stopping` made `or` sent it after
+    the stop, which a stop waiting on a slow hub must not do: review 35.)"""
+    import threading
+    from datetime import UTC, datetime
+
+    from tillpoint.sync.loopback import LoopbackHub, sample_master_data, timings, wait_for
+    from tillpoint.sync.loopback import receipt as hub_receipt
+    from tillpoint.sync.pull import Puller, cache_version
+
+    from .test_receipt_life import hub_holds
+
+    data = sample_master_data()
+    data["program"]["holdTtlSeconds"] = 120
+    hub = LoopbackHub(tmp_path / "hub", data=data)
+    clock = ManualClock(datetime.now(UTC))
+    till = hub.till(
+        "till-1",
+        tmp_path / "till",
+        start=False,
+        clock=clock,
+        timings=timings(redeem_timeout_s=3.0),
+    )
+    try:
+        Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull()
+        wait_for(lambda: cache_version(till.data_dir) == 1)
+        lines = [{"sku": "4601234000017", "qty": "1", "amountMinor": 500_000}]
+        sale = hub_receipt("h-1", CARD, at=clock.now, redeem=600, lines=lines)
+        held = till.agent.hold(receipt_from_json(sale))
+        assert (held.mode, held.redeemed_points) == ("ONLINE", 600)
+        assert hub_holds(hub)["h-1"][:2] == ("ACTIVE", 600)
+
+        clock.advance(121)
+        stop = threading.Event()
+        stop.set()
+        assert till.agent.sweep_holds(stop) == 1  # expired at the till ...
+        assert till.agent._life("h-1").state == "EXPIRED"  # type: ignore[union-attr]
+        assert hub_holds(hub)["h-1"][:2] == ("ACTIVE", 600)  # ... not released: owed
+        assert till.agent.hub_calls_owed()["release"] == 1
+        assert till.agent.retry_hub_releases() == 1  # the next round sends it
+        assert "h-1" not in hub_holds(hub)
+        assert till.agent.hub_calls_owed()["release"] == 0
+    finally:
+        till.stop()
+        hub.stop()
