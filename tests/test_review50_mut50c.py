@@ -120,3 +120,27 @@ def test_a_sweep_told_to_stop_leaves_the_expired_holds_release_owed(tmp_path: Pa
     finally:
         till.stop()
         hub.stop()
+
+
+def test_a_confirmed_hold_whose_digest_was_made_another_way_is_still_a_retry(
+    till: Agent,
+) -> None:
+    """§11's decision: a receipt held and confirmed by the 2026-11-30 release (its digest made
+    of its whole Receipt dump) is compared through its stored request when the digests
+    differ. Once confirmed, the life row keeps no request (the receipt's row does), so the
+    comparison reads the committed receipt's. A retry of the same body is answered with the
+    commit, another body is the conflict. (mut50c: the stored receipt's request not read,
+    the retry was a 409.)"""
+    from tillpoint.agent.errors import Conflict
+
+    till.hold(receipt_from_json(receipt(redeemPoints=40)))
+    done = till.confirm("r1", "FD-1")
+    # the digest as another release made it: the same body, another hash
+    till._ledger.execute(
+        "UPDATE receipt_life SET digest = 'made-otherwise' WHERE receipt_id = 'r1'"
+    )
+    assert till.checkout(receipt_from_json(receipt(redeemPoints=40))) == done
+    assert till.hold(receipt_from_json(receipt(redeemPoints=40))) == done
+    with pytest.raises(Conflict):
+        till.hold(receipt_from_json(receipt(redeemPoints=10)))
+    assert count(till, "receipts") == 1
