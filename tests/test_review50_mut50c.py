@@ -144,3 +144,65 @@ def test_a_confirmed_hold_whose_digest_was_made_another_way_is_still_a_retry(
     with pytest.raises(Conflict):
         till.hold(receipt_from_json(receipt(redeemPoints=10)))
     assert count(till, "receipts") == 1
+
+
+def test_a_cancel_of_an_expired_hold_cancels_the_receipt(till: Agent, clock: ManualClock) -> None:
+    """§11's decision: a Cancel of a hold that expired (swept) answers CANCELLED and the
+    receipt is cancelled from then on: its Hold answers that, not a fresh hold. (mut50c:
+    `close_holds` turned to touch only HELD rows at a Cancel left it EXPIRED, and the
+    Hold after it priced and held it again.)"""
+    held = till.hold(receipt_from_json(receipt(redeemPoints=40)))
+    clock.advance(600)
+    assert till.sweep_holds() == 1
+    cancelled = till.cancel("r1")
+    assert cancelled.state == "CANCELLED" and cancelled.redeemed_points == 40
+    assert till._life("r1").state == "CANCELLED"  # type: ignore[union-attr]
+    again = till.hold(receipt_from_json(receipt(redeemPoints=40)))
+    assert again == cancelled and again.to_json()["totalMinor"] == held.to_json()["totalMinor"]
+
+
+def test_a_till_whose_hub_is_away_counts_its_open_offline_holds_in_the_days_limit(
+    tmp_path: Path,
+) -> None:
+    """§11: a hold reserves the offline limit. On a till with a hub that does not answer,
+    the limit is read by `ledger.offline_redeemed`: an open OFFLINE hold of 300 of the
+    day's 500 leaves 200 to the next receipt of the card; expired, it leaves 500 again.
+    (mut50c: the open holds' sum subtracted instead of added gave the next receipt 500.)"""
+    from datetime import UTC, datetime
+
+    from tillpoint.sync.loopback import LoopbackHub, sample_master_data, timings, wait_for
+    from tillpoint.sync.loopback import receipt as hub_receipt
+    from tillpoint.sync.pull import Puller, cache_version
+
+    data = sample_master_data()
+    data["program"]["holdTtlSeconds"] = 120
+    assert data["program"]["offlineRedeemLimitPoints"] == 500
+    hub = LoopbackHub(tmp_path / "hub", data=data)
+    clock = ManualClock(datetime.now(UTC))
+    till = hub.till(
+        "till-1",
+        tmp_path / "till",
+        start=False,
+        clock=clock,
+        timings=timings(redeem_timeout_s=0.5),
+    )
+    try:
+        Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull()
+        wait_for(lambda: cache_version(till.data_dir) == 1)
+        hub.stop()  # away from here on
+        lines = [{"sku": "4601234000017", "qty": "1", "amountMinor": 500_000}]
+
+        def sale(rid: str, redeem: int) -> Any:
+            return receipt_from_json(
+                hub_receipt(rid, CARD, at=clock.now, redeem=redeem, lines=lines)
+            )
+
+        first = till.agent.hold(sale("h-1", 300))
+        assert (first.mode, first.redeemed_points) == ("OFFLINE", 300)
+        second = till.agent.hold(sale("h-2", 1000))
+        assert (second.mode, second.redeemed_points) == ("OFFLINE", 200)
+        till.agent.cancel("h-2")
+        clock.advance(120)  # h-1 expired: it reserves nothing
+        assert till.agent.hold(sale("h-3", 1000)).redeemed_points == 500
+    finally:
+        till.stop()
