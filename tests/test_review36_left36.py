@@ -31,7 +31,19 @@ EXE = str(Path(sys.executable).parent / "tillpoint")
 # ---------------------------------------- 1. one-shot commands and the releases owed
 
 
-@pytest.mark.parametrize("command", ["hold", "checkout", "confirm", "cancel"])
+# CI keeps `confirm` (the others: `make test-all`; review 50 trimmed CI's pass)
+_SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param("hold", marks=_SLOW),
+        pytest.param("checkout", marks=_SLOW),
+        "confirm",
+        pytest.param("cancel", marks=_SLOW),
+    ],
+)
 def test_a_one_shot_command_sends_the_release_owed_from_the_hubs_outage(
     chain: Chain,
     command: str,
