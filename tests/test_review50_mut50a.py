@@ -41,6 +41,29 @@ def _next_visit(offer_id: str, rank: int) -> dict[str, Any]:
 # ------------------------------------------------- §7: a waiting coupon's offer made mass
 
 
+def _printed_once(agent: Agent, data: Path, now: datetime) -> list[str]:
+    """r1's waiting coupon job printed once by `tillpoint run`'s worker (asking the agent
+    what the snapshot still offers) on a virtual printer on 127.0.0.1: its codes; the job
+    is DONE."""
+    from tillpoint.printer.config import PrinterConfig
+    from tillpoint.printer.queue import PrintWorker, list_jobs
+    from tillpoint.printer.virtual import VirtualPrinter
+
+    with VirtualPrinter() as printer:
+        config = PrinterConfig(kind="network", host="127.0.0.1", port=printer.port)
+        worker = PrintWorker(
+            data / "ledger.db", config, clock=lambda: now, offers_now=agent.offers_on_paper
+        )
+        try:
+            assert worker.run_once() == 0
+            (paper,) = printer.wait_for(1)
+        finally:
+            worker.close()
+    (job,) = list_jobs(data / "ledger.db", "r1", include_done=True)
+    assert job["state"] == "DONE", job
+    return list(paper.codes)
+
+
 def test_a_waiting_coupons_offer_the_hub_made_a_mass_offer_is_left_off(tmp_path: Path) -> None:
     """CONTRACT §7: the coupon carries "personal printable offers of this customer" (a
     mass offer is never printed, review 30), and a job that waited for the printer prints
@@ -49,10 +72,6 @@ def test_a_waiting_coupons_offer_the_hub_made_a_mass_offer_is_left_off(tmp_path:
     longer an offer of Анна's own, so it is left off and o-b prints alone. It printed
     (`may_go_on_paper`'s `return True` for an offer with no customer, review 49's one
     survivor left), also for a customer in the control group of the offer's campaign."""
-    from tillpoint.printer.config import PrinterConfig
-    from tillpoint.printer.queue import PrintWorker, list_jobs
-    from tillpoint.printer.virtual import VirtualPrinter
-
     now = datetime.fromisoformat("2026-11-23T10:20:00+03:00")
     data = tmp_path / "data"
     agent = Agent(data, "till-1", clock=lambda: now)
@@ -64,19 +83,7 @@ def test_a_waiting_coupons_offer_the_hub_made_a_mass_offer_is_left_off(tmp_path:
         mass = {k: v for k, v in offers[0].items() if k != "customerId"}
         agent.load_snapshot({"version": 2, "baseVersion": 1, "offers": [mass]})
         assert list(agent.offers_on_paper(["o-a", "o-b"]) or {}) == ["o-b"]
-        with VirtualPrinter() as printer:
-            config = PrinterConfig(kind="network", host="127.0.0.1", port=printer.port)
-            worker = PrintWorker(
-                data / "ledger.db", config, clock=lambda: now, offers_now=agent.offers_on_paper
-            )
-            try:
-                assert worker.run_once() == 0
-                (paper,) = printer.wait_for(1)
-                assert paper.codes == ["TP1-o-b"]
-            finally:
-                worker.close()
-        (job,) = list_jobs(data / "ledger.db", "r1", include_done=True)
-        assert job["state"] == "DONE", job
+        assert _printed_once(agent, data, now) == ["TP1-o-b"]
         # the sale stays as it was made: both offers picked, their cooldown started
         assert agent.checkout(receipt_from_json(receipt("r1"))).to_json()["printedOffers"] == [
             "o-a",
@@ -95,10 +102,6 @@ def test_a_waiting_coupons_offer_the_hub_gave_another_customer_is_left_off(
     the lead: the worker asked for the offer's customer now, not the job's; it now passes
     the job's receipt, whose customer the ledger keeps). Asked without a receipt (as
     before), the offers' own customers decide."""
-    from tillpoint.printer.config import PrinterConfig
-    from tillpoint.printer.queue import PrintWorker, list_jobs
-    from tillpoint.printer.virtual import VirtualPrinter
-
     now = datetime.fromisoformat("2026-11-23T10:20:00+03:00")
     data = tmp_path / "data"
     agent = Agent(data, "till-1", clock=lambda: now)
@@ -111,19 +114,7 @@ def test_a_waiting_coupons_offer_the_hub_gave_another_customer_is_left_off(
         agent.load_snapshot({"version": 2, "baseVersion": 1, "offers": [given]})
         assert list(agent.offers_on_paper(["o-a", "o-b"], "r1") or {}) == ["o-b"]
         assert list(agent.offers_on_paper(["o-a", "o-b"]) or {}) == ["o-a", "o-b"]
-        with VirtualPrinter() as printer:
-            config = PrinterConfig(kind="network", host="127.0.0.1", port=printer.port)
-            worker = PrintWorker(
-                data / "ledger.db", config, clock=lambda: now, offers_now=agent.offers_on_paper
-            )
-            try:
-                assert worker.run_once() == 0
-                (paper,) = printer.wait_for(1)
-                assert paper.codes == ["TP1-o-b"]
-            finally:
-                worker.close()
-        (job,) = list_jobs(data / "ledger.db", "r1", include_done=True)
-        assert job["state"] == "DONE", job
+        assert _printed_once(agent, data, now) == ["TP1-o-b"]
     finally:
         agent.close()
 
