@@ -637,10 +637,10 @@ class Agent:
                 offer = view.offer(offer_id)
                 if offer is None:
                     continue
-                if owner is not None and offer.customer_id != owner:
-                    continue  # given to another customer since the sale (review 50)
-                # a coupon's offers are its customer's (§7): as the cache has them now
-                customer = view.customer(offer.customer_id) if offer.customer_id else None
+                # a coupon's offers are its customer's (§7), as the cache has them now: the
+                # sale's (an offer given to another since is not for them, review 50)
+                whose = owner or offer.customer_id
+                customer = view.customer(whose) if whose else None
                 if not may_go_on_paper(offer, customer):
                     continue
                 found[offer_id] = OfferNow(offer.valid_to, offer_text(_offers_json([offer])[0]))
