@@ -237,7 +237,7 @@ def test_a_close_with_status_bytes_unread_still_delivers_the_tail_and_a_fin() ->
 # connecting to `localhost` over ::1 reaches the other program; the hub's gRPC too) or
 # fails to start (HTTP).
 PORT_ZERO_SCRIPT = r"""
-import json, socket, sys, tempfile
+import json, socket, sys, tempfile, time
 from pathlib import Path
 
 import grpc
@@ -323,6 +323,19 @@ for _ in range(3):
     finally:
         mine.close()
     hub.server.stop(grace=0)
+    # grpcio may close the stopped listener a moment after stop's event: the next pick
+    # (one port free on both addresses in the narrowed range) waits for it, 10 s at most
+    for _ in range(200):
+        try:
+            for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+                with socket.socket(family) as probe:
+                    if family == socket.AF_INET6:
+                        probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    probe.bind((host, port))
+            break
+        except OSError:
+            time.sleep(0.05)
     hub.server = type(hub.server)(hub.dir, hub.config, clock=hub.clock)
 print(json.dumps(out))
 """
