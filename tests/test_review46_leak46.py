@@ -256,9 +256,12 @@ def grpc_calls(agent: Agent, cycles: int) -> None:
             client.close()
 
 
+@pytest.mark.slow  # review 51, for CI's budget: the HTTP and gRPC doors below stay
 def test_the_agents_calls_keep_nothing_per_call(till: Agent) -> None:
     """Hold, cancel, confirm, checkout, refund, identify, balance and a refusal on the
-    agent itself: nothing kept per receipt id, card, phone, coupon code or refund id."""
+    agent itself: nothing kept per receipt id, card, phone, coupon code or refund id.
+    (The default run's HTTP and gRPC doors drive the same calls through the agent, under
+    the same bound a call.)"""
     agent_calls(till, CYCLES)
 
 
