@@ -1,0 +1,156 @@
+"""Review 51 (mut51b): rules of the snapshot's pull, verification and apply (the contract
+§3, §9) that mutation testing of `sync/pull.py`, `sync/signing.py` and
+`agent/snapshot_stream.py` found no test noticing broken.
+
+A real hub over loopback mTLS serves the snapshots (its chunk stream altered where a test
+says so, as a broken hub would); the till's cache and ledger are real SQLite files.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from tillpoint.sync.hub_server import HubConfig
+from tillpoint.sync.loopback import LoopbackHub, Till
+from tillpoint.sync.pull import Puller, PullInterrupted, cache_version
+from tillpoint.sync.signing import SignedSnapshot, sign
+
+from .test_sync_snapshots import RogueServicer, big_master_data, in_memory
+
+DEVICE = "till-1"
+
+
+@pytest.fixture()
+def hub(tmp_path: Path) -> Iterator[LoopbackHub]:
+    config = HubConfig(chunk_size=1024, heartbeat_s=1.0, watch_interval_s=0.1, publish_every_s=0)
+    hub = LoopbackHub(tmp_path / "hub", config, data=big_master_data(), start=False)
+    server = hub.server
+    server.servicer = RogueServicer(server.store, server.builder, server.notifier, config)
+    hub.start()
+    yield hub
+    hub.stop()
+
+
+@pytest.fixture()
+def till(hub: LoopbackHub, tmp_path: Path) -> Iterator[Till]:
+    till = hub.till(DEVICE, tmp_path / "till", start=False)
+    yield till
+    till.stop()
+
+
+def puller(till: Till, **kw: object) -> Puller:
+    return Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2.0, **kw)  # type: ignore[arg-type]
+
+
+def rogue(hub: LoopbackHub) -> RogueServicer:
+    servicer = hub.server.servicer
+    assert isinstance(servicer, RogueServicer)
+    return servicer
+
+
+def cut_at(n: int) -> object:
+    """A chunk hook that ends the stream before chunk `n` (as if the link broke there)."""
+    return lambda i, chunk: None if i == n else chunk
+
+
+def interrupted_at(hub: LoopbackHub, till: Till, n: int) -> Path:
+    """A pull of version 1 broken after `n` chunks of 1 KiB: pull.json says n KiB."""
+    rogue(hub).chunk_hook = cut_at(n)  # type: ignore[assignment]
+    with pytest.raises(PullInterrupted):
+        puller(till).pull()
+    rogue(hub).chunk_hook = None
+    meta = till.data_dir / "sync" / "pull.json"
+    assert json.loads(meta.read_text())["offset"] == n * 1024
+    return meta
+
+
+# ---------------------------------------------------------------- pull.json's layout
+
+
+def test_pull_json_records_layout_3_and_such_a_file_is_resumed(
+    hub: LoopbackHub, till: Till
+) -> None:
+    """pull.json is read by the next release too (a till upgraded mid-download): its
+    `layout` says what pull.part holds, 3 since the manifest signature (the payload
+    alone). A layout-3 file written as this release writes it is resumed at its offset.
+    (mut51b: `LAYOUT = 3` → 4 survived: nothing looked at the number written.)"""
+    meta = interrupted_at(hub, till, 3)
+    doc = json.loads(meta.read_text())
+    assert doc["layout"] == 3
+    assert set(doc) == {
+        "version",
+        "base_version",
+        "total_size",
+        "sha256",
+        "signature",
+        "issued_at",
+        "expires_at",
+        "offset",
+        "layout",
+    }
+    result = puller(till).pull()
+    assert (result.status, result.version, result.resumed_from) == ("APPLIED", 1, 3 * 1024)
+
+
+def test_a_part_file_of_the_older_layout_is_discarded_and_the_pull_starts_from_0(
+    hub: LoopbackHub, till: Till
+) -> None:
+    """docs/PROTOCOL.md: "a part file of the older layout is discarded". Layout 2's
+    pull.part held the signed message (the v2 prefix, then the payload), so its offset
+    counts other bytes: resumed, the till would append the rest of the payload after
+    them and refuse the whole as corrupted. (mut51b: `LAYOUT = 3` → 2 survived.)"""
+    meta = interrupted_at(hub, till, 3)
+    doc = json.loads(meta.read_text())
+    part = till.data_dir / "sync" / "pull.part"
+    payload_so_far = part.read_bytes()
+    prefix = b"tillpoint.snapshot.v2\0"
+    part.write_bytes(prefix + payload_so_far)  # what a layout-2 till had on disk
+    meta.write_text(json.dumps({**doc, "layout": 2, "offset": len(prefix) + 3 * 1024}))
+    result = puller(till).pull()
+    assert (result.status, result.version, result.resumed_from) == ("APPLIED", 1, 0)
+    assert list(rogue(hub).stats.resumed_pulls) == []  # asked from byte 0
+    assert not part.exists() and not meta.exists()
+
+
+# ---------------------------------------------------------------- a changed bundle
+
+
+def test_a_bundle_changed_under_the_same_version_starts_again_from_byte_0(
+    hub: LoopbackHub, till: Till
+) -> None:
+    """The contract §9 (docs/PROTOCOL.md, Resume): "the header's SHA-256 tells the till it
+    is the same bundle, else it starts from 0". A hub restored from a backup serves
+    version 1 again with other bytes (signed with its key): the till's 3 KiB of the old
+    version 1 are not resumed; the pull says the bundle changed, forgets pull.part, and
+    the next pull downloads the new bundle from byte 0 and applies it.
+    (mut51b: `_Partial.same_bundle`'s `and` → `or` survived: a bundle matching in its
+    version alone was resumed, its old bytes and the new ones refused as corrupted.)"""
+    interrupted_at(hub, till, 3)
+    real = hub.server.builder.bundle
+    key = hub.server.builder.key
+
+    def rebuilt(version: int, base: int) -> SignedSnapshot:
+        b = in_memory(real(version, base))
+        # the same version, other content: one product's name changed (the same length)
+        payload = b.payload.replace("Товар 7\"".encode(), "Товар X\"".encode(), 1)
+        assert payload != b.payload
+        return replace(b, payload=payload, signature=sign(key, payload))
+
+    hub.server.builder.bundle = rebuilt  # type: ignore[method-assign]
+    with pytest.raises(PullInterrupted, match="the hub's bundle changed; starting over"):
+        puller(till).pull()
+    assert not (till.data_dir / "sync" / "pull.part").exists()
+    assert cache_version(till.data_dir) == 0
+    result = puller(till).pull()
+    assert (result.status, result.version, result.resumed_from) == ("APPLIED", 1, 0)
+    db = sqlite3.connect(till.data_dir / "cache.db")
+    try:
+        names = {r[0] for r in db.execute("SELECT name FROM products WHERE sku = '2000000000007'")}
+    finally:
+        db.close()
+    assert names == {"Товар X"}
