@@ -18,7 +18,8 @@ import pytest
 from tillpoint.sync.hub_server import HubConfig
 from tillpoint.sync.loopback import LoopbackHub, Till
 from tillpoint.sync.pull import Puller, PullInterrupted, cache_version
-from tillpoint.sync.signing import SignedSnapshot, sign
+from tillpoint.sync.signing import SignedSnapshot, manifest, sign
+from tillpoint.v1 import tillpoint_pb2 as pb
 
 from .test_sync_snapshots import RogueServicer, big_master_data, in_memory
 
@@ -154,3 +155,84 @@ def test_a_bundle_changed_under_the_same_version_starts_again_from_byte_0(
     finally:
         db.close()
     assert names == {"Товар X"}
+
+
+# ---------------------------------------------------------------- chunks of the stream
+
+
+@pytest.mark.parametrize("change", ["another bundle's sha256", "a chunk skipped"])
+def test_a_chunk_of_another_bundle_or_out_of_order_is_refused_mid_stream(
+    hub: LoopbackHub, till: Till, change: str
+) -> None:
+    """docs/PROTOCOL.md: the till stops at once, keeps the old cache and records the
+    refusal when "chunks of different bundles or out of order arrive". Chunk 4 names
+    another SHA-256 (at the right offset), or comes at 5 KiB where 4 KiB was due (the
+    same bundle): either is refused, not remembered (the stream, not the bundle), and
+    nothing of it is kept. (mut51b: `not same_bundle or offset != received` → `and`
+    survived: either alone passed; the other bundle's chunk was even applied.)"""
+
+    def bad(i: int, chunk: pb.SnapshotChunk) -> pb.SnapshotChunk:
+        if i == 4:
+            if change == "a chunk skipped":
+                chunk.offset += 1024
+            else:
+                chunk.sha256 = bytes(32)
+        return chunk
+
+    rogue(hub).chunk_hook = bad
+    result = puller(till).pull()
+    assert result.status == "REFUSED" and not result.remembered
+    assert result.message == "snapshot refused: chunks of different bundles or out of order"
+    assert cache_version(till.data_dir) == 0
+    assert not (till.data_dir / "sync" / "pull.part").exists()
+    rogue(hub).chunk_hook = None
+    again = puller(till).pull()  # the same bundle served right: downloaded and taken
+    assert (again.status, again.version, again.resumed_from) == ("APPLIED", 1, 0)
+
+
+# ---------------------------------------------------------------- the signed manifest
+
+
+def test_the_manifest_is_62_bytes_and_refuses_what_it_cannot_hold() -> None:
+    """signing's module docstring: the signature covers `MANIFEST_PREFIX + size (8 bytes,
+    big-endian) + sha256(payload)`, 62 bytes; `check_manifest_signature` says ValueError
+    for a size or digest no manifest can hold (the pull's header check reads that as
+    "the download decides"). Figures by hand: 22 + 8 + 32. (mut51b: `or` → `and` and
+    `< 1 << 64` → `<=` survived: a 31-byte digest made a 61-byte manifest; 2**64 raised
+    OverflowError, which the pull does not catch.)"""
+    sha = bytes(range(32))
+    m = manifest(258, sha)
+    assert len(m) == 62
+    assert m == b"tillpoint.snapshot.v3\x00" + b"\x00" * 6 + b"\x01\x02" + sha
+    assert manifest(0, sha)[22:30] == bytes(8)
+    assert manifest((1 << 64) - 1, sha)[22:30] == b"\xff" * 8
+    for size, digest in ((10, sha[:31]), (10, sha + b"\x00"), (-1, sha), (1 << 64, sha)):
+        with pytest.raises(ValueError, match="32-byte SHA-256 and a size below 2"):
+            manifest(size, digest)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def test_pull_json_is_checkpointed_at_every_sync_every_bytes_exactly(
+    hub: LoopbackHub, till: Till
+) -> None:
+    """docs/PROTOCOL.md: the part file is fsynced every 32 MiB or every second, whichever
+    comes first, and only then is the offset recorded in pull.json. With 4 KiB and an
+    hour, over 1 KiB chunks, pull.json says 0 until the 4th chunk is written, 4 KiB from
+    it to the 7th, 8 KiB from the 8th: read after each chunk, in the till's own thread
+    (the progress callback), so no race. (mut51b: `>= sync_every_bytes` → `>` survived:
+    the checkpoint came a chunk late; the stream-side test reads pull.json from the hub's
+    thread, which gRPC runs ahead of the till.)"""
+    meta = till.data_dir / "sync" / "pull.json"
+    seen: dict[int, int] = {}
+
+    def progress(received: int, total: int) -> None:
+        if received <= 9 * 1024:
+            seen[received // 1024] = json.loads(meta.read_text())["offset"] // 1024
+
+    rogue(hub).chunk_hook = cut_at(10)  # type: ignore[assignment]
+    with pytest.raises(PullInterrupted):
+        puller(till, sync_every_bytes=4 * 1024, sync_every_s=3600.0).pull(progress)
+    assert seen == {1: 0, 2: 0, 3: 0, 4: 4, 5: 4, 6: 4, 7: 4, 8: 8, 9: 8}
+    assert json.loads(meta.read_text())["offset"] == 10 * 1024  # made durable on the way out
