@@ -8,6 +8,7 @@ says so, as a broken hub would); the till's cache and ledger are real SQLite fil
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from tillpoint.sync.hub_server import HubConfig
 from tillpoint.sync.loopback import LoopbackHub, Till
 from tillpoint.sync.pull import Puller, PullInterrupted, cache_version
@@ -236,3 +238,57 @@ def test_pull_json_is_checkpointed_at_every_sync_every_bytes_exactly(
         puller(till, sync_every_bytes=4 * 1024, sync_every_s=3600.0).pull(progress)
     assert seen == {1: 0, 2: 0, 3: 0, 4: 4, 5: 4, 6: 4, 7: 4, 8: 8, 9: 8}
     assert json.loads(meta.read_text())["offset"] == 10 * 1024  # made durable on the way out
+
+
+# ---------------------------------------------------------------- the first chunk's wait
+
+
+def test_the_first_chunk_may_take_longer_than_the_calls_timeout(
+    hub: LoopbackHub, till: Till
+) -> None:
+    """docs/PROTOCOL.md: the hub may wait for a full snapshot being built before its first
+    chunk ("well inside the till's 120 s first-chunk deadline"); only later chunks are
+    held to the stall bound (`hub.call_timeout_ms` at least). A first chunk 4 s late, with
+    a call timeout of 2 s, is waited for and the snapshot applied. (mut51b: `max(first,
+    call timeout)` → `min` survived: the first chunk got 2 s and every such pull was
+    cancelled as stalled.)"""
+    import time
+
+    calls: list[int] = []
+
+    def late_first_chunk(where: str) -> None:
+        if where == "pull.chunk":
+            calls.append(1)
+            if len(calls) == 1:
+                time.sleep(4.0)
+
+    hub.server.servicer.failpoint = late_first_chunk
+    result = puller(till).pull()  # call_timeout_s=2.0, the first chunk's default 120 s
+    assert (result.status, result.version) == ("APPLIED", 1)
+
+
+# ---------------------------------------------------------------- a signed file's payload
+
+
+def test_a_signed_file_of_several_blocks_reads_back_byte_for_byte(tmp_path: Path) -> None:
+    """`write_signed_file` (`hub export`) writes the payload's base64 block by block, each
+    block a multiple of 3 bytes so the pieces join into one base64 text. A payload of
+    2 MiB + 1 byte (blocks of 768 KiB: two whole, the last one shorter) is written to a
+    real file, read back by `from_file` (strict base64) and checked against its declared
+    size and SHA-256. (mut51b: the block's 3 × 256 × 1024 → 2 × or 255 × survived: a
+    block that is not a multiple of 3 put `=` padding mid-text, and every export above
+    that size was refused as "not base64"; the tests' exports were a block or less.)"""
+    from tillpoint.sync.signing import check_declared, declared, from_file, write_signed_file
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    payload = bytes((i * 7 + i // 251) % 256 for i in range(2 * 1024 * 1024 + 1))
+    bundle = SignedSnapshot(3, 0, "", "", payload, sign(key, payload))
+    path = tmp_path / "export.json"
+    with open(path, "w", encoding="utf-8") as out:
+        write_signed_file(out, bundle)
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    read, signature = from_file(doc)
+    assert read == payload and signature == bundle.signature
+    assert declared(doc) == (len(payload), hashlib.sha256(payload).digest())
+    check_declared(read, *declared(doc))
+    assert doc["payload"].count("=") == 0  # 2 MiB + 1 = 3 × 699,051: no padding at all
