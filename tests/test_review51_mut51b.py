@@ -395,3 +395,42 @@ def test_a_partial_download_of_the_version_the_cache_reached_otherwise_is_discar
     result = puller(till).pull()
     assert (result.status, result.version) == ("UP_TO_DATE", 1)
     assert not part.exists() and not meta.exists()
+
+
+def test_a_row_with_a_dot_in_its_text_is_taken_and_a_fraction_still_refused(
+    cli: CLI, tmp_path: Path
+) -> None:
+    """A JSON Lines row is refused for a number with a fraction ("numbers with a fraction
+    are not allowed": money and points are integers, the contract §2), and read with a
+    cheap test first (a "." in the line) before the exact one. A product named "Сок 0.2 л"
+    in a delta is a text with a dot, not a number: it is taken, and quoted by that name;
+    `"priceMinor": 2.5`-like fractions are still refused. (mut51b: `"." in text and
+    _has_float(text)` → `or` survived: every row with a dot anywhere was refused; no
+    test's snapshot had one.)"""
+    from .conftest import snapshot
+    from .test_snapshot_stream import to_jsonl
+
+    cli("snapshot", "load", snapshot())
+    delta = {
+        "version": 2,
+        "baseVersion": 1,
+        "products": [{"sku": "4601234000099", "name": "Сок 0.2 л", "category": "dairy"}],
+    }
+    path = tmp_path / "delta.jsonl"
+    path.write_text(to_jsonl(dict(delta)), encoding="utf-8")
+    run = cli("snapshot", "load", str(path))
+    assert run.code == 0, run.err
+    db = sqlite3.connect(tmp_path / "data" / "cache.db")
+    try:
+        row = db.execute("SELECT name FROM products WHERE sku = '4601234000099'").fetchone()
+    finally:
+        db.close()
+    assert row == ("Сок 0.2 л",)
+    fraction = {
+        "version": 3,
+        "baseVersion": 2,
+        "customers": [{"id": "c-9", "tier": "base", "balancePoints": 1.5}],
+    }
+    path.write_text(to_jsonl(fraction), encoding="utf-8")
+    run = cli("snapshot", "load", str(path))
+    assert run.code == 2 and "numbers with a fraction are not allowed" in run.err, run.err
