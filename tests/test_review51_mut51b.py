@@ -434,3 +434,133 @@ def test_a_row_with_a_dot_in_its_text_is_taken_and_a_fraction_still_refused(
     path.write_text(to_jsonl(fraction), encoding="utf-8")
     run = cli("snapshot", "load", str(path))
     assert run.code == 2 and "numbers with a fraction are not allowed" in run.err, run.err
+
+
+# ---------------------------------------------------------------- the header's bounds
+
+
+def test_disk_space_is_judged_at_exactly_the_rest_plus_the_size_plus_64_mib(
+    hub: LoopbackHub, till: Till
+) -> None:
+    """docs/PROTOCOL.md: less free space than the rest of the download plus the
+    snapshot's size again plus 64 MiB is a retryable "not enough disk space". Figures by
+    hand for a bundle of S bytes: from byte 0, S + S + 64 MiB is enough and one byte less
+    is not; resumed at 3 KiB, (S − 3,072) + S + 64 MiB is enough. (mut51b: the sum's signs
+    and `free < need` → `<=` survived: the one test gave 1,000 bytes.)"""
+    from tillpoint.sync.pull import NoSpace
+
+    size = hub.server.builder.bundle(1, 0).size
+    mib64 = 64 * 1024 * 1024
+    with pytest.raises(NoSpace, match="not enough disk space"):
+        puller(till, free_space=lambda _: 2 * size + mib64 - 1).pull()
+    assert not (till.data_dir / "sync" / "pull.part").exists()
+    interrupted_at(hub, till, 3)
+    with pytest.raises(NoSpace, match="not enough disk space"):
+        puller(till, free_space=lambda _: (size - 3072) + size + mib64 - 1).pull()
+    result = puller(till, free_space=lambda _: (size - 3072) + size + mib64).pull()
+    assert (result.status, result.resumed_from) == ("APPLIED", 3072)
+    hub.publish()
+    size2 = hub.server.builder.bundle(2, 1).size
+    result = puller(till, free_space=lambda _: 2 * size2 + mib64).pull()
+    assert (result.status, result.version, result.resumed_from) == ("APPLIED", 2, 0)
+
+
+def test_a_snapshot_refused_for_the_tills_limit_is_taken_once_the_limit_allows_it(
+    hub: LoopbackHub, till: Till
+) -> None:
+    """`hub.max_snapshot_mib`: a snapshot *above* the limit is refused before download,
+    naming both figures; one of exactly the limit's bytes is taken. The limit is this
+    till's setting, not what the bundle is: once it is raised (by an operator who read
+    that refusal, and restarted the service), the same bundle is downloaded and applied.
+    Until review 51 the refusal was remembered like a bad signature and the bundle
+    refused from memory, in words naming the old limit, until the hub published another
+    version (found by mut51b: `total_size > max_bytes` → `>=` survived, and its test
+    failed on the code). Not downloaded meanwhile either way: the header decides."""
+    size = hub.server.builder.bundle(1, 0).size
+    refused = puller(till, max_bytes=size - 1).pull()
+    assert refused.status == "REFUSED"
+    assert refused.message == (
+        f"snapshot refused: {size} bytes is above this till's limit of {size - 1}"
+    )
+    again = puller(till, max_bytes=size - 2).pull()  # a lower limit: said with its figure
+    assert again.message == (
+        f"snapshot refused: {size} bytes is above this till's limit of {size - 2}"
+    )
+    assert cache_version(till.data_dir) == 0
+    assert not (till.data_dir / "sync" / "pull.part").exists()
+    result = puller(till, max_bytes=size).pull()
+    assert (result.status, result.version, result.size) == ("APPLIED", 1, size)
+
+
+def test_a_till_as_new_as_the_hub_is_up_to_date_without_a_warning(
+    hub: LoopbackHub, till: Till, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing newer on the hub: UP_TO_DATE, with no message and no pull error in
+    `status`. Only a hub *older* than the cache (restored from a backup) is warned of, with
+    the `--min-version` to publish at. (mut51b: `hub_version < current` → `<=` survived:
+    every poll of an up-to-date till warned "the hub's newest version 1 is older than this
+    till's cache 1".)"""
+    import logging
+
+    from tillpoint.agent.ledger import open_ledger
+    from tillpoint.sync import sync_status
+
+    assert puller(till).pull().status == "APPLIED"
+    with caplog.at_level(logging.WARNING, logger="tillpoint.sync"):
+        again = puller(till).pull()
+    assert (again.status, again.version, again.message) == ("UP_TO_DATE", 1, "")
+    assert not [r for r in caplog.records if "older than" in r.getMessage()]
+    conn = open_ledger(till.data_dir)
+    try:
+        assert sync_status(conn)["lastError"] == ""
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------- a signed file's declared figures
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("size", "1234", "size is not a byte count (damaged)"),
+        ("size", -1, "size is not a byte count (damaged)"),
+        ("size", True, "size is not a byte count (damaged)"),
+        ("size", 0, "longer than declared"),
+        ("sha256", "zz" * 32, "sha256 is not a SHA-256 in hex (damaged)"),
+        ("sha256", "ab" * 31, "sha256 is not a SHA-256 in hex (damaged)"),
+        ("sha256", 7, "sha256 is not a SHA-256 in hex (damaged)"),
+        ("sha256", "ab" * 32, "its checksum does not match (corrupted)"),
+    ],
+)
+def test_a_signed_files_declared_size_and_sha256_are_checked_on_a_standalone_till(
+    tmp_path: Path, field: str, value: object, words: str
+) -> None:
+    """signing's module docstring: a signed file's `size` and `sha256` are informative,
+    but a malformed one is a damaged file, and one that does not match the payload a
+    truncated or corrupted file, even on a till with no hub key to check the signature
+    with (`snapshot load`, review 42). Left out, they are not checked; the file loads.
+    (mut51b: `type(size) is not int or size < 0` → `and` and `<` → `<=` survived: no
+    test gave a malformed figure; a text size then failed as an internal TypeError.)"""
+    from datetime import UTC, datetime
+
+    from tillpoint.agent.errors import SnapshotRefused
+    from tillpoint.agent.service import Agent
+    from tillpoint.sync import load_snapshot_file
+    from tillpoint.sync.loopback import sample_master_data
+
+    plain = {"version": 5, "issuedAt": datetime.now(UTC).isoformat(), **sample_master_data()}
+    payload = json.dumps(plain, ensure_ascii=False).encode()
+    key = ed25519.Ed25519PrivateKey.generate()
+    doc = SignedSnapshot(5, 0, "", "", payload, sign(key, payload)).to_file()
+    agent = Agent(tmp_path / "alone", "till-x")
+    try:
+        with pytest.raises(SnapshotRefused) as refused:
+            load_snapshot_file(agent, {**doc, field: value})
+        assert words in str(refused.value)
+        assert "\n" not in str(refused.value)
+        assert cache_version(tmp_path / "alone") == 0
+        left_out = {k: v for k, v in doc.items() if k not in ("size", "sha256")}
+        assert load_snapshot_file(agent, left_out).version == 5
+    finally:
+        agent.close()
