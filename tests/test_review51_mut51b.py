@@ -564,3 +564,70 @@ def test_a_signed_files_declared_size_and_sha256_are_checked_on_a_standalone_til
         assert load_snapshot_file(agent, left_out).version == 5
     finally:
         agent.close()
+
+
+# ---------------------------------------------------------------- what `status` keeps
+
+
+def test_an_applied_snapshot_clears_the_last_refused_one_from_status(
+    hub: LoopbackHub, till: Till
+) -> None:
+    """`status.lastRefusedSnapshot` names a bundle refused for what it is (here: signed
+    with another key) while the till keeps its old version; the pull that applies a newer
+    bundle forgets it at once, with the pull error. (mut51b: `status == "APPLIED"` → `!=`
+    survived: the refusal stayed in `status` beside the applied version until the next
+    poll found nothing newer.)"""
+    from tillpoint.agent.ledger import open_ledger
+    from tillpoint.sync import sync_status
+
+    real = hub.server.builder.bundle
+    other_key = ed25519.Ed25519PrivateKey.generate()
+
+    def wrongly_signed(version: int, base: int) -> SignedSnapshot:
+        b = in_memory(real(version, base))
+        return replace(b, signature=sign(other_key, b.payload))
+
+    hub.server.builder.bundle = wrongly_signed  # type: ignore[method-assign]
+    refused = puller(till).pull()
+    assert refused.status == "REFUSED" and "signature" in refused.message
+
+    def status() -> dict[str, Any]:
+        conn = open_ledger(till.data_dir)
+        try:
+            return sync_status(conn)
+        finally:
+            conn.close()
+
+    assert status()["lastRefusedSnapshot"]["version"] == 1
+    del hub.server.builder.bundle  # the real builder again
+    hub.publish()
+    applied = puller(till).pull()
+    assert (applied.status, applied.version) == ("APPLIED", 2)
+    after = status()
+    assert "lastRefusedSnapshot" not in after and after["lastError"] == "", after
+
+
+def test_a_json_lines_row_with_a_field_set_to_null_is_that_field_left_out(
+    cli: CLI, tmp_path: Path
+) -> None:
+    """The contract §3 and §10: a field set to `null` is the field left out (proto3 JSON);
+    a JSON Lines row reads so too, validated again without its nulls. A delta's customer
+    row with `"birthday": null` and `"phone": null` loads as the customer without them.
+    (mut51b: `if "null" in text` negated survived: such a row was refused, "customers:
+    birthday: …"; no JSON Lines test had a null.)"""
+    from .conftest import snapshot
+    from .test_snapshot_stream import to_jsonl
+
+    cli("snapshot", "load", snapshot())
+    row = {"id": "c-9", "firstName": "Вера", "tier": "base", "birthday": None, "phone": None}
+    path = tmp_path / "delta.jsonl"
+    path.write_text(to_jsonl({"version": 2, "baseVersion": 1, "customers": [row]}), "utf-8")
+    assert '"birthday": null' in path.read_text(encoding="utf-8")
+    run = cli("snapshot", "load", str(path))
+    assert run.code == 0, run.err
+    db = sqlite3.connect(tmp_path / "data" / "cache.db")
+    try:
+        found = db.execute("SELECT count(*) FROM customers WHERE id = 'c-9'").fetchone()
+    finally:
+        db.close()
+    assert found == (1,)
