@@ -711,3 +711,25 @@ def test_a_deltas_partial_download_is_not_resumed_as_the_full_snapshot_asked_for
     _wrong_base(hub)
     result = puller(till).pull()
     assert (result.status, result.base_version, result.resumed_from) == ("APPLIED", 0, 0)
+
+
+def test_a_stream_that_ends_before_its_first_chunk_is_retried_and_keeps_the_partial(
+    hub: LoopbackHub, till: Till
+) -> None:
+    """A stream that ends before any chunk (a hub cut off mid-answer) is a broken stream:
+    `PullInterrupted`, retried with the backoff. With nothing on disk it says the hub sent
+    nothing; with 3 KiB of the bundle on disk it says where the download stands, keeps
+    them, and the next pull resumes there. (mut51b: `_complete`'s `partial is not None` →
+    `is None` survived: with nothing on disk the pull failed as an internal error,
+    "'NoneType' object has no attribute 'offset'".)"""
+    rogue(hub).chunk_hook = cut_at(0)  # type: ignore[assignment]
+    with pytest.raises(PullInterrupted, match="the hub ended the stream without sending"):
+        puller(till).pull()
+    interrupted_at(hub, till, 3)
+    size = hub.server.builder.bundle(1, 0).size
+    rogue(hub).chunk_hook = cut_at(0)  # type: ignore[assignment]
+    with pytest.raises(PullInterrupted, match=f"ended at byte 3072 of {size}; will resume"):
+        puller(till).pull()
+    rogue(hub).chunk_hook = None
+    result = puller(till).pull()
+    assert (result.status, result.resumed_from) == ("APPLIED", 3072)
