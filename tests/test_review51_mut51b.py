@@ -733,3 +733,33 @@ def test_a_stream_that_ends_before_its_first_chunk_is_retried_and_keeps_the_part
     rogue(hub).chunk_hook = None
     result = puller(till).pull()
     assert (result.status, result.resumed_from) == ("APPLIED", 3072)
+
+
+def test_chunks_of_exactly_the_protocols_1_mib_are_taken(hub: LoopbackHub, till: Till) -> None:
+    """docs/PROTOCOL.md: chunks of up to 1 MiB (`SnapshotChunk.data`); a chunk *over* it
+    is refused. A hub serving its default 1 MiB chunks sends exactly 1 MiB in each but the
+    last: a snapshot of 1 MiB and a half (its rows, then blank lines, which JSON Lines
+    ignores; signed with the hub's key) is taken in two chunks. (mut51b: `len(data) >
+    MAX_CHUNK` → `>=` survived: every snapshot over 1 MiB from a real hub was refused;
+    the tests' hubs send 1 KiB chunks.)"""
+    real = hub.server.builder.bundle
+    key = hub.server.builder.key
+
+    def padded(version: int, base: int) -> SignedSnapshot:
+        b = in_memory(real(version, base))
+        payload = b.payload + b"\n" * (1024 * 1024 + 512 * 1024 - len(b.payload))
+        return replace(b, payload=payload, signature=sign(key, payload))
+
+    hub.server.builder.bundle = padded  # type: ignore[method-assign]
+    servicer = rogue(hub)
+    servicer.config = replace(servicer.config, chunk_size=1024 * 1024)
+    sizes: list[int] = []
+
+    def seen(i: int, chunk: pb.SnapshotChunk) -> pb.SnapshotChunk:
+        sizes.append(len(chunk.data))
+        return chunk
+
+    servicer.chunk_hook = seen
+    result = puller(till).pull()
+    assert (result.status, result.version) == ("APPLIED", 1), result.message
+    assert sizes == [1024 * 1024, 512 * 1024]
