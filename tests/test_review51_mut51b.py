@@ -474,8 +474,9 @@ def test_a_snapshot_refused_for_the_tills_limit_is_taken_once_the_limit_allows_i
     that refusal, and restarted the service), the same bundle is downloaded and applied.
     Until review 51 the refusal was remembered like a bad signature and the bundle
     refused from memory, in words naming the old limit, until the hub published another
-    version (found by mut51b: `total_size > max_bytes` → `>=` survived, and its test
-    failed on the code). Not downloaded meanwhile either way: the header decides."""
+    version (found by mut51b pinning the boundary of `total_size > max_bytes`, whose `>=`
+    no test held: this test failed on the code). Not downloaded meanwhile either way: the
+    header decides."""
     size = hub.server.builder.bundle(1, 0).size
     refused = puller(till, max_bytes=size - 1).pull()
     assert refused.status == "REFUSED"
