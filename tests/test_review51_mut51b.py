@@ -764,3 +764,33 @@ def test_chunks_of_exactly_the_protocols_1_mib_are_taken(hub: LoopbackHub, till:
     result = puller(till).pull()
     assert (result.status, result.version) == ("APPLIED", 1), result.message
     assert sizes == [1024 * 1024, 1024]
+
+
+def test_a_bundle_refused_under_one_hub_key_is_checked_afresh_under_the_next(
+    hub: LoopbackHub, till: Till
+) -> None:
+    """docs/PROTOCOL.md: a refused bundle is recognised from its header and not downloaded
+    again "while the till holds the same hub key"; one installed since with another
+    snapshot key checks it afresh. A bundle signed with a key the till does not hold is
+    refused; the till's `snapshot.pub` is then that key (the hub's key replaced, the till
+    given the new one): the same bundle, same version, SHA-256 and signature, is
+    downloaded, verifies and is applied. (mut51b: `not raw or key != key_id` → `and`
+    survived this session's sets: the bundle was refused from memory under the new key.)"""
+    from cryptography.hazmat.primitives import serialization
+
+    real = hub.server.builder.bundle
+    new_key = ed25519.Ed25519PrivateKey.generate()
+
+    def signed_with_new_key(version: int, base: int) -> SignedSnapshot:
+        b = in_memory(real(version, base))
+        return replace(b, signature=sign(new_key, b.payload))
+
+    hub.server.builder.bundle = signed_with_new_key  # type: ignore[method-assign]
+    refused = puller(till).pull()
+    assert refused.status == "REFUSED" and "signature" in refused.message
+    pem = new_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    till.link.enrollment.snapshot_pub.write_bytes(pem)
+    result = puller(till).pull()
+    assert (result.status, result.version, result.sha256) == ("APPLIED", 1, refused.sha256)
