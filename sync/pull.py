@@ -76,6 +76,7 @@ SYNC_EVERY_BYTES = 32 * MIB
 SYNC_EVERY_S = 1.0
 SPACE_MARGIN = 64 * MIB
 EXPIRED_WORDS = " expired at "  # in `signing`'s refusal of an expired snapshot
+LIMIT_WORDS = " is above this till's limit of "  # in `_header_refusal`'s refusal
 # The slowest link a snapshot chunk is waited for (bytes a second, 256 kbit/s): a 1 MiB
 # chunk may take 32 s before the stream counts as stalled (a dead link is noticed sooner
 # by the channel's keepalive, 20 s + 10 s).
@@ -610,10 +611,7 @@ class Puller:
     def _header_refusal(self, chunk: pb.SnapshotChunk) -> str | None:
         """Why this bundle is refused before any of it is downloaded; None: download it."""
         if chunk.total_size > self.max_bytes:
-            return (
-                f"snapshot refused: {chunk.total_size} bytes is above this till's limit of"
-                f" {self.max_bytes}"
-            )
+            return f"snapshot refused: {chunk.total_size} bytes{LIMIT_WORDS}{self.max_bytes}"
         return self._known_refusal(chunk)
 
     def _known_refusal(self, chunk: pb.SnapshotChunk) -> str | None:
@@ -654,6 +652,12 @@ class Puller:
             # expired by the clock of that pull, not by this one: a clock that ran days
             # ahead and was set right refused the hub's bundle from memory until the hub
             # published another
+            return None
+        if LIMIT_WORDS in reason:
+            # above the limit this till had then (`hub.max_snapshot_mib`), not refused for
+            # what the bundle is: `_header_refusal` has just judged it by today's limit.
+            # A limit raised for it refused the bundle from memory, in words naming the
+            # old limit, until the hub published another version (review 51, mut51b).
             return None
         return reason
 
