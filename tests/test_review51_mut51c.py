@@ -191,6 +191,60 @@ def test_a_waiting_coupon_never_promises_a_later_end_than_the_sale_gave(tmp_path
     assert [_job(ledger, r)["state"] for r in ("r-later", "r-open")] == ["DONE", "DONE"]
 
 
+def test_a_job_exactly_max_job_age_old_still_prints(tmp_path: Path) -> None:
+    """PRINTING.md: a job "older than `max_job_age_s`" is FAILED, not printed. One exactly
+    3,600 s old with `max_job_age_s = 3600` is not older: it prints; one 3,601 s old is
+    FAILED with the reason. Mutant `> max_age` → `>=` failed the first."""
+    ledger = _ledger(tmp_path)
+    add_job(ledger, payload("r-3600"))  # both created at NOW
+    with VirtualPrinter() as printer:
+        clock = ManualClock(NOW + timedelta(seconds=3600))
+        w = worker(ledger, printer.port, clock, max_job_age_s=3600)
+        try:
+            assert w.run_once() == 0
+            assert _job(ledger, "r-3600")["state"] == "DONE"
+            add_job(ledger, payload("r-3601"))
+            clock.advance(1)
+            assert w.run_once() == 0
+        finally:
+            w.close()
+        assert [d.codes for d in printer.complete] == [["TP1-o-1"]]
+    failed = _job(ledger, "r-3601")
+    assert failed["state"] == "FAILED"
+    assert failed["last_error"] == ("older than max_job_age_s (3600 s) when the printer was back")
+
+
+def test_paper_that_ran_out_during_a_job_without_gs_r_shows_in_status(tmp_path: Path) -> None:
+    """§7, printer trouble "is reported in status": a printer without `GS r` that answers
+    `DLE EOT` is asked it after the job; its paper ran out with this coupon. The job is
+    DONE with its note, and `printerState` is ERROR, paper OUT, "printer is out of paper"
+    (the next coupon would not come out). Mutant `after.paper != "UNKNOWN"` → `==` kept
+    the paper read before the job: OK, paper OK, while the printer stood empty."""
+    ledger = _ledger(tmp_path)
+    add_job(ledger)
+    with VirtualPrinter() as printer:
+        printer.answer_gs_r = False
+
+        def ran_out(_doc: Any) -> None:
+            printer.paper = "out"
+
+        printer.on_document = ran_out
+        w = worker(ledger, printer.port)
+        try:
+            assert w.run_once() == 0
+            status = w.status()
+        finally:
+            w.close()
+        assert [d.codes for d in printer.complete] == [["TP1-o-1"]]
+    job = _job(ledger, "s1-t1-000123")
+    assert job["state"] == "DONE" and "did not confirm" in job["last_error"]
+    assert (status["state"], status["paper"], status["last_error"]) == (
+        "ERROR",
+        "OUT",
+        "printer is out of paper",
+    )
+
+
 # ---------------------------------------------------------------- a torn part, a restart
 
 
