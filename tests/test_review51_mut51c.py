@@ -245,6 +245,29 @@ def test_paper_that_ran_out_during_a_job_without_gs_r_shows_in_status(tmp_path: 
     )
 
 
+def test_paper_running_low_during_a_job_is_read_from_its_gs_r_answer(tmp_path: Path) -> None:
+    """The `GS r 1` answer after a job carries the paper sensor (bits 0-1 near end, 2-3
+    end; bits 4 and 7 clear): paper running low with this coupon (answer 0x03) shows as
+    paper LOW in `printerState`, the printer still OK. Mutant `reply[0] & 0x90` → `& 0x8F`
+    took every answer with a sensor bit set for a byte of another kind: paper OK."""
+    ledger = _ledger(tmp_path)
+    add_job(ledger)
+    with VirtualPrinter() as printer:
+
+        def running_low(_doc: Any) -> None:
+            printer.paper = "low"
+
+        printer.on_document = running_low
+        w = worker(ledger, printer.port)
+        try:
+            assert w.run_once() == 0
+            status = w.status()
+        finally:
+            w.close()
+    assert _job(ledger, "s1-t1-000123")["last_error"] is None  # confirmed
+    assert (status["state"], status["paper"]) == ("OK", "LOW")
+
+
 # ---------------------------------------------------------------- a torn part, a restart
 
 
