@@ -307,6 +307,34 @@ def test_a_held_job_is_cut_from_its_torn_part_even_without_the_ledgers_mark(
     assert (job["state"], job["attempts"]) == ("DONE", 2)
 
 
+def test_coupons_printed_in_a_row_cost_no_blank_piece_between_them(tmp_path: Path) -> None:
+    """§7's decisions: the cut before a job (NULs, `ESC @`, a feed, the cut) goes out only
+    after an attempt that may have left a torn part; "when nothing was torn" is the
+    exception that costs blank paper, not the rule. Two coupons printed and confirmed in a
+    row: two pieces of paper, no NULs sent, no torn mark left in the ledger. Mutant
+    `claimed and not settled` → `or` in `_attempt`'s `finally` took every printed job for
+    a torn one: a blank piece before each later coupon."""
+    ledger = _ledger(tmp_path)
+    add_job(ledger, payload("r-1"))
+    add_job(ledger, payload("r-2"))
+    with VirtualPrinter() as printer:
+        w = worker(ledger, printer.port)
+        try:
+            assert w.run_once() == 0
+            assert w.run_once() == 0
+        finally:
+            w.close()
+        printer.wait_for(2)
+        assert len(printer.documents) == 2
+        assert b"\x00" * 96 not in printer.received
+    conn = sqlite3.connect(ledger, isolation_level=None)
+    try:
+        torn = conn.execute("SELECT count(*) FROM device WHERE key = 'print_torn'").fetchone()
+    finally:
+        conn.close()
+    assert torn == (0,)
+
+
 def test_a_job_interrupted_mid_print_is_failed_at_start_and_said_so(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -482,12 +510,17 @@ def test_a_holds_end_frees_its_receipt_for_the_other_processes(tmp_path: Path) -
     (`sync now`) may not release it; once the hold's turn ends it may, at once. Mutant
     `if taken:` negated in `holding`: the byte of r-1 stayed locked in `run` after the
     hold, and every later release of r-1 from another process was put off, round after
-    round, until `run` exited (the customer's points held at the hub meanwhile)."""
+    round, until `run` exited (the customer's points held at the hub meanwhile). And the
+    turn is the receipt's, not the file's: a release of r-2 is not put off by the hold of
+    r-1 (mutant: `_byte` returning 0, every receipt on one byte, each release put off by
+    any hold of another process)."""
     lock = tmp_path / HUB_TURNS_FILE
     run = HubTurns(wait_s=5.0, across=lock)
     try:
         with run.holding("r-1"):
             assert _other_process_release(lock, "r-1") == "busy"
+            # another receipt is not kept waiting by it (its own byte of the file)
+            assert _other_process_release(lock, "r-2") == "taken"
         assert _other_process_release(lock, "r-1") == "taken"
     finally:
         run.close()
