@@ -335,6 +335,62 @@ def test_coupons_printed_in_a_row_cost_no_blank_piece_between_them(tmp_path: Pat
     assert torn == (0,)
 
 
+def test_a_job_cut_short_after_a_print_backs_off_from_the_base_again(tmp_path: Path) -> None:
+    """A coupon printed, then the next one cut short (the printer closed the connection
+    after 40 bytes: 6 of status questions, 34 of the job): it is printed again in full,
+    after the first step of the backoff, 0.5-1 s with `retry_base_s` 1: a print in
+    between starts the count of failures again. Mutant: `_printed` setting the count to
+    1 instead of 0 made it wait 1-2 s, the second step."""
+    ledger = _ledger(tmp_path)
+    add_job(ledger, payload("r-1"))
+    add_job(ledger, payload("r-2"))
+    with VirtualPrinter() as printer:
+        w = worker(ledger, printer.port)
+        try:
+            assert w.run_once() == 0
+            printer.wait_for(1)
+            printer.close_after_bytes = 40
+            assert w.run_once() == 0
+        finally:
+            w.close()
+    job = _job(ledger, "r-2")
+    assert job["state"] == "PENDING"
+    assert "the job is printed again" in job["last_error"]
+    wait = (datetime.fromisoformat(job["next_attempt_at"]) - NOW).total_seconds()
+    assert 0.5 <= wait <= 1.0, wait
+
+
+def test_paper_refilled_after_it_ran_out_with_a_coupon_clears_the_error(tmp_path: Path) -> None:
+    """§7, status: paper that ran out with a coupon (its `GS r` answer, 0x0F) is ERROR,
+    paper OUT, "printer is out of paper"; refilled, the next probe (`DLE EOT`, nothing
+    printed) reads OK, paper OK, and no error is left. Mutant `note is not None and paper
+    != "OUT"` → `or` in `_printed` took the paper's error for the job's own, which a probe
+    keeps: OK with "printer is out of paper" beside it until the next coupon."""
+    ledger = _ledger(tmp_path)
+    add_job(ledger)
+    with VirtualPrinter() as printer:
+
+        def ran_out(_doc: Any) -> None:
+            printer.paper = "out"
+
+        printer.on_document = ran_out
+        w = worker(ledger, printer.port)
+        try:
+            assert w.run_once() == 0
+            status = w.status()
+            assert (status["state"], status["paper"], status["last_error"]) == (
+                "ERROR",
+                "OUT",
+                "printer is out of paper",
+            )
+            printer.paper = "ok"
+            assert w.probe() == "OK"
+            status = w.status()
+        finally:
+            w.close()
+    assert (status["state"], status["paper"], status["last_error"]) == ("OK", "OK", None)
+
+
 def test_a_job_interrupted_mid_print_is_failed_at_start_and_said_so(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -524,6 +580,29 @@ def test_a_holds_end_frees_its_receipt_for_the_other_processes(tmp_path: Path) -
         assert _other_process_release(lock, "r-1") == "taken"
     finally:
         run.close()
+
+
+def test_a_byte_taken_twice_in_one_process_is_kept_until_the_last_lets_go(
+    tmp_path: Path,
+) -> None:
+    """`_AcrossProcesses`: POSIX locks are the process's, so two turns of one byte in it
+    are counted and the byte unlocked when the last lets go (two receipts whose hashes
+    share a byte, each in its in-process turn). Taken twice and given once, another
+    process still finds it busy; given twice, free. Mutants of the count (`+ 1` → `- 1`,
+    `held[0]` → `held[-1]`, `held[1]`) unlocked it at the first give (the other turn
+    unguarded) or never."""
+    from tillpoint.agent.hub_turns import _AcrossProcesses
+
+    lock = tmp_path / HUB_TURNS_FILE
+    turns = _AcrossProcesses(lock)
+    try:
+        assert turns.take("r-1", 0.0) and turns.take("r-1", 0.0)
+        turns.give("r-1")
+        assert _other_process_release(lock, "r-1") == "busy"
+        turns.give("r-1")
+        assert _other_process_release(lock, "r-1") == "taken"
+    finally:
+        turns.close()
 
 
 def test_the_turns_file_is_made_read_write_for_its_owner_only(tmp_path: Path) -> None:
