@@ -436,6 +436,26 @@ def test_an_operators_requeue_in_the_agent_prints_the_job_at_once(tmp_path: Path
             w.close()
 
 
+def test_an_idle_print_worker_waits_between_its_looks(tmp_path: Path) -> None:
+    """The worker thread with nothing to print looks at the queue every
+    `poll_interval_s` (0.5 s here) and sleeps in between: over 2 s this process spends
+    well under 0.3 s of CPU (a look is one small query). Mutant `delay == 0` → `!=` in
+    `_run`: it looked again at once, for ever, a core of the till's CPU spent on an empty
+    queue (seconds of CPU here)."""
+    ledger = _ledger(tmp_path)
+    with VirtualPrinter() as printer:
+        w = worker(ledger, printer.port, poll_interval_s=0.5, probe_interval_s=0)
+        w.start()
+        try:
+            time.sleep(0.5)  # its start (recover, the first look) done
+            before = time.process_time()
+            time.sleep(2.0)
+            spent = time.process_time() - before
+        finally:
+            w.close()
+    assert spent < 0.3, f"{spent:.2f} s of CPU in 2 s with nothing to print"
+
+
 # ---------------------------------------------------------------- what status and the CLI say
 
 
