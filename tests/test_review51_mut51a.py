@@ -1,0 +1,284 @@
+"""Review 51 (mut51a): rules of the outbox's upload and the sync loop (CONTRACT §9) that
+mutation testing of sync/push.py, sync/service.py and sync/backoff.py found no test
+holding. Each test fails on its mutant and passes on the code (docs/DECISIONS.md,
+"Review 51 (mut51a)").
+
+Real parts: the reference hub on SQLite served over mTLS on 127.0.0.1 (for a hub of an
+earlier release, its own servicer with one answer changed, as tests/test_sync_snapshots.py
+does), enrolled tills with their SQLite ledgers, the shipped `SyncService` threads.
+Default part: about 15 s alone.
+"""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from tillpoint.agent.config import Settings
+from tillpoint.agent.results import receipt_from_json
+from tillpoint.sync.backoff import Backoff
+from tillpoint.sync.hub_server import HubServicer
+from tillpoint.sync.hub_store import TxIn
+from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data, wait_for
+from tillpoint.sync.pull import Puller, cache_version
+from tillpoint.sync.push import Pusher
+from tillpoint.sync.service import SyncTimings
+from tillpoint.v1 import tillpoint_pb2 as pb
+
+CARD = "2770000000017"
+
+
+def rows(data_dir: Path, sql: str) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(data_dir / "ledger.db")
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------- the backoff (§9's decision)
+
+
+@pytest.mark.parametrize(("base", "cap"), [(0.0, 60.0), (-0.5, 60.0), (2.0, 1.0), (0.0, 0.0)])
+def test_a_backoff_needs_a_base_above_zero_and_a_cap_not_below_it(base: float, cap: float) -> None:
+    """A base of 0 is a retry loop without a pause (every delay 0·2ⁿ = 0): the hub
+    hammered by every till of a chain. Refused, as a cap below the base."""
+    with pytest.raises(ValueError, match="need 0 < base <= cap"):
+        Backoff(base, cap)
+
+
+def test_a_backoff_whose_cap_is_its_base_waits_that_every_time() -> None:
+    backoff = Backoff(1.0, 1.0, rng=random.Random(5))
+    assert all(0.5 <= backoff.next() <= 1.0 for _ in range(10))
+
+
+def test_each_delay_is_drawn_over_the_whole_upper_half() -> None:
+    """§9: each delay is drawn from [d/2, d] ("equal jitter"): the whole half, so that a
+    store's tills coming back together spread over it. The draws of a seeded generator,
+    worked out by hand: d/2 + uniform(0, d/2) from the same generator."""
+    backoff = Backoff(1.0, 1.0, rng=random.Random(51))
+    mirror = random.Random(51)
+    draws = [backoff.next() for _ in range(400)]
+    assert draws == [0.5 + mirror.uniform(0, 0.5) for _ in range(400)]
+    assert min(draws) < 0.55 and max(draws) > 0.95
+
+
+def test_a_reset_backoff_starts_again_at_its_base_and_doubles_from_there() -> None:
+    """After a success the next failure waits [base/2, base] again, the one after it
+    [base, 2·base]: the same as a fresh backoff, neither shorter nor longer."""
+    backoff = Backoff(0.5, 60.0, rng=random.Random(3))
+    for _ in range(6):
+        backoff.next()
+    backoff.reset()
+    assert backoff.failures == 0
+    first, second, third = backoff.next(), backoff.next(), backoff.next()
+    assert 0.25 <= first <= 0.5
+    assert 0.5 <= second <= 1.0
+    assert 1.0 <= third <= 2.0
+
+
+# ---------------------------------------- a set-aside sale whose text says DISCARDED
+
+
+def test_a_sale_whose_text_says_discarded_is_set_aside_when_the_hub_conflicts_never_dropped(
+    tmp_path: Path,
+) -> None:
+    """§9: a seq the till discarded (`reset --force`) leaves the outbox whatever the hub
+    answers (it set it aside, as meant); a sale the hub answers CONFLICT is set aside
+    and kept in `sync_set_aside` for `status`. The first is recognised by its payload's
+    `kind`; a sale whose receipt id holds the word "DISCARDED" is still a sale. (The
+    quick look for the word before reading the JSON is only that: with it alone such a
+    sale, answered CONFLICT, left the outbox as acknowledged, set aside nowhere.)"""
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    till = hub.till("till-1", tmp_path / "till", start=False)
+    try:
+        now = datetime.now(UTC)
+        # the hub holds till-1's receipt DISCARDED-1 with another request (an old disk's)
+        hub.store.ingest(
+            "till-1",
+            "",
+            [
+                TxIn(
+                    "till-1",
+                    5,
+                    "CHECKOUT",
+                    now.isoformat(),
+                    "c-2",
+                    "",
+                    '{"receiptId": "DISCARDED-1"}',
+                    "{}",
+                    1,
+                    0,
+                    "",
+                )
+            ],
+            now,
+        )
+        Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=5).pull()
+        till.agent.checkout(receipt_from_json(receipt("DISCARDED-1", CARD)))
+        pusher = Pusher(till.data_dir, "till-1", till.link, call_timeout_s=5)
+        try:
+            assert pusher.drain() == 1
+            assert [(seq, outcome) for seq, outcome, _ in pusher.set_aside] == [(1, "CONFLICT")]
+        finally:
+            pusher.close()
+        assert rows(till.data_dir, "SELECT seq, outcome FROM sync_set_aside") == [(1, "CONFLICT")]
+    finally:
+        till.stop()
+        hub.stop()
+
+
+# ---------------------------------------------------------------- a hub of an earlier release
+
+
+class EarlierHub(HubServicer):
+    """The reference hub's servicer answering as a hub of an earlier release may: a push
+    acknowledged by the contiguous mark alone (no per-transaction results), or with a
+    result for a seq this push did not carry."""
+
+    no_results = False
+    stray_result = False
+
+    def PushTransactions(
+        self, request: pb.TransactionBatch, context: grpc.ServicerContext
+    ) -> pb.PushAck:
+        ack = super().PushTransactions(request, context)
+        if self.no_results:
+            ack.ClearField("results")
+        if self.stray_result:
+            stray = pb.TransactionResult(seq=999, outcome=pb.TX_STORED)
+            results = [stray, *ack.results]
+            ack.ClearField("results")
+            ack.results.extend(results)
+        return ack
+
+
+@pytest.fixture
+def earlier_hub(tmp_path: Path) -> Iterator[LoopbackHub]:
+    EarlierHub.no_results = EarlierHub.stray_result = False
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data(), start=False)
+    server = hub.server
+    server.servicer = EarlierHub(server.store, server.builder, server.notifier, hub.config)
+    hub.start()
+    yield hub
+    hub.stop()
+    EarlierHub.no_results = EarlierHub.stray_result = False
+
+
+def sell_and_drain(hub: LoopbackHub, tmp_path: Path, sales: int) -> tuple[int, int]:
+    """`sales` sales at an enrolled till, drained once: (rows that left, rows still in)."""
+    till = hub.till("till-1", tmp_path / "till", start=False)
+    try:
+        Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=5).pull()
+        for i in range(sales):
+            till.agent.checkout(receipt_from_json(receipt(f"r-{i}", CARD)))
+        pusher = Pusher(till.data_dir, "till-1", till.link, call_timeout_s=5)
+        try:
+            return pusher.drain(), pusher.pending()
+        finally:
+            pusher.close()
+    finally:
+        till.stop()
+
+
+def test_a_hub_without_per_transaction_results_settles_the_batch_up_to_its_mark(
+    earlier_hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """A hub that answers only `ackedThroughSeq` (no results): the rows at or below that
+    mark leave the outbox, the last one too (the mark names it). With `<` for `<=` the
+    row at the mark stayed, was sent again and again answered by the same mark: the
+    outbox never emptied."""
+    EarlierHub.no_results = True
+    assert sell_and_drain(earlier_hub, tmp_path, 3) == (3, 0)
+    assert [e.seq for e in earlier_hub.store.ledger("till-1")] == [1, 2, 3]
+
+
+def test_a_result_for_a_seq_the_push_did_not_carry_is_passed_over(
+    earlier_hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """A result naming a seq not in this batch (first in the answer) is passed over and
+    the batch's own results still settle it: a `break` there left all three sales in the
+    outbox, sent again at every round."""
+    EarlierHub.stray_result = True
+    assert sell_and_drain(earlier_hub, tmp_path, 3) == (3, 0)
+
+
+# ---------------------------------------------------------------- the sync loop's pace
+
+
+def shipped(data_dir: Path) -> SyncTimings:
+    """What `tillpoint run` ships."""
+    timings = SyncTimings.from_settings(Settings(device_id="till-1", data_dir=data_dir))
+    assert (timings.backoff_base_s, timings.backoff_cap_s) == (0.5, 60.0)
+    return timings
+
+
+def test_a_hub_away_is_retried_with_the_backoff_not_at_every_round(tmp_path: Path) -> None:
+    """§9: retries back off. With the hub gone, the pull and the push (a sale waits in the
+    outbox) each fail, and the next try of each waits its backoff: with the shipped 0.5 s
+    base, at least 0.25, 0.5, 1 and 2 s, so no more than 5 failures of either in 3 s (a
+    loaded machine only makes it fewer). A retry that did not wait (the backoff's delay
+    taken off the clock instead of added) tried hundreds of times a second."""
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    till = hub.till("till-1", tmp_path / "till", timings=shipped(tmp_path / "till"))
+    service = till.service
+    assert service is not None
+    try:
+        wait_for(lambda: cache_version(till.data_dir) == 1 and till.link.online, timeout=20)
+        hub.stop()
+        wait_for(lambda: not till.link.online, timeout=20)
+        till.agent.checkout(receipt_from_json(receipt("r-away", CARD)))  # OFFLINE, outbox
+        service.trigger_pull()
+        wait_for(
+            lambda: service.pull_backoff.failures and service.push_backoff.failures,
+            timeout=20,
+        )
+        pulls, pushes = service.pull_backoff.failures, service.push_backoff.failures
+        time.sleep(3.0)
+        assert service.pull_backoff.failures - pulls <= 5
+        assert service.push_backoff.failures - pushes <= 5
+    finally:
+        till.stop()
+        hub.stop()
+
+
+class CountingHub(HubServicer):
+    """The reference hub's servicer, counting the PullSnapshot calls it is asked."""
+
+    pull_calls = 0
+
+    def PullSnapshot(
+        self, request: pb.PullSnapshotRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.SnapshotChunk]:
+        type(self).pull_calls += 1
+        yield from super().PullSnapshot(request, context)
+
+
+def test_a_till_up_to_date_asks_for_the_snapshot_at_its_poll_interval_not_at_every_round(
+    tmp_path: Path,
+) -> None:
+    """§9: the agent pulls at start, on a notification and every poll interval. Its
+    rounds run every `push_check_s` (0.1 s here) to look at the outbox; the poll is
+    30 s. In 2 s after the start the hub is asked at most twice (the pull at start, and
+    one more if the stream's first notification came before that pull ended); a pull
+    dated from the clock minus the interval asked at every round."""
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data(), start=False)
+    server = hub.server
+    CountingHub.pull_calls = 0
+    server.servicer = CountingHub(server.store, server.builder, server.notifier, hub.config)
+    hub.start()
+    till = hub.till("till-1", tmp_path / "till")
+    try:
+        wait_for(lambda: cache_version(till.data_dir) == 1, timeout=20)
+        time.sleep(2.0)
+        assert 1 <= CountingHub.pull_calls <= 2
+    finally:
+        till.stop()
+        hub.stop()
