@@ -282,3 +282,71 @@ def test_a_till_up_to_date_asks_for_the_snapshot_at_its_poll_interval_not_at_eve
     finally:
         till.stop()
         hub.stop()
+
+
+# ------------------------------------------------ a drain goes on past a batch it settled
+
+
+def test_a_drain_goes_on_past_batches_of_a_sale_numbered_again_and_one_set_aside(
+    tmp_path: Path,
+) -> None:
+    """`drain` stops early only when the hub settled nothing of a batch (it must not spin);
+    a batch is settled by its rows stored, set aside and numbered again alike. Batches of
+    two here, the hub holding an old disk's sale at seq 2 (seq taken: r-2 is numbered
+    again as seq 5) and r-3 with another request (set aside): batch 1 is one stored and
+    one numbered again, batch 2 one set aside and one stored, batch 3 r-2 again. Counted
+    as stored minus numbered again, or stored minus set aside, either batch settled
+    "nothing", and the drain ended with sales in the outbox."""
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    till = hub.till("till-1", tmp_path / "till", start=False)
+    try:
+        now = datetime.now(UTC)
+        old = [
+            TxIn("till-1", seq, "CHECKOUT", now.isoformat(), "c-2", "", request, "{}", 1, 0, "")
+            for seq, request in ((2, '{"receiptId": "old-2"}'), (9, '{"receiptId": "r-3"}'))
+        ]
+        hub.store.ingest("till-1", "", old, now)
+        Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=5).pull()
+        for i in range(1, 5):
+            till.agent.checkout(receipt_from_json(receipt(f"r-{i}", CARD)))
+        pusher = Pusher(till.data_dir, "till-1", till.link, call_timeout_s=5, batch_size=2)
+        try:
+            assert pusher.drain() == 5  # 2 + 2 + r-2 again
+            assert pusher.pending() == 0
+            assert [(seq, outcome) for seq, outcome, _ in pusher.set_aside] == [(3, "CONFLICT")]
+        finally:
+            pusher.close()
+        stored = [(e.seq, e.ref_id) for e in hub.store.ledger("till-1")]
+        assert (1, "r-1") in stored and (4, "r-4") in stored and (5, "r-2") in stored
+        assert hub.server.servicer.stats.pushes == 3
+    finally:
+        till.stop()
+        hub.stop()
+
+
+def test_the_sync_loop_waits_between_its_rounds_never_spins(tmp_path: Path) -> None:
+    """The sync thread looks at the outbox every `push_check_s` (0.1 s here) and sleeps
+    in between: in 2 s, about 20 rounds (a loaded machine: fewer). A round that dated
+    its next look from the clock minus the interval, or took the shorter of 0 and the
+    wait, ran thousands of rounds a second: a core of the till's PC kept busy. The
+    rounds are counted at their last step, the service's own `_persist_mode` (wrapped:
+    it still runs)."""
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    till = hub.till("till-1", tmp_path / "till")
+    service = till.service
+    assert service is not None
+    rounds = [0]
+    persist = service._persist_mode
+
+    def counted() -> None:
+        rounds[0] += 1
+        persist()
+
+    try:
+        wait_for(lambda: cache_version(till.data_dir) == 1, timeout=20)
+        service._persist_mode = counted  # type: ignore[method-assign]
+        time.sleep(2.0)
+        assert 0 < rounds[0] <= 60
+    finally:
+        till.stop()
+        hub.stop()
