@@ -24,7 +24,7 @@ import pytest
 from tillpoint.agent.config import Settings
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.sync.backoff import Backoff
-from tillpoint.sync.hub_server import HubServicer
+from tillpoint.sync.hub_server import HubConfig, HubServicer
 from tillpoint.sync.hub_store import TxIn
 from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data, wait_for
 from tillpoint.sync.pull import Puller, cache_version
@@ -347,6 +347,62 @@ def test_the_sync_loop_waits_between_its_rounds_never_spins(tmp_path: Path) -> N
         service._persist_mode = counted  # type: ignore[method-assign]
         time.sleep(2.0)
         assert 0 < rounds[0] <= 60
+    finally:
+        till.stop()
+        hub.stop()
+
+
+# ---------------------------------------------------------------- a pull spoilt on the way
+
+
+class SpoiltOnceHub(HubServicer):
+    """The reference hub's servicer whose first snapshot stream sends its second chunk
+    out of order (a stream spoilt on the way, not a bundle refused for what it is), and
+    whose Subscribe stream stays open and silent (no notification wakes a pull)."""
+
+    streams = 0
+
+    def PullSnapshot(
+        self, request: pb.PullSnapshotRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.SnapshotChunk]:
+        type(self).streams += 1
+        first = type(self).streams == 1
+        for i, chunk in enumerate(super().PullSnapshot(request, context)):
+            if first and i == 1:
+                chunk.offset += 1
+            yield chunk
+
+    def Subscribe(
+        self, request: pb.SubscribeRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.Notification]:
+        while context.is_active():
+            time.sleep(0.05)
+        yield from ()
+
+
+def test_a_pull_spoilt_on_the_way_is_tried_again_after_the_backoff_not_the_poll(
+    tmp_path: Path,
+) -> None:
+    """§9 (the sync loop's rule): a bundle refused for what it is waits for the next poll
+    (the hub's word until it publishes another), but what went wrong on the way (chunks
+    out of order: the refusal is not remembered) is retried with the pull's backoff. The
+    start pull's stream is spoilt; with a 30 s poll and nothing announced, the till has
+    the snapshot within seconds. Taken as a success, the retry waited the whole poll."""
+    data = sample_master_data()
+    data["products"] = [
+        *data["products"],  # type: ignore[list-item]
+        *({"sku": f"2{i:012d}", "name": f"Товар {i}", "category": "dairy"} for i in range(300)),
+    ]
+    config = HubConfig(chunk_size=1024, heartbeat_s=1.0, watch_interval_s=0.1, publish_every_s=0)
+    hub = LoopbackHub(tmp_path / "hub", config, data=data, start=False)
+    server = hub.server
+    SpoiltOnceHub.streams = 0
+    server.servicer = SpoiltOnceHub(server.store, server.builder, server.notifier, config)
+    hub.start()
+    till = hub.till("till-1", tmp_path / "till")  # FAST: a 30 s poll, a 0.05 s backoff
+    try:
+        wait_for(lambda: cache_version(till.data_dir) == 1, timeout=20)
+        assert SpoiltOnceHub.streams >= 2
     finally:
         till.stop()
         hub.stop()
