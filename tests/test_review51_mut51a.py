@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from typing import Any
 
 import grpc
 import pytest
+from tillpoint.agent.cli import main
 from tillpoint.agent.config import Settings
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.sync.backoff import Backoff
@@ -222,10 +224,12 @@ def shipped(data_dir: Path) -> SyncTimings:
 
 def test_a_hub_away_is_retried_with_the_backoff_not_at_every_round(tmp_path: Path) -> None:
     """§9: retries back off. With the hub gone, the pull and the push (a sale waits in the
-    outbox) each fail, and the next try of each waits its backoff: with the shipped 0.5 s
+    outbox: two sales) each fail, and the next try of each waits its backoff: with the shipped 0.5 s
     base, at least 0.25, 0.5, 1 and 2 s, so no more than 5 failures of either in 3 s (a
     loaded machine only makes it fewer). A retry that did not wait (the backoff's delay
-    taken off the clock instead of added) tried hundreds of times a second."""
+    taken off the clock instead of added) tried hundreds of times a second; a drain
+    that went on after any failure of a batch of more than one (not only `sync now`'s
+    push that ran out of time) tried again at once, for good, inside one round."""
     hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
     till = hub.till("till-1", tmp_path / "till", timings=shipped(tmp_path / "till"))
     service = till.service
@@ -234,7 +238,8 @@ def test_a_hub_away_is_retried_with_the_backoff_not_at_every_round(tmp_path: Pat
         wait_for(lambda: cache_version(till.data_dir) == 1 and till.link.online, timeout=20)
         hub.stop()
         wait_for(lambda: not till.link.online, timeout=20)
-        till.agent.checkout(receipt_from_json(receipt("r-away", CARD)))  # OFFLINE, outbox
+        for i in range(2):  # OFFLINE, into the outbox: a batch of two
+            till.agent.checkout(receipt_from_json(receipt(f"r-away-{i}", CARD)))
         service.trigger_pull()
         wait_for(
             lambda: service.pull_backoff.failures and service.push_backoff.failures,
@@ -405,4 +410,83 @@ def test_a_pull_spoilt_on_the_way_is_tried_again_after_the_backoff_not_the_poll(
         assert SpoiltOnceHub.streams >= 2
     finally:
         till.stop()
+        hub.stop()
+
+
+# ---------------------------------------------------------------- sync now's halving, its ends
+
+
+def sync_now(capsys: pytest.CaptureFixture[str], data: Path, *argv: str) -> tuple[int, str]:
+    code = main(["sync", "now", "--data-dir", str(data), *argv])
+    return code, capsys.readouterr().err
+
+
+def slow_hub(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sales: int, slower_than: int
+) -> tuple[LoopbackHub, Path, threading.Event, list[int]]:
+    """A hub whose pushes of more than `slower_than` transactions never answer within the
+    till's deadline (a link too thin for them; they are dropped unstored), and a till with
+    `sales` sales in its outbox, for `tillpoint sync now` (500 ms a call)."""
+    released = threading.Event()
+    late: list[int] = []  # the sizes of the pushes that ran late
+    real_push = HubServicer.PushTransactions
+
+    def push(self: HubServicer, request: pb.TransactionBatch, context: Any) -> Any:
+        if len(request.transactions) > slower_than:
+            late.append(len(request.transactions))
+            released.wait(10)  # longer than the till waits for a call
+            context.abort(grpc.StatusCode.UNAVAILABLE, "too late")
+        return real_push(self, request, context)
+
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    data = tmp_path / "till-1"
+    till = hub.till("till-1", data, start=False)
+    try:
+        Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=5).pull()
+        for i in range(sales):
+            till.agent.checkout(receipt_from_json(receipt(f"r-{i}", CARD)))
+    finally:
+        till.stop()
+    monkeypatch.setattr(HubServicer, "PushTransactions", push)
+    hub.restart()  # its servicer's methods are bound when it starts
+    monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-1")
+    monkeypatch.setenv("TILLPOINT_HUB__ADDRESS", hub.address)
+    monkeypatch.setenv("TILLPOINT_HUB__CALL_TIMEOUT_MS", "500")
+    return hub, data, released, late
+
+
+def test_sync_now_halves_a_batch_of_two_that_runs_late_and_sends_each_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """§9: `sync now` tries a push that ran out of time again at once with half the
+    batch, down to one transaction. Two sales over a link that carries one in time: the
+    pair runs late, then each goes alone; exit 0, both at the hub. Halving only batches
+    of more than two ended the command at the pair ("the hub did not answer in time")."""
+    hub, data, released, late = slow_hub(tmp_path, monkeypatch, sales=2, slower_than=1)
+    try:
+        code, err = sync_now(capsys, data, "--timeout", "30")
+        assert code == 0, err
+        assert late == [2]
+        assert [e.ref_id for e in hub.store.ledger("till-1")] == ["r-0", "r-1"]
+    finally:
+        released.set()
+        hub.stop()
+
+
+def test_sync_now_whose_one_sale_runs_late_says_so_at_once_not_at_its_deadline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """§9: `sync now` ends with "the hub did not answer in time" when a single
+    transaction does not get through in time; it does not try the same one again until
+    its `--timeout` (30 s here) and then say it gave up at its deadline."""
+    hub, data, released, late = slow_hub(tmp_path, monkeypatch, sales=1, slower_than=0)
+    try:
+        code, err = sync_now(capsys, data, "--timeout", "30")
+        assert code == 1, err
+        assert late == [1]
+        assert err.count("\n") == 1 and "did not answer in time" in err, err
+        assert "--timeout" not in err, err
+        assert hub.store.ledger("till-1") == []
+    finally:
+        released.set()
         hub.stop()
