@@ -147,6 +147,7 @@ class EarlierHub(HubServicer):
 
     no_results = False
     stray_result = False
+    mark_behind = False  # and its mark for the device answered as 0
 
     def PushTransactions(
         self, request: pb.TransactionBatch, context: grpc.ServicerContext
@@ -154,6 +155,8 @@ class EarlierHub(HubServicer):
         ack = super().PushTransactions(request, context)
         if self.no_results:
             ack.ClearField("results")
+        if self.mark_behind:
+            ack.acked_through_seq = 0
         if self.stray_result:
             stray = pb.TransactionResult(seq=999, outcome=pb.TX_STORED)
             results = [stray, *ack.results]
@@ -164,14 +167,14 @@ class EarlierHub(HubServicer):
 
 @pytest.fixture
 def earlier_hub(tmp_path: Path) -> Iterator[LoopbackHub]:
-    EarlierHub.no_results = EarlierHub.stray_result = False
+    EarlierHub.no_results = EarlierHub.stray_result = EarlierHub.mark_behind = False
     hub = LoopbackHub(tmp_path / "hub", data=sample_master_data(), start=False)
     server = hub.server
     server.servicer = EarlierHub(server.store, server.builder, server.notifier, hub.config)
     hub.start()
     yield hub
     hub.stop()
-    EarlierHub.no_results = EarlierHub.stray_result = False
+    EarlierHub.no_results = EarlierHub.stray_result = EarlierHub.mark_behind = False
 
 
 def sell_and_drain(hub: LoopbackHub, tmp_path: Path, sales: int) -> tuple[int, int]:
@@ -210,6 +213,46 @@ def test_a_result_for_a_seq_the_push_did_not_carry_is_passed_over(
     outbox, sent again at every round."""
     EarlierHub.stray_result = True
     assert sell_and_drain(earlier_hub, tmp_path, 3) == (3, 0)
+
+
+def test_a_drain_that_the_hub_settles_nothing_of_stops_after_that_push(
+    earlier_hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """`drain` does not spin: a push the hub settled nothing of (no result, its mark
+    behind every row) ends it, the rows left in the outbox for the next round, and it
+    says how many it sent. Without that stop it pushed the same batch again for good."""
+    EarlierHub.no_results = EarlierHub.mark_behind = True
+    assert sell_and_drain(earlier_hub, tmp_path, 3) == (3, 3)
+    assert earlier_hub.server.servicer.stats.pushes == 1
+
+
+def test_a_batch_stops_before_the_row_that_would_take_it_past_its_byte_bound(
+    tmp_path: Path,
+) -> None:
+    """§9: a batch is at most `batch_size` rows and about 1 MiB (halved after a push that
+    ran out of time), at least one row. Three sales of this till's outbox, sizes a, b, c
+    read from it: under a bound of a + b the batch is the first two (a row that ends
+    exactly at the bound is taken), under a + b - 1 the first alone, under 1 byte still
+    the first. Rows summed wrong (or compared with >=) made batches past the bound."""
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    till = hub.till("till-1", tmp_path / "till", start=False)
+    try:
+        Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=5).pull()
+        for i in range(3):
+            till.agent.checkout(receipt_from_json(receipt(f"r-{i}", CARD)))
+        pusher = Pusher(till.data_dir, "till-1", till.link, call_timeout_s=5)
+        try:
+            whole = pusher._batch()
+            assert [seq for seq, _ in whole] == [1, 2, 3]
+            a, b = (len(payload) for _, payload in whole[:2])
+            for bound, seqs in ((a + b, [1, 2]), (a + b - 1, [1]), (1, [1])):
+                pusher.bytes_limit = bound
+                assert [seq for seq, _ in pusher._batch()] == seqs, bound
+        finally:
+            pusher.close()
+    finally:
+        till.stop()
+        hub.stop()
 
 
 # ---------------------------------------------------------------- the sync loop's pace
@@ -489,4 +532,35 @@ def test_sync_now_whose_one_sale_runs_late_says_so_at_once_not_at_its_deadline(
         assert hub.store.ledger("till-1") == []
     finally:
         released.set()
+        hub.stop()
+
+
+# ---------------------------------------------------------------- Subscribe after an outage
+
+
+@pytest.mark.slow  # ~10 s: an outage into long backoffs first (test_sync_recovery's twin)
+def test_after_an_outage_the_subscribe_stream_is_back_at_once_and_brings_the_next_version(
+    tmp_path: Path,
+) -> None:
+    """§9 (the sync loop): when the hub answers again, the pull, push and Subscribe
+    backoffs all end. The pull's and push's ending is tested by test_sync_recovery; here
+    Subscribe's: after a long outage (each backoff 30-60 s) the hub is back, the till
+    pulls, and a version published after that comes down by notification within 28 s,
+    with the shipped 60 s poll. A Subscribe that waited out its backoff (its wait ended
+    only by the stop) left the till a poll behind."""
+    from .test_sync_recovery import BACK_WITHIN_S, outage, start
+
+    hub, service, till = start(tmp_path)
+    try:
+        outage(hub, service)
+        pulled = service.last_pull
+        hub.restart()
+        wait_for(lambda: service.last_pull is not pulled, timeout=BACK_WITHIN_S)
+        assert cache_version(service.agent.data_dir) == 1
+        hub.publish()  # version 2, after the till's pull: only a notification brings it
+        published = time.monotonic()
+        wait_for(lambda: cache_version(service.agent.data_dir) == 2, timeout=BACK_WITHIN_S)
+        assert time.monotonic() - published < BACK_WITHIN_S
+    finally:
+        till.stop()  # type: ignore[attr-defined]
         hub.stop()
