@@ -564,3 +564,91 @@ def test_after_an_outage_the_subscribe_stream_is_back_at_once_and_brings_the_nex
     finally:
         till.stop()  # type: ignore[attr-defined]
         hub.stop()
+
+
+def test_a_single_sale_whose_push_ran_late_is_still_sent_by_the_next_push(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """§9: a push that runs out of time halves the next batch, down to one transaction,
+    never to none. One sale, its push late (500 ms a call here), then the hub answers:
+    the next drain sends it. Halved to zero rows, the batch read nothing, the drain said
+    the outbox was empty, and the sale stayed in it for good (only a success doubles the
+    bound back)."""
+    hub, data, released, late = slow_hub(tmp_path, monkeypatch, sales=1, slower_than=0)
+    till = hub.till("till-1", data, start=False)
+    pusher = Pusher(data, "till-1", till.link, call_timeout_s=0.5)
+    try:
+        pusher.know_mark()
+        with pytest.raises(grpc.RpcError) as caught:
+            pusher.push_batch()
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
+        assert (pusher.rows_limit, late) == (1, [1])
+        monkeypatch.undo()  # the hub answers in time again
+        hub.restart()
+        assert pusher.drain() == 1
+        assert pusher.pending() == 0
+        assert [e.ref_id for e in hub.store.ledger("till-1")] == ["r-0"]
+    finally:
+        released.set()
+        pusher.close()
+        till.stop()
+        hub.stop()
+
+
+# ---------------------------------------------------------------- a silent Subscribe stream
+
+
+class SilentHub(HubServicer):
+    """The reference hub's servicer counting its Subscribe streams; with `silent`, each
+    stream sends the hub's first notification (heartbeat 1 s) and then nothing, open."""
+
+    streams = 0
+    silent = False
+
+    def Subscribe(
+        self, request: pb.SubscribeRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.Notification]:
+        type(self).streams += 1
+        notes = super().Subscribe(request, context)
+        if not self.silent:
+            yield from notes
+            return
+        yield next(notes)
+        notes.close()
+        while context.is_active():
+            time.sleep(0.05)
+
+
+def subscribed_till(tmp_path: Path, silent: bool) -> tuple[LoopbackHub, Any]:
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data(), start=False)
+    server = hub.server
+    SilentHub.streams, SilentHub.silent = 0, silent
+    server.servicer = SilentHub(server.store, server.builder, server.notifier, hub.config)
+    hub.start()
+    return hub, hub.till("till-1", tmp_path / "till")
+
+
+def test_a_subscribe_stream_silent_for_three_heartbeats_is_opened_again(tmp_path: Path) -> None:
+    """§9 (the sync loop): a Subscribe stream silent for three heartbeats (1 s each
+    here) is cancelled and opened again. Without the watch a half-dead connection kept
+    the till from every notification until the stream's 60 s deadline."""
+    hub, till = subscribed_till(tmp_path, silent=True)
+    try:
+        wait_for(lambda: SilentHub.streams >= 2, timeout=20)
+    finally:
+        till.stop()
+        hub.stop()
+
+
+def test_a_subscribe_stream_that_hears_its_heartbeats_is_kept_open(tmp_path: Path) -> None:
+    """The other side of the watch: a stream whose heartbeats come (every 1 s) stays the
+    one stream; 4 s is past the three heartbeats' silence it allows. A watch that
+    cancelled a stream that was not silent opened one every half second."""
+    hub, till = subscribed_till(tmp_path, silent=False)
+    try:
+        wait_for(lambda: SilentHub.streams >= 1, timeout=20)
+        time.sleep(4.0)
+        assert SilentHub.streams <= 2  # one more only if a loaded machine held a heartbeat
+    finally:
+        till.stop()
+        hub.stop()
