@@ -573,21 +573,26 @@ def test_a_single_sale_whose_push_ran_late_is_still_sent_by_the_next_push(
     never to none. One sale, its push late (500 ms a call here), then the hub answers:
     the next drain sends it. Halved to zero rows, the batch read nothing, the drain said
     the outbox was empty, and the sale stayed in it for good (only a success doubles the
-    bound back)."""
+    bound back). Its byte bound is halved too, and both are doubled by the success."""
     hub, data, released, late = slow_hub(tmp_path, monkeypatch, sales=1, slower_than=0)
     till = hub.till("till-1", data, start=False)
     pusher = Pusher(data, "till-1", till.link, call_timeout_s=0.5)
     try:
         pusher.know_mark()
+        size = len(pusher._batch()[0][1])
         with pytest.raises(grpc.RpcError) as caught:
             pusher.push_batch()
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
         assert (pusher.rows_limit, late) == (1, [1])
+        halved = pusher.bytes_limit
+        assert halved == size // 2
         monkeypatch.undo()  # the hub answers in time again
         hub.restart()
         assert pusher.drain() == 1
         assert pusher.pending() == 0
         assert [e.ref_id for e in hub.store.ledger("till-1")] == ["r-0"]
+        # the success doubled both bounds back (§9), towards 200 rows and 1 MiB
+        assert (pusher.rows_limit, pusher.bytes_limit) == (2, 2 * halved)
     finally:
         released.set()
         pusher.close()
@@ -619,8 +624,9 @@ class SilentHub(HubServicer):
             time.sleep(0.05)
 
 
-def subscribed_till(tmp_path: Path, silent: bool) -> tuple[LoopbackHub, Any]:
-    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data(), start=False)
+def subscribed_till(tmp_path: Path, silent: bool, heartbeat_s: float) -> tuple[LoopbackHub, Any]:
+    config = HubConfig(heartbeat_s=heartbeat_s, watch_interval_s=0.1, publish_every_s=0)
+    hub = LoopbackHub(tmp_path / "hub", config, data=sample_master_data(), start=False)
     server = hub.server
     SilentHub.streams, SilentHub.silent = 0, silent
     server.servicer = SilentHub(server.store, server.builder, server.notifier, hub.config)
@@ -632,7 +638,7 @@ def test_a_subscribe_stream_silent_for_three_heartbeats_is_opened_again(tmp_path
     """§9 (the sync loop): a Subscribe stream silent for three heartbeats (1 s each
     here) is cancelled and opened again. Without the watch a half-dead connection kept
     the till from every notification until the stream's 60 s deadline."""
-    hub, till = subscribed_till(tmp_path, silent=True)
+    hub, till = subscribed_till(tmp_path, silent=True, heartbeat_s=1.0)
     try:
         wait_for(lambda: SilentHub.streams >= 2, timeout=20)
     finally:
@@ -641,10 +647,12 @@ def test_a_subscribe_stream_silent_for_three_heartbeats_is_opened_again(tmp_path
 
 
 def test_a_subscribe_stream_that_hears_its_heartbeats_is_kept_open(tmp_path: Path) -> None:
-    """The other side of the watch: a stream whose heartbeats come (every 1 s) stays the
-    one stream; 4 s is past the three heartbeats' silence it allows. A watch that
-    cancelled a stream that was not silent opened one every half second."""
-    hub, till = subscribed_till(tmp_path, silent=False)
+    """The other side of the watch: a stream whose heartbeats come (every 2 s here) stays
+    the one stream for 4 s (it may be silent for 6). A watch that cancelled a stream
+    that was not silent opened one every half second; one that allowed three seconds,
+    not three heartbeats, cancelled a stream between the heartbeats of a hub that
+    sends one every 15 s (the hub's default)."""
+    hub, till = subscribed_till(tmp_path, silent=False, heartbeat_s=2.0)
     try:
         wait_for(lambda: SilentHub.streams >= 1, timeout=20)
         time.sleep(4.0)
