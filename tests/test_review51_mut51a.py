@@ -231,20 +231,25 @@ def test_a_batch_stops_before_the_row_that_would_take_it_past_its_byte_bound(
 ) -> None:
     """§9: a batch is at most `batch_size` rows and about 1 MiB (halved after a push that
     ran out of time), at least one row. Three sales of this till's outbox, sizes a, b, c
-    read from it: under a bound of a + b the batch is the first two (a row that ends
-    exactly at the bound is taken), under a + b - 1 the first alone, under 1 byte still
-    the first. Rows summed wrong (or compared with >=) made batches past the bound."""
+    read from it (b the biggest): under a bound of a + b the batch is the first two (a
+    row that ends exactly at the bound is taken), under a + b - 1 the first alone (never
+    the first and the third, which would fit: batches go in seq order), under 1 byte
+    still the first. Rows summed wrong (or compared with >=) made batches past the
+    bound; a row passed over for its size let a later one in ahead of it."""
     hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
     till = hub.till("till-1", tmp_path / "till", start=False)
     try:
         Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=5).pull()
-        for i in range(3):
-            till.agent.checkout(receipt_from_json(receipt(f"r-{i}", CARD)))
+        five = [{"sku": "4601234000017", "qty": "1", "priceMinor": 100 + i} for i in range(5)]
+        for i in range(3):  # the second the biggest: five lines
+            lines = five if i == 1 else None
+            till.agent.checkout(receipt_from_json(receipt(f"r-{i}", CARD, lines=lines)))
         pusher = Pusher(till.data_dir, "till-1", till.link, call_timeout_s=5)
         try:
             whole = pusher._batch()
             assert [seq for seq, _ in whole] == [1, 2, 3]
-            a, b = (len(payload) for _, payload in whole[:2])
+            a, b, c = (len(payload) for _, payload in whole)
+            assert c < b
             for bound, seqs in ((a + b, [1, 2]), (a + b - 1, [1]), (1, [1])):
                 pusher.bytes_limit = bound
                 assert [seq for seq, _ in pusher._batch()] == seqs, bound
