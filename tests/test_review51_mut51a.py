@@ -260,6 +260,35 @@ def test_a_batch_stops_before_the_row_that_would_take_it_past_its_byte_bound(
         hub.stop()
 
 
+def test_the_seqs_a_reset_discarded_count_with_the_outbox_as_still_to_send(
+    tmp_path: Path,
+) -> None:
+    """§9: after `reset --force` the till still owes the hub the seqs it discarded (a
+    DISCARDED transaction each) besides the sales made since: both are "still to send",
+    and `run`'s round pushes only when there is something to send. One discarded seq and
+    one new sale are two; counted as the outbox minus the discarded ones they were none,
+    and `run` never pushed that sale."""
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    till = hub.till("till-1", tmp_path / "till", start=False)
+    try:
+        Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=5).pull()
+        till.agent.checkout(receipt_from_json(receipt("r-1", CARD)))
+        assert till.agent.reset(force=True).discarded == 1
+        Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=5).pull()
+        till.agent.checkout(receipt_from_json(receipt("r-2", CARD)))
+        pusher = Pusher(till.data_dir, "till-1", till.link, call_timeout_s=5)
+        try:
+            assert pusher.pending() == 2
+            assert pusher.drain() == 2
+            assert pusher.pending() == 0
+        finally:
+            pusher.close()
+        assert [e.ref_id for e in hub.store.ledger("till-1")] == ["r-2"]
+    finally:
+        till.stop()
+        hub.stop()
+
+
 # ---------------------------------------------------------------- the sync loop's pace
 
 
