@@ -56,8 +56,8 @@ deps-system:
 # sockets, serial lines and fsyncs about as long as it computes, so a third worker fills
 # the cores the two left idle: CI's pass took 683 s with three against 930 s with two,
 # every test passing (the tests are written to pass on a loaded machine). Four since
-# review 51 (docs/DECISIONS.md, "Session 51 (lead)"): the pass had grown past its budget
-# again on three.
+# review 51: 693 s against 717 s with three, the same tests, quiet (docs/DECISIONS.md,
+# "Session 51 (lead)").
 TEST_WORKERS ?= 4
 XDIST := $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
