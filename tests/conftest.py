@@ -568,7 +568,8 @@ def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 
 # ------------------------------------------- the order of the test files (review 40, ci40)
-# `make test` runs on two workers, a test file per worker at a time (pytest-xdist's
+# `make test` runs on TEST_WORKERS workers (four since review 51), a test file per worker
+# at a time (pytest-xdist's
 # `--dist loadfile`), handing out the files in collection order (`--no-loadscope-reorder`;
 # xdist's own order is by count of tests, most first, which sent the few-test files of
 # real processes, 30-150 s each, last, leaving a worker idle for minutes). The files go
