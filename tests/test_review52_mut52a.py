@@ -222,3 +222,124 @@ def test_a_sale_in_a_leap_second_is_at_the_last_microsecond_of_second_59(cli: CL
     assert quoted.code == 0, quoted
     assert quoted.json()["discountMinor"] == 1798
     assert [line["offerId"] for line in quoted.json()["lines"]] == ["o-from"]
+
+
+# ---------------------------------------------------------------- §3: the program's bounds
+
+
+def test_the_programs_day_and_hold_bounds_are_inclusive(cli: CLI) -> None:
+    """The program's durations are bounded so the dates worked out from a sale exist
+    (§3's decisions): at most 36600 days (a century) for `activationDelayDays`,
+    `offerPrintCooldownDays` and `pointsLifetimeDays`, at most 36600 × 86400 =
+    3162240000 seconds for `holdTtlSeconds`. The bound itself is taken, one more is
+    refused naming the field. Mutants: `>` as `>=` refused the bound."""
+    version = iter(range(1, 100))
+    for field in ("activationDelayDays", "offerPrintCooldownDays", "pointsLifetimeDays"):
+        at_bound = _snapshot(version=next(version), program=_program(**{field: 36600}))
+        assert cli("snapshot", "load", at_bound).code == 0, field
+        over = _snapshot(version=next(version), program=_program(**{field: 36601}))
+        _refused(cli("snapshot", "load", over), f"program.{field} at most 36600 days")
+    at_bound = _snapshot(version=next(version), program=_program(holdTtlSeconds=3162240000))
+    assert cli("snapshot", "load", at_bound).code == 0
+    over = _snapshot(version=next(version), program=_program(holdTtlSeconds=3162240001))
+    _refused(cli("snapshot", "load", over), "program.holdTtlSeconds at most 3162240000 seconds")
+
+
+def test_a_tier_code_given_twice_refuses_the_program(cli: CLI) -> None:
+    """§3: which rate would a "gold" customer earn if gold came twice? The snapshot is
+    refused naming the code (3 % and 7.5 % here), and the cache keeps what it had: Anna
+    still earns at 7.5 % × 5 (her birthday window): floor(17980 × 7.5 × 5 / 10000) = 67.
+    Mutants: `repeated_tier` answering None, or counting `> 2`, loaded it."""
+    assert cli("snapshot", "load", _snapshot()).code == 0
+    tiers = [
+        {"code": "base", "accrualPercent": "3"},
+        {"code": "gold", "accrualPercent": "3"},
+        {"code": "gold", "accrualPercent": "7.5"},
+    ]
+    twice = _snapshot(version=2, program=_program(tiers=tiers))
+    _refused(cli("snapshot", "load", twice), "program.tiers: tier 'gold' appears twice")
+    quoted = cli("quote", receipt(card=ANNA), "--json")
+    assert quoted.code == 0 and quoted.json()["earnedPoints"] == 67, quoted
+
+
+# ---------------------------------------------------------------- §14: weekdays and hours
+
+
+def _ten_percent(**window: Any) -> dict[str, Any]:
+    return {"id": "o-win", "kind": "PERCENT_OFF", "skus": [MILK], "value": "10", **window}
+
+
+def test_hours_are_read_to_the_minute(cli: CLI) -> None:
+    """§14: `hours` from inclusive, to exclusive, on the store's local time (Moscow). A
+    window "10:15"-"10:16" holds from 10:15:00 to 10:15:59 and not at 10:14:59 or
+    10:16:00 (10 % of 17980 = 1798). Mutants of `_clock_seconds` (minutes × 59 or × 61,
+    or minutes subtracted) moved its ends by seconds, or made it a night window."""
+    assert (
+        cli(
+            "snapshot",
+            "load",
+            _snapshot(offers=[_ten_percent(hours=[{"from": "10:15", "to": "10:16"}])]),
+        ).code
+        == 0
+    )
+    for clock, discount in (
+        ("10:14:59", 0),
+        ("10:15:00", 1798),
+        ("10:15:59", 1798),
+        ("10:16:00", 0),
+    ):
+        at = f"2026-11-23T{clock}+03:00"
+        quoted = cli("quote", receipt(card=BORIS, at=at), "--json")
+        assert quoted.code == 0 and quoted.json()["discountMinor"] == discount, (clock, quoted)
+
+
+def test_an_hour_that_is_no_clock_time_is_refused(cli: CLI) -> None:
+    """§14: an hour is "HH:MM", 00:00 to 24:00 ("24:00" only as an end). "25:00", "8:00",
+    "10:60" and "24:01" are refused naming the field. Mutant: `_clock`'s `or` as `and`
+    took any string (and "25:00" became 90000 seconds after midnight)."""
+    for bad in ("25:00", "8:00", "10:60", "24:01"):
+        offer = _ten_percent(hours=[{"from": bad, "to": "23:00"}])
+        _refused(
+            cli("snapshot", "load", _snapshot(offers=[offer])),
+            f'offers[0].hours[0].from "{bad}" is not a local time HH:MM (00:00 to 24:00)',
+        )
+
+
+def test_weekdays_are_iso_from_monday_1_to_sunday_7(cli: CLI) -> None:
+    """§14: ISO weekdays, Monday 1 … Sunday 7, both ends taken; 0 and 8 refused naming
+    the field. 23 November 2026 is a Monday, the 29th a Sunday, the 24th a Tuesday: an
+    offer on [1] gives 20 % on the Monday (3596), one on [7] 10 % on the Sunday (1798),
+    neither on the Tuesday. Mutants: `1 <= n <= 7` as `1 < n`, `0 <=`, `<= 6` or `<= 8`."""
+    monday = {**_ten_percent(weekdays=[1]), "id": "o-mon", "value": "20"}
+    sunday = {**_ten_percent(weekdays=[7]), "id": "o-sun"}
+    assert cli("snapshot", "load", _snapshot(offers=[monday, sunday])).code == 0
+    for day, discount in (("23", 3596), ("29", 1798), ("24", 0)):
+        quoted = cli("quote", receipt(card=BORIS, at=f"2026-11-{day}T12:00:00+03:00"), "--json")
+        assert quoted.code == 0 and quoted.json()["discountMinor"] == discount, (day, quoted)
+    for bad in (0, 8):
+        _refused(
+            cli("snapshot", "load", _snapshot(version=2, offers=[_ten_percent(weekdays=[bad])])),
+            f"offers[0].weekdays[0] weekday {bad} is not ISO (Monday 1 … Sunday 7)",
+        )
+
+
+# ---------------------------------------------------------------- §15: a deal's value
+
+
+def test_a_deals_value_written_empty_is_left_out(cli: CLI) -> None:
+    """§3/§15: in proto3 JSON `""` is a string's unset value, and the deal kinds need no
+    `value`: a MULTIBUY written with `"value": ""` (a printer that writes every field)
+    loads and gives its deal, "3 for 2" on three cartons of milk at 89.90: the cheapest
+    unit free, floor(26970 × 1 / 3) = 8990. A PERCENT_OFF with `"value": ""` is a
+    missing value, refused as no decimal. Mutant: `value == ""` as `!=` refused the deal."""
+    deal = {"id": "o-3for2", "kind": "MULTIBUY", "skus": [MILK], "value": "",
+            "buyQty": "2", "freeQty": "1"}  # fmt: skip
+    assert cli("snapshot", "load", _snapshot(offers=[deal])).code == 0
+    three = receipt(card=BORIS, lines=[{"sku": MILK, "qty": "3", "priceMinor": 8990}])
+    quoted = cli("quote", three, "--json")
+    assert quoted.code == 0 and quoted.json()["discountMinor"] == 8990, quoted
+    percent = {"id": "o-pct", "kind": "PERCENT_OFF", "skus": [MILK], "value": ""}
+    _refused(
+        cli("snapshot", "load", _snapshot(version=2, offers=[percent])),
+        'offers[0].value must be a decimal string such as "7.5"',
+    )
