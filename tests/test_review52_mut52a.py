@@ -12,6 +12,8 @@ from __future__ import annotations
 import copy
 import http.client
 import json
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 from tillpoint.agent.http_api import HttpServer
@@ -343,3 +345,117 @@ def test_a_deals_value_written_empty_is_left_out(cli: CLI) -> None:
         cli("snapshot", "load", _snapshot(version=2, offers=[percent])),
         'offers[0].value must be a decimal string such as "7.5"',
     )
+
+
+# ---------------------------------------------------------------- §2: rows of an earlier release
+
+
+def test_a_stored_time_written_with_a_space_and_plus_0300_still_reads(
+    cli: CLI, tmp_path: Path
+) -> None:
+    """§2's decisions: a row an earlier release stored with a time outside RFC 3339
+    (an `expiresAt` of "+0300", before the rule) reads back, so an upgraded till sells
+    on. Review 19 held the "T" spelling; the same time with a space for the "T" (RFC 3339
+    allows one) is read the same: Anna's quote is the same answer before and after the
+    cache's row is rewritten so. Mutant: the stored reading's `" " not in text` as
+    `" " in text` refused that row, and every sale of hers failed."""
+    from tillpoint.agent.db import cache_file
+
+    customers = copy.deepcopy(BASE_SNAPSHOT["customers"])
+    customers[0]["expiring"] = [{"points": 300, "expiresAt": "2026-12-31T23:59:59+03:00"}]
+    program = _program(pointsLifetimeDays=365)
+    assert cli("snapshot", "load", _snapshot(program=program, customers=customers)).code == 0
+    before = cli("quote", receipt(card=ANNA, redeemPoints=-1), "--json")
+    assert before.code == 0, before
+    cache = sqlite3.connect(cache_file(tmp_path / "data"))
+    try:
+        (doc,) = cache.execute("SELECT doc FROM customers WHERE id = 'c-a'").fetchone()
+        assert "2026-12-31T23:59:59+03:00" in doc
+        with cache:
+            older = doc.replace("2026-12-31T23:59:59+03:00", "2026-12-31 23:59:59+0300")
+            cache.execute("UPDATE customers SET doc = ? WHERE id = 'c-a'", (older,))
+    finally:
+        cache.close()
+    after = cli("quote", receipt(card=ANNA, redeemPoints=-1), "--json")
+    assert after.code == 0, after
+    assert after.out == before.out
+
+
+# ---------------------------------------------------------------- §2/§13: a window's ends
+
+
+def test_a_window_whose_start_is_its_ends_last_instant_is_a_window(cli: CLI) -> None:
+    """§2's decisions: an end in whole seconds holds through that second, to .999999; a
+    start at that very instant is a window of one microsecond, not a reversed one, for an
+    offer and a coupon alike (one microsecond later it is reversed, refused naming it).
+    Mutant: `validFrom > last_instant(validTo)` as `>=` refused the snapshot."""
+    start, end = "2026-11-23T10:15:00.999999+03:00", "2026-11-23T10:15:00+03:00"
+    offer = {"id": "o-tick", "kind": "PERCENT_OFF", "skus": [MILK], "value": "10",
+             "validFrom": start, "validTo": end}  # fmt: skip
+    coupon = {"code": "TICK-1", "offerId": "o-tick", "validFrom": start, "validTo": end}
+    assert cli("snapshot", "load", _snapshot(offers=[offer], coupons=[coupon])).code == 0
+    later = "2026-11-23T10:15:01+03:00"
+    _refused(
+        cli("snapshot", "load", _snapshot(version=2, offers=[{**offer, "validFrom": later}])),
+        "offer o-tick: validFrom is after validTo",
+    )
+    _refused(
+        cli("snapshot", "load", _snapshot(version=2, coupons=[{**coupon, "validFrom": later}])),
+        "coupon TICK1: validFrom is after validTo",
+    )
+
+
+# ---------------------------------------------------------------- §15: tiers of a QUANTITY_PRICE
+
+
+def test_two_tiers_at_one_min_qty_with_two_prices_are_refused(cli: CLI) -> None:
+    """§15: the tier with the highest `minQty` reached gives the unit price; two tiers at
+    the same `minQty` ("2" and "2.000") with two prices would make the price depend on
+    their order, and are refused naming both prices. The same tier twice at one price is
+    taken, and prices as one tier: 2 × 89.90 at 80.00 a unit, 17980 − 16000 = 1980 off.
+    Mutants: the check's `if` negated, or run only from 3 tiers on, took them."""
+    deal = {"id": "o-qp", "kind": "QUANTITY_PRICE", "skus": [MILK]}
+    two = [{"minQty": "2", "unitPriceMinor": 8000}, {"minQty": "2.000", "unitPriceMinor": 7000}]
+    _refused(
+        cli("snapshot", "load", _snapshot(offers=[{**deal, "tiers": two}])),
+        "offer o-qp: two tiers with minQty 2 and two unit prices (8000 and 7000)",
+    )
+    same = [{"minQty": "2", "unitPriceMinor": 8000}, {"minQty": "2.000", "unitPriceMinor": 8000}]
+    assert cli("snapshot", "load", _snapshot(offers=[{**deal, "tiers": same}])).code == 0
+    quoted = cli("quote", receipt(card=BORIS), "--json")
+    assert quoted.code == 0 and quoted.json()["discountMinor"] == 1980, quoted
+
+
+# ---------------------------------------------------------------- §3: versions and appliedThrough
+
+
+def test_a_delta_on_top_of_its_own_version_is_refused(cli: CLI) -> None:
+    """§3: a delta applies on top of `baseVersion`, an earlier version: `baseVersion` equal
+    to `version` is refused naming both. Mutant: `>=` as `>` took it."""
+    assert cli("snapshot", "load", _snapshot()).code == 0
+    _refused(
+        cli("snapshot", "load", {"version": 1, "baseVersion": 1}),
+        "baseVersion 1 must be below version 1",
+    )
+
+
+def test_applied_through_is_kept_and_bounded(cli: CLI) -> None:
+    """§3: `appliedThrough[device]` is the last of the device's sales counted in
+    `balancePoints`; the till adds only its sales numbered above it. Boris (80 points)
+    buys 2 × 89.90 at 3 %: floor(17980 × 3 / 10000) = 5 points, 85. A snapshot that
+    counts that sale (balancePoints 85, appliedThrough {"till-1": 1}) leaves him 85, not
+    90. The bound is 2^53 − 1 = 9007199254740991 (taken), one more refused. Mutants:
+    `_room_above` returning {} (the sale counted twice), `>` as `>=` (the bound refused)."""
+    assert cli("snapshot", "load", _snapshot()).code == 0
+    sold = cli("checkout", receipt("r-ap", card=BORIS), "--json")
+    assert sold.code == 0 and sold.json()["earnedPoints"] == 5, sold
+    customers = copy.deepcopy(BASE_SNAPSHOT["customers"])
+    customers[1]["balancePoints"] = 85
+    counted = _snapshot(version=2, customers=customers, appliedThrough={"till-1": 1})
+    assert cli("snapshot", "load", counted).code == 0
+    balance = cli("balance", BORIS, "--json")
+    assert balance.code == 0 and balance.json()["availablePoints"] == 85, balance
+    top = _snapshot(version=3, customers=customers, appliedThrough={"till-9": 2**53 - 1})
+    assert cli("snapshot", "load", top).code == 0
+    over = _snapshot(version=4, customers=customers, appliedThrough={"till-9": 2**53})
+    _refused(cli("snapshot", "load", over), "till-9: 9007199254740992 is above 9007199254740991")
