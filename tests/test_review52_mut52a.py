@@ -459,3 +459,82 @@ def test_applied_through_is_kept_and_bounded(cli: CLI) -> None:
     assert cli("snapshot", "load", top).code == 0
     over = _snapshot(version=4, customers=customers, appliedThrough={"till-9": 2**53})
     _refused(cli("snapshot", "load", over), "till-9: 9007199254740992 is above 9007199254740991")
+
+
+def test_a_multibuy_needs_whole_buy_and_free_quantities(cli: CLI) -> None:
+    """§15: "3 for 2" counts whole units: `buyQty` and `freeQty` are whole numbers of 1 or
+    more ("2.000" is 2). "1.5" or a missing `freeQty` is refused naming the offer.
+    Mutant: `qty is None or qty != whole` as `and` took "1.5" (and failed on a missing
+    one with an internal error)."""
+    deal = {"id": "o-mb", "kind": "MULTIBUY", "skus": [MILK], "buyQty": "2.000", "freeQty": "1"}
+    assert cli("snapshot", "load", _snapshot(offers=[deal])).code == 0
+    _refused(
+        cli("snapshot", "load", _snapshot(version=2, offers=[{**deal, "buyQty": "1.5"}])),
+        "offer o-mb: MULTIBUY needs a whole buyQty of 1 or more",
+    )
+    without = {key: value for key, value in deal.items() if key != "freeQty"}
+    _refused(
+        cli("snapshot", "load", _snapshot(version=2, offers=[without])),
+        "offer o-mb: MULTIBUY needs a whole freeQty of 1 or more",
+    )
+
+
+def test_a_key_given_twice_is_named(cli: CLI) -> None:
+    """§3: a snapshot's rows are keyed (a product by `sku`); a key given twice is refused
+    naming that key, not the first row's. Mutants of `_unique`'s look for it (`> 1` as
+    `>= 1`, `> 0`, `> 2`) named another key or failed."""
+    products = [*copy.deepcopy(BASE_SNAPSHOT["products"]), {"sku": "4601234000024"}]
+    _refused(
+        cli("snapshot", "load", _snapshot(products=products)),
+        "products: '4601234000024' appears twice",
+    )
+
+
+# ---------------------------------------------------------------- §5: a receipt's figures
+
+
+def test_redeem_points_below_minus_1_is_refused(server: HttpServer) -> None:
+    """§5: `redeemPoints` is 0 or more, or -1 for as much as allowed; -2 is bad input,
+    HTTP 400 naming the field. Mutant: `< -1` as `< -2` took -2."""
+    status, answer = _post(server, "/v1/quote", receipt(card=BORIS, redeemPoints=-2))
+    assert status == 400 and answer["error"]["code"] == "INVALID_ARGUMENT", answer
+    assert answer["error"]["message"] == (
+        "receipt: redeemPoints must be 0 or more, or -1 for as much as allowed"
+    )
+
+
+def test_a_receipt_total_of_exactly_int64_max_is_priced(server: HttpServer) -> None:
+    """§2: money is an int64 of minor units; a receipt's total may reach 2^63 − 1 and not
+    pass it. Two lines of goods not in the catalogue (no offers, no points) with amounts
+    2^63 − 2 and 1 are priced, total 9223372036854775807; 2^63 − 1 and 1 are refused.
+    Mutant: the total summed from -1 took the second."""
+    top = 2**63 - 1
+    lines = [
+        {"sku": "4601234999999", "qty": "1", "amountMinor": top - 1},
+        {"sku": "4601234999998", "qty": "1", "amountMinor": 1},
+    ]
+    status, answer = _post(server, "/v1/quote", receipt(card=BORIS, lines=lines))
+    assert status == 200, answer
+    assert answer["totalMinor"] == top and answer["payableMinor"] == top
+    lines[0]["amountMinor"] = top
+    status, answer = _post(server, "/v1/quote", receipt(card=BORIS, lines=lines))
+    assert status == 400 and answer["error"]["code"] == "INVALID_ARGUMENT", answer
+    assert "the receipt total does not fit in a signed 64-bit integer" in answer["error"]["message"]
+
+
+def test_a_percent_off_of_exactly_100_is_taken_above_is_refused(cli: CLI) -> None:
+    """§5 step 2: PERCENT_OFF's discount is floor(amount × value / 100); 100 % makes the
+    line free (17980 off 17980), above 100 is refused naming the offer, for a receipt's
+    percent-off too. Mutants: `> 100` as `>= 100` or `> 99` refused 100, `> 101` took
+    101."""
+    offer = {"id": "o-all", "kind": "PERCENT_OFF", "skus": [MILK], "value": "100"}
+    assert cli("snapshot", "load", _snapshot(offers=[offer])).code == 0
+    quoted = cli("quote", receipt(card=BORIS), "--json")
+    assert quoted.code == 0 and quoted.json()["discountMinor"] == 17980, quoted
+    for kind in ("PERCENT_OFF", "RECEIPT_PERCENT_OFF"):
+        for value in ("100.01", 101):
+            above = {**offer, "kind": kind, "value": value}
+            _refused(
+                cli("snapshot", "load", _snapshot(version=2, offers=[above])),
+                "offer o-all: a percentage above 100",
+            )
