@@ -507,7 +507,9 @@ def test_a_receipt_total_of_exactly_int64_max_is_priced(server: HttpServer) -> N
     """§2: money is an int64 of minor units; a receipt's total may reach 2^63 − 1 and not
     pass it. Two lines of goods not in the catalogue (no offers, no points) with amounts
     2^63 − 2 and 1 are priced, total 9223372036854775807; 2^63 − 1 and 1 are refused.
-    Mutant: the total summed from -1 took the second."""
+    A line of `priceMinor` 2^63 − 1 × "1" is at the bound too, and priced. Mutants: the
+    total summed from -1 or subtracted took the second; a line's `>` as `>=` refused
+    the third."""
     top = 2**63 - 1
     lines = [
         {"sku": "4601234999999", "qty": "1", "amountMinor": top - 1},
@@ -516,6 +518,9 @@ def test_a_receipt_total_of_exactly_int64_max_is_priced(server: HttpServer) -> N
     status, answer = _post(server, "/v1/quote", receipt(card=BORIS, lines=lines))
     assert status == 200, answer
     assert answer["totalMinor"] == top and answer["payableMinor"] == top
+    one = [{"sku": "4601234999999", "qty": "1", "priceMinor": top}]  # price × 1 at the bound
+    status, answer = _post(server, "/v1/quote", receipt(card=BORIS, lines=one))
+    assert status == 200 and answer["totalMinor"] == top, answer
     lines[0]["amountMinor"] = top
     status, answer = _post(server, "/v1/quote", receipt(card=BORIS, lines=lines))
     assert status == 400 and answer["error"]["code"] == "INVALID_ARGUMENT", answer
@@ -538,3 +543,22 @@ def test_a_percent_off_of_exactly_100_is_taken_above_is_refused(cli: CLI) -> Non
                 cli("snapshot", "load", _snapshot(version=2, offers=[above])),
                 "offer o-all: a percentage above 100",
             )
+
+
+def test_extra_points_are_whole_and_other_values_may_have_decimals(cli: CLI) -> None:
+    """§5 step 3: points are whole numbers (§2), so an EXTRA_POINTS `value` is too: "50"
+    adds 50 points once, "50.5" is refused naming the offer; a percent may have
+    decimals: PERCENT_OFF "7.5" takes floor(17980 × 7.5 / 100) = 1348, and Boris (3 %)
+    earns on the 16632 he pays floor(16632 × 3 / 10000) = 4, + 50 = 54. Mutants: the
+    whole-points rule applied to every kind, to every kind but EXTRA_POINTS, or refusing
+    whole points."""
+    extra = {"id": "o-xp", "kind": "EXTRA_POINTS", "value": "50"}
+    percent = {"id": "o-pc", "kind": "PERCENT_OFF", "skus": [MILK], "value": "7.5"}
+    assert cli("snapshot", "load", _snapshot(offers=[extra, percent])).code == 0
+    quoted = cli("quote", receipt(card=BORIS), "--json")
+    assert quoted.code == 0, quoted
+    assert (quoted.json()["discountMinor"], quoted.json()["earnedPoints"]) == (1348, 54)
+    _refused(
+        cli("snapshot", "load", _snapshot(version=2, offers=[{**extra, "value": "50.5"}])),
+        "offer o-xp: EXTRA_POINTS value must be whole points",
+    )
