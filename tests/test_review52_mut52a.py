@@ -562,3 +562,31 @@ def test_extra_points_are_whole_and_other_values_may_have_decimals(cli: CLI) -> 
         cli("snapshot", "load", _snapshot(version=2, offers=[{**extra, "value": "50.5"}])),
         "offer o-xp: EXTRA_POINTS value must be whole points",
     )
+
+
+# ---------------------------------------------------------------- §13: a code's length
+
+
+def test_a_coupon_code_of_128_characters_as_looked_up_is_taken(
+    cli: CLI, server: HttpServer
+) -> None:
+    """§13 and the text limit: a code is at most 128 characters as it is looked up
+    (upper-cased: "ß" is "SS"). In a snapshot, "ß" × 64 ("SS" × 64, 128) loads and
+    "ß" × 65 (130) is refused; on a receipt, a scanned "ß" × 64 gets its verdict (this
+    till knows no such code: REJECTED, UNKNOWN) and "ß" × 65 is bad input, HTTP 400.
+    Mutants: `> 128` as `>= 128` in `Coupon._normal` and `_looked_up_fits`."""
+    offer = {"id": "o-c", "kind": "PERCENT_OFF", "skus": [MILK], "value": "10",
+             "couponRequired": True}  # fmt: skip
+    coupon = {"code": "ß" * 64, "offerId": "o-c"}
+    assert cli("snapshot", "load", _snapshot(offers=[offer], coupons=[coupon])).code == 0
+    longer = {**coupon, "code": "ß" * 65}
+    _refused(
+        cli("snapshot", "load", _snapshot(version=2, offers=[offer], coupons=[longer])),
+        "is too long once upper-cased (at most 128 characters",
+    )
+    status, answer = _post(server, "/v1/quote", receipt(card=BORIS, coupons=["ß" * 64]))
+    assert status == 200, answer
+    assert [(c["status"], c["reason"]) for c in answer["coupons"]] == [("REJECTED", "UNKNOWN")]
+    status, answer = _post(server, "/v1/quote", receipt(card=BORIS, coupons=["ß" * 65]))
+    assert status == 400 and answer["error"]["code"] == "INVALID_ARGUMENT", answer
+    assert "coupons[0] is too long once upper-cased" in answer["error"]["message"]
