@@ -590,3 +590,33 @@ def test_a_coupon_code_of_128_characters_as_looked_up_is_taken(
     status, answer = _post(server, "/v1/quote", receipt(card=BORIS, coupons=["ß" * 65]))
     assert status == 400 and answer["error"]["code"] == "INVALID_ARGUMENT", answer
     assert "coupons[0] is too long once upper-cased" in answer["error"]["message"]
+
+
+def test_a_stored_offer_with_tiers_an_earlier_release_took_still_reads(
+    cli: CLI, tmp_path: Path
+) -> None:
+    """The rule on two tiers at one `minQty` is a rule of input (review 46's `STORED`): a
+    QUANTITY_PRICE an earlier release stored with two such tiers reads back and prices
+    (here at the first one's 80.00 a unit: 2 × 89.90 − 2 × 80.00 = 1980 off), so an
+    upgraded till sells on. Mutant: the check's `and not _stored(...)` as
+    `or` ran it on the stored row, and every quote failed."""
+    from tillpoint.agent.db import cache_file
+
+    tiers = [{"minQty": "2", "unitPriceMinor": 8000}]
+    deal = {"id": "o-qp", "kind": "QUANTITY_PRICE", "skus": [MILK], "tiers": tiers}
+    assert cli("snapshot", "load", _snapshot(offers=[deal])).code == 0
+    before = cli("quote", receipt(card=BORIS), "--json")
+    assert before.code == 0 and before.json()["discountMinor"] == 1980, before
+    cache = sqlite3.connect(cache_file(tmp_path / "data"))
+    try:
+        (doc,) = cache.execute("SELECT doc FROM offers WHERE id = 'o-qp'").fetchone()
+        stored = json.loads(doc)
+        stored["tiers"] = [*stored["tiers"], {"minQty": "2.000", "unitPriceMinor": 8000}]
+        stored["tiers"][-1]["unitPriceMinor"] = 9000
+        with cache:
+            cache.execute("UPDATE offers SET doc = ? WHERE id = 'o-qp'", (json.dumps(stored),))
+    finally:
+        cache.close()
+    after = cli("quote", receipt(card=BORIS), "--json")
+    assert after.code == 0, after
+    assert after.json()["discountMinor"] == 1980
