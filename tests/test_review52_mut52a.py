@@ -620,3 +620,57 @@ def test_a_stored_offer_with_tiers_an_earlier_release_took_still_reads(
     after = cli("quote", receipt(card=BORIS), "--json")
     assert after.code == 0, after
     assert after.json()["discountMinor"] == 1980
+
+
+# ---------------------------------------------------------------- §3: the program's defaults
+
+
+def test_absent_program_fields_take_the_defaults_shown(cli: CLI) -> None:
+    """§3: "absent program fields take the defaults shown above": a program of only a
+    currency is maxRedeemPercent 30, offlineRedeemLimitPoints 500, birthdayWindowDays 7,
+    pointValueMinor 100, tiers base 3 % and gold 7 %, birthdayMultiplier 5; a customer
+    without `balancePoints` has 0. By hand, Anna (gold, 1200 points, birthday 25
+    November) asking for all she may (-1, a till with no hub: offline):
+    - 17980 kopecks: min(1200, floor(17980 × 30 / 100 / 100) = 53, 179, 500) = 53;
+    - 1000000 kopecks: min(1200, 3000, 10000, 500) = 500 (the offline limit);
+    - nothing redeemed, on 18 November (7 days before her birthday) she earns at 7 % × 5:
+      floor(17980 × 7 × 5 / 10000) = 62; on the 17th (8 days) × 1: floor(12.586) = 12.
+    Mutants of the defaults (29, 499, a window of 6 days) passed every other test."""
+    customers = copy.deepcopy(BASE_SNAPSHOT["customers"])
+    del customers[2]["balancePoints"]  # Вера: no balance written
+    customers[2]["id"] = "c-v"
+    cards = [
+        *copy.deepcopy(BASE_SNAPSHOT["cards"]),
+        {"number": "2770000000048", "customerId": "c-v"},
+    ]
+    snap = _snapshot(program={"currency": "RUB"}, customers=customers, cards=cards)
+    assert cli("snapshot", "load", snap).code == 0
+
+    def quote(**changes: Any) -> dict[str, Any]:
+        run = cli("quote", receipt(card=ANNA, **changes), "--json")
+        assert run.code == 0, run
+        return dict(run.json())
+
+    assert quote(redeemPoints=-1)["redeemedPoints"] == 53
+    big = [{"sku": MILK, "qty": "1", "priceMinor": 1000000}]
+    assert quote(redeemPoints=-1, lines=big)["redeemedPoints"] == 500
+    assert quote(at="2026-11-18T12:00:00+03:00")["earnedPoints"] == 62
+    assert quote(at="2026-11-17T12:00:00+03:00")["earnedPoints"] == 12
+    balance = cli("balance", "2770000000048", "--json")
+    assert balance.code == 0 and balance.json()["availablePoints"] == 0, balance
+
+
+def test_a_favorite_weekday_is_0_unset_or_iso(cli: CLI) -> None:
+    """§14: `favoriteWeekday` is ISO (1-7), 0 its proto3 unset value; -1 and 8 are refused
+    naming the field. Mutant: the bound `ge=0` as `ge=-1` took -1."""
+    for good in (0, 7):
+        customers = copy.deepcopy(BASE_SNAPSHOT["customers"])
+        customers[0]["favoriteWeekday"] = good
+        assert cli("snapshot", "load", _snapshot(customers=customers)).code == 0, good
+    for bad, words in ((-1, "must be 0 or more"), (8, "must be 7 or less")):
+        customers = copy.deepcopy(BASE_SNAPSHOT["customers"])
+        customers[0]["favoriteWeekday"] = bad
+        _refused(
+            cli("snapshot", "load", _snapshot(version=2, customers=customers)),
+            f"customers[0].favoriteWeekday {words}",
+        )
