@@ -674,3 +674,36 @@ def test_a_favorite_weekday_is_0_unset_or_iso(cli: CLI) -> None:
             cli("snapshot", "load", _snapshot(version=2, customers=customers)),
             f"customers[0].favoriteWeekday {words}",
         )
+
+
+# ---------------------------------------------------------------- §5/§12: a request's list bounds
+
+
+def test_a_requests_list_bounds_hold_and_openapi_states_them(server: HttpServer) -> None:
+    """§5/§12: a receipt needs a line (none: 400 "lines must not be empty") and carries
+    at most 100 scanned coupons (101: "has too many items (at most 100)"; 100 are each
+    given a verdict); `GET /openapi.json` states the bounds the models check: a receipt's
+    `lines` 1 to 10000 items, `coupons` at most 100, `redeemPoints` -1 or more, a refund's
+    `lines` 1 to 10000. Mutants of those bounds in the models passed every other test."""
+    status, answer = _post(server, "/v1/quote", receipt(card=BORIS, lines=[]))
+    assert status == 400 and answer["error"]["message"] == "receipt: lines must not be empty"
+    codes = [f"NONE-{n}" for n in range(101)]
+    status, answer = _post(server, "/v1/quote", receipt(card=BORIS, coupons=codes))
+    assert status == 400, answer
+    assert answer["error"]["message"] == "receipt: coupons has too many items (at most 100)"
+    status, answer = _post(server, "/v1/quote", receipt(card=BORIS, coupons=codes[:100]))
+    assert status == 200 and len(answer["coupons"]) == 100, answer
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=TIMEOUT)
+    try:
+        connection.request("GET", "/openapi.json")
+        schemas = json.loads(connection.getresponse().read())["components"]["schemas"]
+    finally:
+        connection.close()
+    receipt_fields, refund_fields = (
+        schemas["Receipt"]["properties"],
+        schemas["Refund"]["properties"],
+    )
+    assert (receipt_fields["lines"]["minItems"], receipt_fields["lines"]["maxItems"]) == (1, 10000)
+    assert receipt_fields["coupons"]["anyOf"][0]["maxItems"] == 100
+    assert receipt_fields["redeemPoints"]["anyOf"][0]["minimum"] == -1
+    assert (refund_fields["lines"]["minItems"], refund_fields["lines"]["maxItems"]) == (1, 10000)
