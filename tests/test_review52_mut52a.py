@@ -707,3 +707,14 @@ def test_a_requests_list_bounds_hold_and_openapi_states_them(server: HttpServer)
     assert receipt_fields["coupons"]["anyOf"][0]["maxItems"] == 100
     assert receipt_fields["redeemPoints"]["anyOf"][0]["minimum"] == -1
     assert (refund_fields["lines"]["minItems"], refund_fields["lines"]["maxItems"]) == (1, 10000)
+
+
+def test_a_snapshot_key_is_at_most_200_characters(cli: CLI) -> None:
+    """§3's keys (a SKU, an id, a code, a card number) are at most 200 characters: 200
+    loads, 201 is refused naming the field. Mutant: the bound 201 took it."""
+    products = [{"sku": "7" * 200}]
+    assert cli("snapshot", "load", _snapshot(products=products)).code == 0
+    _refused(
+        cli("snapshot", "load", _snapshot(version=2, products=[{"sku": "7" * 201}])),
+        "products[0].sku is too long (at most 200 characters)",
+    )
