@@ -1,0 +1,231 @@
+"""Review 52 (mut52c): mutation testing of the command line (agent/cli.py, the contract §10)
+and of the one error hierarchy (agent/errors.py, §10-§12). A fault fixed (a usage error's
+hint read the words of the caller's process, not the ones `main` was given) and the rules
+no test held, pinned: each test here fails on the mutant named in its docstring."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import CLI, receipt, snapshot
+from .test_coupons import COUPONS
+from .test_coupons import receipt as coupon_receipt
+from .test_coupons import snap as coupon_snapshot
+
+EXE = str(Path(sys.executable).with_name("tillpoint"))
+MILK = "4601234000017"
+AT = "2026-11-23T10:15:00+03:00"
+BORIS = "2770000000024"  # tier base: 3 % accrual, no birthday near the receipts' day
+
+
+# ------------------------------------------------ a usage error's hint: the words given
+
+
+def test_a_usage_errors_hint_reads_the_words_main_was_given(
+    cli: CLI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The contract §10 (review 49's decision: a RECEIPT_ID that starts with a dash is told
+    to go after `--`). `_Parser.error` read the hint's words from `sys.argv`: a program
+    that runs the CLI in its own process (`main(argv)`: a Python POS, a test) got no hint
+    for `confirm -neg`, and a hint naming its own process's words for another command.
+    Fails before the fix (the hint missing, then `-- -7x` named)."""
+    monkeypatch.setattr(sys, "argv", ["pos.py", "-7x"])  # the caller's own words
+    refused = cli("confirm", "-neg")
+    assert (refused.code, refused.out) == (2, "")
+    assert refused.err == (
+        "tillpoint: the following arguments are required: RECEIPT_ID; a text that starts"
+        " with a dash goes after --: -- -neg (see `tillpoint confirm --help`)\n"
+    )
+    refused = cli("cancel")
+    assert refused.err == (
+        "tillpoint: the following arguments are required: RECEIPT_ID"
+        " (see `tillpoint cancel --help`)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("words", "hint"),
+    [
+        # a shortened option of three characters is still the option (`len(word) > 3`)
+        (
+            ["confirm", "r1", "--f", "-FD-1"],
+            "; a value that starts with a dash is written --f=-FD-1",
+        ),
+        # the hint names the option the message names, not another word before a dashed
+        # one (`len(word) > 2 or ...`: "written hold-7=-x")
+        (
+            ["confirm", "hold-7", "-x", "--fiscal", "-FD-1"],
+            "; a value that starts with a dash is written --fiscal=-FD-1",
+        ),
+        # a script's `--fiscal $UNSET` after a first --fiscal: no hint of a value that
+        # does not start with a dash (`value[:1] == "-" or ...`: "written --fiscal=FD-1")
+        (["confirm", "r1", "--fiscal", "FD-1", "--fiscal"], ""),
+    ],
+)
+def test_a_value_that_starts_with_a_dash_is_told_how_to_give_it_only_so(
+    cli: CLI, words: list[str], hint: str
+) -> None:
+    """The contract §10 (review 49, spec49e): "argument --fiscal: expected one argument; a
+    value that starts with a dash is written --fiscal=-FD-1"."""
+    refused = cli(*words)
+    assert (refused.code, refused.out) == (2, "")
+    assert refused.err == (
+        f"tillpoint: argument --fiscal: expected one argument{hint}"
+        " (see `tillpoint confirm --help`)\n"
+    )
+
+
+# ------------------------------------------------------------- the text a person reads
+
+
+def test_a_refunds_text_says_what_it_gave_and_took_back_and_a_balance_below_zero(
+    cli: CLI,
+) -> None:
+    """`refund FILE` without --json (the contract §6, §10): no test read it. Boris (tier
+    base, 3 %, balance set to 0) buys 2 milk at 89,90: 3 % of 179,80 = 5,39 → 5 points;
+    one milk back takes 2 (2.5, rounded down): balance 3, no line about zero. Then 10 milk
+    (899,00: 26,97 → 26 points, balance 29) and 2 milk paying 29 points (30 % of 179,80
+    allows 53), earning 3 % of 150,80 = 4,52 → 4: balance 4. The 10 milk returned take
+    their 26 points back: 4 − 26 = −22, "below zero". Fails with either `if` of
+    `_human_refund` negated."""
+    snap = snapshot()
+    snap["customers"][1]["balancePoints"] = 0
+    assert cli("snapshot", "load", snap).code == 0
+    assert cli("checkout", receipt("r1", card=BORIS), "--json").json()["earnedPoints"] == 5
+    half = {"refundId": "f1", "receiptId": "r1", "at": AT, "lines": [{"sku": MILK, "qty": "1"}]}
+    run = cli("refund", half)
+    assert (run.code, run.err) == (0, "")
+    assert run.out == (
+        "refund f1 of receipt r1: 0 pts given back, 2 pts taken back\n"
+        "balance: 3 pts available, 0 pending\n"
+    )
+    ten = [{"sku": MILK, "qty": "10", "priceMinor": 8990}]
+    assert cli("checkout", receipt("r2", card=BORIS, lines=ten), "--json").code == 0
+    paid = cli("checkout", receipt("r3", card=BORIS, redeemPoints=29), "--json").json()
+    assert (paid["redeemedPoints"], paid["earnedPoints"]) == (29, 4)
+    assert paid["balance"]["availablePoints"] == 4
+    whole = {"refundId": "f2", "receiptId": "r2", "at": AT, "lines": [{"sku": MILK, "qty": "10"}]}
+    run = cli("refund", whole)
+    assert (run.code, run.err) == (0, "")
+    assert run.out == (
+        "refund f2 of receipt r2: 0 pts given back, 26 pts taken back\n"
+        "balance: -22 pts available, 0 pending\n"
+        "the balance is now below zero\n"
+    )
+
+
+def test_a_cancelled_holds_codes_read_given_back_and_a_rejected_code_its_reason(
+    cli: CLI,
+) -> None:
+    """§13's verdicts in a result's text (`_human_coupon`): no test read "given back" (a
+    cancel gave the hold's codes back) nor an empty code's `""`. Fails with the verdict's
+    `if` negated or `given_back` ignored."""
+    assert cli("snapshot", "load", coupon_snapshot(coupons=COUPONS)).code == 0
+    held = cli("hold", coupon_receipt("h1", "sorry-7k2q9", "NOPE1", "--"))
+    assert held.code == 0, held.err
+    said = 'coupons: SORRY7K2Q9 applied; NOPE1 rejected (UNKNOWN); "" rejected (UNKNOWN)'
+    assert said in held.out.splitlines()
+    cancelled = cli("cancel", "h1")
+    assert cancelled.code == 0, cancelled.err
+    assert "  CANCELLED" in cancelled.out.splitlines()[0]
+    said = 'coupons: SORRY7K2Q9 given back; NOPE1 rejected (UNKNOWN); "" rejected (UNKNOWN)'
+    assert said in cancelled.out.splitlines()
+    sold = cli("checkout", coupon_receipt("c1", "SORRY7K2Q9"))
+    assert "coupons: SORRY7K2Q9 applied" in sold.out.splitlines()
+
+
+def test_config_check_counts_the_other_loose_values_only_when_there_are_some(
+    cli: CLI, tmp_path: Path
+) -> None:
+    """`config check` refuses what `run` takes loosely with the first problem and "(and N
+    more problem(s))" (the contract §10). One problem alone was never read whole: with
+    `len(loose) >= 1` it said "(and 0 more problem(s))"."""
+    one = tmp_path / "one.toml"
+    one.write_text('[server]\nmax_workers = "10"\n', encoding="utf-8")
+    run = cli("--config", one, "config", "check")
+    assert (run.code, run.out) == (2, "")
+    assert run.err == (
+        f'tillpoint: config {one}: [server] max_workers = "10": an integer is expected,'
+        " without quotes\n"
+    )
+    two = tmp_path / "two.toml"
+    two.write_text('[server]\nmax_workers = "10"\n[metrics]\nenabled = 0\n', encoding="utf-8")
+    run = cli("--config", two, "config", "check")
+    assert (run.code, run.out) == (2, "")
+    assert run.err == (
+        f'tillpoint: config {two}: [server] max_workers = "10": an integer is expected,'
+        " without quotes (and 1 more problem(s))\n"
+    )
+
+
+# ------------------------------------------------------------ `reset` asks on a terminal
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
+    env.update(TILLPOINT_DEVICE_ID="till-1", TILLPOINT_CLI_LOCAL="1")
+    return env
+
+
+def _reset_on_a_terminal(data: Path, answer: bytes, *args: str) -> tuple[int, str, str]:
+    """`tillpoint reset ARGS` with stdin and stderr a real pseudo-terminal, answering the
+    question with `answer` once it is asked: (exit code, stdout, what the terminal showed)."""
+    master, slave = os.openpty()
+    proc = subprocess.Popen(
+        [EXE, "--data-dir", str(data), "reset", *args],
+        stdin=slave,
+        stderr=slave,
+        stdout=subprocess.PIPE,
+        env=_env(),
+    )
+    os.close(slave)
+    shown = b""
+    deadline = time.monotonic() + 60
+    try:
+        while b"[y/N] " not in shown and time.monotonic() < deadline:
+            chunk = os.read(master, 4096)  # EIO once the process has closed the terminal
+            if not chunk:
+                break
+            shown += chunk
+        os.write(master, answer)
+        out, _ = proc.communicate(timeout=60)
+        while chunk := os.read(master, 4096):
+            shown += chunk
+    except OSError:
+        pass
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        os.close(master)
+    return proc.returncode, out.decode(), shown.decode().replace("\r\n", "\n")
+
+
+def test_reset_on_a_terminal_asks_and_takes_only_yes(cli: CLI, tmp_path: Path) -> None:
+    """The contract §10 (`reset` asks on a terminal; a script needs --yes): no test had a
+    terminal, so none saw the question, its "and discard 1 unsent transaction(s)" with
+    --force, "n" cancelling (exit 2, nothing forgotten) nor " YES " taken."""
+    data = tmp_path / "data"  # the `cli` fixture's data directory
+    assert cli("snapshot", "load", snapshot()).code == 0
+    assert cli("checkout", receipt(), "--json").code == 0
+    question = (
+        f"Forget the cache and the ledger of till-1 in {data} and discard 1 unsent"
+        " transaction(s)? [y/N] "
+    )
+    code, out, shown = _reset_on_a_terminal(data, b"n\n", "--force")
+    assert (code, out) == (2, "")
+    assert shown == f"{question}n\ntillpoint: reset cancelled\n"
+    assert cli("status", "--json").json()["outboxDepth"] == 1  # nothing forgotten
+    code, out, shown = _reset_on_a_terminal(data, b" YES \n", "--force")
+    assert code == 0, shown
+    assert out == (
+        "the till's cache and ledger are empty; numbering continues;"
+        " 1 unsent transaction(s) discarded\n"
+    )
+    assert shown == f"{question} YES \n"
