@@ -309,3 +309,40 @@ def test_status_text_is_one_line_a_field_with_yes_no_and_nothing_for_null(cli: C
     ):
         assert said in lines, said
     assert lines[-1].startswith("agent: not running (no `tillpoint run` serves ")
+
+
+def test_a_dashed_card_after_a_flag_given_before_the_command_is_the_text(cli: CLI) -> None:
+    """The contract §10 (a flag of the command may be given before it) with §4 (dashes
+    of any kind are dropped): `tillpoint --json identify -277-000-000-0017` is Anna's card,
+    as `identify -277-000-000-0017 --json` is. With `_command_of`'s `and` made `or`, a flag
+    before the command hid it: "the following arguments are required: TEXT"."""
+    assert cli("snapshot", "load", snapshot()).code == 0
+    for words in (
+        ["--json", "identify", "-277-000-000-0017"],
+        ["identify", "-277-000-000-0017", "--json"],
+    ):
+        run = cli(*words)
+        assert (run.code, run.err) == (0, ""), words
+        assert run.json()["customerId"] == "c-a"
+
+
+def test_main_in_a_callers_process_gives_its_stderr_back_as_it_was() -> None:
+    """`main(argv)` leaves the caller's process as it found it (its docstring; review 38,
+    rev38i): stderr is the caller's own object again, not tillpoint's `ErrorLines` around
+    it (with the unwrapping's `if` negated it stayed wrapped, and each call wrapped it
+    once more)."""
+    import io
+
+    from tillpoint.agent.cli import main
+
+    mine = io.StringIO()
+    before = sys.stderr
+    sys.stderr = mine
+    try:
+        assert main(["--data-dir", "", "status"]) == 2  # bad input: one line on stderr
+    except SystemExit as exc:  # argparse's usage error
+        assert exc.code == 2
+    finally:
+        after, sys.stderr = sys.stderr, before
+    assert after is mine
+    assert mine.getvalue().startswith("tillpoint: argument --data-dir: must not be empty")
