@@ -346,3 +346,23 @@ def test_main_in_a_callers_process_gives_its_stderr_back_as_it_was() -> None:
         after, sys.stderr = sys.stderr, before
     assert after is mine
     assert mine.getvalue().startswith("tillpoint: argument --data-dir: must not be empty")
+
+
+def test_a_request_of_exactly_4_mib_on_standard_input_is_taken(
+    cli: CLI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The contract §10 ("a request larger than 4 MiB" is bad input): exactly 4 MiB
+    is not larger. A file of exactly 4 MiB was tested, and stdin only at 4 MiB + 1 and at
+    4 KiB: `len(raw) >= limit` refused a 4 MiB quote read from a pipe."""
+    import io
+
+    from tillpoint.agent.limits import REQUEST_MAX_BYTES
+
+    assert cli("snapshot", "load", snapshot()).code == 0
+    raw = json.dumps(receipt("r-pipe")).encode()
+    body = raw + b" " * (REQUEST_MAX_BYTES - len(raw))  # blanks: still the one document
+    assert len(body) == 4 * 1024 * 1024
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(body)))
+    run = cli("quote", "-", "--json")
+    assert (run.code, run.err) == (0, "")
+    assert run.json()["receiptId"] == "r-pipe"
