@@ -366,3 +366,22 @@ def test_a_request_of_exactly_4_mib_on_standard_input_is_taken(
     run = cli("quote", "-", "--json")
     assert (run.code, run.err) == (0, "")
     assert run.json()["receiptId"] == "r-pipe"
+
+
+def test_a_shortened_flag_before_the_command_is_taken_though_also_written_after_dashes(
+    cli: CLI, tmp_path: Path
+) -> None:
+    """The contract §10 (review 32, rev32c: a shortened flag left over after `--` is an
+    operand, not taken; one given before the command is taken). A word written on both
+    sides of `--` is not an operand (`_after_dashes`: "a word also written before it is
+    not one of them"): `tillpoint --js quote -- r.json --js` prints the one document.
+    With its `and` made `or`, both were operands: "unrecognized arguments: --js --js"."""
+    assert cli("snapshot", "load", snapshot()).code == 0
+    sale = tmp_path / "r.json"
+    sale.write_text(json.dumps(receipt("r-js")), encoding="utf-8")
+    run = cli("--js", "quote", "--", sale, "--js")
+    assert (run.code, run.err) == (0, "")
+    assert run.json()["receiptId"] == "r-js"
+    refused = cli("quote", "--", sale, "--js")  # after `--` only: an operand, refused
+    assert (refused.code, refused.out) == (2, "")
+    assert refused.err.startswith("tillpoint: unrecognized arguments: --js")
