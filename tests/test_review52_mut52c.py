@@ -320,6 +320,9 @@ def test_a_dashed_card_after_a_flag_given_before_the_command_is_the_text(cli: CL
     for words in (
         ["--json", "identify", "-277-000-000-0017"],
         ["identify", "-277-000-000-0017", "--json"],
+        # a flag between the command and the text is no option's value (`_scanned_text_last`
+        # with its `and`s made `or` took the text for --json's value and left it to argparse)
+        ["identify", "--json", "-277-000-000-0017"],
     ):
         run = cli(*words)
         assert (run.code, run.err) == (0, ""), words
@@ -385,3 +388,18 @@ def test_a_shortened_flag_before_the_command_is_taken_though_also_written_after_
     refused = cli("quote", "--", sale, "--js")  # after `--` only: an operand, refused
     assert (refused.code, refused.out) == (2, "")
     assert refused.err.startswith("tillpoint: unrecognized arguments: --js")
+
+
+def test_a_top_option_left_without_its_value_is_said_so_though_a_flag_follows(
+    cli: CLI,
+) -> None:
+    """The contract §10: "a top option left without its value (`--data-dir $UNSET --at T
+    balance CARD`) is 'argument --data-dir: expected one argument' as argparse says it".
+    With a flag after it (`--data-dir $UNSET --json --at T balance CARD`) the flag is no
+    value either (`_not_a_value`); taken for one (`word[:2] == "-"`), `--at T` was said to
+    go after the command, the data directory's missing value unsaid."""
+    refused = cli("--data-dir", "--json", "--at", AT, "balance", "2770000000017")
+    assert (refused.code, refused.out) == (2, "")
+    assert refused.err == (
+        "tillpoint: argument --data-dir: expected one argument (see `tillpoint --help`)\n"
+    )
