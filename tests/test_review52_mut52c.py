@@ -403,3 +403,24 @@ def test_a_top_option_left_without_its_value_is_said_so_though_a_flag_follows(
     assert refused.err == (
         "tillpoint: argument --data-dir: expected one argument (see `tillpoint --help`)\n"
     )
+
+
+# --------------------------------------------------------------- one line, at its edge
+
+
+def test_a_message_of_exactly_the_maximum_is_whole_and_one_more_is_cut_to_both_ends() -> None:
+    """agent/errors.py's `one_line` (every edge's message: "one line of at most about
+    MESSAGE_MAX characters", 1,000): a message of exactly 1,000 characters is kept whole
+    (`>=` cut it); one of 1,001 keeps 480 characters of each end (1000 // 2 − 20) around
+    " …[41 characters]… " (1,001 − 960), 979 in all; a megabyte's keeps the same ends."""
+    from tillpoint.agent.errors import MESSAGE_MAX, one_line
+
+    assert MESSAGE_MAX == 1000
+    exact = "A" + "x" * 998 + "Z"
+    assert one_line(exact) == exact
+    over = "A" + "x" * 999 + "Z"
+    cut = one_line(over)
+    assert cut == "A" + "x" * 479 + " …[41 characters]… " + "x" * 479 + "Z"
+    assert len(cut) == 979
+    huge = "A" + "x" * 999_998 + "Z"
+    assert one_line(huge) == "A" + "x" * 479 + " …[999040 characters]… " + "x" * 479 + "Z"
