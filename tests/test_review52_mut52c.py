@@ -424,3 +424,36 @@ def test_a_message_of_exactly_the_maximum_is_whole_and_one_more_is_cut_to_both_e
     assert len(cut) == 979
     huge = "A" + "x" * 999_998 + "Z"
     assert one_line(huge) == "A" + "x" * 479 + " …[999040 characters]… " + "x" * 479 + "Z"
+
+
+def test_a_top_option_as_the_last_word_is_said_to_have_no_value(cli: CLI) -> None:
+    """`tillpoint --data-dir D --config` (a script's `--config $UNSET` with nothing after
+    it): argparse's "argument --config: expected one argument", exit 2. With the check of
+    the last word off by one (`i - 1 == len(words)`, `i + 0`), the next word was read
+    past the end: "internal error: IndexError", exit 1."""
+    refused = cli("--config")
+    assert (refused.code, refused.out) == (2, "")
+    assert refused.err == (
+        "tillpoint: argument --config: expected one argument (see `tillpoint --help`)\n"
+    )
+
+
+def test_a_command_of_the_cli_itself_builds_its_parser_without_the_other_parts() -> None:
+    """`build_parser(argv)`: for a command of agent/cli.py's own (quote, checkout, status
+    …) the other parts' commands (`hub`, `sync`, `print`, `demo`: agent/app.py and what it
+    imports) are not added, a third of a one-shot's start (docs/PERFORMANCE.md). With
+    `argv is not None` made `is None` every call imported them; the behaviour the same."""
+    probe = (
+        "import sys\n"
+        "from tillpoint.agent.cli import build_parser\n"
+        "build_parser(['quote', 'r.json', '--json'])\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('tillpoint.agent.app',"
+        " 'tillpoint.sync', 'tillpoint.printer'))))\n"
+        "build_parser(['hub', 'status'])\n"
+        "print('tillpoint.agent.app' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=_env(), capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == "[]\nTrue\n"
