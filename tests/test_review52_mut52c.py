@@ -457,3 +457,30 @@ def test_a_command_of_the_cli_itself_builds_its_parser_without_the_other_parts()
     )
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout == "[]\nTrue\n"
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "UNAUTHENTICATED",
+        "PERMISSION_DENIED",
+        "METHOD_NOT_ALLOWED",
+        "REQUEST_TIMEOUT",
+        "UNSUPPORTED_MEDIA_TYPE",
+        "HTTP_VERSION_NOT_SUPPORTED",
+        "SOMETHING_NEW",
+        "None",
+    ],
+)
+def test_a_forwarded_answer_with_a_code_of_no_class_exits_1(code: str) -> None:
+    """`exit_code_of` (the forwarded CLI's exit code from `run`'s HTTP error body,
+    agent/forward.py): the codes of the HTTP edge's own refusals, which no error class
+    carries (a token `run` does not take, a body it times out, a later release's code, a
+    body without one), exit 1 as "the rest" do. With the table's fall-through answering
+    0, a refused forwarded call exited 0: a POS script took it for done."""
+    from tillpoint.agent.errors import HTTP_STATUS, exit_code_of
+
+    assert exit_code_of(code) == 1
+    assert [exit_code_of(c) for c in ("INVALID_ARGUMENT", "FAILED_PRECONDITION")] == [2, 2]
+    assert [exit_code_of(c) for c in ("NOT_FOUND", "ALREADY_EXISTS", "UNAVAILABLE")] == [2, 2, 1]
+    assert code in HTTP_STATUS or code in ("SOMETHING_NEW", "None")
