@@ -484,3 +484,15 @@ def test_a_forwarded_answer_with_a_code_of_no_class_exits_1(code: str) -> None:
     assert [exit_code_of(c) for c in ("INVALID_ARGUMENT", "FAILED_PRECONDITION")] == [2, 2]
     assert [exit_code_of(c) for c in ("NOT_FOUND", "ALREADY_EXISTS", "UNAVAILABLE")] == [2, 2, 1]
     assert code in HTTP_STATUS or code in ("SOMETHING_NEW", "None")
+
+
+def test_a_dashed_number_argparse_took_as_a_value_gets_no_dash_hint(cli: CLI) -> None:
+    """`_Parser.error`: the "goes after --" hint only for a dashed word argparse left
+    unplaced ("only where argparse did not take the word"). `balance CARD --at -5 extra`:
+    argparse took -5 as --at's value and left `extra`; the hint for -5 (the `and` made
+    `or`: any unrecognized-arguments message) told to write `-- -5`, which was given."""
+    refused = cli("balance", "2770000000017", "--at", "-5", "extra")
+    assert (refused.code, refused.out) == (2, "")
+    assert refused.err == (
+        "tillpoint: unrecognized arguments: extra (see `tillpoint balance --help`)\n"
+    )
