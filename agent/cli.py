@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import contextvars
 import io
 import json
 import os
@@ -81,7 +82,9 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # argparse reads a scanned "-2770000000017-" as an unknown option and then says
         # only that the text is missing: say how to give it
-        words = sys.argv[1:]
+        words = _WORDS.get()
+        if words is None:  # a parser used without `main` (a test's): the process's words
+            words = sys.argv[1:]
         dashed = [w for w in words if w[:1] == "-" and w[1:2].isdigit()]
         if not dashed and message.startswith("the following arguments are required: RECEIPT_ID"):
             # confirm's and cancel's receipt id as the POS named it ("-neg", which a hold's
@@ -99,6 +102,14 @@ class _Parser(argparse.ArgumentParser):
             message += f"; a text that starts with a dash goes after --: -- {dashed[0]}"
         message += _dashed_value(message, words)
         self.exit(EXIT_INPUT, f"tillpoint: {message} (see `{self.prog} --help`)\n")
+
+
+# The words `main` was given, as given (before `_scanned_text_last`), for the usage errors'
+# hints (`_Parser.error`). Not sys.argv: a caller's `main(argv)` (a POS embedding the CLI, a
+# test) got the hints of its own process's words, none for `confirm -neg` (review 52, mut52c).
+_WORDS: contextvars.ContextVar[Sequence[str] | None] = contextvars.ContextVar(
+    "tillpoint_cli_words", default=None
+)
 
 
 def _dashed_value(message: str, words: Sequence[str]) -> str:
@@ -386,11 +397,12 @@ def _main(argv: Sequence[str] | None) -> int:
         from .logs import setup_one_shot
 
         setup_one_shot()  # its warnings as its lines are; `run`, `hub serve` set up their own
-    argv = _scanned_text_last(argv)
-    parser = build_parser(argv)
-    vars(parser)["argv"] = list(argv)  # `--version --json` reads it
+    words = _WORDS.set(list(argv))  # the usage errors' hints read them (`_Parser.error`)
     after: _AfterAnswer | None = None  # a committing call's: from its answer on
     try:
+        argv = _scanned_text_last(argv)
+        parser = build_parser(argv)
+        vars(parser)["argv"] = list(argv)  # `--version --json` reads it
         # `--version` writes its line while the arguments are read: inside the handlers
         # below, so a closed or full stdout is worded, not a traceback.
         args = _parse(parser, argv)
@@ -438,6 +450,7 @@ def _main(argv: Sequence[str] | None) -> int:
         )
         return EXIT_ERROR
     finally:
+        _WORDS.reset(words)
         if after is not None:  # after the hub link's and the files' closes
             after.end()
 
