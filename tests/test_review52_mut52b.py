@@ -5,12 +5,17 @@ server on a random loopback port over a real agent on real SQLite files."""
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Iterator
+from types import FrameType
 
 import pytest
-from tillpoint.agent.http_api import HttpServer
+from tillpoint.agent.cli import parse_json
+from tillpoint.agent.http_api import HttpServer, receipt_of_body
 from tillpoint.agent.limits import TEXT_MAX
-from tillpoint.agent.service import MAX_FISCAL_DOCUMENT
+from tillpoint.agent.models import Receipt
+from tillpoint.agent.service import MAX_FISCAL_DOCUMENT, Agent
 
 from .conftest import receipt
 from .test_http_api import Client, error_of
@@ -79,3 +84,81 @@ def test_a_small_body_text_exactly_at_its_limit_is_taken(client: Client) -> None
     )
     assert (status, code) == (400, "INVALID_ARGUMENT")
     assert message == "confirm: fiscalDocument is too long (at most 64 characters)"
+
+
+# ---------------------------------------------------------------- the fast path
+
+
+def _long_way_calls(raw: bytes) -> tuple[Receipt, int]:
+    """The receipt `receipt_of_body` reads, and how many times it took the long way
+    (`cli.parse_json`, counted by a profile hook on this thread: nothing replaced)."""
+    calls = 0
+    code = parse_json.__code__
+
+    def hook(frame: FrameType, event: str, arg: object) -> None:
+        nonlocal calls
+        if event == "call" and frame.f_code is code:
+            calls += 1
+
+    sys.setprofile(hook)
+    try:
+        read = receipt_of_body(raw)
+    finally:
+        sys.setprofile(None)
+    return read, calls
+
+
+def test_a_plain_receipt_is_read_straight_from_its_bytes() -> None:
+    """Issue 11's overhead (docs/PERFORMANCE.md, "The HTTP interface's own overhead"): a
+    receipt with one plain `at` and no `explain` is validated straight from the body's
+    bytes, never parsed into dicts first; a body with `explain`, or `"at"` twice, takes the
+    long way. The same receipt either way (tests/test_http_body.py); a guard that sent
+    every body the long way (the second `"at"` looked for from the first, `< -1`, the
+    match's whole text for its time, `in` for `not in` of "explain") answered the same,
+    slower, and no test saw it."""
+    plain = json.dumps(receipt()).encode()
+    read, calls = _long_way_calls(plain)
+    assert calls == 0 and read.receipt_id == "r1"
+    assert read.at.isoformat() == "2026-11-23T10:15:00+03:00"
+    for slow in (
+        json.dumps(receipt(explain=True)).encode(),
+        plain.replace(b'"card"', b'"at": "2026-11-24T10:15:00+03:00", "card"'),
+    ):
+        assert _long_way_calls(slow)[1] == 1, slow
+
+
+def test_small_reads_answer_while_every_pool_thread_waits_on_a_commit(
+    agent: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The contract §12: quote, identify and balance with a body up to 64 KiB run on the
+    HTTP server's event loop, not in the pool, and are not subject to the 30 s call
+    timeout; a larger body runs in the pool. With the pool's one thread stuck behind the
+    agent's lock (a commit in progress), a quote of exactly 64 KiB, an identify and a
+    balance are answered; a quote one byte larger waits in the pool and meets the call
+    timeout (503). Each guard of that choice mutated (negated, `is None`, `<`) sent the
+    small reads to the pool: no test told."""
+    from tillpoint.agent import http_api
+
+    monkeypatch.setattr(http_api, "CALL_TIMEOUT_S", 0.5)
+    srv = HttpServer(agent, "127.0.0.1:0", max_workers=1)
+    srv.start()
+    c = Client(srv.port)
+    try:
+        body = json.dumps(receipt("big")).encode()
+        at_limit = body + b" " * (64 * 1024 - len(body))  # the contract says 64 KiB
+        with agent._lock:  # a commit in progress, as long as the test holds it
+            # the pool's one thread takes a checkout, which waits for the lock
+            status, code, _ = error_of(c.post("/v1/checkout", receipt("stuck")))
+            assert (status, code) == (503, "UNAVAILABLE")
+            answer = c.post("/v1/quote", raw=at_limit)
+            assert answer.status == 200 and answer.json()["receiptId"] == "big", answer.body
+            assert c.post("/v1/identify", {"text": "2770000000017"}).status == 200
+            assert c.post("/v1/balance", {"card": "2770000000017"}).status == 200
+            status, code, _ = error_of(c.post("/v1/quote", raw=at_limit + b" "))
+            assert (status, code) == (503, "UNAVAILABLE")
+        # the lock given back, the pool's thread ends the checkout and serves again
+        monkeypatch.setattr(http_api, "CALL_TIMEOUT_S", 30.0)
+        assert c.post("/v1/quote", raw=at_limit + b" ").status == 200
+    finally:
+        c.close()
+        srv.stop()
