@@ -162,3 +162,17 @@ def test_small_reads_answer_while_every_pool_thread_waits_on_a_commit(
     finally:
         c.close()
         srv.stop()
+
+
+# ---------------------------------------------------------------- paths
+
+
+def test_the_root_path_is_no_call_said_as_json(client: Client) -> None:
+    """`GET /` (a person trying the till's address in a browser, a load balancer's
+    default probe) is a 404 "no such call" JSON error, as any path that is no call; the
+    look for an absolute-form target (`path[0] != "/"`) read past the one character
+    (`path[1]`: IndexError, uvicorn's plain-text 500) and no test asked for `/` itself."""
+    for method in ("GET", "POST"):
+        status, code, message = error_of(client.call(method, "/"))
+        assert (status, code) == (404, "NOT_FOUND"), message
+        assert message == f"no such call: {method} / (see /openapi.json)"
