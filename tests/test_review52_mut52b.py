@@ -6,6 +6,7 @@ server on a random loopback port over a real agent on real SQLite files."""
 from __future__ import annotations
 
 import json
+import socket
 import sys
 from collections.abc import Iterator
 from types import FrameType
@@ -176,3 +177,38 @@ def test_the_root_path_is_no_call_said_as_json(client: Client) -> None:
         status, code, message = error_of(client.call(method, "/"))
         assert (status, code) == (404, "NOT_FOUND"), message
         assert message == f"no such call: {method} / (see /openapi.json)"
+
+
+def _exchange(port: int, request: bytes) -> bytes:
+    """Send one request on a connection of its own and read until the server closes it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        data = b""
+        while part := s.recv(65536):
+            data += part
+    return data
+
+
+def test_an_http_1_0_request_with_a_length_is_served(server: HttpServer, client: Client) -> None:
+    """An old POS stack speaks HTTP/1.0 with a `Content-Length`: served as 1.1 is (the same
+    answer), and the connection closes after it. Only a `Transfer-Encoding` in a 1.0
+    request is the 400 (RFC 9112 §6.1, review 38). `!=` for `==` in the header's name
+    refused every 1.0 request that carried any header other than that one."""
+    body = json.dumps(receipt("old-1")).encode()
+    usual = client.post("/v1/quote", raw=body)
+    assert usual.status == 200
+    answer = _exchange(
+        server.port,
+        b"POST /v1/quote HTTP/1.0\r\nHost: till\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body),
+    )
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    assert rest == usual.body
+    answer = _exchange(
+        server.port,
+        b"POST /v1/quote HTTP/1.0\r\nHost: till\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body),
+    )
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert b"Transfer-Encoding in an HTTP/1.0 request" in answer
