@@ -212,3 +212,55 @@ def test_an_http_1_0_request_with_a_length_is_served(server: HttpServer, client:
     )
     assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
     assert b"Transfer-Encoding in an HTTP/1.0 request" in answer
+
+
+def _answer_then_close(s: socket.socket) -> tuple[bytes, bytes, bool]:
+    """The head and body of the one answer on `s`, and whether the server closed the
+    connection after it (read to its end: a kept connection would wait, and time out)."""
+    data = b""
+    closed = False
+    try:
+        while part := s.recv(65536):
+            data += part
+        closed = True
+    except TimeoutError:
+        pass
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head, body, closed
+
+
+def test_a_408_ends_its_connection_and_says_how_much_came(
+    server: HttpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RFC 9110 §15.5.9 (review 34): the 408 of a body that did not arrive says
+    `Connection: close` and the connection ends with it (the status compared to 407 or 409
+    left it open, waiting for the rest of the body, then 75 s of keep-alive). A client that
+    ends its side before its body is whole hears it at once, with how much came of how
+    much it announced, or of no announced length (chunked: `int("")` was a 500)."""
+    from tillpoint.agent import http_api
+
+    monkeypatch.setattr(http_api, "BODY_TIMEOUT_S", 0.5)
+    head = b"POST /v1/quote HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(head + b"Content-Length: 100\r\n\r\n{")
+        top, body, closed = _answer_then_close(s)
+    assert top.startswith(b"HTTP/1.1 408 ") and b"connection: close" in top.lower(), top
+    assert closed
+    error = json.loads(body)["error"]
+    assert error["code"] == "REQUEST_TIMEOUT"
+    assert error["message"].startswith("the request body did not arrive within ")
+    cases = [
+        (b"Content-Length: 100\r\n\r\n{", "after 1 of its 100 bytes"),
+        (b"Transfer-Encoding: chunked\r\n\r\n1\r\n{\r\n", "after 1 bytes"),
+    ]
+    for rest, said in cases:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            s.sendall(head + rest)
+            s.shutdown(socket.SHUT_WR)
+            top, body, closed = _answer_then_close(s)
+        assert top.startswith(b"HTTP/1.1 408 "), top
+        message = json.loads(body)["error"]["message"]
+        assert message == (
+            f"the request body ended {said}: the client closed its side of the connection"
+            " before sending it whole"
+        ), message
