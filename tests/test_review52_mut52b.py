@@ -6,6 +6,7 @@ server on a random loopback port over a real agent on real SQLite files."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import sys
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from tillpoint.agent.service import MAX_FISCAL_DOCUMENT, Agent
 from .conftest import receipt
 from .test_http_api import Client, error_of
 from .test_review37_spec37c import answers_of
+from .test_review38_rev38c import _int64_string_patterns, _quote
 from .test_review40_rev40a import _post_all_then_read
 
 
@@ -375,3 +377,36 @@ def test_a_head_of_exactly_16_kib_sent_with_its_body_is_served(server: HttpServe
         answer = _exchange(server.port, _head_of(size, body) + body)  # one write
         top = answer.split(b"\r\n", 1)[0]
         assert top.startswith(b"HTTP/1.1 %d " % status), (size, answer[:300])
+
+
+# ---------------------------------------------------------------- /openapi.json
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["9000000000000000000", "9100000000000000000", "9219999999999999999", "9223372036854775799"],
+)
+def test_openapis_int64_pattern_takes_the_19_digit_values_within_int64(
+    server: HttpServer, value: str
+) -> None:
+    """The contract §12 (limits in /openapi.json): a request's int64 digit string has a
+    pattern of exactly the strings the agent takes. Review 38's cases reached int64's end
+    and past it, none a 19-digit value below it whose second digit is under int64's: the
+    pattern's digit-by-digit forms with their tails two digits long (`+` for `-`) or a
+    second digit from 1 refused them while the agent takes them."""
+    pattern = _int64_string_patterns()["redeemPoints"]
+    assert re.search(pattern, value) is not None, (pattern, value)
+    body = receipt()
+    body["redeemPoints"] = value  # more than the card holds: refused, but read (not 400)
+    assert _quote(server.port, body) != 400
+
+
+def test_openapi_says_a_required_small_field_needs_one_character(client: Client) -> None:
+    """A required text of the small bodies (`receiptId` of confirm and cancel) is "not
+    empty": minLength 1 in /openapi.json, as the agent reads it (a one-character id is
+    read: 404, not held here). `2` refused ids the agent takes."""
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    for message in ("ConfirmRequest", "CancelRequest"):
+        assert schemas[message]["properties"]["receiptId"]["minLength"] == 1, message
+    status, code, _ = error_of(client.post("/v1/cancel", {"receiptId": "r"}))
+    assert (status, code) == (404, "NOT_FOUND")
