@@ -357,10 +357,8 @@ def test_a_content_encoding_is_refused_415_but_identity(client: Client) -> None:
 
 def _head_of(size: int, body: bytes) -> bytes:
     """A quote's request head of exactly `size` bytes, its blank line included."""
-    start = b"POST /v1/quote HTTP/1.1\r\nHost: till\r\nConnection: close\r\nContent-Length: %d\r\n" % len(
-        body
-    )
-    start += b"X-Pad: "
+    start = b"POST /v1/quote HTTP/1.1\r\nHost: till\r\nConnection: close\r\n"
+    start += b"Content-Length: %d\r\nX-Pad: " % len(body)
     head = start + b"x" * (size - len(start) - 4) + b"\r\n\r\n"
     assert len(head) == size
     return head
