@@ -14,16 +14,14 @@ from types import FrameType
 
 import pytest
 from tillpoint.agent.cli import parse_json
-from tillpoint.agent.http_api import JSON, HttpServer, receipt_of_body
+from tillpoint.agent.http_api import HttpServer, receipt_of_body
 from tillpoint.agent.limits import TEXT_MAX
 from tillpoint.agent.models import Receipt
 from tillpoint.agent.service import MAX_FISCAL_DOCUMENT, Agent
 
 from .conftest import receipt
 from .test_http_api import Client, error_of
-from .test_review37_spec37c import answers_of
 from .test_review38_rev38c import _int64_string_patterns, _quote
-from .test_review40_rev40a import _post_all_then_read
 
 
 @pytest.fixture
@@ -271,40 +269,6 @@ def test_a_408_ends_its_connection_and_says_how_much_came(
 
 
 # ---------------------------------------------------------------- refused bodies
-
-
-FIVE_MIB = b" " * (5 << 20)  # past §12's 4 MiB: refused for its size, whatever it holds
-
-
-def test_a_body_over_4_mib_on_a_closing_connection_gets_its_400_not_a_reset(
-    server: HttpServer,
-) -> None:
-    """What urllib (HTTP/1.1 with `Connection: close`) or an HTTP/1.0 POS meets posting a
-    body over 4 MiB: the 400 "request larger than 4 MiB", its body read and dropped first
-    (announced or streamed), so the client's write ends and it reads the answer (closing
-    with the body unread is a reset that cuts it: review 40's refusals, the size's 400
-    here). The drain for an announced size (`<= 64 MiB` negated) and for a streamed body
-    (`more_body` negated) were held by no test."""
-    heads = {
-        "announced": b"POST /v1/quote HTTP/1.1\r\nHost: till\r\nConnection: close\r\n"
-        b"Content-Length: %d\r\n\r\n" % len(FIVE_MIB),
-        "http/1.0": b"POST /v1/quote HTTP/1.0\r\nContent-Length: %d\r\n\r\n" % len(FIVE_MIB),
-        "streamed": b"POST /v1/quote HTTP/1.1\r\nHost: till\r\nConnection: close\r\n"
-        b"Transfer-Encoding: chunked\r\n\r\n",
-    }
-    # streamed well past what the kernel's buffers take while the server answers (16 MiB,
-    # within the drain's 64 MiB), so what is left unread is still on its way
-    piece = b"%x\r\n%s\r\n" % (65536, b" " * 65536)
-    chunked = piece * 256
-    for case, head in heads.items():
-        body = chunked + b"0\r\n\r\n" if case == "streamed" else FIVE_MIB
-        wrote, got = _post_all_then_read(server.port, head, body)
-        assert wrote == "whole", f"{case}: the body's write met {wrote}; answer {got[:120]!r}"
-        ((status, headers, answer),) = answers_of(got)
-        assert status == 400 and headers["content-type"] == JSON, (case, got[:300])
-        assert json.loads(answer) == {
-            "error": {"code": "INVALID_ARGUMENT", "message": "request larger than 4 MiB"}
-        }, case
 
 
 def test_a_closing_request_waiting_for_100_continue_is_refused_without_asking_its_body(
