@@ -372,3 +372,45 @@ def test_openapi_says_a_required_small_field_needs_one_character(client: Client)
         assert schemas[message]["properties"]["receiptId"]["minLength"] == 1, message
     status, code, _ = error_of(client.post("/v1/cancel", {"receiptId": "r"}))
     assert (status, code) == (404, "NOT_FOUND")
+
+
+# ---------------------------------------------------------------- web pages
+
+
+def test_a_refused_preflight_says_why_in_its_own_words(agent: Agent) -> None:
+    """The contract §12 (`Origin`): a refused preflight is the 403 `PERMISSION_DENIED`
+    JSON error. From an origin not listed it says the page's origin is refused and how to
+    list it; from a listed origin asking for another method it says what it asked and what
+    the agent takes. The origin's test negated swapped the two messages: only the status
+    and code were checked."""
+    srv = HttpServer(agent, "127.0.0.1:0", allowed_origins=["http://localhost:3000"])
+    srv.start()
+    c = Client(srv.port)
+    try:
+
+        def preflight(origin: str, method: str) -> tuple[int, str, str]:
+            return error_of(
+                c.call(
+                    "OPTIONS",
+                    "/v1/quote",
+                    headers={"Origin": origin, "Access-Control-Request-Method": method},
+                )
+            )
+
+        status, code, message = preflight("http://evil.example", "POST")
+        assert (status, code) == (403, "PERMISSION_DENIED")
+        assert message == (
+            "requests from web pages are refused (Origin: http://evil.example):"
+            " list the page's origin in [http] allowed_origins"
+        )
+        status, code, message = preflight("http://localhost:3000", "DELETE")
+        assert (status, code) == (403, "PERMISSION_DENIED")
+        assert message.startswith(
+            "a web page's preflight was refused (method): it asked for DELETE"
+        ), message
+        assert message.endswith(
+            "the agent takes GET and POST with the headers Authorization and Content-Type"
+        ), message
+    finally:
+        c.close()
+        srv.stop()
