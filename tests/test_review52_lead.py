@@ -1,15 +1,20 @@
-"""Review 52 (lead): the two defaults of §7 that review 52's sample of `agent/models.py`
-left unpinned (mut52a's "Left"): `offerPrintCooldownDays` absent is 7, an offer's `rank`
-absent is 0. Every print test sets both, so a changed default passed them all."""
+"""Review 52 (lead): survivors the mutation reviews left. The two defaults of §7 that
+review 52's sample of `agent/models.py` left unpinned (mut52a's "Left"):
+`offerPrintCooldownDays` absent is 7, an offer's `rank` absent is 0 (every print test sets
+both, so a changed default passed them all); and a signed header's `version` that is not a
+whole number (mut51b's "Left")."""
 
 from __future__ import annotations
 
 import copy
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
+from tillpoint.sync.signing import SnapshotRefused, check_header
 
 from .conftest import PROGRAM, receipt, snapshot
 
@@ -80,3 +85,19 @@ def test_an_absent_rank_is_zero_and_prints_before_rank_one(tmp_path: Path) -> No
         assert _printed(till, "r1", "2026-11-23T10:15:00+03:00") == ["o-c", "o-b", "o-a"]
     finally:
         till.close()
+
+
+def test_a_signed_header_without_a_whole_number_version_is_refused_in_words() -> None:
+    """mut51b's survivor left: `check_header` reads a signed payload's `version` as a
+    whole number, or says it has none. A `true` was compared as 1 (a "rollback" of a
+    version the hub never published), a text raised an internal TypeError."""
+    now = datetime(2026, 11, 23, 7, 15, tzinfo=UTC)
+    doc: dict[str, Any] = {"expiresAt": "2026-11-30T00:00:00Z"}
+    for bad in (True, False, "x", "", None, 8.5, [8]):
+        with pytest.raises(SnapshotRefused, match=r"^snapshot refused: it has no version$"):
+            check_header({**doc, "version": bad}, 7, now, None)
+    check_header({**doc, "version": "8"}, 7, now, 8)  # the text of a whole number reads
+    with pytest.raises(
+        SnapshotRefused, match=r"version 7 is not newer than the cache's 7 \(rollback\)$"
+    ):
+        check_header({**doc, "version": 7}, 7, now, None)
