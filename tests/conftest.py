@@ -333,6 +333,20 @@ def server(agent: Agent) -> Iterator[HttpServer]:
     srv.stop()
 
 
+def post_json(server: HttpServer, path: str, body: Any, timeout: float = 10) -> tuple[int, Any]:
+    """POST `body` as JSON (its text as UTF-8, not escaped) to `server`, on a connection
+    of its own; the answer's status and its JSON."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
+    try:
+        connection.request("POST", path, json.dumps(body, ensure_ascii=False).encode())
+        answer = connection.getresponse()
+        return answer.status, json.loads(answer.read())
+    finally:
+        connection.close()
+
+
 @dataclass
 class Run:
     code: int

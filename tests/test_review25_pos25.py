@@ -4,8 +4,6 @@ before its fix."""
 
 from __future__ import annotations
 
-import http.client
-import json
 from typing import Any
 
 import grpc
@@ -17,19 +15,9 @@ from tillpoint.agent.service import Agent
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
-from .conftest import CLI, grpc_served, receipt
+from .conftest import CLI, grpc_served, post_json, receipt
 
 TIMEOUT = 10
-
-
-def _post(server: HttpServer, path: str, body: Any) -> tuple[int, Any]:
-    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=TIMEOUT)
-    try:
-        connection.request("POST", path, json.dumps(body, ensure_ascii=False).encode())
-        answer = connection.getresponse()
-        return answer.status, json.loads(answer.read())
-    finally:
-        connection.close()
 
 
 def _refusal(call: Any, request: Any) -> tuple[grpc.StatusCode, str]:
@@ -150,16 +138,16 @@ def test_a_field_under_both_its_names_is_said_so(cli: CLI, server: HttpServer) -
         ),
         ("refund", "/v1/refund", refund, "receiptId is given twice (receipt_id and receiptId)"),
     ):
-        status, answer = _post(server, path, doc)
+        status, answer = post_json(server, path, doc)
         assert status == 400, answer
         assert answer["error"]["message"] == f"{what}: {expected}", answer
         run = cli("checkout" if what == "receipt" else "refund", doc, "--json")
         assert run.code == 2 and run.out == ""
         assert run.err == f"tillpoint: {what}: {expected}\n", run.err
     # a proto-looking name that is no field here is still unknown (printText is an offer's)
-    status, answer = _post(server, "/v1/quote", {**receipt("other"), "print_text": "x"})
+    status, answer = post_json(server, "/v1/quote", {**receipt("other"), "print_text": "x"})
     assert answer["error"]["message"] == "receipt: print_text is not a known field", answer
     # one name alone is taken, as before
     del body["lines"][0]["priceMinor"]
-    status, answer = _post(server, "/v1/quote", body)
+    status, answer = post_json(server, "/v1/quote", body)
     assert status == 200 and answer["lines"][0]["amountMinor"] == 200, answer

@@ -18,7 +18,7 @@ from typing import Any
 
 from tillpoint.agent.http_api import HttpServer
 
-from .conftest import BASE_SNAPSHOT, CLI, Run, receipt
+from .conftest import BASE_SNAPSHOT, CLI, Run, post_json, receipt
 
 TIMEOUT = 10
 ANNA = "2770000000017"  # c-a, gold 7.5 %, 1200 points, birthday 25 November
@@ -43,16 +43,6 @@ def _refused(run: Run, words: str) -> None:
     assert run.code == 2, run
     assert run.out == "" and run.err.count("\n") == 1, run
     assert run.err.startswith("tillpoint: ") and words in run.err, run.err
-
-
-def _post(server: HttpServer, path: str, body: Any) -> tuple[int, Any]:
-    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=TIMEOUT)
-    try:
-        connection.request("POST", path, json.dumps(body, ensure_ascii=False).encode())
-        answer = connection.getresponse()
-        return answer.status, json.loads(answer.read())
-    finally:
-        connection.close()
 
 
 # ---------------------------------------------------------------- §3: the program's figures
@@ -168,11 +158,11 @@ def test_an_int64_string_of_exactly_128_characters_is_read(server: HttpServer) -
     8990 kopecks; one of 129 is "too long". Mutant: `_not_too_long`'s `>` as `>=`
     refused the 128."""
     line = {"sku": MILK, "qty": "2", "priceMinor": "0" * 124 + "8990"}
-    status, answer = _post(server, "/v1/quote", receipt(card=BORIS, lines=[line]))
+    status, answer = post_json(server, "/v1/quote", receipt(card=BORIS, lines=[line]))
     assert status == 200, answer
     assert answer["totalMinor"] == 17980
     longer = {**line, "priceMinor": "0" * 125 + "8990"}
-    status, answer = _post(server, "/v1/quote", receipt(card=BORIS, lines=[longer]))
+    status, answer = post_json(server, "/v1/quote", receipt(card=BORIS, lines=[longer]))
     assert status == 400 and answer["error"]["code"] == "INVALID_ARGUMENT", answer
     assert answer["error"]["message"] == (
         "receipt: lines[0].priceMinor is too long (at most 128 characters)"
@@ -496,7 +486,7 @@ def test_a_key_given_twice_is_named(cli: CLI) -> None:
 def test_redeem_points_below_minus_1_is_refused(server: HttpServer) -> None:
     """§5: `redeemPoints` is 0 or more, or -1 for as much as allowed; -2 is bad input,
     HTTP 400 naming the field. Mutant: `< -1` as `< -2` took -2."""
-    status, answer = _post(server, "/v1/quote", receipt(card=BORIS, redeemPoints=-2))
+    status, answer = post_json(server, "/v1/quote", receipt(card=BORIS, redeemPoints=-2))
     assert status == 400 and answer["error"]["code"] == "INVALID_ARGUMENT", answer
     assert answer["error"]["message"] == (
         "receipt: redeemPoints must be 0 or more, or -1 for as much as allowed"
@@ -515,14 +505,14 @@ def test_a_receipt_total_of_exactly_int64_max_is_priced(server: HttpServer) -> N
         {"sku": "4601234999999", "qty": "1", "amountMinor": top - 1},
         {"sku": "4601234999998", "qty": "1", "amountMinor": 1},
     ]
-    status, answer = _post(server, "/v1/quote", receipt(card=BORIS, lines=lines))
+    status, answer = post_json(server, "/v1/quote", receipt(card=BORIS, lines=lines))
     assert status == 200, answer
     assert answer["totalMinor"] == top and answer["payableMinor"] == top
     one = [{"sku": "4601234999999", "qty": "1", "priceMinor": top}]  # price × 1 at the bound
-    status, answer = _post(server, "/v1/quote", receipt(card=BORIS, lines=one))
+    status, answer = post_json(server, "/v1/quote", receipt(card=BORIS, lines=one))
     assert status == 200 and answer["totalMinor"] == top, answer
     lines[0]["amountMinor"] = top
-    status, answer = _post(server, "/v1/quote", receipt(card=BORIS, lines=lines))
+    status, answer = post_json(server, "/v1/quote", receipt(card=BORIS, lines=lines))
     assert status == 400 and answer["error"]["code"] == "INVALID_ARGUMENT", answer
     assert "the receipt total does not fit in a signed 64-bit integer" in answer["error"]["message"]
 
@@ -584,10 +574,10 @@ def test_a_coupon_code_of_128_characters_as_looked_up_is_taken(
         cli("snapshot", "load", _snapshot(version=2, offers=[offer], coupons=[longer])),
         "is too long once upper-cased (at most 128 characters",
     )
-    status, answer = _post(server, "/v1/quote", receipt(card=BORIS, coupons=["ß" * 64]))
+    status, answer = post_json(server, "/v1/quote", receipt(card=BORIS, coupons=["ß" * 64]))
     assert status == 200, answer
     assert [(c["status"], c["reason"]) for c in answer["coupons"]] == [("REJECTED", "UNKNOWN")]
-    status, answer = _post(server, "/v1/quote", receipt(card=BORIS, coupons=["ß" * 65]))
+    status, answer = post_json(server, "/v1/quote", receipt(card=BORIS, coupons=["ß" * 65]))
     assert status == 400 and answer["error"]["code"] == "INVALID_ARGUMENT", answer
     assert "coupons[0] is too long once upper-cased" in answer["error"]["message"]
 
@@ -685,13 +675,13 @@ def test_a_requests_list_bounds_hold_and_openapi_states_them(server: HttpServer)
     given a verdict); `GET /openapi.json` states the bounds the models check: a receipt's
     `lines` 1 to 10000 items, `coupons` at most 100, `redeemPoints` -1 or more, a refund's
     `lines` 1 to 10000. Mutants of those bounds in the models passed every other test."""
-    status, answer = _post(server, "/v1/quote", receipt(card=BORIS, lines=[]))
+    status, answer = post_json(server, "/v1/quote", receipt(card=BORIS, lines=[]))
     assert status == 400 and answer["error"]["message"] == "receipt: lines must not be empty"
     codes = [f"NONE-{n}" for n in range(101)]
-    status, answer = _post(server, "/v1/quote", receipt(card=BORIS, coupons=codes))
+    status, answer = post_json(server, "/v1/quote", receipt(card=BORIS, coupons=codes))
     assert status == 400, answer
     assert answer["error"]["message"] == "receipt: coupons has too many items (at most 100)"
-    status, answer = _post(server, "/v1/quote", receipt(card=BORIS, coupons=codes[:100]))
+    status, answer = post_json(server, "/v1/quote", receipt(card=BORIS, coupons=codes[:100]))
     assert status == 200 and len(answer["coupons"]) == 100, answer
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=TIMEOUT)
     try:
