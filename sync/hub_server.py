@@ -1636,6 +1636,11 @@ class HubServer:
         self.builder.request_full(pub.version)
         return pub
 
+    @property
+    def serving(self) -> bool:
+        """Started and not stopped since."""
+        return self._server is not None
+
     def stop(self, grace: float | None = 1.0) -> None:
         self._stopped = True
         self._stop.set()
