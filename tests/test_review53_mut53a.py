@@ -1,0 +1,208 @@
+"""Review 53 (mut53a): mutation testing of the agent's configuration (agent/config.py) and
+of its shipped defaults (the contract §10, §12, and every § with a configurable number).
+A till runs on the defaults it ships with: each is checked here as `tillpoint config
+check --json` shows it (a real process, no file, no TILLPOINT_* variable) against the
+example configuration and the docs that name it; each range the example states is the
+one `config check` keeps, at both edges. Each test fails on a mutant its docstring names."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from .conftest import CLI, REPO
+
+EXE = str(Path(sys.executable).with_name("tillpoint"))
+EXAMPLE = REPO / "packaging" / "tillpoint.example.toml"
+DEVICE_TABLES = ("printer", "display", "scanner")
+
+
+def _clean_env(**more: str) -> dict[str, str]:
+    """The process's environment without any TILLPOINT_* variable (a till's unit sets
+    none but TILLPOINT_DATA_DIR), plus `more`."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("TILLPOINT_")}
+    env.update(more)
+    return env
+
+
+def _config_check(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [EXE, "--data-dir", str(data_dir), *args, "config", "check", "--json"],
+        env=_clean_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _camel(key: str) -> str:
+    first, *rest = key.split("_")
+    return first + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def _example_values() -> list[tuple[str, str, Any, bool]]:
+    """(table, key, value, set) of each key line of the example: set, or commented out
+    with a value (`# port = 9100`); a commented-out key whose comment says it has no such
+    default (`Default: no limit`, the profile's) is left to test_review31_ops31."""
+    out: list[tuple[str, str, Any, bool]] = []
+    table = ""
+    for line in EXAMPLE.read_text(encoding="utf-8").splitlines():
+        if m := re.match(r"^\[(\w+)\]", line):
+            table = m.group(1)
+            continue
+        if m := re.match(r"^(#\s?)?(\w+)\s*=\s*(.*?)(\s+#.*)?$", line):
+            try:
+                value = tomllib.loads(f"x = {m.group(3)}")["x"]
+            except tomllib.TOMLDecodeError:
+                continue  # a comment's prose that looks like a key
+            out.append((table, m.group(2), value, m.group(1) is None))
+    return out
+
+
+# ---------------------------------------------------------------- the shipped defaults
+
+
+def test_s10_a_till_without_a_file_runs_on_the_values_the_example_sets(tmp_path: Path) -> None:
+    """packaging/tillpoint.example.toml: "Every key is shown with its default". The
+    effective configuration of a till with no file and no TILLPOINT_* variable (`config
+    check --json`, a real process) holds each value the example sets, table by table,
+    and so does the one read from the example itself: the example changes nothing. The
+    models' own defaults were compared with the example (test_review26_doc26); what a
+    till runs on was not. Fails on each default mutated (hub, server, http, log, metrics,
+    build_workers)."""
+    bare = _config_check(tmp_path / "d")
+    assert bare.returncode == 0, bare.stderr
+    shown = json.loads(bare.stdout)
+    with_example = _config_check(tmp_path / "d", "--config", str(EXAMPLE))
+    assert with_example.returncode == 0, with_example.stderr
+    assert json.loads(with_example.stdout) == shown  # the example is the defaults
+    checked = 0
+    for table, key, value, is_set in _example_values():
+        if table == "" and key in ("device_id", "data_dir"):
+            continue  # the host name, and the data directory by user: said in words
+        where = shown if table == "" else shown[table]
+        if not is_set and where.get(_camel(key)) is None:
+            continue  # unset by default (a printer's host): said beside it
+        assert where[_camel(key)] == value, f"[{table}] {key}: the example says {value!r}"
+        checked += 1
+    assert checked > 60, checked
+    # the numbers a reader meets first, as the till runs them
+    hub, server, http, metrics = shown["hub"], shown["server"], shown["http"], shown["metrics"]
+    assert (hub["redeemTimeoutMs"], hub["callTimeoutMs"]) == (300, 5000)
+    assert (hub["pollIntervalS"], hub["maxSnapshotMib"], hub["address"]) == (60, 8192, "")
+    assert (server["listen"], server["maxWorkers"], server["token"]) == ("127.0.0.1:50061", 8, "")
+    assert (http["enabled"], http["listen"], http["allowedOrigins"]) == (True, "127.0.0.1:8061", [])
+    assert (metrics["enabled"], metrics["listen"]) == (True, "127.0.0.1:9464")
+    assert shown["log"] == {"level": "INFO", "format": "auto"}
+    assert shown["buildWorkers"] == 0
+
+
+def test_s10_the_docs_name_the_defaults_the_till_runs_on(tmp_path: Path) -> None:
+    """README.md, docs/INTEGRATION.md and docs/CONTRACT.md name the three listens and the
+    hub's deadlines a POS integrator and a retailer's IT team plan with: each as the
+    effective configuration of a till without a file shows it."""
+    run = _config_check(tmp_path / "d")
+    assert run.returncode == 0, run.stderr
+    shown = json.loads(run.stdout)
+    integration = (REPO / "docs" / "INTEGRATION.md").read_text(encoding="utf-8")
+    contract = (REPO / "docs" / "CONTRACT.md").read_text(encoding="utf-8")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    http = re.search(r"\| HTTP/JSON \| `http://([^`]+)` \| `\[http\] listen`", integration)
+    grpc = re.search(
+        r"\| gRPC `tillpoint.v1.PosAgent` \| `([^`]+)` \| `\[server\] listen`", integration
+    )
+    assert http and http[1] == shown["http"]["listen"]
+    assert grpc and grpc[1] == shown["server"]["listen"]
+    assert f"`{shown['metrics']['listen']}`, env `TILLPOINT_METRICS__LISTEN`" in integration
+    assert f"http://{shown['metrics']['listen']}/metrics" in readme
+    redeem = re.search(r"deadline `hub.redeem_timeout_ms`, default (\d+) ms", contract)
+    assert redeem and int(redeem[1]) == shown["hub"]["redeemTimeoutMs"]
+    assert f"within the till's {shown['hub']['redeemTimeoutMs']} ms deadline" in readme
+    call = re.search(r"one deadline \(`hub.call_timeout_ms`, (\d+) s\)", contract)
+    assert call and int(call[1]) * 1000 == shown["hub"]["callTimeoutMs"]
+    poll = re.search(r"\(`hub.poll_interval_s`, (\d+) s; 0.1 s to a day", contract)
+    assert poll and int(poll[1]) == shown["hub"]["pollIntervalS"]
+
+
+# ---------------------------------------------------------------- the ranges the example states
+
+
+# "# 8..40" at a line's end, "(1 to 60000)", "(0.1 to 86400; ...)"
+RANGE = r"(?:# |\()(\d+(?:\.\d+)?)(?:\.\.| to )(\d+(?:\.\d+)?)(?:[);]|$)"
+
+
+def _stated_ranges() -> list[tuple[str, str, float, float | None]]:
+    """(table, key, lowest, highest or None) of each key whose line or the comment lines
+    just above it in the example state its range: `# 8..40`, "(1 to 60000)",
+    "(1 or more)", "(0.1 to 86400; ...)"."""
+    out: list[tuple[str, str, float, float | None]] = []
+    table, above = "", list[str]()
+    for line in EXAMPLE.read_text(encoding="utf-8").splitlines():
+        if m := re.match(r"^\[(\w+)\]", line):
+            table, above = m.group(1), []
+            continue
+        m = re.match(r"^(\w+)\s*=\s*(.*?)(\s+#.*)?$", line)
+        if m is None:
+            above = [*above, line] if line.startswith("#") else []
+            continue
+        text = " ".join([*above, m.group(3) or ""])
+        above = []
+        if found := re.search(
+            r"(?:# |\()(\d+(?:\.\d+)?)(?:\.\.| to )(\d+(?:\.\d+)?)(?:[);]|$)", text
+        ):
+            out.append((table, m.group(1), float(found[1]), float(found[2])))
+        elif found := re.search(r"\((\d+) or more[);]", text):
+            out.append((table, m.group(1), float(found[1]), None))
+    return out
+
+
+def _number(value: float, integer: bool) -> str:
+    return str(int(value)) if integer else repr(value)
+
+
+def test_s10_each_range_the_example_states_is_the_one_config_check_keeps(
+    cli: CLI, tmp_path: Path
+) -> None:
+    """The example states the range of each number a till's installer may set (`# 8..40`,
+    "(1 to 60000)"); until review 53 it stated none for the hub's deadlines, the gRPC
+    server's workers, the build workers or the snapshot's size, and a support engineer
+    learnt them from a refusal. `config check` takes each edge and refuses one past it,
+    exit 2 and one line naming the key. Fails on every bound of HubSettings,
+    ServerSettings and build_workers mutated one up or down, and on
+    `_bounded_poll_interval`'s `<=` made `<`."""
+    ranges = _stated_ranges()
+    stated = {(t, k) for t, k, _, _ in ranges}
+    assert {
+        ("", "build_workers"),
+        ("server", "max_workers"),
+        ("hub", "redeem_timeout_ms"),
+        ("hub", "call_timeout_ms"),
+        ("hub", "poll_interval_s"),
+        ("hub", "max_snapshot_mib"),
+        ("display", "columns"),
+        ("display", "rows"),
+        ("display", "brightness"),
+    } <= stated, stated
+    defaults = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
+    conf = tmp_path / "c.toml"
+    for table, key, low, high in ranges:
+        given = defaults.get(table, {}) if table else defaults
+        integer = isinstance(given[key], int) and low.is_integer()  # 0.1 s: a number
+        step = 1 if integer else low / 100  # 0.1 s: 0.099 is past it
+        edges = [(low, 0), (low - step, 2)]
+        if high is not None:
+            edges += [(high, 0), (high + (1 if integer else 0.5), 2)]
+        for value, code in edges:
+            line = f"{key} = {_number(value, integer)}\n"
+            conf.write_text(line if not table else f"[{table}]\n{line}", encoding="utf-8")
+            run = cli("--config", str(conf), "config", "check")
+            assert run.code == code, (table, key, value, run.out, run.err)
+            if code:
+                (said,) = run.err.strip().splitlines()
+                assert key in said, said
