@@ -16,6 +16,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from .conftest import CLI, REPO
 
 EXE = str(Path(sys.executable).with_name("tillpoint"))
@@ -206,3 +208,89 @@ def test_s10_each_range_the_example_states_is_the_one_config_check_keeps(
             if code:
                 (said,) = run.err.strip().splitlines()
                 assert key in said, said
+
+
+# ---------------------------------------------------------------- the defaults, served
+
+# Run in a network namespace of its own (`unshare -n`): the default ports (8061, 50061,
+# 9464) are this machine's, and another till or test may hold them.
+_SERVE_DEFAULTS = r"""
+import json, os, signal, subprocess, sys, time, urllib.error, urllib.request
+
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True, timeout=30)
+exe, data, log = sys.argv[1:4]
+env = {k: v for k, v in os.environ.items() if not k.upper().startswith("TILLPOINT_")}
+env["TILLPOINT_DATA_DIR"] = data  # as the packaged unit sets it, and nothing else
+found = {}
+with open(log, "wb") as err:
+    agent = subprocess.Popen([exe, "run"], env=env, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen("http://127.0.0.1:8061/healthz", timeout=5) as r:
+                    found["healthz"] = r.status
+                break
+            except urllib.error.HTTPError as exc:
+                found["healthz"] = exc.code
+                break
+            except OSError:
+                if agent.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"not serving (exit {agent.poll()})")
+                time.sleep(0.2)
+        with urllib.request.urlopen("http://127.0.0.1:9464/metrics", timeout=10) as r:
+            found["metrics"] = r.status
+        from tillpoint.client import PosAgentClient
+
+        with PosAgentClient("127.0.0.1:50061", timeout=10.0) as till:
+            found["identify"] = till.identify("2770000000017")["status"]
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        found["exit"] = agent.wait(60)
+print(json.dumps(found))
+"""
+
+
+def test_s10_s12_a_till_without_a_file_serves_grpc_http_and_metrics_where_the_docs_say(
+    tmp_path: Path,
+) -> None:
+    """A till installed from the package (no file, TILLPOINT_DATA_DIR alone, as the unit
+    sets it) serves HTTP/JSON at 127.0.0.1:8061, PosAgent over gRPC at 127.0.0.1:50061
+    and /metrics at 127.0.0.1:9464 (docs/INTEGRATION.md's table, README), all three
+    answering a POS on loopback with no token, and stops cleanly at SIGTERM. A real
+    `tillpoint run` in a network namespace of its own (the ports are the machine's
+    otherwise). Fails on a listen default moved, and on the token rule asked of a
+    loopback listen (`token_problem`'s `or` made `and`)."""
+    log = tmp_path / "run.log"
+    data = tmp_path / "d"
+    load = subprocess.run(
+        [EXE, "snapshot", "load", str(REPO / "examples" / "snapshot.json")],
+        env=_clean_env(TILLPOINT_DATA_DIR=str(data)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert load.returncode == 0, load.stderr
+    try:
+        probe = subprocess.run(
+            [
+                "unshare",
+                "-n",
+                sys.executable,
+                "-c",
+                _SERVE_DEFAULTS,
+                EXE,
+                str(tmp_path / "d"),
+                str(log),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    except FileNotFoundError:
+        pytest.skip("no unshare here")
+    if probe.returncode and "Operation not permitted" in probe.stderr:
+        pytest.skip(f"no network namespace here: {probe.stderr.strip()}")
+    assert probe.returncode == 0, (probe.stderr, log.read_text(errors="replace"))
+    found = json.loads(probe.stdout)
+    assert found == {"healthz": 200, "metrics": 200, "identify": "FOUND", "exit": 0}, found
