@@ -208,6 +208,19 @@ def test_s10_each_range_the_example_states_is_the_one_config_check_keeps(
             if code:
                 (said,) = run.err.strip().splitlines()
                 assert key in said, said
+                # the bound missed, in the setting's own words: "must be 60000 or less",
+                # "must be 1 or more" or "more than 0", "must be 0.1 or more (seconds
+                # between polls)", "at most 86400 (a day)"
+                bound = f"{high:g} or less" if value > low else f"{low:g} or more"
+                if key == "poll_interval_s":
+                    bound = f"at most {high:g}" if value > low else f"{low:g} or more"
+                elif value < low and low.is_integer():
+                    bound = (
+                        f"{low:g} or more"
+                        if f"{low:g} or more" in said
+                        else f"more than {low - 1:g}"
+                    )
+                assert bound in said, (bound, said)
 
 
 # ---------------------------------------------------------------- the defaults, served
@@ -294,3 +307,93 @@ def test_s10_s12_a_till_without_a_file_serves_grpc_http_and_metrics_where_the_do
     assert probe.returncode == 0, (probe.stderr, log.read_text(errors="replace"))
     found = json.loads(probe.stdout)
     assert found == {"healthz": 200, "metrics": 200, "identify": "FOUND", "exit": 0}, found
+
+
+# ---------------------------------------------------------------- precedence, at the real edge
+
+
+def test_s10_flags_then_environment_then_file_then_defaults_whatever_else_the_environment_holds(
+    tmp_path: Path,
+) -> None:
+    """Precedence (agent/config.py): flags, then TILLPOINT_* variables, then the file, then
+    the defaults, key by key inside a table. The environment of a till holds other
+    TILLPOINT_* variables than settings: TILLPOINT_CONFIG names the file, a POS's script
+    reads TILLPOINT_URL (docs/INTEGRATION.md), and a stray `TILLPOINT_X__Y` names no
+    table. Each is passed over, and the settings after it are still read: a real process,
+    the variables in that order. Fails on `_env_values`' `continue` made `break` (every
+    setting after TILLPOINT_CONFIG dropped: the file's redeem deadline won over the
+    environment's) and on `_env_scalar`'s `or` made `and` (the stray table's variable
+    was an internal error)."""
+    conf = tmp_path / "till.toml"
+    conf.write_text(
+        'device_id = "from-file"\n'
+        "[hub]\nredeem_timeout_ms = 400\ncall_timeout_ms = 1234\n"
+        "[server]\nmax_workers = 4\n",
+        encoding="utf-8",
+    )
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("TILLPOINT_")}
+    env |= {  # in this order: the process's environment keeps it
+        "TILLPOINT_CONFIG": str(conf),
+        "TILLPOINT_URL": "http://127.0.0.1:8061",
+        "TILLPOINT_NOSUCH__KEY": "1",
+        "TILLPOINT_DATA_DIR": str(tmp_path / "from-env"),
+        "TILLPOINT_HUB__REDEEM_TIMEOUT_MS": "250",
+        "TILLPOINT_SERVER__MAX_WORKERS": "12",
+    }
+    run = subprocess.run(
+        [EXE, "--data-dir", str(tmp_path / "from-flag"), "config", "check", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    shown = json.loads(run.stdout)
+    assert shown["dataDir"] == str(tmp_path / "from-flag")  # the flag over the environment
+    assert shown["hub"]["redeemTimeoutMs"] == 250  # the environment over the file
+    assert shown["server"]["maxWorkers"] == 12
+    assert shown["hub"]["callTimeoutMs"] == 1234  # the file, key by key in its table
+    assert shown["deviceId"] == "from-file"  # the file over the default (the host name)
+    assert shown["hub"]["pollIntervalS"] == 60  # the default
+    assert run.stderr == ""
+
+
+def test_s10_a_device_id_has_1_to_64_characters(cli: CLI, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/CONTRACT.md §10: `device_id` has 1 to 64 characters (a certificate's common
+    name; it was 100 until review 25, and the hub could not enrol 65 to 100). 64 is taken,
+    65 refused in one line naming the variable that set it; the model's own bound (100)
+    was the only one tested at its edge. Fails on `device_id_problem`'s `>` made `>=`,
+    its `or` made `and`, and its first refusal dropped."""
+    monkeypatch.setenv("TILLPOINT_DEVICE_ID", "t" * 64)
+    run = cli("config", "check", "--json")
+    assert run.code == 0, run.err
+    assert run.json()["deviceId"] == "t" * 64
+    for device_id in ("t" * 65, "t" * 100):
+        monkeypatch.setenv("TILLPOINT_DEVICE_ID", device_id)
+        run = cli("config", "check")
+        assert run.code == 2, run.out
+        assert run.err == (
+            f"tillpoint: config: device_id {device_id!r}: a device id has 1 to 64 characters"
+            " (set by TILLPOINT_DEVICE_ID)\n"
+        ), run.err
+
+
+def test_s10_a_nul_byte_from_the_fifth_byte_on_is_said_where_it_is(
+    cli: CLI, tmp_path: Path
+) -> None:
+    """docs/CONTRACT.md §10 (review 40, rev40c/rev40e): a NUL in the first four bytes of
+    the configuration is a file in UTF-16 or UTF-32 without its mark, "not UTF-8 text";
+    one from the fifth byte on is a UTF-8 file with a stray NUL, said by its line and
+    column. The edge (byte 3 against byte 4) and a file that starts with an empty line
+    were tested nowhere. Fails on `at < 4` made `<= 4` or `< 5`, and on the line count
+    started at the second byte."""
+    conf = tmp_path / "till.toml"
+    for raw, said in (
+        (b"abc\x00 = 1\n", "not UTF-8 text (a NUL byte at byte 3)"),
+        (b"abcd\x00 = 1\n", "a NUL byte at line 1, column 5 (TOML allows none)"),
+        (b"\n\nx = \x00\n", "a NUL byte at line 3, column 5 (TOML allows none)"),
+    ):
+        conf.write_bytes(raw)
+        run = cli("--config", str(conf), "config", "check")
+        assert run.code == 2, run.out
+        assert run.err == f"tillpoint: config {conf}: {said}\n", run.err
