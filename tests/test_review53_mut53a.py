@@ -397,3 +397,31 @@ def test_s10_a_nul_byte_from_the_fifth_byte_on_is_said_where_it_is(
         run = cli("--config", str(conf), "config", "check")
         assert run.code == 2, run.out
         assert run.err == f"tillpoint: config {conf}: {said}\n", run.err
+
+
+def test_s12_a_token_and_an_origin_at_the_length_the_example_states(
+    cli: CLI, tmp_path: Path
+) -> None:
+    """The example states a token's and an allowed origin's longest (512 and 200
+    characters; until review 53 nowhere): `config check` takes them and refuses one more,
+    exit 2, one line naming the table and key. Fails on the Token's `max_length` and the
+    Origin's moved one up or down."""
+    example = EXAMPLE.read_text(encoding="utf-8")
+    assert example.count("# Printable ASCII without blanks, at most 512 characters.\ntoken") == 2
+    assert "scheme://host[:port], at most 200 characters.\nallowed_origins" in example
+    conf = tmp_path / "c.toml"
+    origin = "http://" + "o" * 193  # 200 characters
+    for table, line, code in (
+        ("server", f'token = "{"t" * 512}"', 0),
+        ("server", f'token = "{"t" * 513}"', 2),
+        ("http", f'token = "{"t" * 512}"', 0),
+        ("http", f'token = "{"t" * 513}"', 2),
+        ("http", f'allowed_origins = ["{origin}"]', 0),
+        ("http", f'allowed_origins = ["{origin}o"]', 2),
+    ):
+        conf.write_text(f"[{table}]\n{line}\n", encoding="utf-8")
+        run = cli("--config", str(conf), "config", "check")
+        assert run.code == code, (line[:30], run.err)
+        if code:
+            (said,) = run.err.strip().splitlines()
+            assert said.startswith(f"tillpoint: config: {table}."), said
