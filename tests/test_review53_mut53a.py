@@ -425,3 +425,24 @@ def test_s12_a_token_and_an_origin_at_the_length_the_example_states(
         if code:
             (said,) = run.err.strip().splitlines()
             assert said.startswith(f"tillpoint: config: {table}."), said
+
+
+def test_s10_a_configuration_of_exactly_1_mib_is_read_and_one_byte_more_is_not(
+    cli: CLI, tmp_path: Path
+) -> None:
+    """docs/CONTRACT.md §10: a configuration larger than 1 MiB is no configuration file
+    (`--config /dev/zero` was read until memory ran out) and is refused before it is read
+    whole. The edge was tested nowhere: a file of exactly 1,048,576 bytes (a long
+    comment) is read, one byte more is refused, exit 2, one line. Fails on
+    `CONFIG_MAX_BYTES` moved a KiB either way."""
+    conf = tmp_path / "big.toml"
+    head = b'device_id = "till-1"\n# '
+    for size, code in ((1024 * 1024, 0), (1024 * 1024 + 1, 2)):
+        conf.write_bytes(head + b"x" * (size - len(head) - 1) + b"\n")
+        assert conf.stat().st_size == size
+        run = cli("--config", str(conf), "config", "check")
+        assert run.code == code, run.err
+        if code:
+            assert run.err == (
+                f"tillpoint: config {conf}: larger than 1 MiB: not a configuration file\n"
+            ), run.err
