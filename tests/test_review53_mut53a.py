@@ -446,3 +446,24 @@ def test_s10_a_configuration_of_exactly_1_mib_is_read_and_one_byte_more_is_not(
             assert run.err == (
                 f"tillpoint: config {conf}: larger than 1 MiB: not a configuration file\n"
             ), run.err
+
+
+def test_s10_a_hub_address_in_brackets_is_read_as_every_listen_is(
+    cli: CLI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`hub.address` is HOST:PORT as every listen is read (review 37): an IPv6 hub in
+    brackets with its port (`[::1]:50070`) or without one (`[::1]`: gRPC's 443, a hub
+    behind a front end) is taken; one whose bracket is never closed (`[::1:50070`) is
+    refused, exit 2, one line naming the variable. Fails on `hub_address_problem`'s
+    `bracketed` read with `or` (anything that starts with "[" passed unchecked)."""
+    for address, code in (("[::1]:50070", 0), ("[::1]", 0), ("[::1:50070", 2)):
+        monkeypatch.setenv("TILLPOINT_HUB__ADDRESS", address)
+        run = cli("config", "check", "--json")
+        assert run.code == code, (address, run.err)
+        if code:
+            assert run.err.startswith(
+                f"tillpoint: config: hub.address {address!r}: unbalanced brackets"
+            ), run.err
+            assert run.err.endswith(" (set by TILLPOINT_HUB__ADDRESS)\n"), run.err
+        else:
+            assert run.json()["hub"]["address"] == address
