@@ -467,3 +467,17 @@ def test_s10_a_hub_address_in_brackets_is_read_as_every_listen_is(
             assert run.err.endswith(" (set by TILLPOINT_HUB__ADDRESS)\n"), run.err
         else:
             assert run.json()["hub"]["address"] == address
+
+
+def test_s10_a_malformed_file_is_one_line_in_a_fresh_process(tmp_path: Path) -> None:
+    """A malformed configuration is one line, exit 2, in a process that has read no
+    environment through pydantic-settings (a till's `run` at boot: the module is not
+    imported; the tests' own process has it loaded from the start of the run, where the
+    refusal's path is another). Fails on `load`'s `settings_module is None` made `is not
+    None` (the file's one line became "internal error: AttributeError", exit 1)."""
+    conf = tmp_path / "bad.toml"
+    conf.write_text("[hub]\nredeem_timeout_ms =\n", encoding="utf-8")
+    run = _config_check(tmp_path / "d", "--config", str(conf))
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.startswith(f"tillpoint: config {conf}: "), run.stderr
+    assert run.stderr.count("\n") == 1 and "internal error" not in run.stderr, run.stderr
