@@ -481,3 +481,36 @@ def test_s10_a_malformed_file_is_one_line_in_a_fresh_process(tmp_path: Path) -> 
     assert run.returncode == 2, run.stderr
     assert run.stderr.startswith(f"tillpoint: config {conf}: "), run.stderr
     assert run.stderr.count("\n") == 1 and "internal error" not in run.stderr, run.stderr
+
+
+def test_s10_a_device_tables_own_check_names_the_variables_of_that_table(
+    cli: CLI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/CONTRACT.md §10: a refusal names the TILLPOINT_* variable that set the value;
+    a device table's own check (a network printer without its host) names the variables
+    of that table, as `env_source` reads a table alone. Tested for a key only until now.
+    Fails on `env_source`'s `len(loc) == 1` made `== 0`."""
+    monkeypatch.setenv("TILLPOINT_PRINTER__KIND", "network")
+    run = cli("config", "check")
+    assert run.code == 2, run.out
+    assert run.err == (
+        'tillpoint: config [printer]: printer kind "network" needs host'
+        " (set by TILLPOINT_PRINTER__KIND)\n"
+    ), run.err
+
+
+def test_s10_two_bad_values_name_where_the_one_said_came_from(
+    cli: CLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two bad values, one from the environment and one from the file: the line says the
+    first and where that one was set, not where the other was. Fails on `_source_of`'s
+    `errors[0]` made `errors[-1]` ("(in FILE)" after the environment's value)."""
+    conf = tmp_path / "two.toml"
+    conf.write_text("[server]\nmax_workers = 0\n", encoding="utf-8")
+    monkeypatch.setenv("TILLPOINT_HUB__REDEEM_TIMEOUT_MS", "0")
+    run = cli("--config", str(conf), "config", "check")
+    assert run.code == 2, run.out
+    assert run.err == (
+        "tillpoint: config: hub.redeem_timeout_ms must be more than 0 (and 1 more"
+        " problem(s)) (set by TILLPOINT_HUB__REDEEM_TIMEOUT_MS)\n"
+    ), run.err
