@@ -514,3 +514,26 @@ def test_s10_two_bad_values_name_where_the_one_said_came_from(
         "tillpoint: config: hub.redeem_timeout_ms must be more than 0 (and 1 more"
         " problem(s)) (set by TILLPOINT_HUB__REDEEM_TIMEOUT_MS)\n"
     ), run.err
+
+
+def test_s10_s12_a_refusal_names_a_table_set_whole_and_a_listen_set_beyond_loopback(
+    cli: CLI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A value set by a table given whole as JSON (`TILLPOINT_HUB={...}`) names that
+    variable; the HTTP door's token rule (a table's own check) names the variable that
+    put its listen beyond loopback. Fails on `_source_of`'s `loc[: n + 1]` made
+    `n + 2` (the table's variable missed) and its `len(loc) == 1` made `!= 1`."""
+    monkeypatch.setenv("TILLPOINT_HUB", '{"redeem_timeout_ms": 0}')
+    run = cli("config", "check")
+    assert run.code == 2, run.out
+    assert run.err == (
+        "tillpoint: config: hub.redeem_timeout_ms must be more than 0 (set by TILLPOINT_HUB)\n"
+    ), run.err
+    monkeypatch.delenv("TILLPOINT_HUB")
+    monkeypatch.setenv("TILLPOINT_HTTP__LISTEN", "0.0.0.0:8061")
+    run = cli("config", "check")
+    assert run.code == 2, run.out
+    assert run.err == (
+        "tillpoint: config: http listen 0.0.0.0:8061 is not a loopback address: set a token"
+        " ([http] token or TILLPOINT_HTTP__TOKEN) (set by TILLPOINT_HTTP__LISTEN)\n"
+    ), run.err
