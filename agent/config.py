@@ -155,7 +155,7 @@ def hub_address_problem(address: str, *, port_required: bool = True) -> str | No
             return f"{address!r}: a host name has no blanks or control characters"
         return None
     try:
-        host, port = split_listen(address)
+        host, port = split_listen(address, dial=True)
     except ValueError as exc:
         return str(exc)
     if ":" in host and not address.startswith("["):
@@ -186,14 +186,17 @@ def _ipv6(host: str) -> bool:
         return False
 
 
-def split_listen(listen: str) -> tuple[str, int]:
+def split_listen(listen: str, *, dial: bool = False) -> tuple[str, int]:
     """HOST:PORT (an IPv6 host in brackets) as (host, port); a ValueError says what is
     wrong. Port 0 asks for a free port. gRPC took a port past 65535 modulo 65536 (99999
     listened on 34463) and the metrics server failed at start: every server's listen is
     read here, so `config check` refuses what `run` would not bind as written. A listen
     that is not UTF-8 text (a unit's environment or a command line in a script's other
     bytes, surrogate-escaped) is refused here too: the token check's message, the
-    resolver and the idna codec said "internal error", exit 1 (review 37, rev37d)."""
+    resolver and the idna codec said "internal error", exit 1 (review 37, rev37d).
+    `dial`: an address a till dials (`hub.address`), whose examples are the hub's port and
+    no wildcard ("::1" as `hub.address` was shown the HTTP door's `[::1]:8061, [::]:8061`)."""
+    example_port = 50070 if dial else 8061
     from .limits import is_utf8_text
 
     if not is_utf8_text(listen):
@@ -203,11 +206,11 @@ def split_listen(listen: str) -> tuple[str, int]:
         # "[::1:8061", "::1]:8061": HTTP bound them, gRPC could not (rev38c)
         raise ValueError(
             f"{listen!r}: unbalanced brackets: an IPv6 address goes in brackets, with the"
-            " port: [ADDRESS]:PORT (e.g. [::1]:8061)"
+            f" port: [ADDRESS]:PORT (e.g. [::1]:{example_port})"
         )
     host = host.removeprefix("[").removesuffix("]")
     if not sep or not host:
-        raise ValueError(f"{listen!r}: expected HOST:PORT, for example 127.0.0.1:8061")
+        raise ValueError(f"{listen!r}: expected HOST:PORT, for example 127.0.0.1:{example_port}")
     if host == "*":  # no name the system resolves: `run` failed at start (rev38c)
         raise ValueError(
             f"{listen!r}: '*' is not an address: write 0.0.0.0 (every IPv4 address) or"
@@ -218,7 +221,9 @@ def split_listen(listen: str) -> tuple[str, int]:
         # `config check` took them and `run` failed to bind, exit 1 (review 38, rev38g)
         raise ValueError(
             f"{listen!r}: {host!r} is not an address: no blanks, and an IPv6 address goes"
-            " in brackets, with the port: [ADDRESS]:PORT (e.g. [::1]:8061, [::]:8061)"
+            f" in brackets, with the port: [ADDRESS]:PORT (e.g. [::1]:{example_port}"
+            + ("" if dial else f", [::]:{example_port}")
+            + ")"
         )
     if not port.isascii() or not port.isdigit() or int(port) > 65535:
         raise ValueError(f"{listen!r}: the port must be a number from 0 to 65535")
