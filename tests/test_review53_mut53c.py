@@ -310,6 +310,31 @@ def test_bytes_that_do_not_decode_say_what_protobuf_found_and_an_unknown_method_
         assert missing.code() == grpc.StatusCode.UNIMPLEMENTED, missing
 
 
+def test_a_reflection_stream_whose_request_does_not_decode_is_invalid_argument(
+    doors: tuple[int, int],
+) -> None:
+    """The contract §12 (reflection is on; bytes that do not decode are INVALID_ARGUMENT,
+    never INTERNAL): a streamed request is checked as a single one is, for reflection's
+    v1alpha and v1 alike (one servicer: v1alpha's messages), and a good request on the
+    same channel is answered (mutants of the interceptor's choice of handler left the
+    streams unchecked)."""
+    _, grpc_port = doors
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        for version in ("v1alpha", "v1"):
+            method = f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo"
+            stream = channel.stream_stream(method)
+            with pytest.raises(grpc.RpcError) as refused:
+                list(stream(iter([b"\x0a\xff"]), timeout=TIMEOUT))
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, version
+            assert refused.value.details() == (
+                "the request is not a valid message of this call: Error parsing message with"
+                " type 'grpc.reflection.v1alpha.ServerReflectionRequest': Wire format was"
+                " corrupt"
+            )
+            (answer,) = stream(iter([b"\x3a\x00"]), timeout=TIMEOUT)  # list_services: ""
+            assert b"tillpoint.v1.PosAgent" in answer
+
+
 def test_the_hub_takes_a_newer_tills_unknown_field_and_refuses_bytes_that_do_not_decode(
     tmp_path: Path,
 ) -> None:
