@@ -107,15 +107,16 @@ def test_the_client_names_a_plain_field_without_an_index_and_says_which_number_f
 ) -> None:
     """The contract §2 (money in minor units, whole numbers), §12: the client's refusal of
     an int64 it cannot send names the field as HTTP does — `lines[0].priceMinor`, not
-    `lines[0].priceMinor[0]` (mutants put the list's index on a field that is no list) —
-    and says an exponent (1e+20) and a decimal point (8990.5) apart (a mutant said each as
-    the other)."""
+    `lines[0].priceMinor[0]` (mutants put the list's index on a field that is no list, or
+    read a list sent for it as the list's numbers) — and says an exponent (1e+20) and a
+    decimal point (8990.5) apart (a mutant said each as the other)."""
     http_port, grpc_port = doors
     advice = "write money in minor units (whole numbers) and quantities as decimal strings"
     cases = (
         (1e20, "lines[0].priceMinor: the number 1e+20 is written with an exponent: " + advice),
         (8990.5, "lines[0].priceMinor: the number 8990.5 has a decimal point: " + advice),
         ("1" * 129, "lines[0].priceMinor is too long (at most 128 characters)"),
+        ([8990], "lines[0].priceMinor must be a whole number"),
     )
     with PosAgentClient(f"127.0.0.1:{grpc_port}", timeout=TIMEOUT, attempts=1) as till:
         for price, words in cases:
