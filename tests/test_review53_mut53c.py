@@ -70,7 +70,8 @@ def test_the_client_takes_int64_to_its_edges_and_refuses_one_past_them_itself(
     alike): the Python client sends 2^63 − 1 and −2^63 and the till answers them as HTTP
     does (a price of 2^63 − 1 priced, −2^63 refused by the till in its words, "receipt:
     …"); 2^63 and −2^63 − 1 are refused by the client before any call ("Receipt: …
-    does not fit in a signed 64-bit integer"). Mutants of the bounds (2^62, 2^64, 2^63 − 2,
+    does not fit in a signed 64-bit integer"); a digit string of 128 characters, the
+    longest taken, is the number at both doors. Mutants of the bounds (2^62, 2^64, 2^63 − 2,
     2^63 + 1, −1, −3^63) survived."""
     http_port, grpc_port = doors
     with PosAgentClient(f"127.0.0.1:{grpc_port}", timeout=TIMEOUT, attempts=1) as till:
@@ -78,6 +79,9 @@ def test_the_client_takes_int64_to_its_edges_and_refuses_one_past_them_itself(
         status, answer = _http(http_port, "/v1/quote", top)
         assert status == 200 and answer["totalMinor"] == 2**63 - 1, answer
         assert till.quote(top)["totalMinor"] == 2**63 - 1
+        longest = receipt("r-long", lines=_line(priceMinor="0" * 124 + "8990"))  # 128 characters
+        assert _http(http_port, "/v1/quote", longest)[1]["totalMinor"] == 8990
+        assert till.quote(longest)["totalMinor"] == 8990
         for body, words in (
             (receipt("r-low", redeemPoints=-(2**63)), "redeemPoints must be 0 or more"),
             (receipt("r-low", lines=_line(priceMinor=-(2**63))), "priceMinor must not be negative"),
@@ -226,6 +230,31 @@ def test_the_client_reads_a_null_as_a_field_left_out(doors: tuple[int, int]) -> 
     with PosAgentClient(f"127.0.0.1:{grpc_port}", timeout=TIMEOUT, attempts=1) as till:
         quoted = till.quote(body)
     assert quoted["totalMinor"] == 8990 and quoted["card"]["status"] == answer["card"]["status"]
+
+
+def test_status_names_every_field_in_the_protos_order_an_unset_part_as_null(
+    doors: tuple[int, int],
+) -> None:
+    """The contract §12 (`/v1/status` is the proto `Status` mapping, as `status --json`,
+    with its `null`s): a fresh till's status at HTTP has every field of the proto in its
+    order, the parts never set (`lastRefusedSnapshot`, `lastRenumbered`) as null, as
+    gRPC's `Status` leaves them unset (mutants of `message_json` left the unset parts out,
+    or stopped at the first one)."""
+    http_port, grpc_port = doors
+    conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=TIMEOUT)
+    try:
+        conn.request("GET", "/v1/status")
+        answer = conn.getresponse()
+        status = json.loads(answer.read())
+    finally:
+        conn.close()
+    assert answer.status == 200, status
+    assert list(status) == [field.json_name for field in pb.Status.DESCRIPTOR.fields]
+    assert status["lastRefusedSnapshot"] is None and status["lastRenumbered"] is None
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        served = pb_grpc.PosAgentStub(channel).Status(pb.StatusRequest(), timeout=TIMEOUT)
+    assert not served.HasField("last_renumbered")
+    assert json_format.ParseDict(status, pb.Status()).cache_version == served.cache_version == 1
 
 
 # ---------------------------------------------------------------- grpc_decode.py: raw bytes
