@@ -221,7 +221,9 @@ def test_a_sale_over_grpc_is_stored_as_sent_and_its_retry_over_http_is_the_same_
 def test_the_client_reads_a_null_as_a_field_left_out(doors: tuple[int, int]) -> None:
     """The contract §12 (a field set to `null` is the field left out): the client sends
     `{"priceMinor": 8990, "price_minor": null}` as the price, as HTTP reads it, not as a
-    line whose price was cleared (a mutant passed the nulls on to protobuf's reader)."""
+    line whose price was cleared (a mutant passed the nulls on to protobuf's reader); a
+    field after a null is still checked ("٣" is no number: a mutant stopped at the null
+    and sent it as 3)."""
     http_port, grpc_port = doors
     line = {**_line(priceMinor=8990)[0], "price_minor": None}
     body = receipt("r-null", lines=[line], coupons=None)
@@ -230,6 +232,16 @@ def test_the_client_reads_a_null_as_a_field_left_out(doors: tuple[int, int]) -> 
     with PosAgentClient(f"127.0.0.1:{grpc_port}", timeout=TIMEOUT, attempts=1) as till:
         quoted = till.quote(body)
     assert quoted["totalMinor"] == 8990 and quoted["card"]["status"] == answer["card"]["status"]
+    after_a_null = {"coupons": None, **receipt("r-bad", redeemPoints="٣")}  # Arabic-Indic 3
+    status, answer = _http(http_port, "/v1/quote", after_a_null)
+    words = "redeemPoints must be a whole number"
+    assert status == 400 and answer["error"]["message"] == f"receipt: {words}", answer
+    with (
+        PosAgentClient(f"127.0.0.1:{grpc_port}", timeout=TIMEOUT, attempts=1) as till,
+        pytest.raises(ClientError) as refused,
+    ):
+        till.quote(after_a_null)
+    assert refused.value.message == f"Receipt: {words}", refused.value.message
 
 
 def test_status_names_every_field_in_the_protos_order_an_unset_part_as_null(
