@@ -21,7 +21,7 @@ from google.protobuf import json_format
 from tillpoint.agent.http_api import HttpServer
 from tillpoint.agent.server import build_server
 from tillpoint.agent.service import Agent
-from tillpoint.agent.wire import checkout_of, message_of
+from tillpoint.agent.wire import checkout_of, message_of, status_json
 from tillpoint.client import ClientError, PosAgentClient
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
@@ -269,6 +269,34 @@ def test_status_names_every_field_in_the_protos_order_an_unset_part_as_null(
     assert json_format.ParseDict(status, pb.Status()).cache_version == served.cache_version == 1
 
 
+def test_a_set_part_of_the_status_has_its_int64_as_numbers_and_its_fields_in_order(
+    agent: Agent,
+) -> None:
+    """The contract §12 (`status --json`, `/v1/status` and gRPC's `Status` say the same
+    thing, 64-bit integers as JSON numbers): a refused snapshot's and a renumbered
+    transaction's parts, once set, are shaped as the whole is — `version`, `oldSeq` and
+    `newSeq` numbers, not proto3 JSON's strings, every field in the proto's order (a
+    mutant left a set part as json_format wrote it). A real till's status, those parts as
+    the ledger's sync state gives them."""
+    doc = agent.status().to_json()
+    doc["lastRefusedSnapshot"] = {"version": 2, "reason": "bad signature", "at": "2026-12-07"}
+    doc["lastRenumbered"] = {"oldSeq": 7, "newSeq": 9, "at": "2026-12-07", "receiptId": "r7"}
+    shown = status_json(doc)
+    assert shown["lastRefusedSnapshot"] == {
+        "version": 2,
+        "sha256": "",
+        "reason": "bad signature",
+        "at": "2026-12-07",
+    }
+    assert list(shown["lastRenumbered"].items()) == [
+        ("oldSeq", 7),
+        ("newSeq", 9),
+        ("at", "2026-12-07"),
+        ("receiptId", "r7"),
+        ("refundId", ""),
+    ]
+
+
 # ---------------------------------------------------------------- grpc_decode.py: raw bytes
 
 RECEIPT = json_format.ParseDict(receipt("r-raw"), pb.Receipt()).SerializeToString()
@@ -308,6 +336,18 @@ def _sent(number: int, name: str, wire: str, kind: str) -> str:
             b"\x32\x05\x0a\x01x\x48\x01",
             f"lines[1]: field number 9 is not a field of ReceiptLine {NEWER}",
         ),
+    ],
+    ids=[
+        "varint",
+        "fixed64",
+        "fixed32",
+        "group",
+        "int64-as-bytes",
+        "bool-as-bytes",
+        "lines-as-varint",
+        "unknown",
+        "two-unknown",
+        "unknown-in-a-line",
     ],
 )
 def test_a_field_sent_with_another_wire_type_or_unknown_is_refused_in_words(
