@@ -140,6 +140,11 @@ def _whole_numbers(descriptor: Descriptor, data: Any, where: str) -> None:
             continue
         name = f"{where}.{field.json_name}" if where else field.json_name
         many = field.is_repeated and isinstance(value, list)
+        if field.is_repeated and not many:
+            # an object where a list goes: its fields were read as the list's one item
+            # ("lines.priceMinor must be a whole number", where HTTP says "lines must be a
+            # list"; review 53, mut53c)
+            raise json_format.ParseError(f"{name} must be a list")
         for i, item in enumerate(value if many else (value,)):
             if integer:
                 number = item if type(item) is int else None

@@ -449,3 +449,22 @@ def test_the_hub_takes_a_newer_tills_unknown_field_and_refuses_bytes_that_do_not
     finally:
         till.agent.close()
         hub.stop()
+
+
+def test_an_object_where_a_list_goes_is_refused_by_the_client_in_http_s_words(
+    doors: tuple[int, int],
+) -> None:
+    """The contract §12 (review 53, lead; mut53c's "Left"): `"lines": {…}` (an object, not
+    a list) is "lines must be a list" at HTTP and at the Python client alike; the client
+    read the object as the list's one line and said "Receipt: lines.priceMinor must be a
+    whole number"."""
+    http_port, grpc_port = doors
+    with PosAgentClient(f"127.0.0.1:{grpc_port}", timeout=TIMEOUT, attempts=1) as till:
+        for lines in ({"sku": "4601234000017", "qty": "1", "priceMinor": [1]}, {"sku": "x"}):
+            body = {**receipt("r-obj"), "lines": lines}
+            status, answer = _http(http_port, "/v1/quote", body)
+            assert status == 400
+            assert answer["error"]["message"].endswith("lines must be a list"), answer
+            with pytest.raises(ClientError) as refused:
+                till.quote(body)
+            assert refused.value.message == "Receipt: lines must be a list", refused.value
