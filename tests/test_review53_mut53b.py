@@ -1,0 +1,278 @@
+"""Review 53 (mut53b): mutation testing of the full snapshot's build in child processes
+(agent/cache_build.py; the contract §3, §9, §10). Each test pins a rule a mutant of the
+module broke with every earlier test passing (docs/DECISIONS.md, "Review 53 (mut53b)").
+Real snapshot files, real coordinator and worker processes, real SQLite files; the chunks
+are the module's own plan of the file (`_plan_of`), so each rule is met at a real chunk
+edge, and each refusal leaves the cache of version 1 as it was."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from tillpoint.agent import cache as cache_mod
+from tillpoint.agent import cache_build
+from tillpoint.agent.db import cache_file
+from tillpoint.agent.errors import InputError
+from tillpoint.agent.service import Agent
+
+NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+KEY = "ab" * 32
+MIN_CHUNK = 256
+HEADER = (
+    '{"format":"tillpoint.snapshot/jsonl","version":%d,"baseVersion":0,'
+    '"issuedAt":"2026-11-23T03:00:00Z",'
+    '"program":{"tiers":[{"code":"base","accrualPercent":"3"}]}}\n'
+)
+
+
+def category(i: int) -> str:
+    """A category row of 27 bytes (with its newline)."""
+    return f'{{"code":"k{i:04d}","name":"n"}}\n'
+
+
+def snapshot_lines(version: int, rows: int = 30) -> list[str]:
+    return [HEADER % version, '{"section":"categories"}\n', *map(category, range(rows))]
+
+
+def write(path: Path, lines: list[str], prefix: bytes = b"") -> Path:
+    path.write_bytes(prefix + "".join(lines).encode())
+    return path
+
+
+def make_agent(data_dir: Path, workers: int) -> Agent:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "phone.key").write_text(KEY)
+    agent = Agent(data_dir, "till-1", clock=lambda: NOW)
+    agent.build_workers = workers
+    agent.build_min_chunk = MIN_CHUNK
+    return agent
+
+
+def dump(data_dir: Path) -> dict[str, list[tuple[object, ...]]]:
+    conn = sqlite3.connect(cache_file(data_dir))
+    try:
+        return cache_mod.dump(conn)
+    finally:
+        conn.close()
+
+
+def leftovers(data_dir: Path) -> list[str]:
+    return sorted(p.name for p in data_dir.iterdir() if ".part" in p.name or "building" in p.name)
+
+
+def plan(path: Path, workers: int, offset: int = 0) -> list[list[cache_build.Chunk]]:
+    size = path.stat().st_size
+    return cache_build._plan_of(path, offset, size - offset, workers, MIN_CHUNK)
+
+
+def line_at(lines: list[str], at: int) -> int:
+    """The number (from 1) of the payload's line that starts at byte `at` of it."""
+    pos = 0
+    for number, line in enumerate(lines, start=1):
+        if pos == at:
+            return number
+        pos += len(line.encode())
+    raise AssertionError(f"no line starts at {at}")
+
+
+@pytest.fixture(scope="module")
+def version_1(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A till's data directory holding version 1, built by 3 workers (copied per test)."""
+    data = tmp_path_factory.mktemp("v1") / "till"
+    agent = make_agent(data, 3)
+    try:
+        v1 = write(data.parent / "v1.jsonl", snapshot_lines(1))
+        assert len(plan(v1, 3)) == 3
+        assert agent.load_snapshot_file(v1).version == 1
+    finally:
+        agent.close()
+    return data
+
+
+@pytest.fixture
+def till(
+    version_1: Path, tmp_path: Path
+) -> Iterator[tuple[Agent, Path, dict[str, list[tuple[object, ...]]]]]:
+    """A till with 3 build workers holding version 1, and its cache's dump."""
+    data = tmp_path / "till"
+    shutil.copytree(version_1, data, symlinks=True)
+    agent = make_agent(data, 3)
+    assert agent.status().cache_version == 1
+    yield agent, data, dump(data)
+    agent.close()
+
+
+def refused(
+    till: tuple[Agent, Path, dict[str, list[tuple[object, ...]]]],
+    path: Path,
+    pattern: str,
+    offset: int = 0,
+) -> None:
+    """`path` is refused with a message matching `pattern`, the cache left at version 1
+    as it was and no build file left behind."""
+    agent, data, before = till
+    with pytest.raises(InputError, match=pattern):
+        agent.load_snapshot_file(path, offset)
+    assert dump(data) == before
+    assert agent.status().cache_version == 1
+    assert leftovers(data) == []
+
+
+# ------------------------------------------------------------ line numbers at chunk edges
+
+
+@pytest.mark.parametrize("edge", ["last of the first", "first of the second", "last of all"])
+def test_a_bad_row_at_each_edge_of_each_chunk_is_refused_by_its_files_line_number(
+    tmp_path: Path, till: tuple[Agent, Path, dict[str, list[tuple[object, ...]]]], edge: str
+) -> None:
+    """Three workers, the categories cut into three chunks at line ends. A bad row as the
+    last line of the first chunk, the first line of the second, and the last line of the
+    file (the third worker's chunk, no newline after it) is refused naming the file's own
+    line number: a worker counts from its chunk and adds the lines before it only for its
+    error (the count, its `+ 1`s and the newline count of the bytes before the chunk)."""
+    lines = snapshot_lines(2)
+    lines[-1] = lines[-1].rstrip("\n")
+    chunks = plan(write(tmp_path / "good.jsonl", lines), 3)
+    assert [len(c) for c in chunks] == [1, 1, 1]
+    (_, _, end0), (_, start1, _), (_, start2, _) = chunks[0][0], chunks[1][0], chunks[2][0]
+    assert chunks[1][0][0] == chunks[2][0][0] == "categories"  # they start inside it
+    last0, first1 = line_at(lines, end0) - 1, line_at(lines, start1)
+    assert first1 == last0 + 1 and line_at(lines, start2) > first1 + 1
+    number = {"last of the first": last0, "first of the second": first1}.get(edge, len(lines))
+    lines[number - 1] = lines[number - 1].replace('"n"}', "  7}")  # as long as it was
+    path = write(tmp_path / "bad.jsonl", lines)
+    assert plan(path, 3) == chunks
+    refused(till, path, rf"^snapshot line {number}: categories: name must be a string$")
+
+
+def test_a_payload_at_an_offset_numbers_a_workers_line_from_the_payloads_start(
+    tmp_path: Path, till: tuple[Agent, Path, dict[str, list[tuple[object, ...]]]]
+) -> None:
+    """A signed message's payload after a prefix of three lines: the third worker's bad
+    row is named by its line in the payload (the lines before its chunk are counted from
+    the payload's offset, not from the file's start or from its chunk)."""
+    lines = snapshot_lines(2)
+    prefix = b"one\ntwo\nthree\n"
+    chunks = plan(write(tmp_path / "p.jsonl", lines, prefix), 3, len(prefix))
+    start2 = chunks[2][0][1] - len(prefix)
+    number = line_at(lines, start2) + 1  # the third worker's second line
+    lines[number - 1] = lines[number - 1].replace('"n"}', "7}  ")
+    path = write(tmp_path / "p.jsonl", lines, prefix)
+    assert plan(path, 3, len(prefix)) == chunks
+    refused(till, path, rf"^snapshot line {number}: categories: name", len(prefix))
+
+
+def test_a_bad_section_line_cut_into_chunks_is_named_not_the_chunks_after_it(
+    tmp_path: Path, till: tuple[Agent, Path, dict[str, list[tuple[object, ...]]]]
+) -> None:
+    """A section line the scan finds but that is not `{"section": NAME}` alone starts a
+    range cut into three chunks: the chunks after the first start in no section, and
+    their workers refuse their first rows as rows before any section line. The first bad
+    line of the file, the section line (line 2), is the one named, as one process would
+    name it (the workers all finish, and the least line number is taken)."""
+    lines = snapshot_lines(2)
+    lines[1] = '{"section":"categories","x":1}\n'
+    path = write(tmp_path / "bad.jsonl", lines)
+    chunks = plan(path, 3)
+    assert [c[0][0] for c in chunks] == [None, None, None]  # no section known for any
+    refused(till, path, r'^snapshot line 2: a section line is \{"section": NAME\}')
+
+
+# ------------------------------------------------------------ a key given twice
+
+
+@pytest.mark.parametrize(("first", "again"), [(0, 2), (1, 2), (2, 0)])
+def test_a_key_given_in_two_workers_chunks_is_refused_naming_it(
+    tmp_path: Path,
+    till: tuple[Agent, Path, dict[str, list[tuple[object, ...]]]],
+    first: int,
+    again: int,
+) -> None:
+    """A category code given in one worker's chunk and again in another's (the first and
+    the third, the second and the third — neither of them the build's own part — and the
+    third's before the first's): refused at the merge, naming the key, as one process
+    names it; the cache is unchanged."""
+    lines = snapshot_lines(2)
+    chunks = plan(write(tmp_path / "good.jsonl", lines), 3)
+    # the second line of worker `first`'s chunk, copied over the last line of `again`'s
+    source = line_at(lines, chunks[first][0][1]) + 1
+    target = line_at(lines, chunks[again][0][2]) - 1 if again < 2 else len(lines)
+    key = json.loads(lines[source - 1])["code"]
+    lines[target - 1] = lines[source - 1]
+    path = write(tmp_path / "twice.jsonl", lines)
+    assert plan(path, 3) == chunks
+    refused(till, path, rf"^snapshot: two categories rows have the same key, '{key}'$")
+
+
+# ------------------------------------------------------------ sections and chunk edges
+
+
+def test_tiny_sections_each_cut_at_its_own_line_build_what_one_process_builds(
+    tmp_path: Path,
+) -> None:
+    """Every section cut (min_chunk 1, three workers): a section of its line alone, one
+    of one row, a section a newer hub adds (its rows left out in every chunk, the later
+    ones told its name by the plan), and a last row without a newline. The parallel build
+    stores what one process stores and names what it left out the same way."""
+    lines = [
+        HEADER % 1,
+        '{"section":"products"}\n',
+        '{"section":"categories"}\n',
+        category(0),
+        '{"section":"stores"}\n',
+        *(f'{{"id":"s-{i}","city":"Тверь"}}\n' for i in range(6)),
+        '{"section":"cards"}\n',
+        '{"section":"categories"}\n',
+        *map(category, range(1, 8)),
+    ]
+    lines[-1] = lines[-1].rstrip("\n")
+    path = write(tmp_path / "tiny.jsonl", lines)
+    chunks = cache_build._plan_of(path, 0, path.stat().st_size, 3, 1)
+    named = {c[0] for worker in chunks for c in worker}
+    assert {"stores", "categories"} <= named  # chunks that start inside those sections
+    serial = make_agent(tmp_path / "serial", 1)
+    with path.open("rb") as f:
+        one = serial.load_snapshot_lines(f)
+    agent = make_agent(tmp_path / "till", 3)
+    agent.build_min_chunk = 1
+    parallel = agent.load_snapshot_file(path)
+    assert parallel.ignored == one.ignored == ("section stores",)
+    assert dump(tmp_path / "till") == dump(tmp_path / "serial")
+    assert len(dump(tmp_path / "till")["categories"]) == 8
+    assert leftovers(tmp_path / "till") == []
+
+
+# ------------------------------------------------------------ a child's report
+
+
+def coordinator(data: Path, source: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", cache_build.MODULE, "build", "--data-dir", str(data)]
+    command += ["--source", str(source), "--now", NOW.isoformat(), "--workers", "2"]
+    command += ["--min-chunk", str(MIN_CHUNK), *extra]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_the_coordinator_reports_a_refusal_as_one_json_line_and_exit_2(tmp_path: Path) -> None:
+    """The coordinator's own protocol (the module's docstring): bad data is exit 2 and one
+    JSON line on stderr naming the error's class and its message, nothing on stdout."""
+    make_agent(tmp_path / "till", 2).close()
+    lines = snapshot_lines(1)
+    lines[-1] = '{"code":"k0029","name":  7}\n'
+    bad = write(tmp_path / "bad.jsonl", lines)
+    done = coordinator(tmp_path / "till", bad)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert [json.loads(line) for line in done.stderr.splitlines()] == [
+        {"error": "InputError", "message": "snapshot line 32: categories: name must be a string"}
+    ]
+    missing = coordinator(tmp_path / "till", tmp_path / "none.jsonl")
+    assert missing.returncode == 2
+    assert json.loads(missing.stderr)["error"] == "UnreadableFile"
+    assert leftovers(tmp_path / "till") == []
