@@ -186,6 +186,46 @@ def test_a_bad_section_line_cut_into_chunks_is_named_not_the_chunks_after_it(
     refused(till, path, r'^snapshot line 2: a section line is \{"section": NAME\}')
 
 
+def test_the_first_bad_line_is_named_though_the_first_worker_finds_a_later_one(
+    tmp_path: Path, till: tuple[Agent, Path, dict[str, list[tuple[object, ...]]]]
+) -> None:
+    """Worker 0 holds the first chunk of every section: with the categories given in two
+    sections, its chunk of the second one comes after the second worker's chunk of the
+    first. A bad row in each: the file's first bad line (the second worker's) is named,
+    not the one of the worker that comes first (each failure is ordered by its line)."""
+    lines = snapshot_lines(2)
+    lines += ['{"section":"categories"}\n', *map(category, range(100, 130))]
+    chunks = plan(write(tmp_path / "good.jsonl", lines), 3)
+    assert [len(c) for c in chunks] == [2, 2, 2]
+    early = line_at(lines, chunks[1][0][1]) + 1  # worker 1, the first section
+    late = line_at(lines, chunks[0][1][1]) + 1  # worker 0, the second section
+    assert early < late
+    for number in (early, late):
+        lines[number - 1] = lines[number - 1].replace('"n"}', "  7}")
+    path = write(tmp_path / "bad.jsonl", lines)
+    assert plan(path, 3) == chunks
+    refused(till, path, rf"^snapshot line {early}: categories: name must be a string$")
+
+
+def test_the_scan_refuses_a_long_line_inside_one_of_its_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The section scan reads blocks of at most the line bound (`min(block, bound)`), so a
+    line inside one block is within the bound and only a line carried across blocks is
+    measured: given blocks larger than the bound (here 100 bytes, blocks of 4 KiB), a line
+    of 101 bytes wholly inside the first block is still refused by its number."""
+    from tillpoint.agent import limits
+
+    monkeypatch.setattr(limits, "LINE_MAX_BYTES", 100)
+    text = b'{"section":"categories"}\n' + b"x" * 100 + b"\n" + b"y" * 101 + b"\nz\n"
+    path = tmp_path / "scan.jsonl"
+    path.write_bytes(text)
+    with path.open("rb", buffering=0) as fh:
+        with pytest.raises(InputError, match=r"^snapshot line 3: longer than"):
+            cache_build._sections(fh, 0, len(text), block=4096)
+        assert cache_build._sections(fh, 0, len(text) - 105, block=4096) == [0]
+
+
 # ------------------------------------------------------------ a key given twice
 
 
