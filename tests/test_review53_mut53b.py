@@ -34,7 +34,7 @@ HEADER = (
 
 
 def category(i: int) -> str:
-    """A category row of 27 bytes (with its newline)."""
+    """A category row of 28 bytes (with its newline)."""
     return f'{{"code":"k{i:04d}","name":"n"}}\n'
 
 
@@ -288,6 +288,37 @@ def test_tiny_sections_each_cut_at_its_own_line_build_what_one_process_builds(
     assert dump(tmp_path / "till") == dump(tmp_path / "serial")
     assert len(dump(tmp_path / "till")["categories"]) == 8
     assert leftovers(tmp_path / "till") == []
+
+
+@pytest.mark.parametrize(("rows", "workers"), [(17, 1), (18, 2), (26, 2), (27, 3)])
+def test_a_worker_is_started_for_each_whole_min_chunk_of_the_payload(
+    tmp_path: Path, rows: int, workers: int
+) -> None:
+    """The workers are at most the payload's bytes after its header over `min_chunk`
+    (one process below two of them: the module's "a payload under 16 MB is built by the
+    coordinator alone"). Here the payload is the section line (25 bytes) and 28 bytes a
+    row: 17 rows (501 bytes) are one chunk's worth at 256, 18 (529) and 26 (753) two,
+    27 (781) three of the three asked for."""
+    lines = snapshot_lines(1, rows)
+    path = write(tmp_path / "s.jsonl", lines)
+    payload = path.stat().st_size - len(lines[0])
+    assert payload == 25 + 28 * rows
+    assert len(plan(path, 3)) == workers
+
+
+def test_the_agent_waits_for_the_coordinator_its_own_timeout_and_30_s_more(
+    tmp_path: Path,
+) -> None:
+    """`run(timeout=T)` gives the coordinator T for its workers and waits T + 30 s for it
+    (the grace lets the coordinator's own "worker N took more than T s" come first): with
+    T = 20 a build of a few seconds is taken, not stopped at once."""
+    data = tmp_path / "till"
+    make_agent(data, 2).close()
+    source = write(tmp_path / "v1.jsonl", snapshot_lines(1))
+    size = source.stat().st_size
+    info = cache_build.run(data, source, 0, size, NOW, workers=2, min_chunk=MIN_CHUNK, timeout=20)
+    assert info.version == 1
+    assert leftovers(data) == []
 
 
 # ------------------------------------------------------------ a child's report
