@@ -156,11 +156,12 @@ def test_a_bad_row_at_each_edge_of_each_chunk_is_refused_by_its_files_line_numbe
 def test_a_payload_at_an_offset_numbers_a_workers_line_from_the_payloads_start(
     tmp_path: Path, till: tuple[Agent, Path, dict[str, list[tuple[object, ...]]]]
 ) -> None:
-    """A signed message's payload after a prefix of three lines: the third worker's bad
-    row is named by its line in the payload (the lines before its chunk are counted from
-    the payload's offset, not from the file's start or from its chunk)."""
+    """A signed message's payload after a prefix of eleven lines (211 bytes): the third
+    worker's bad row is named by its line in the payload (the lines before its chunk are
+    counted from the payload's offset to the chunk, not from the file's start, nor past
+    the chunk's start, nor from the chunk)."""
     lines = snapshot_lines(2)
-    prefix = b"one\ntwo\nthree\n"
+    prefix = b"one\ntwo\nthree\n" + b"0123456789abcdefghi\n" * 8 + b"x" * 36 + b"\n"
     chunks = plan(write(tmp_path / "p.jsonl", lines, prefix), 3, len(prefix))
     start2 = chunks[2][0][1] - len(prefix)
     number = line_at(lines, start2) + 1  # the third worker's second line
@@ -224,6 +225,19 @@ def test_the_scan_refuses_a_long_line_inside_one_of_its_blocks(
         with pytest.raises(InputError, match=r"^snapshot line 3: longer than"):
             cache_build._sections(fh, 0, len(text), block=4096)
         assert cache_build._sections(fh, 0, len(text) - 105, block=4096) == [0]
+
+
+def test_a_payload_said_to_end_past_its_file_is_refused(
+    tmp_path: Path, till: tuple[Agent, Path, dict[str, list[tuple[object, ...]]]]
+) -> None:
+    """A payload whose length runs past the end of its file (a message cut short under a
+    header that says more) is refused as such, not built from what is there."""
+    path = write(tmp_path / "v2.jsonl", snapshot_lines(2))
+    agent, data, before = till
+    with pytest.raises(InputError, match=r"^snapshot: the payload lies outside its file$"):
+        agent.load_snapshot_file(path, 0, path.stat().st_size + 1)
+    assert dump(data) == before and leftovers(data) == []
+    assert agent.load_snapshot_file(path, 0, path.stat().st_size).version == 2
 
 
 # ------------------------------------------------------------ a key given twice
