@@ -20,7 +20,7 @@ import pytest
 from tillpoint.agent import cache as cache_mod
 from tillpoint.agent import cache_build
 from tillpoint.agent.db import cache_file
-from tillpoint.agent.errors import InputError
+from tillpoint.agent.errors import InputError, StorageError
 from tillpoint.agent.service import Agent
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
@@ -333,6 +333,22 @@ def test_the_agent_waits_for_the_coordinator_its_own_timeout_and_30_s_more(
     info = cache_build.run(data, source, 0, size, NOW, workers=2, min_chunk=MIN_CHUNK, timeout=20)
     assert info.version == 1
     assert leftovers(data) == []
+
+
+def test_workers_past_the_builds_timeout_are_stopped_and_nothing_is_stored(
+    tmp_path: Path, till: tuple[Agent, Path, dict[str, list[tuple[object, ...]]]]
+) -> None:
+    """The coordinator waits for its workers until one deadline, `timeout` seconds after
+    they start: with 0.1 s (no interpreter imports the build in that) the first worker
+    waited for is past it, and the build is refused as a storage fault naming the
+    worker and the time, the cache unchanged, no part left; the next load works."""
+    agent, data, before = till
+    path = write(tmp_path / "v2.jsonl", snapshot_lines(2))
+    size = path.stat().st_size
+    with pytest.raises(StorageError, match=r"^the cache build's worker 0 took more than 0 s;"):
+        cache_build.run(data, path, 0, size, NOW, workers=3, min_chunk=MIN_CHUNK, timeout=0.1)
+    assert dump(data) == before and leftovers(data) == []
+    assert agent.load_snapshot_file(path).version == 2
 
 
 # ------------------------------------------------------------ a child's report
