@@ -377,3 +377,32 @@ def test_the_coordinator_reports_a_refusal_as_one_json_line_and_exit_2(tmp_path:
     assert missing.returncode == 2
     assert json.loads(missing.stderr)["error"] == "UnreadableFile"
     assert leftovers(tmp_path / "till") == []
+
+
+def test_a_child_that_dies_without_its_json_line_is_reported_by_its_last_words(
+    tmp_path: Path,
+) -> None:
+    """A child that fails without the JSON line (an exception nobody caught: here a
+    worker given chunks that are not JSON) is a storage fault naming its exit code and
+    the last line it wrote, the exception, not the first ("Traceback ..."); one that
+    wrote nothing says so; one killed names the signal."""
+    make_agent(tmp_path / "till", 2).close()
+    source = write(tmp_path / "v1.jsonl", snapshot_lines(1))
+    command = [sys.executable, "-m", cache_build.MODULE, "work", "--data-dir"]
+    command += [str(tmp_path / "till"), "--source", str(source), "--part"]
+    command += [str(tmp_path / "part"), "--chunks", "[["]
+    done = subprocess.run(command, capture_output=True, timeout=120, check=False)
+    assert done.returncode == 1 and done.stderr.startswith(b"Traceback")
+    error = cache_build._error_of(done.returncode, done.stderr, "the cache build's worker 3")
+    assert isinstance(error, StorageError)
+    assert error.message == (
+        "the cache build's worker 3 failed (exit 1: json.decoder.JSONDecodeError:"
+        " Expecting value: line 1 column 3 (char 2)); nothing was stored"
+    )
+    silent = cache_build._error_of(1, b"", "the cache build")
+    assert silent.message == "the cache build failed (exit 1: no message); nothing was stored"
+    stopped = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    stopped.terminate()
+    assert stopped.wait(timeout=60) == -15
+    killed = cache_build._error_of(-15, b"", "the cache build")
+    assert killed.message == "the cache build was killed (SIGTERM); nothing was stored"
