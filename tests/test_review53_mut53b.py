@@ -240,6 +240,23 @@ def test_a_payload_said_to_end_past_its_file_is_refused(
     assert agent.load_snapshot_file(path, 0, path.stat().st_size).version == 2
 
 
+def test_bytes_after_the_payload_are_not_read(
+    tmp_path: Path, till: tuple[Agent, Path, dict[str, list[tuple[object, ...]]]]
+) -> None:
+    """A payload followed by other bytes in its file (a message's payload given by offset
+    and length): the scan for section lines stops at the payload's end, so a section line
+    and rows after it are neither built nor refused; only the payload's 30 rows are."""
+    lines = snapshot_lines(2)
+    size = len("".join(lines).encode())
+    after = ['{"section":"categories"}\n', category(999), '{"section":"cards"}\n', "junk\n"]
+    path = write(tmp_path / "message", lines + after)
+    agent, data, _ = till
+    assert agent.load_snapshot_file(path, 0, size).version == 2
+    codes = [row[0] for row in dump(data)["categories"]]
+    assert len(codes) == 30 and "k0999" not in codes
+    assert leftovers(data) == []
+
+
 # ------------------------------------------------------------ a key given twice
 
 
