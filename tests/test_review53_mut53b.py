@@ -257,6 +257,23 @@ def test_bytes_after_the_payload_are_not_read(
     assert leftovers(data) == []
 
 
+def test_the_scan_names_a_long_line_by_its_number_in_the_payload(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The coordinator's scan (`_plan_of`, as `run`'s coordinator calls it) refuses a line
+    past the bound (here 200 bytes) before any worker starts, numbered in the payload: its
+    count starts at the body's first line (2, after the header), whatever the prefix."""
+    from tillpoint.agent import limits
+
+    monkeypatch.setattr(limits, "LINE_MAX_BYTES", 200)
+    lines = snapshot_lines(2)
+    lines[6] = '{"code":"k0004","name":"' + "n" * 180 + '"}\n'
+    prefix = b"one\ntwo\n"
+    path = write(tmp_path / "long.jsonl", lines, prefix)
+    with pytest.raises(InputError, match=r"^snapshot line 7: longer than"):
+        cache_build._plan_of(path, len(prefix), path.stat().st_size - len(prefix), 3, 1)
+
+
 # ------------------------------------------------------------ a key given twice
 
 
