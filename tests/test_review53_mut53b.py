@@ -354,6 +354,25 @@ def test_a_worker_is_started_for_each_whole_min_chunk_of_the_payload(
     assert len(plan(path, 3)) == workers
 
 
+def test_a_section_smaller_than_min_chunk_is_one_workers_whole_chunk(tmp_path: Path) -> None:
+    """Sections smaller than `min_chunk` are not cut: each is one chunk, dealt to the
+    workers in turn (a big one is cut into one piece a worker, each piece starting at a
+    line). Here the categories (865 bytes) are cut in three; the cards and the products
+    sections (their lines alone) and a section of 5 categories (165 bytes) are whole,
+    one a worker in turn."""
+    lines = snapshot_lines(1)
+    lines += ['{"section":"cards"}\n', '{"section":"products"}\n']
+    lines += ['{"section":"categories"}\n', *map(category, range(100, 105))]
+    path = write(tmp_path / "s.jsonl", lines)
+    # by hand: 25 + 30 x 28 = 865 bytes, cut at the first line end at or after 865 / 3 and
+    # 2 x 865 / 3 from the section's start (288 and 576): after 10 rows (305) and 20 (585)
+    assert [[(n, line_at(lines, a), b - a) for n, a, b in c] for c in plan(path, 3)] == [
+        [(None, 2, 305), (None, 33, 20)],
+        [("categories", 13, 280), (None, 34, 23)],
+        [("categories", 23, 280), (None, 35, 25 + 5 * 28)],
+    ]
+
+
 def test_the_agent_waits_for_the_coordinator_its_own_timeout_and_30_s_more(
     tmp_path: Path,
 ) -> None:
