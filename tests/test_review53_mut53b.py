@@ -371,6 +371,31 @@ def test_a_section_smaller_than_min_chunk_is_one_workers_whole_chunk(tmp_path: P
         [("categories", 13, 280), (None, 34, 23)],
         [("categories", 23, 280), (None, 35, 25 + 5 * 28)],
     ]
+    # a section of exactly min_chunk bytes is cut: 165 at 165, after 2 rows (81) and 4 (137)
+    size = path.stat().st_size
+    assert [
+        [(n, line_at(lines, a), b - a) for n, a, b in c]
+        for c in cache_build._plan_of(path, 0, size, 3, 165)
+    ] == [
+        [(None, 2, 305), (None, 33, 20), (None, 35, 81)],
+        [("categories", 13, 280), (None, 34, 23), ("categories", 38, 56)],
+        [("categories", 23, 280), ("categories", 40, 28)],
+    ]
+
+
+def test_a_cut_that_falls_on_a_lines_start_is_made_there(tmp_path: Path) -> None:
+    """A cut is the first line end at or after its share of the section: when the share
+    ends exactly where a line starts, that line begins the next chunk. The first row 16
+    bytes longer makes the section 881 bytes; 881 // 3 = 293 = 25 + 9 x 28 + 16, the start
+    of the 10th row (line 12)."""
+    lines = snapshot_lines(1)
+    lines[2] = lines[2].replace('"n"', '"n' + "x" * 16 + '"')
+    path = write(tmp_path / "s.jsonl", lines)
+    assert [[(n, line_at(lines, a), b - a) for n, a, b in c] for c in plan(path, 3)] == [
+        [(None, 2, 293)],
+        [("categories", 12, 308)],
+        [("categories", 23, 280)],
+    ]
 
 
 def test_the_agent_waits_for_the_coordinator_its_own_timeout_and_30_s_more(
