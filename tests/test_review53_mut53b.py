@@ -451,10 +451,17 @@ def test_the_coordinator_reports_a_refusal_as_one_json_line_and_exit_2(tmp_path:
     assert [json.loads(line) for line in done.stderr.splitlines()] == [
         {"error": "InputError", "message": "snapshot line 32: categories: name must be a string"}
     ]
-    missing = coordinator(tmp_path / "till", tmp_path / "none.jsonl")
-    assert missing.returncode == 2
-    assert json.loads(missing.stderr)["error"] == "UnreadableFile"
     assert leftovers(tmp_path / "till") == []
+
+
+def test_the_coordinator_reports_a_missing_file_as_unreadable_exit_2(tmp_path: Path) -> None:
+    make_agent(tmp_path / "till", 2).close()
+    missing = coordinator(tmp_path / "till", tmp_path / "none.jsonl")
+    assert (missing.returncode, missing.stdout) == (2, "")
+    assert json.loads(missing.stderr) == {
+        "error": "UnreadableFile",
+        "message": f"{tmp_path / 'none.jsonl'}: no such file",
+    }
 
 
 def test_a_child_that_dies_without_its_json_line_is_reported_by_its_last_words(
