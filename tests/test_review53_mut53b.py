@@ -487,9 +487,18 @@ def test_a_child_that_dies_without_its_json_line_is_reported_by_its_last_words(
     )
     silent = cache_build._error_of(1, b"", "the cache build")
     assert silent.message == "the cache build failed (exit 1: no message); nothing was stored"
+    # the signals' own action restored (a runner under nohup ignores SIGHUP, its children
+    # too), and sent once the child says so
+    code = (
+        "import signal, time; signal.signal(signal.SIGHUP, signal.SIG_DFL);"
+        " signal.signal(signal.SIGTERM, signal.SIG_DFL); print('ready', flush=True);"
+        " time.sleep(60)"
+    )
     for sig in (signal.SIGHUP, signal.SIGTERM):  # SIGHUP: -1, the least of them
-        stopped = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        stopped = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+        assert stopped.stdout is not None and stopped.stdout.readline() == b"ready\n"
         stopped.send_signal(sig)
         assert stopped.wait(timeout=60) == -sig
+        stopped.stdout.close()
         killed = cache_build._error_of(-sig, b"", "the cache build")
         assert killed.message == f"the cache build was killed ({sig.name}); nothing was stored"
