@@ -437,7 +437,10 @@ def coordinator(data: Path, source: Path, *extra: str) -> subprocess.CompletedPr
     command = [sys.executable, "-m", cache_build.MODULE, "build", "--data-dir", str(data)]
     command += ["--source", str(source), "--now", NOW.isoformat(), "--workers", "2"]
     command += ["--min-chunk", str(MIN_CHUNK), *extra]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    # a session of its own, as `run` starts it: its orphan watch kills its process group
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=120, check=False, start_new_session=True
+    )
 
 
 def test_the_coordinator_reports_a_refusal_as_one_json_line_and_exit_2(tmp_path: Path) -> None:
