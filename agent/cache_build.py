@@ -57,8 +57,9 @@ MODULE = "tillpoint.agent.cache_build"
 NICE = 10
 # Workers: the CPUs, at most this many (the merge and the indexes are one core's work).
 MAX_WORKERS = 4
-# A section smaller than this is not cut; a payload smaller than this is built by one
-# process (starting a worker costs ≈ 0.3 s of imports).
+# A section smaller than this is not cut; a worker is started for each whole MIN_CHUNK of
+# the payload, at most `workers` (one under twice this is built by the coordinator alone:
+# starting a worker costs ≈ 0.3 s of imports).
 MIN_CHUNK = 8 << 20
 TIMEOUT_S = 1800.0
 # Rows copied from a part per statement; the file is flushed between them.
