@@ -10,22 +10,19 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from tillpoint.agent import cache as cache_mod
 from tillpoint.agent import cache_build
-from tillpoint.agent.db import cache_file
 from tillpoint.agent.errors import InputError, StorageError
 from tillpoint.agent.service import Agent
 
-NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
-KEY = "ab" * 32
+# test_cache_build's till: its clock, phone key and chunk size (256 bytes)
+from .test_cache_build import NOW, dump, leftovers, make_agent
+
 MIN_CHUNK = 256
 HEADER = (
     '{"format":"tillpoint.snapshot/jsonl","version":%d,"baseVersion":0,'
@@ -46,27 +43,6 @@ def snapshot_lines(version: int, rows: int = 30) -> list[str]:
 def write(path: Path, lines: list[str], prefix: bytes = b"") -> Path:
     path.write_bytes(prefix + "".join(lines).encode())
     return path
-
-
-def make_agent(data_dir: Path, workers: int) -> Agent:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    (data_dir / "phone.key").write_text(KEY)
-    agent = Agent(data_dir, "till-1", clock=lambda: NOW)
-    agent.build_workers = workers
-    agent.build_min_chunk = MIN_CHUNK
-    return agent
-
-
-def dump(data_dir: Path) -> dict[str, list[tuple[object, ...]]]:
-    conn = sqlite3.connect(cache_file(data_dir))
-    try:
-        return cache_mod.dump(conn)
-    finally:
-        conn.close()
-
-
-def leftovers(data_dir: Path) -> list[str]:
-    return sorted(p.name for p in data_dir.iterdir() if ".part" in p.name or "building" in p.name)
 
 
 def plan(path: Path, workers: int, offset: int = 0) -> list[list[cache_build.Chunk]]:
