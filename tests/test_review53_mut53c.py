@@ -26,34 +26,24 @@ from tillpoint.client import ClientError, PosAgentClient
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
-from .conftest import receipt
+from .conftest import post_json, receipt
 
 TIMEOUT = 10
 
 
 @pytest.fixture
-def doors(agent: Agent) -> Iterator[tuple[int, int]]:
-    """The same till's HTTP interface and gRPC server: their ports."""
+def doors(agent: Agent) -> Iterator[tuple[HttpServer, int]]:
+    """The same till's HTTP interface and gRPC server (its port)."""
     http_server = HttpServer(agent, "127.0.0.1:0")
     http_server.start()
     server, port, health = build_server(agent, "127.0.0.1:0")
     server.start()
     try:
-        yield http_server.port, port
+        yield http_server, port
     finally:
         health.stop_following()
         server.stop(0).wait()
         http_server.stop()
-
-
-def _http(port: int, path: str, body: dict[str, Any]) -> tuple[int, Any]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
-    try:
-        conn.request("POST", path, json.dumps(body, ensure_ascii=False).encode())
-        answer = conn.getresponse()
-        return answer.status, json.loads(answer.read())
-    finally:
-        conn.close()
 
 
 def _line(**fields: Any) -> list[dict[str, Any]]:
@@ -64,7 +54,7 @@ def _line(**fields: Any) -> list[dict[str, Any]]:
 
 
 def test_the_client_takes_int64_to_its_edges_and_refuses_one_past_them_itself(
-    doors: tuple[int, int],
+    doors: tuple[HttpServer, int],
 ) -> None:
     """The contract §2 (money is a signed 64-bit integer), §12 (the doors read a request
     alike): the Python client sends 2^63 − 1 and −2^63 and the till answers them as HTTP
@@ -73,20 +63,20 @@ def test_the_client_takes_int64_to_its_edges_and_refuses_one_past_them_itself(
     does not fit in a signed 64-bit integer"); a digit string of 128 characters, the
     longest taken, is the number at both doors. Mutants of the bounds (2^62, 2^64, 2^63 − 2,
     2^63 + 1, −1, −3^63) survived."""
-    http_port, grpc_port = doors
+    web, grpc_port = doors
     with PosAgentClient(f"127.0.0.1:{grpc_port}", timeout=TIMEOUT, attempts=1) as till:
         top = receipt("r-top", lines=_line(priceMinor=2**63 - 1))
-        status, answer = _http(http_port, "/v1/quote", top)
+        status, answer = post_json(web, "/v1/quote", top)
         assert status == 200 and answer["totalMinor"] == 2**63 - 1, answer
         assert till.quote(top)["totalMinor"] == 2**63 - 1
         longest = receipt("r-long", lines=_line(priceMinor="0" * 124 + "8990"))  # 128 characters
-        assert _http(http_port, "/v1/quote", longest)[1]["totalMinor"] == 8990
+        assert post_json(web, "/v1/quote", longest)[1]["totalMinor"] == 8990
         assert till.quote(longest)["totalMinor"] == 8990
         for body, words in (
             (receipt("r-low", redeemPoints=-(2**63)), "redeemPoints must be 0 or more"),
             (receipt("r-low", lines=_line(priceMinor=-(2**63))), "priceMinor must not be negative"),
         ):
-            status, answer = _http(http_port, "/v1/quote", body)
+            status, answer = post_json(web, "/v1/quote", body)
             assert status == 400 and words in answer["error"]["message"], answer
             with pytest.raises(ClientError) as refused:
                 till.quote(body)
@@ -107,14 +97,14 @@ def test_the_client_takes_int64_to_its_edges_and_refuses_one_past_them_itself(
 
 
 def test_the_client_names_a_plain_field_without_an_index_and_says_which_number_form(
-    doors: tuple[int, int],
+    doors: tuple[HttpServer, int],
 ) -> None:
     """The contract §2 (money in minor units, whole numbers), §12: the client's refusal of
     an int64 it cannot send names the field as HTTP does — `lines[0].priceMinor`, not
     `lines[0].priceMinor[0]` (mutants put the list's index on a field that is no list, or
     read a list sent for it as the list's numbers) — and says an exponent (1e+20) and a
     decimal point (8990.5) apart (a mutant said each as the other)."""
-    http_port, grpc_port = doors
+    web, grpc_port = doors
     advice = "write money in minor units (whole numbers) and quantities as decimal strings"
     cases = (
         (1e20, "lines[0].priceMinor: the number 1e+20 is written with an exponent: " + advice),
@@ -125,7 +115,7 @@ def test_the_client_names_a_plain_field_without_an_index_and_says_which_number_f
     with PosAgentClient(f"127.0.0.1:{grpc_port}", timeout=TIMEOUT, attempts=1) as till:
         for price, words in cases:
             body = receipt("r-bad", lines=_line(priceMinor=price))
-            status, answer = _http(http_port, "/v1/quote", body)
+            status, answer = post_json(web, "/v1/quote", body)
             assert status == 400 and answer["error"]["message"].endswith(words), answer
             with pytest.raises(ClientError) as refused:
                 till.quote(body)
@@ -136,14 +126,14 @@ def test_the_client_names_a_plain_field_without_an_index_and_says_which_number_f
 
 
 def test_a_reply_read_back_is_the_figures_http_answers_for_the_same_receipt(
-    doors: tuple[int, int],
+    doors: tuple[HttpServer, int],
 ) -> None:
     """The contract §12 (the same figures at both doors), §17 (explain): gRPC's answer is
     HTTP's document parsed as proto3 JSON, and `checkout_of` reads it back as the typed
     result whole: the explained quote's trace kept, a plain quote's `trace` None (HTTP
     leaves it out), a hold's state and end (mutants dropped the trace, or read an empty
     one from a reply that has none)."""
-    http_port, grpc_port = doors
+    web, grpc_port = doors
     with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
         stub = pb_grpc.PosAgentStub(channel)
         for body, call in (
@@ -152,7 +142,7 @@ def test_a_reply_read_back_is_the_figures_http_answers_for_the_same_receipt(
             (receipt("r-held"), "Hold"),
         ):
             reply = getattr(stub, call)(json_format.ParseDict(body, pb.Receipt()), timeout=TIMEOUT)
-            status, answer = _http(http_port, f"/v1/{call.lower()}", body)  # a hold's retry
+            status, answer = post_json(web, f"/v1/{call.lower()}", body)  # a hold's retry
             assert status == 200, answer
             assert json_format.ParseDict(answer, pb.CheckoutResult()) == reply, call
             back = checkout_of(reply)
@@ -162,11 +152,13 @@ def test_a_reply_read_back_is_the_figures_http_answers_for_the_same_receipt(
         assert back.hold_expires_at == answer["holdExpiresAt"] != ""
 
 
-def test_the_client_refuses_a_field_named_twice_naming_where_it_is(doors: tuple[int, int]) -> None:
+def test_the_client_refuses_a_field_named_twice_naming_where_it_is(
+    doors: tuple[HttpServer, int],
+) -> None:
     """The contract §12 (a field under both its names is refused): the client names the
     field as HTTP does, at the top (`receiptId`) and inside a line (`lines[0].priceMinor`;
     a mutant wrote the line's field without its place)."""
-    http_port, grpc_port = doors
+    web, grpc_port = doors
     twice_top = {**receipt("r-twice"), "receipt_id": "r-other"}
     twice_line = receipt("r-twice", lines=_line(priceMinor=100, price_minor=100))
     with PosAgentClient(f"127.0.0.1:{grpc_port}", timeout=TIMEOUT, attempts=1) as till:
@@ -174,7 +166,7 @@ def test_the_client_refuses_a_field_named_twice_naming_where_it_is(doors: tuple[
             (twice_top, "receiptId is given twice (receipt_id and receiptId)"),
             (twice_line, "lines[0].priceMinor is given twice (price_minor and priceMinor)"),
         ):
-            status, answer = _http(http_port, "/v1/quote", body)
+            status, answer = post_json(web, "/v1/quote", body)
             assert status == 400 and words in answer["error"]["message"], answer
             with pytest.raises(ClientError) as refused:
                 till.quote(body)
@@ -182,7 +174,7 @@ def test_the_client_refuses_a_field_named_twice_naming_where_it_is(doors: tuple[
 
 
 def test_a_sale_over_grpc_is_stored_as_sent_and_its_retry_over_http_is_the_same_sale(
-    agent: Agent, doors: tuple[int, int]
+    agent: Agent, doors: tuple[HttpServer, int]
 ) -> None:
     """The contract §5 (`storeId` and `tillId` are kept with the receipt and sent to the
     hub with it), §11 (a retry with the same `receiptId` and body answers the sale
@@ -190,7 +182,7 @@ def test_a_sale_over_grpc_is_stored_as_sent_and_its_retry_over_http_is_the_same_
     same body sent again over HTTP is that sale (200, the same figures, one seq), not a
     conflict (a mutant of the hot path's reader dropped `tillId`: stored without it, and
     the HTTP retry was 409 "another body")."""
-    http_port, grpc_port = doors
+    web, grpc_port = doors
     body = receipt(
         "r-both",
         storeId="s7",
@@ -213,27 +205,27 @@ def test_a_sale_over_grpc_is_stored_as_sent_and_its_retry_over_http_is_the_same_
     stored = json.loads(request)
     assert (stored["storeId"], stored["tillId"], stored["redeemPoints"]) == ("s7", "t7", 100)
     assert [line.get("amountMinor") for line in stored["lines"]] == [None, 5000]
-    status, answer = _http(http_port, "/v1/checkout", body)
+    status, answer = post_json(web, "/v1/checkout", body)
     assert status == 200, answer
     assert json_format.ParseDict(answer, pb.CheckoutResult()) == sold
 
 
-def test_the_client_reads_a_null_as_a_field_left_out(doors: tuple[int, int]) -> None:
+def test_the_client_reads_a_null_as_a_field_left_out(doors: tuple[HttpServer, int]) -> None:
     """The contract §12 (a field set to `null` is the field left out): the client sends
     `{"priceMinor": 8990, "price_minor": null}` as the price, as HTTP reads it, not as a
     line whose price was cleared (a mutant passed the nulls on to protobuf's reader); a
     field after a null is still checked ("٣" is no number: a mutant stopped at the null
     and sent it as 3)."""
-    http_port, grpc_port = doors
+    web, grpc_port = doors
     line = {**_line(priceMinor=8990)[0], "price_minor": None}
     body = receipt("r-null", lines=[line], coupons=None)
-    status, answer = _http(http_port, "/v1/quote", body)
+    status, answer = post_json(web, "/v1/quote", body)
     assert status == 200 and answer["totalMinor"] == 8990, answer
     with PosAgentClient(f"127.0.0.1:{grpc_port}", timeout=TIMEOUT, attempts=1) as till:
         quoted = till.quote(body)
     assert quoted["totalMinor"] == 8990 and quoted["card"]["status"] == answer["card"]["status"]
     after_a_null = {"coupons": None, **receipt("r-bad", redeemPoints="٣")}  # Arabic-Indic 3
-    status, answer = _http(http_port, "/v1/quote", after_a_null)
+    status, answer = post_json(web, "/v1/quote", after_a_null)
     words = "redeemPoints must be a whole number"
     assert status == 400 and answer["error"]["message"] == f"receipt: {words}", answer
     with (
@@ -245,15 +237,15 @@ def test_the_client_reads_a_null_as_a_field_left_out(doors: tuple[int, int]) -> 
 
 
 def test_status_names_every_field_in_the_protos_order_an_unset_part_as_null(
-    doors: tuple[int, int],
+    doors: tuple[HttpServer, int],
 ) -> None:
     """The contract §12 (`/v1/status` is the proto `Status` mapping, as `status --json`,
     with its `null`s): a fresh till's status at HTTP has every field of the proto in its
     order, the parts never set (`lastRefusedSnapshot`, `lastRenumbered`) as null, as
     gRPC's `Status` leaves them unset (mutants of `message_json` left the unset parts out,
     or stopped at the first one)."""
-    http_port, grpc_port = doors
-    conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=TIMEOUT)
+    web, grpc_port = doors
+    conn = http.client.HTTPConnection("127.0.0.1", web.port, timeout=TIMEOUT)
     try:
         conn.request("GET", "/v1/status")
         answer = conn.getresponse()
@@ -351,7 +343,7 @@ def _sent(number: int, name: str, wire: str, kind: str) -> str:
     ],
 )
 def test_a_field_sent_with_another_wire_type_or_unknown_is_refused_in_words(
-    doors: tuple[int, int], extra: bytes, words: str
+    doors: tuple[HttpServer, int], extra: bytes, words: str
 ) -> None:
     """The contract §12 (a field the contract lacks is bad input at `PosAgent`, named by
     number and place): a known field sent with another wire type names its type as sent
@@ -370,7 +362,7 @@ def test_a_field_sent_with_another_wire_type_or_unknown_is_refused_in_words(
 
 
 def test_bytes_that_do_not_decode_say_what_protobuf_found_and_an_unknown_method_is_unimplemented(
-    doors: tuple[int, int],
+    doors: tuple[HttpServer, int],
 ) -> None:
     """The contract §12: a request that does not decode is INVALID_ARGUMENT with
     protobuf's own reason (a mutant said only "DecodeError"); a method the agent does not
@@ -393,7 +385,7 @@ def test_bytes_that_do_not_decode_say_what_protobuf_found_and_an_unknown_method_
 
 
 def test_a_reflection_stream_whose_request_does_not_decode_is_invalid_argument(
-    doors: tuple[int, int],
+    doors: tuple[HttpServer, int],
 ) -> None:
     """The contract §12 (reflection is on; bytes that do not decode are INVALID_ARGUMENT,
     never INTERNAL): a streamed request is checked as a single one is, for reflection's
@@ -452,17 +444,17 @@ def test_the_hub_takes_a_newer_tills_unknown_field_and_refuses_bytes_that_do_not
 
 
 def test_an_object_where_a_list_goes_is_refused_by_the_client_in_http_s_words(
-    doors: tuple[int, int],
+    doors: tuple[HttpServer, int],
 ) -> None:
     """The contract §12 (review 53, lead; mut53c's "Left"): `"lines": {…}` (an object, not
     a list) is "lines must be a list" at HTTP and at the Python client alike; the client
     read the object as the list's one line and said "Receipt: lines.priceMinor must be a
     whole number"."""
-    http_port, grpc_port = doors
+    web, grpc_port = doors
     with PosAgentClient(f"127.0.0.1:{grpc_port}", timeout=TIMEOUT, attempts=1) as till:
         for lines in ({"sku": "4601234000017", "qty": "1", "priceMinor": [1]}, {"sku": "x"}):
             body = {**receipt("r-obj"), "lines": lines}
-            status, answer = _http(http_port, "/v1/quote", body)
+            status, answer = post_json(web, "/v1/quote", body)
             assert status == 400
             assert answer["error"]["message"].endswith("lines must be a list"), answer
             with pytest.raises(ClientError) as refused:
