@@ -148,13 +148,20 @@ class HubLink:
     def probe(self, timeout_s: float) -> bool:
         """Whether the hub answers now: the channel connected to it (TLS with this till's
         certificate) within `timeout_s`. For a process with no sync loop to say so."""
+        if not self.connected(timeout_s):
+            return False
+        self.ok()
+        return True
+
+    def connected(self, timeout_s: float) -> bool:
+        """Wait at most `timeout_s` for the channel to connect (its handshake done); what
+        the till says of the hub is left as it is (`probe` records the contact)."""
         ready = grpc.channel_ready_future(self.channel)
         try:
             ready.result(timeout=timeout_s)
         except grpc.FutureTimeoutError:
             ready.cancel()  # stop watching the channel before anyone closes it
             return False
-        self.ok()
         return True
 
     def ok(self) -> None:

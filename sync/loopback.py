@@ -186,7 +186,11 @@ class LoopbackHub:
         enrollment = self.enroll(device_id, data_dir)
         link = HubLink(self.address, enrollment)
         if self.server.serving:
-            self._connected(link)
+            # the handshake done before the till's first hold, which FAST's 300 ms deadline
+            # otherwise also had to cover (a loaded machine's first hold on a fresh
+            # connection went OFFLINE; review 52's exp27 flake). A till of `tillpoint run`
+            # starts connecting at once too; its first hold usually comes a while later.
+            link.connected(CONNECT_WAIT_S)
         authoriser = HubAuthoriser(link, Path(data_dir), device_id, timings.redeem_timeout_s)
         agent = till_agent(
             Path(data_dir),
@@ -200,21 +204,6 @@ class LoopbackHub:
             service = SyncService(agent, link, enrollment, timings)
             service.start()
         return Till(device_id, Path(data_dir), agent, link, service, authoriser)
-
-    @staticmethod
-    def _connected(link: HubLink) -> None:
-        """Wait (at most `CONNECT_WAIT_S`, quietly) for a new till's channel to this running
-        hub: its TLS handshake is then done before the till's first hold, which FAST's
-        300 ms deadline otherwise also had to cover (a loaded machine's first hold on a
-        fresh connection went OFFLINE; review 52's exp27 flake). A till of `tillpoint run`
-        starts connecting at once too, and its first hold usually comes a while later."""
-        import grpc
-
-        ready = grpc.channel_ready_future(link.channel)
-        try:
-            ready.result(timeout=CONNECT_WAIT_S)
-        except grpc.FutureTimeoutError:
-            ready.cancel()
 
     def stop(self) -> None:
         self.server.stop(grace=0)
