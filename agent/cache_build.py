@@ -64,10 +64,11 @@ MIN_CHUNK = 8 << 20
 TIMEOUT_S = 1800.0
 # Rows copied from a part per statement; the file is flushed between them.
 _MERGE_STEP = 50_000
-# Tests set this to make one worker kill itself before it starts ("kill:1"), or the
-# coordinator wait a minute once the parts are written ("stall").
+# Tests set this to make one worker kill itself before it starts ("kill:1") or wait a
+# minute before it reads ("stall:1"), or the coordinator wait a minute once the parts are
+# written ("stall").
 FAULT_ENV = "TILLPOINT_BUILD_FAULT"
-ORPHAN_POLL_S = 0.5  # how often a coordinator checks that whoever started it is still there
+ORPHAN_POLL_S = 0.5  # how often a child checks that whoever started it is still there
 _LINE = re.compile(r"^snapshot line ([0-9]+): ")
 
 # A chunk of the payload: its section at the start (None before the first section line
@@ -443,8 +444,8 @@ def _run_workers(
         for i, (chunks, part) in enumerate(zip(plan, parts, strict=True)):
             env = dict(os.environ)
             env.pop(FAULT_ENV, None)
-            if fault == f"kill:{i}":
-                env[FAULT_ENV] = "kill"
+            if fault in (f"kill:{i}", f"stall:{i}"):
+                env[FAULT_ENV] = fault.partition(":")[0]
             spec = json.dumps([[c[0], c[1], c[2]] for c in chunks])
             procs.append(
                 subprocess.Popen(
@@ -463,6 +464,8 @@ def _run_workers(
                         str(part),
                         "--chunks",
                         spec,
+                        "--parent",
+                        str(os.getpid()),
                     ],
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE,
@@ -572,18 +575,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.add_argument("--workers", type=int, default=0)
             p.add_argument("--min-chunk", type=int, default=MIN_CHUNK)
             p.add_argument("--timeout", type=float, default=TIMEOUT_S)
-            p.add_argument("--parent", type=int, default=0)
         else:
             p.add_argument("--part", type=Path, required=True)
             p.add_argument("--chunks", required=True)
+        p.add_argument("--parent", type=int, default=0)
     args = parser.parse_args(argv)
     lower_priority()
-    if args.role == "build":
-        _stop_when_orphaned(args.parent)
+    _stop_when_orphaned(args.parent)
     try:
         if args.role == "work":
             if os.environ.get(FAULT_ENV) == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
+            if os.environ.get(FAULT_ENV) == "stall":
+                time.sleep(60)
             chunks = [(c[0], int(c[1]), int(c[2])) for c in json.loads(args.chunks)]
             ignored: set[str] = set()
             work(args.data_dir, args.source, args.offset, chunks, args.part, ignored)
@@ -620,17 +624,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _stop_when_orphaned(parent: int) -> None:
-    """Stop the build (the coordinator and its workers: its own process group) once the
-    process that started it is gone. Under systemd the unit's KillMode takes the build
-    with a killed agent; elsewhere (a container without an init, a `snapshot load` killed
-    by hand) it would go on alone, holding the cache's write lock while the restarted
-    agent's first pull waits. What it leaves is removed by the next apply."""
+    """Stop this child of the build once the process that started it is gone. Under
+    systemd the unit's KillMode takes the build with a killed agent; elsewhere (a
+    container without an init, a `snapshot load` killed by hand) it would go on alone,
+    holding the cache's write lock while the restarted agent's first pull waits. What it
+    leaves is removed by the next apply.
+
+    A coordinator that leads its process group (`run` starts it in a session of its own)
+    takes the group, its workers with it; any other child (a worker, or a coordinator a
+    script started in its own group) stops itself alone, never the group it was given:
+    that group is its starter's (review 54). A worker watches its coordinator in turn."""
     parent = parent or os.getppid()
+    leads = os.getpgrp() == os.getpid()
 
     def watch() -> None:
         while True:
             if os.getppid() != parent:
-                os.killpg(os.getpgrp(), signal.SIGKILL)
+                if leads:
+                    os.killpg(os.getpgrp(), signal.SIGKILL)
+                os.kill(os.getpid(), signal.SIGKILL)
             time.sleep(ORPHAN_POLL_S)
 
     threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
