@@ -1,0 +1,297 @@
+"""Review 54 (mut54c): mutation testing of the hub's store in SQL (`sync/hub_sql.py`,
+`sync/hub_sqlite.py`, `sync/hub_postgres.py`). Each test pins a rule of the store that a
+surviving mutant broke and no test held: a real SQLite file and a real PostgreSQL
+database each (`hub_store_factory`), figures worked out by hand in the comments.
+docs/DECISIONS.md, "Review 54 (mut54c)", lists the mutants."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from tillpoint.agent.ledger import utc_text
+from tillpoint.sync.hub_store import TxIn, Unsynced
+from tillpoint.sync.loopback import import_doc, sample_master_data
+
+from .test_coupons import COUPONS, SORRY
+
+NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+WEEK = 7 * 86400.0
+CARD_1 = "2770000000017"  # c-1's, 1200 points (the sample's)
+
+
+@pytest.fixture()
+def store(hub_store_factory: Any) -> Any:
+    """A hub store with the sample's master data published as version 1 (c-1: 1200
+    points, c-2: 300), once on SQLite and once on PostgreSQL."""
+    store = hub_store_factory()
+    import_doc(store, sample_master_data())
+    store.publish(NOW, WEEK)
+    return store
+
+
+def sale(
+    device: str,
+    seq: int,
+    customer: str,
+    available: int,
+    *,
+    receipt: str = "",
+    card: str = "",
+    kind: str = "CHECKOUT",
+    refunds: str = "",
+    result: dict[str, Any] | None = None,
+    at: datetime = NOW,
+) -> TxIn:
+    """A pushed transaction: a sale of `receipt` (default `device-seq`), or with `kind`
+    REFUND and `refunds` the receipt a refund `receipt` takes back."""
+    request: dict[str, Any] = {"receiptId": receipt or f"{device}-{seq}"}
+    if kind == "REFUND":
+        request = {"refundId": receipt or f"{device}-{seq}", "receiptId": refunds}
+    return TxIn(
+        device,
+        seq,
+        kind,
+        at.isoformat(),
+        customer,
+        card,
+        json.dumps(request),
+        json.dumps(result or {}),
+        available,
+        0,
+        "",
+    )
+
+
+def authorise(
+    store: Any,
+    receipt: str,
+    points: int,
+    now: datetime,
+    unsynced: list[Unsynced] | None = None,
+    *,
+    device: str = "till-a",
+    ttl_s: float = 600.0,
+) -> Any:
+    return store.authorise(device, receipt, "c-1", points, NOW, unsynced or [], now, ttl_s)
+
+
+# ---------------------------------------------------------------- holds (§9, §11)
+
+
+def test_a_hold_is_gone_at_the_instant_it_expires(store: Any) -> None:
+    """`expire_holds` (`expires_at <= now`) and `holds_outstanding` (`expires_at > now`):
+    a hold placed at T0 for 600 s holds its points through T0+599.999999 s and not at
+    T0+600 s, for the next authorisation and for `hub status` alike."""
+    t0 = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+    assert authorise(store, "r-1", 300, t0).authorised == 300
+    end = t0 + timedelta(seconds=600)
+    assert store.holds_outstanding(end - timedelta(microseconds=1)) == (1, 300)
+    assert store.holds_outstanding(end) == (0, 0)
+    # at its expiry r-1's 300 are free again: r-2 gets all 1200 (not 900)
+    assert authorise(store, "r-2", 1200, end).authorised == 1200
+
+
+def test_a_seq_of_another_device_is_not_this_tills_received_movement(store: Any) -> None:
+    """`stored_receipt(device, seq)`: an unsynced movement the hub already stored (this
+    device's seq) is not counted a second time; the same seq stored by another device
+    is not this till's, and counts. c-1: 1200; till-b's seq 1 spent 100 (stored)."""
+    store.ingest("till-b", "", [sale("till-b", 1, "c-1", -100)], NOW)
+    now = datetime.now(UTC)  # holds live in real time
+    # till-a's seq 1 (spent 100, its receipt id one the hub refused: sent as "") is not
+    # stored: 1200 - 100 (till-b's) - 100 (till-a's, held as seq:1) = 1000
+    got = authorise(store, "r-9", 1, now, [Unsynced(1, "", -100)])
+    assert (got.authorised, got.live_balance) == (1, 1000)
+    # till-b's own seq 1, stored already: not counted again. Held for others: till-a's
+    # seq:1 (100) and r-9 (1): 1200 - 100 - 100 - 1 = 999 (899 had it counted twice)
+    got = authorise(store, "r-8", 1, now, [Unsynced(1, "till-b-1", -100)], device="till-b")
+    assert got.live_balance == 999
+
+
+def test_a_settled_hold_is_not_outstanding(store: Any) -> None:
+    """`holds_outstanding` counts ACTIVE holds only: r-1's hold (300) is settled by its
+    sale's transaction, r-2's (200) is still held."""
+    now = datetime.now(UTC)
+    assert authorise(store, "r-1", 300, now).authorised == 300
+    assert authorise(store, "r-2", 200, now).authorised == 200
+    assert store.holds_outstanding(now) == (2, 500)
+    store.ingest("till-a", "", [sale("till-a", 1, "c-1", -300, receipt="r-1")], now)
+    assert store.holds_outstanding(now) == (1, 200)
+    assert store.balance("c-1", now).held == 200
+
+
+def test_a_receipt_id_of_another_device_is_another_receipts_hold(store: Any) -> None:
+    """A hold is the device's receipt's (`delete_hold`, the claim's other holds): till-b
+    holds 300 for its "r-1"; till-a's "r-1" (its own receipt, the same id) is held
+    beside it, replacing nothing of till-b's: 1200 - 300 = 900 live for till-a."""
+    now = datetime.now(UTC)
+    assert authorise(store, "r-1", 300, now, device="till-b").authorised == 300
+    got = authorise(store, "r-1", 200, now)
+    assert (got.authorised, got.live_balance) == (200, 900)
+    assert store.holds_outstanding(now) == (2, 500)
+    # till-a asks again for its r-1: its own hold replaced, till-b's still taken off
+    got = authorise(store, "r-1", 1200, now)
+    assert (got.authorised, got.live_balance) == (900, 900)
+    assert store.holds_outstanding(now) == (2, 1200)
+
+
+def test_the_newest_hold_of_a_receipt_is_its_newest_active_one(store: Any) -> None:
+    """`newest_hold_at` (a release's or shrink's `placed_by` when the hold is stamped
+    after the hub's clock): the later of the receipt's ACTIVE points hold and its
+    coupon holds; once the sale settles them, none."""
+    t1 = datetime.now(UTC)
+    t2 = t1 + timedelta(seconds=5)
+    assert authorise(store, "r-1", 300, t1).authorised == 300
+    assert store.newest_hold_at("till-a", "r-1") == t1
+    assert store.hold_coupons("till-a", "r-1", "c-1", ["K-1"], t2, 600.0) == []
+    assert store.newest_hold_at("till-a", "r-1") == t2  # the coupon's, the later
+    assert store.newest_hold_at("till-b", "r-1") is None
+    store.ingest("till-a", "", [sale("till-a", 1, "c-1", -300, receipt="r-1")], t2)
+    assert store.newest_hold_at("till-a", "r-1") is None  # settled: nothing to release
+
+
+def test_a_shrink_takes_the_holds_placed_at_its_own_instant(store: Any) -> None:
+    """`shrink_hold` and `keep_coupon_holds` touch the holds placed at or before
+    `placed_by` (the instant included: a release sent at once carries the hold's own
+    stamp), and a shrink to what is held already is no shrink (False)."""
+    t = datetime.now(UTC)
+    assert authorise(store, "r-1", 300, t).authorised == 300
+    assert store.hold_coupons("till-a", "r-1", "c-1", ["K-1", "K-2"], t, 600.0) == []
+    assert not store.shrink("till-a", "r-1", 300, ["K-1", "K-2"], placed_by=t)
+    assert store.holds_outstanding(t) == (1, 300)
+    assert store.shrink("till-a", "r-1", 100, ["K-1"], placed_by=t)
+    assert store.holds_outstanding(t) == (1, 100)
+    later = t + timedelta(seconds=1)
+    # K-2 was let go: another receipt holds it; K-1 is still r-1's
+    assert store.hold_coupons("till-a", "r-2", "c-1", ["K-1", "K-2"], later, 600.0) == ["K-1"]
+    assert store.release("till-a", "r-1", placed_by=t)
+    assert store.holds_outstanding(t) == (0, 0)
+    assert store.hold_coupons("till-a", "r-3", "c-1", ["K-1"], later, 600.0) == []
+
+
+def test_a_coupon_hold_is_gone_at_the_instant_it_expires(store: Any) -> None:
+    """`clear_coupon_holds` (`expires_at <= now`): r-1 holds K-1 from T0 for 600 s; r-2
+    is refused it at T0+599.999999 s and holds it at T0+600 s."""
+    t0 = datetime.now(UTC)
+    end = t0 + timedelta(seconds=600)
+    assert store.hold_coupons("till-a", "r-1", "c-1", ["K-1"], t0, 600.0) == []
+    early = end - timedelta(microseconds=1)
+    assert store.hold_coupons("till-b", "r-2", "c-1", ["K-1"], early, 600.0) == ["K-1"]
+    assert store.hold_coupons("till-b", "r-2", "c-1", ["K-1"], end, 600.0) == []
+
+
+# ---------------------------------------------------------------- exactly once (§9)
+
+
+def test_a_refund_named_as_its_receipt_is_a_refund_not_the_sale_again(store: Any) -> None:
+    """`booked(device, kind, receipt, ref)`: a receipt or refund the device stored under
+    another seq is found by its kind too. A refund whose refundId is its receipt's id
+    ("r-1" of "r-1") is stored, not set aside as the sale sent again; the same refund
+    sent again under a new seq is a DUPLICATE, counted once (c-1: 1200 - 100 + 40)."""
+    store.ingest("till-a", "", [sale("till-a", 1, "c-1", -100, receipt="r-1")], NOW)
+    refund = sale("till-a", 2, "c-1", 40, kind="REFUND", receipt="r-1", refunds="r-1")
+    got = store.ingest("till-a", "", [refund], NOW)
+    assert [(r.seq, r.outcome) for r in got.results] == [(2, "STORED")]
+    again = sale("till-a", 3, "c-1", 40, kind="REFUND", receipt="r-1", refunds="r-1")
+    got = store.ingest("till-a", "", [again], NOW)
+    assert [(r.seq, r.outcome, r.stored_as) for r in got.results] == [(3, "DUPLICATE", 2)]
+    assert store.balance("c-1", NOW).available == 1200 - 100 + 40
+
+
+# ---------------------------------------------------------------- an UNKNOWN card's refund
+
+
+UNKNOWN = "2770000000048"  # a card the hub does not know: it settles the points itself
+
+
+def test_an_unknown_cards_refund_takes_back_from_its_own_sales_pending_points(
+    store: Any,
+) -> None:
+    """`checkout_pending(device, receipt)`: a refund of an UNKNOWN card's sale dated before
+    the sale's points activate takes back what it can off that sale's pending points (the
+    pending sum of the receipt on this device), the rest off the available ones. Two
+    devices sold a receipt "r-1" (ids are a device's own): till-a's earned 20, pending;
+    till-b's 100. till-a's refund takes back 50: 20 off till-a's pending, 30 available
+    (not 50 off the pending of both, nor 50 available)."""
+    program = sample_master_data()["program"] | {"activationDelayDays": 14}
+    import_doc(store, {"program": program})
+    store.publish(NOW, WEEK)
+    store.ingest(
+        "till-b", "", [sale("till-b", 1, "", 0, receipt="r-1", card=UNKNOWN,
+                            result={"earnedPoints": 100})], NOW,
+    )
+    store.ingest(
+        "till-a", "", [sale("till-a", 1, "", 0, receipt="r-1", card=UNKNOWN,
+                            result={"earnedPoints": 20})], NOW,
+    )
+    refund = sale(
+        "till-a", 2, "", 0, kind="REFUND", receipt="f-1", refunds="r-1", card=UNKNOWN,
+        result={"takenBackPoints": 50, "returnedPoints": 0}, at=NOW + timedelta(days=1),
+    )
+    assert store.ingest("till-a", "", [refund], NOW).acked_through == 2
+    rows = {(e.device_id, e.seq): (e.delta_available, e.delta_pending) for e in store.ledger()}
+    assert rows == {
+        ("till-b", 1): (0, 100),
+        ("till-a", 1): (0, 20),
+        ("till-a", 2): (-30, -20),
+    }
+
+
+def test_a_card_the_hub_learns_brings_its_unknown_sales_to_its_customer(store: Any) -> None:
+    """The snapshot's counting of an UNKNOWN card's sales (`counted_card_moves`,
+    `reowned_cards`): till-a sold to the unknown card (40 points earned, settled by the
+    hub); once an import gives the card to c-2, the next version's c-2 is 300 + 40 = 340,
+    in the full snapshot and in the delta from the version before (c-2 changed there
+    only through the card)."""
+    store.ingest(
+        "till-a", "", [sale("till-a", 1, "", 0, card=UNKNOWN, result={"earnedPoints": 40})], NOW
+    )
+    assert store.publish(NOW, WEEK).version == 2
+    assert {c["id"]: c["balancePoints"] for c in store.snapshot_doc(2, 0)["customers"]} == {
+        "c-1": 1200,
+        "c-2": 300,
+    }
+    import_doc(store, {"cards": [{"number": UNKNOWN, "customerId": "c-2", "status": "ACTIVE"}]})
+    assert store.publish(NOW, WEEK).version == 3
+    full = {c["id"]: c["balancePoints"] for c in store.snapshot_doc(3, 0)["customers"]}
+    assert full == {"c-1": 1200, "c-2": 340}
+    delta = store.snapshot_doc(3, 2)
+    assert [(c["id"], c["balancePoints"]) for c in delta["customers"]] == [("c-2", 340)]
+
+
+# ---------------------------------------------------------------- a used code (§13)
+
+
+def test_a_code_a_till_used_never_comes_back_with_the_crms_list(store: Any) -> None:
+    """A one-time code a till used leaves the next version, and an import of the CRM's
+    coupon list with it again does not bring it back (`_PUBLISHED_DOC`)."""
+    import_doc(store, {"offers": [SORRY], "coupons": COUPONS})
+    store.publish(NOW, WEEK)
+
+    def codes(version: int) -> list[str]:
+        return sorted(c["code"] for c in store.snapshot_doc(version, 0).get("coupons", []))
+
+    assert codes(2) == ["APP555", "SORRY7K2Q9"]
+    used = {"coupons": [{"code": "SORRY7K2Q9", "status": "APPLIED"}]}
+    store.ingest("till-a", "", [sale("till-a", 1, "c-1", 0, result=used)], NOW)
+    assert store.publish(NOW, WEEK, include_draft=False, reason="balances").version == 3
+    assert codes(3) == ["APP555"]
+    import_doc(store, {"offers": [SORRY], "coupons": COUPONS})
+    assert store.publish(NOW, WEEK).version == 4
+    assert codes(4) == ["APP555"]
+
+
+def test_a_delta_lists_no_customer_whose_card_did_not_change_since_its_base(store: Any) -> None:
+    """`reowned_cards(base, pub)`: cards with a revision after the base only. The card
+    given to c-2 in version 3 is not a change of version 4 over 3: its delta is empty."""
+    store.ingest(
+        "till-a", "", [sale("till-a", 1, "", 0, card=UNKNOWN, result={"earnedPoints": 40})], NOW
+    )
+    import_doc(store, {"cards": [{"number": UNKNOWN, "customerId": "c-2", "status": "ACTIVE"}]})
+    assert store.publish(NOW, WEEK).version == 2
+    import_doc(store, {"products": [{"sku": "4601234000048", "name": "Хлеб"}]})
+    assert store.publish(NOW, WEEK).version == 3
+    delta = store.snapshot_doc(3, 2)
+    assert delta["customers"] == [] and [p["sku"] for p in delta["products"]] == ["4601234000048"]
