@@ -160,9 +160,12 @@ def test_a_shrink_takes_the_holds_placed_at_its_own_instant(store: Any) -> None:
     assert authorise(store, "r-1", 300, t).authorised == 300
     assert store.hold_coupons("till-a", "r-1", "c-1", ["K-1", "K-2"], t, 600.0) == []
     assert not store.shrink("till-a", "r-1", 300, ["K-1", "K-2"], placed_by=t)
+    assert store.shrink("till-a", "r-1", 300, ["K-1"], placed_by=t)  # K-2 let go
     assert store.holds_outstanding(t) == (1, 300)
     assert store.shrink("till-a", "r-1", 100, ["K-1"], placed_by=t)
     assert store.holds_outstanding(t) == (1, 100)
+    assert store.shrink("till-a", "r-1", 1, ["K-1"], placed_by=t)  # 1 point is a hold
+    assert store.holds_outstanding(t) == (1, 1)
     later = t + timedelta(seconds=1)
     # K-2 was let go: another receipt holds it; K-1 is still r-1's
     assert store.hold_coupons("till-a", "r-2", "c-1", ["K-1", "K-2"], later, 600.0) == ["K-1"]
@@ -198,6 +201,41 @@ def test_a_refund_named_as_its_receipt_is_a_refund_not_the_sale_again(store: Any
     got = store.ingest("till-a", "", [again], NOW)
     assert [(r.seq, r.outcome, r.stored_as) for r in got.results] == [(3, "DUPLICATE", 2)]
     assert store.balance("c-1", NOW).available == 1200 - 100 + 40
+
+
+def test_another_devices_set_aside_seq_fills_no_hole_of_this_device(store: Any) -> None:
+    """`seqs_after(device, seq)`: the seqs the hub decided for this device (stored or set
+    aside). till-b's seq 2 is set aside (REJECTED); till-a's seq 2 is a hole: till-a is
+    acknowledged through 1, not 3."""
+    bad = sale("till-b", 2, "c-1", 0)
+    bad = TxIn(*[*bad.__dict__.values()][:6], "not json", *[*bad.__dict__.values()][7:])
+    got = store.ingest("till-b", "", [sale("till-b", 1, "c-1", 0), bad], NOW)
+    assert ([r.outcome for r in got.results], got.acked_through) == (["STORED", "REJECTED"], 2)
+    got = store.ingest("till-a", "", [sale("till-a", 1, "c-1", 0), sale("till-a", 3, "c-1", 0)], NOW)
+    assert got.acked_through == 1 and store.applied_through("till-a") == 1
+
+
+def test_a_batchs_answer_is_the_devices_own(store: Any) -> None:
+    """`batch_answer(device, batch)`: a batch id another device used is not this device's
+    batch (two empty batches "b-0" have the same content): till-b is answered its own
+    ackedThrough (0), not till-a's (1)."""
+    store.ingest("till-a", "b-1", [sale("till-a", 1, "c-1", 0)], NOW)
+    assert store.ingest("till-a", "b-0", [], NOW).acked_through == 1
+    got = store.ingest("till-b", "b-0", [], NOW)
+    assert (got.acked_through, got.replayed) == (0, False)
+
+
+def test_a_cards_sales_to_its_former_customer_stay_theirs(store: Any) -> None:
+    """The moves of a customer (`_customer_or_cards`): their own transactions, and those
+    of their cards sold as UNKNOWN. c-1 spent 100 with card 2770000000017; the card is
+    then c-2's: c-1 keeps 1100, c-2 keeps 300 (the sale is not c-2's too)."""
+    store.ingest("till-a", "", [sale("till-a", 1, "c-1", -100, card=CARD_1)], NOW)
+    import_doc(store, {"cards": [{"number": CARD_1, "customerId": "c-2", "status": "ACTIVE"}]})
+    store.publish(NOW, WEEK)
+    assert store.balance("c-1", NOW).available == 1100
+    assert store.balance("c-2", NOW).available == 300
+    got = store.authorise("till-b", "r-1", "c-2", 1000, NOW, [], datetime.now(UTC), 600.0)
+    assert (got.authorised, got.live_balance) == (300, 300)
 
 
 # ---------------------------------------------------------------- an UNKNOWN card's refund
@@ -295,3 +333,22 @@ def test_a_delta_lists_no_customer_whose_card_did_not_change_since_its_base(stor
     assert store.publish(NOW, WEEK).version == 3
     delta = store.snapshot_doc(3, 2)
     assert delta["customers"] == [] and [p["sku"] for p in delta["products"]] == ["4601234000048"]
+
+
+# ---------------------------------------------------------------- pruned versions (§3)
+
+
+def test_the_floors_snapshot_still_counts_the_ledger_after_a_prune(store: Any) -> None:
+    """`_prune_step` forgets the versions below the floor and their `appliedThrough`
+    rows, not the floor's own: after a prune to version 2, its full snapshot still says
+    till-a through 1 and c-1 at 1200 - 100, and the delta 3 over 2 is made."""
+    store.ingest("till-a", "", [sale("till-a", 1, "c-1", -100)], NOW)
+    hour = timedelta(hours=1)
+    assert store.publish(NOW + hour, WEEK).version == 2
+    assert store.publish(NOW + 2 * hour, WEEK).version == 3
+    assert store.prune_versions(NOW + hour) == 2
+    assert store.delta_floor() == 2
+    full = store.snapshot_doc(2, 0)
+    assert full["appliedThrough"] == {"till-a": 1}
+    assert {c["id"]: c["balancePoints"] for c in full["customers"]}["c-1"] == 1100
+    assert store.snapshot_doc(3, 2)["appliedThrough"] == {"till-a": 1}
