@@ -238,6 +238,56 @@ def test_a_cards_sales_to_its_former_customer_stay_theirs(store: Any) -> None:
     assert (got.authorised, got.live_balance) == (300, 300)
 
 
+def test_a_receipt_held_again_after_its_hold_expired_is_a_new_hold(store: Any) -> None:
+    """`delete_hold(..., only_active=False)` before the new hold is written: r-1's hold
+    (placed at T0 for 60 s) has expired and been marked so; r-1 held again at T0+120 s
+    is a hold placed then (its stamp, for a release's `placed_by`), not the old row
+    made active again with its old stamp."""
+    t0 = datetime.now(UTC)
+    assert authorise(store, "r-1", 300, t0, ttl_s=60).authorised == 300
+    assert authorise(store, "r-2", 100, t0 + timedelta(seconds=61)).authorised == 100
+    t2 = t0 + timedelta(seconds=120)
+    assert authorise(store, "r-1", 200, t2, ttl_s=60).authorised == 200
+    assert store.newest_hold_at("till-a", "r-1") == t2
+    # a release that came at T0+119 s (before the new hold was placed) leaves it
+    assert not store.release("till-a", "r-1", placed_by=t2 - timedelta(seconds=1))
+    assert store.holds_outstanding(t2) == (2, 300)
+
+
+def test_a_seq_taken_entry_keeps_the_time_it_was_resolved(store: Any) -> None:
+    """`open_seq_taken` reads the entries not resolved yet: till-a's r-2, sent under the
+    seq r-1 holds, is set aside (seq taken), then stored as seq 2 at T1 (resolved then);
+    the same seq 2 sent again at T2 is a duplicate and leaves the entry as it was."""
+    t1, t2 = NOW + timedelta(minutes=1), NOW + timedelta(minutes=2)
+    store.ingest("till-a", "", [sale("till-a", 1, "c-1", 0, receipt="r-1")], NOW)
+    got = store.ingest("till-a", "", [sale("till-a", 1, "c-1", 0, receipt="r-2")], NOW)
+    assert [(r.outcome, r.seq_taken) for r in got.results] == [("CONFLICT", True)]
+    store.ingest("till-a", "", [sale("till-a", 2, "c-1", 0, receipt="r-2")], t1)
+    [entry] = store.set_aside_transactions("till-a")
+    assert (entry["resolved"], entry["storedAsSeq"]) == (True, 2)
+    resolved_at = entry["resolvedAt"]
+    assert resolved_at == utc_text(t1)
+    got = store.ingest("till-a", "", [sale("till-a", 2, "c-1", 0, receipt="r-2")], t2)
+    assert [r.outcome for r in got.results] == ["DUPLICATE"]
+    assert store.set_aside_transactions("till-a") == [entry]
+
+
+def test_an_unsent_spend_held_again_after_its_hold_expired_is_held(store: Any) -> None:
+    """`upsert_hold` makes the row ACTIVE again: till-a's unsent seq 1 (spent 100) is
+    held for the other tills (seq:1); that hold expires (60 s) and is marked so by
+    till-b's call; till-a asking again with seq 1 still unsent holds its 100 again."""
+    t0 = datetime.now(UTC)
+    unsent = [Unsynced(1, "", -100)]
+    assert authorise(store, "r-9", 1, t0, unsent, ttl_s=60).authorised == 1
+    assert store.holds_outstanding(t0) == (2, 101)
+    later = t0 + timedelta(seconds=61)
+    assert authorise(store, "r-x", 1, later, device="till-b").authorised == 1
+    assert store.holds_outstanding(later) == (1, 1)  # till-a's two expired
+    t2 = t0 + timedelta(seconds=120)
+    assert authorise(store, "r-9", 1, t2, unsent, ttl_s=60).authorised == 1
+    assert store.holds_outstanding(t2) == (3, 102)
+
+
 # ---------------------------------------------------------------- an UNKNOWN card's refund
 
 
