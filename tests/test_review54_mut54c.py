@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 from tillpoint.agent.ledger import utc_text
-from tillpoint.sync.hub_store import TxIn, Unsynced
+from tillpoint.sync.hub_import import read_file
+from tillpoint.sync.hub_store import ImportRefused, TxIn, Unsynced
 from tillpoint.sync.loopback import import_doc, sample_master_data
 
 from .test_coupons import COUPONS, SORRY
@@ -74,8 +75,10 @@ def authorise(
     *,
     device: str = "till-a",
     ttl_s: float = 600.0,
+    at: datetime = NOW,
+    customer: str = "c-1",
 ) -> Any:
-    return store.authorise(device, receipt, "c-1", points, NOW, unsynced or [], now, ttl_s)
+    return store.authorise(device, receipt, customer, points, at, unsynced or [], now, ttl_s)
 
 
 # ---------------------------------------------------------------- holds (§9, §11)
@@ -90,8 +93,10 @@ def test_a_hold_is_gone_at_the_instant_it_expires(store: Any) -> None:
     end = t0 + timedelta(seconds=600)
     assert store.holds_outstanding(end - timedelta(microseconds=1)) == (1, 300)
     assert store.holds_outstanding(end) == (0, 0)
-    # at its expiry r-1's 300 are free again: r-2 gets all 1200 (not 900)
-    assert authorise(store, "r-2", 1200, end).authorised == 1200
+    # at its expiry r-1's 300 are free again: r-2 gets all 1200 (not 900), r-2 dated
+    # before r-1 (so r-1's hold is not replayed at its time: the claim's own count)
+    got = authorise(store, "r-2", 1200, end, at=NOW - timedelta(hours=1))
+    assert got.authorised == 1200
 
 
 def test_a_seq_of_another_device_is_not_this_tills_received_movement(store: Any) -> None:
@@ -288,6 +293,85 @@ def test_an_unsent_spend_held_again_after_its_hold_expired_is_held(store: Any) -
     assert store.holds_outstanding(t2) == (3, 102)
 
 
+def test_moves_at_one_time_count_in_the_order_the_hub_stored_them(store: Any) -> None:
+    """§16: at the same `at`, the order stored (`MOVE_ORDER`, ingest_id; not the seq,
+    which is each device's own). c-1 holds 1200 that never expire; lifetime 30 days.
+    till-b's spend of 100 (its seq 5) is stored first, then till-a's sale earning 50
+    (its seq 1), both at T: the spend takes 100 of the 1200, the 50 earned expire at
+    T + 30 days: 1150 until then, 1100 after (earned first, the spend would have taken
+    the 50 first, soonest-expiring, and left 1150 for good)."""
+    program = sample_master_data()["program"] | {"pointsLifetimeDays": 30}
+    import_doc(store, {"program": program})
+    store.publish(NOW, WEEK)
+    store.ingest("till-b", "", [sale("till-b", 5, "c-1", -100)], NOW)
+    earn = sale("till-a", 1, "c-1", 50, result={"earnedPoints": 50})
+    store.ingest("till-a", "", [earn], NOW)
+    assert store.balance("c-1", NOW + timedelta(days=29)).available == 1150
+    assert store.balance("c-1", NOW + timedelta(days=31)).available == 1100
+    # an online redemption dated after the expiry is held against the same figure
+    later = NOW + timedelta(days=31)
+    got = store.authorise("till-c", "r-1", "c-1", 2000, later, [], datetime.now(UTC), 600.0)
+    assert (got.authorised, got.live_balance) == (1100, 1100)
+
+
+def test_a_receipt_id_another_device_sold_is_not_this_devices_sale(store: Any) -> None:
+    """`receipt_settled(device, receipt)` (and the claim's check on PostgreSQL): till-b
+    held and sold its "r-1"; till-a's own "r-1" is held as any receipt (not answered 0
+    as a receipt already committed). 1200 - 100 = 1100 live."""
+    now = datetime.now(UTC)
+    assert authorise(store, "r-1", 100, now, device="till-b").authorised == 100
+    store.ingest("till-b", "", [sale("till-b", 1, "c-1", -100, receipt="r-1")], now)
+    got = authorise(store, "r-1", 300, now)
+    assert (got.authorised, got.live_balance) == (300, 1100)
+
+
+def test_a_coupon_hold_placed_as_the_call_came_does_not_supersede_it(store: Any) -> None:
+    """Superseded is a hold placed after the call came (`created_at > now`), not at that
+    instant: r-1's coupon hold stamped T, then a points step for r-1 that came at T, is
+    granted on both stores."""
+    t = datetime.now(UTC)
+    assert store.hold_coupons("till-a", "r-1", "c-1", ["K-1"], t, 600.0) == []
+    assert authorise(store, "r-1", 300, t).authorised == 300
+
+
+def test_the_latest_versions_customer_row_is_the_live_balances_base(store: Any) -> None:
+    """The live balance starts from the customer's row of the latest version: c-1
+    imported again with 1500 in version 2 is 1500 live."""
+    doc = sample_master_data()
+    import_doc(store, {"customers": [doc["customers"][0] | {"balancePoints": 1500}]})
+    assert store.publish(NOW, WEEK).version == 2
+    got = authorise(store, "r-1", 2000, datetime.now(UTC))
+    assert (got.authorised, got.live_balance) == (1500, 1500)
+    assert store.balance("c-1", NOW).available == 1500
+
+
+def test_the_last_program_line_of_an_import_counts(store: Any, tmp_path: Any) -> None:
+    """An import of JSON lines with two program rows keeps the last (into a draft not
+    empty: PostgreSQL's staged path; SQLite's replace)."""
+    import_doc(store, {"products": [{"sku": "4601234000048", "name": "Хлеб"}]})
+    program = sample_master_data()["program"]
+    rows = [
+        {"program": program | {"offlineRedeemLimitPoints": 100}},
+        {"program": program | {"offlineRedeemLimitPoints": 200}},
+    ]
+    path = tmp_path / "two.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    store.import_rows(read_file(path))
+    store.publish(NOW, WEEK)
+    assert store.offline_limit() == 200
+
+
+def test_a_card_of_a_customer_the_same_import_removes_is_refused(store: Any) -> None:
+    """A card must point at a customer the next version holds: c-2 removed by the same
+    import is not (the draft's removal counts, not the published row)."""
+    doc = {
+        "cards": [{"number": UNKNOWN, "customerId": "c-2", "status": "ACTIVE"}],
+        "removed": {"customers": ["c-2"]},
+    }
+    with pytest.raises(ImportRefused, match="belongs to customer 'c-2', who is not known"):
+        import_doc(store, doc)
+
+
 # ---------------------------------------------------------------- an UNKNOWN card's refund
 
 
@@ -347,6 +431,9 @@ def test_a_card_the_hub_learns_brings_its_unknown_sales_to_its_customer(store: A
     assert full == {"c-1": 1200, "c-2": 340}
     delta = store.snapshot_doc(3, 2)
     assert [(c["id"], c["balancePoints"]) for c in delta["customers"]] == [("c-2", 340)]
+    # the live balance of an online redemption counts the card as c-2's from version 3
+    got = authorise(store, "r-1", 1000, datetime.now(UTC), customer="c-2")
+    assert (got.authorised, got.live_balance) == (340, 340)
 
 
 # ---------------------------------------------------------------- a used code (§13)
