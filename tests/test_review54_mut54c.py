@@ -489,3 +489,60 @@ def test_the_floors_snapshot_still_counts_the_ledger_after_a_prune(store: Any) -
     assert full["appliedThrough"] == {"till-a": 1}
     assert {c["id"]: c["balancePoints"] for c in full["customers"]}["c-1"] == 1100
     assert store.snapshot_doc(3, 2)["appliedThrough"] == {"till-a": 1}
+
+
+# ---------------------------------------------------------------- what a delta lists (§3)
+
+
+def test_a_delta_lists_the_customers_its_new_transactions_counted(store: Any) -> None:
+    """`newly_counted(base, pub)`: the customers of the transactions counted from the
+    base's `appliedThrough` (excluded) to the version's (included), up to its cut
+    (included). Version 2 counts till-a's seqs 1-3 (c-1, +1 each) and till-b's seq 1
+    (c-2, +10, the last stored); version 3 till-b's seq 2 (c-1, +5) only."""
+    store.ingest("till-a", "", [sale("till-a", n, "c-1", 1) for n in (1, 2, 3)], NOW)
+    store.ingest("till-b", "", [sale("till-b", 1, "c-2", 10)], NOW)
+    assert store.publish(NOW, WEEK).version == 2
+
+    def listed(version: int, base: int) -> list[tuple[str, int]]:
+        return [(c["id"], c["balancePoints"]) for c in store.snapshot_doc(version, base)["customers"]]
+
+    assert listed(2, 1) == [("c-1", 1203), ("c-2", 310)]
+    store.ingest("till-b", "", [sale("till-b", 2, "c-1", 5)], NOW)
+    assert store.publish(NOW, WEEK).version == 3
+    assert listed(3, 2) == [("c-1", 1208)]
+
+
+def test_a_balance_refresh_leaves_the_operators_draft_for_the_next_publish(store: Any) -> None:
+    """A balance refresh (`include_draft=False`) publishes the rows tills wrote (a code's
+    first use) and clears only those: a product imported and not yet published stays
+    in the draft for the operator's `hub publish`."""
+    import_doc(store, {"offers": [SORRY], "coupons": COUPONS})
+    store.publish(NOW, WEEK)
+    import_doc(store, {"products": [{"sku": "4601234000048", "name": "Хлеб"}]})
+    used = {"coupons": [{"code": "SORRY7K2Q9", "status": "APPLIED"}]}
+    store.ingest("till-a", "", [sale("till-a", 1, "c-1", 0, result=used)], NOW)
+    assert store.draft_size() == 2
+    assert store.publish(NOW, WEEK, include_draft=False, reason="balances").version == 3
+    assert store.draft_size() == 1
+    assert "4601234000048" not in [p["sku"] for p in store.snapshot_doc(3, 0)["products"]]
+    assert store.publish(NOW, WEEK).version == 4
+    assert [p["sku"] for p in store.snapshot_doc(4, 3)["products"]] == ["4601234000048"]
+
+
+def test_a_batch_sent_again_gets_its_first_answer(store: Any) -> None:
+    """`batch_answer`: the same batch again (a lost answer) is answered as the first
+    time (STORED, replayed), not run again (DUPLICATE)."""
+    batch = [sale("till-a", 1, "c-1", -100)]
+    first = store.ingest("till-a", "b-1", batch, NOW)
+    again = store.ingest("till-a", "b-1", batch, NOW)
+    assert [r.outcome for r in first.results] == [r.outcome for r in again.results] == ["STORED"]
+    assert (again.replayed, again.acked_through) == (True, 1)
+    assert store.balance("c-1", NOW).available == 1100
+
+
+def test_a_category_tree_with_a_cycle_is_refused(store: Any) -> None:
+    """`category_cycles`: an import that makes dairy the parent of food (food the parent
+    of dairy already) is refused, naming the cycle."""
+    doc = {"categories": [{"code": "food", "name": "Продукты", "parent": "dairy"}]}
+    with pytest.raises(ImportRefused, match="is its own ancestor"):
+        import_doc(store, doc)
