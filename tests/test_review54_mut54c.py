@@ -216,7 +216,9 @@ def test_another_devices_set_aside_seq_fills_no_hole_of_this_device(store: Any) 
     bad = TxIn(*[*bad.__dict__.values()][:6], "not json", *[*bad.__dict__.values()][7:])
     got = store.ingest("till-b", "", [sale("till-b", 1, "c-1", 0), bad], NOW)
     assert ([r.outcome for r in got.results], got.acked_through) == (["STORED", "REJECTED"], 2)
-    got = store.ingest("till-a", "", [sale("till-a", 1, "c-1", 0), sale("till-a", 3, "c-1", 0)], NOW)
+    got = store.ingest(
+        "till-a", "", [sale("till-a", 1, "c-1", 0), sale("till-a", 3, "c-1", 0)], NOW
+    )
     assert got.acked_through == 1 and store.applied_through("till-a") == 1
 
 
@@ -391,16 +393,28 @@ def test_an_unknown_cards_refund_takes_back_from_its_own_sales_pending_points(
     import_doc(store, {"program": program})
     store.publish(NOW, WEEK)
     store.ingest(
-        "till-b", "", [sale("till-b", 1, "", 0, receipt="r-1", card=UNKNOWN,
-                            result={"earnedPoints": 100})], NOW,
+        "till-b",
+        "",
+        [sale("till-b", 1, "", 0, receipt="r-1", card=UNKNOWN, result={"earnedPoints": 100})],
+        NOW,
     )
     store.ingest(
-        "till-a", "", [sale("till-a", 1, "", 0, receipt="r-1", card=UNKNOWN,
-                            result={"earnedPoints": 20})], NOW,
+        "till-a",
+        "",
+        [sale("till-a", 1, "", 0, receipt="r-1", card=UNKNOWN, result={"earnedPoints": 20})],
+        NOW,
     )
     refund = sale(
-        "till-a", 2, "", 0, kind="REFUND", receipt="f-1", refunds="r-1", card=UNKNOWN,
-        result={"takenBackPoints": 50, "returnedPoints": 0}, at=NOW + timedelta(days=1),
+        "till-a",
+        2,
+        "",
+        0,
+        kind="REFUND",
+        receipt="f-1",
+        refunds="r-1",
+        card=UNKNOWN,
+        result={"takenBackPoints": 50, "returnedPoints": 0},
+        at=NOW + timedelta(days=1),
     )
     assert store.ingest("till-a", "", [refund], NOW).acked_through == 2
     rows = {(e.device_id, e.seq): (e.delta_available, e.delta_pending) for e in store.ledger()}
@@ -504,7 +518,9 @@ def test_a_delta_lists_the_customers_its_new_transactions_counted(store: Any) ->
     assert store.publish(NOW, WEEK).version == 2
 
     def listed(version: int, base: int) -> list[tuple[str, int]]:
-        return [(c["id"], c["balancePoints"]) for c in store.snapshot_doc(version, base)["customers"]]
+        return [
+            (c["id"], c["balancePoints"]) for c in store.snapshot_doc(version, base)["customers"]
+        ]
 
     assert listed(2, 1) == [("c-1", 1203), ("c-2", 310)]
     store.ingest("till-b", "", [sale("till-b", 2, "c-1", 5)], NOW)
