@@ -562,3 +562,32 @@ def test_a_category_tree_with_a_cycle_is_refused(store: Any) -> None:
     doc = {"categories": [{"code": "food", "name": "Продукты", "parent": "dairy"}]}
     with pytest.raises(ImportRefused, match="is its own ancestor"):
         import_doc(store, doc)
+
+
+def test_a_snapshot_counts_each_device_through_its_own_contiguous_seq(store: Any) -> None:
+    """`COUNTED`: a device's transactions up to its own `appliedThrough`. till-a sent
+    seqs 1-3 (c-1, +1 each); till-b seqs 1 and 3 (c-2, +10 and +20: seq 2 not yet
+    there): version 2 counts till-b through 1 only, c-2 at 310 (not 330)."""
+    store.ingest("till-a", "", [sale("till-a", n, "c-1", 1) for n in (1, 2, 3)], NOW)
+    store.ingest("till-b", "", [sale("till-b", 1, "c-2", 10), sale("till-b", 3, "c-2", 20)], NOW)
+    assert store.publish(NOW, WEEK).version == 2
+    doc = store.snapshot_doc(2, 0)
+    assert doc["appliedThrough"] == {"till-a": 3, "till-b": 1}
+    assert {c["id"]: c["balancePoints"] for c in doc["customers"]} == {"c-1": 1203, "c-2": 310}
+
+
+def test_another_receipts_hold_is_replayed_at_its_receipts_time(store: Any) -> None:
+    """§16 at the hub (review 30): a hold of a receipt dated at or before the asking
+    receipt is replayed as that receipt's spend at its time (`active_holds_at`'s
+    `receipt_at`). c-1: 1200 never expiring + 100 earned at T, expiring at T+30 days.
+    r-1 dated T+1 day holds 100 (the 100 that expire, soonest first); r-2 dated T+31
+    days: those had expired by then, so r-1's hold takes nothing more: 1200 live (1100
+    were the hold taken off as it is)."""
+    program = sample_master_data()["program"] | {"pointsLifetimeDays": 30}
+    import_doc(store, {"program": program})
+    store.publish(NOW, WEEK)
+    store.ingest("till-a", "", [sale("till-a", 1, "c-1", 100, result={"earnedPoints": 100})], NOW)
+    now = datetime.now(UTC)
+    assert authorise(store, "r-1", 100, now, at=NOW + timedelta(days=1)).authorised == 100
+    got = authorise(store, "r-2", 2000, now, device="till-b", at=NOW + timedelta(days=31))
+    assert (got.authorised, got.live_balance) == (1200, 1200)
