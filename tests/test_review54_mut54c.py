@@ -591,3 +591,26 @@ def test_another_receipts_hold_is_replayed_at_its_receipts_time(store: Any) -> N
     assert authorise(store, "r-1", 100, now, at=NOW + timedelta(days=1)).authorised == 100
     got = authorise(store, "r-2", 2000, now, device="till-b", at=NOW + timedelta(days=31))
     assert (got.authorised, got.live_balance) == (1200, 1200)
+
+
+# ---------------------------------------------------------------- the operator's reads
+
+
+def test_the_operators_reads_of_uploads_refreshes_and_revocations(store: Any) -> None:
+    """`last_uploads` is the newest seq's arrival; `ingested_since(cut)` counts what came
+    after a version's cut (none: no balance refresh is due); `revoke` of a device already
+    revoked changes nothing and says so; enrolling it again lifts the revocation."""
+    t1, t2 = NOW + timedelta(minutes=1), NOW + timedelta(minutes=2)
+    store.ingest("till-a", "", [sale("till-a", 1, "c-1", 0)], t1)
+    store.ingest("till-a", "", [sale("till-a", 2, "c-1", 0)], t2)
+    assert store.last_uploads(["till-a", "till-b"]) == {"till-a": utc_text(t2)}
+    cut = store.publish(NOW, WEEK).cut
+    assert store.ingested_since(cut) == 0
+    store.ingest("till-a", "", [sale("till-a", 3, "c-1", 0)], t2)
+    assert store.ingested_since(cut) == 1
+    store.enroll("till-a", "fp", NOW)
+    assert store.revoke("till-a", t1)
+    assert not store.revoke("till-a", t2)
+    assert store.device("till-a").revoked_at == utc_text(t1)
+    store.enroll("till-a", "fp-2", t2)  # enrolled again: no longer revoked
+    assert store.device("till-a").revoked_at is None
