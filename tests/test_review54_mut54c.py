@@ -12,10 +12,14 @@ from typing import Any
 
 import pytest
 from tillpoint.agent.ledger import utc_text
+from tillpoint.agent.results import receipt_from_json
 from tillpoint.sync.hub_import import read_file
 from tillpoint.sync.hub_store import ImportRefused, TxIn, Unsynced
-from tillpoint.sync.loopback import import_doc, sample_master_data
+from tillpoint.sync.loopback import LoopbackHub, import_doc, receipt, sample_master_data
+from tillpoint.sync.pull import Puller
+from tillpoint.sync.push import Pusher
 
+from .conftest import enrolled_till
 from .test_coupons import COUPONS, SORRY
 
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
@@ -619,3 +623,30 @@ def test_the_operators_reads_of_uploads_refreshes_and_revocations(store: Any) ->
     assert store.device("till-a").revoked_at == utc_text(t1)
     store.enroll("till-a", "fp-2", t2)  # enrolled again: no longer revoked
     assert store.device("till-a").revoked_at is None
+
+
+# ---------------------------------------------------------------- the same, seen by a till
+
+
+def test_a_till_pulling_the_delta_sees_the_sale_another_till_pushed(tmp_path: Any) -> None:
+    """What `newly_counted` lists reaches a till over gRPC: till-b sells to c-2's card
+    and pushes; the hub publishes version 2; till-a, at version 1, pulls the delta and
+    says c-2's balance as the hub does (300 and the points earned). The store is the
+    run's (`--hub-store`)."""
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    tills: list[Any] = []
+    try:
+        a = enrolled_till(hub, tmp_path / "a", "till-a")
+        b = enrolled_till(hub, tmp_path / "b", "till-b")
+        tills = [a, b]
+        b.agent.checkout(receipt_from_json(receipt("r-1", "2770000000024")))
+        Pusher(b.data_dir, b.device_id, b.link, call_timeout_s=5).drain()
+        assert hub.publish() == 2
+        Puller(a.agent, a.link, a.link.enrollment, call_timeout_s=5).pull()
+        at_hub = hub.store.balance("c-2", datetime.now(UTC)).available
+        assert at_hub > 300
+        assert a.agent.balance("2770000000024").available_points == at_hub
+    finally:
+        for till in tills:
+            till.stop()
+        hub.stop()
