@@ -250,17 +250,15 @@ class HubTx(Protocol):
         refresh publishes it, as `hub publish` does."""
         ...
 
-    def expire_coupon_holds(self, now: str) -> None: ...
-
-    def drop_coupon_holds(self, device_id: str, receipt_id: str) -> int: ...
-
     def drop_coupon_holds_of(self, device_id: str, receipt_ids: list[str]) -> None:
-        """`drop_coupon_holds` of several receipts, in one statement."""
+        """Drop the device's coupon holds of `receipt_ids` (their sales used the codes),
+        in one statement a chunk."""
         ...
 
     def clear_coupon_holds(self, device_id: str, receipt_id: str, now: str) -> None:
-        """`expire_coupon_holds` and `drop_coupon_holds` of the receipt in one statement
-        (PostgreSQL: its rows locked in code order; review 47, pg47)."""
+        """Drop every coupon hold expired at `now` (``expires_at <= now``) and the
+        device's of the receipt, in one statement (PostgreSQL: its rows locked in code
+        order; review 47, pg47)."""
         ...
 
     def keep_coupon_holds(

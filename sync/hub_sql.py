@@ -697,17 +697,6 @@ class SqlTx:
     def _coupon_holds_deleted(self, where: str) -> str:
         return self.dialect.deleted_in_order("coupon_holds", "code", where)
 
-    def expire_coupon_holds(self, now: str) -> None:
-        self.execute(self._coupon_holds_deleted("expires_at <= ?"), (now,))
-
-    def drop_coupon_holds(self, device_id: str, receipt_id: str) -> int:
-        return self._count(
-            self.execute(
-                self._coupon_holds_deleted("device_id = ? AND receipt_id = ?"),
-                (device_id, receipt_id),
-            )
-        )
-
     def drop_coupon_holds_of(self, device_id: str, receipt_ids: list[str]) -> None:
         self._of_receipts(
             self._coupon_holds_deleted("device_id = ? AND {}"), device_id, receipt_ids
