@@ -1,4 +1,5 @@
-"""Review 54 (lead): what the snapshot build's orphan watch may stop (docs/DECISIONS.md)."""
+"""Review 54 (lead): what the snapshot build's orphan watch may stop; what the till's
+authoriser sends the hub of its unsent points (docs/DECISIONS.md)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,17 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import pytest
 from tillpoint.agent import cache_build
+from tillpoint.agent.results import receipt_from_json
+from tillpoint.sync.loopback import LoopbackHub, Till, sample_master_data, timings, wait_for
+from tillpoint.sync.loopback import receipt as hub_receipt
+from tillpoint.sync.pull import Puller, cache_version
 
 from .test_cache_build import NOW, leftovers, make_agent
 from .test_review53_mut53b import MIN_CHUNK, snapshot_lines, write
@@ -91,3 +100,93 @@ def test_an_orphaned_build_started_in_its_starters_group_stops_alone(tmp_path: P
     finally:
         agent.close()
     assert leftovers(data) == []
+
+
+# ------------------------------------------ the till's unsent points, as the hub is sent them
+
+ANNA = "2770000000024"  # c-2 of the sample data, base tier (3 %)
+A_DAY_LATER = "2026-12-01T10:00:00.999999+03:00"  # the last instant a-1's earned point counts
+
+
+def lifetime_data() -> dict[str, Any]:
+    """100 points that never expire; points earned live one day (§16); 100 % of a
+    receipt may be paid in points, so only the balance caps a redemption."""
+    data = sample_master_data()
+    data["program"]["maxRedeemPercent"] = 100
+    data["program"]["pointsLifetimeDays"] = 1
+    data["customers"][1]["balancePoints"] = 100
+    return data
+
+
+@pytest.fixture()
+def hub(tmp_path: Path) -> Iterator[LoopbackHub]:
+    hub = LoopbackHub(
+        tmp_path / "hub",
+        data=lifetime_data(),
+        clock=lambda: datetime(2026, 11, 30, 6, 0, tzinfo=UTC),
+    )
+    yield hub
+    hub.stop()
+
+
+def _till(hub: LoopbackHub, tmp_path: Path, name: str) -> Till:
+    """A till on the hub's snapshot whose outbox is never pushed (no sync loop)."""
+    till = hub.till(name, tmp_path / name, start=False, timings=timings(redeem_timeout_s=3.0))
+    Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull()
+    wait_for(lambda: cache_version(till.data_dir) == 1)
+    return till
+
+
+def _sale(receipt_id: str, at: str, price_minor: int, redeem: int) -> Any:
+    line = [{"sku": "4601234000017", "qty": "1", "priceMinor": price_minor}]
+    body = hub_receipt(receipt_id, ANNA, redeem=redeem, lines=line)
+    body["at"] = at
+    return receipt_from_json(body)
+
+
+def test_an_unsent_earned_point_counts_at_the_hub_through_its_last_second_and_not_after(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """§9 with §16: till A's sale at 10:00 on 30 November earns 1 point (3 % of 50,00),
+    spendable at once and for one day: through the second 10:00:00 on 1 December (its
+    last instant, .999999, included). A's outbox has not reached the hub. Till B at 09:00
+    on 1 December spends the 100 the hub knows of. At 10:00:00.999999 A asks for all it
+    sees (101): the hub counts A's unsent point and grants 1;
+    at 10:00:01 the point is gone, A asks for 100 and the hub, told of no point, grants 0
+    (sent as spendable, it granted 1: A and B would spend 101 of the 100 that count).
+    Mutation testing of sync/authoriser.py (review 54): no test in the default run sent
+    the hub an earned point with an expiry."""
+    a = _till(hub, tmp_path, "till-a")
+    b = _till(hub, tmp_path, "till-b")
+    try:
+        one = a.agent.checkout(_sale("a-1", "2026-11-30T10:00:00+03:00", 5000, 0))
+        assert (one.mode, one.earned_points) == ("ONLINE", 1)
+        spent = b.agent.checkout(_sale("b-1", "2026-12-01T09:00:00+03:00", 30000, -1))
+        assert (spent.mode, spent.redeemed_points) == ("ONLINE", 100)
+        last = a.agent.hold(_sale("a-2", A_DAY_LATER, 30000, -1))
+        assert (last.mode, last.redeemed_points) == ("ONLINE", 1)
+        a.agent.cancel("a-2")
+        after = a.agent.hold(_sale("a-3", "2026-12-01T10:00:01+03:00", 30000, -1))
+        assert (after.mode, after.redeemed_points) == ("ONLINE", 0)
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_an_unsent_sale_with_a_receipt_id_of_the_longest_length_settles_its_own_hold(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """§9: a receipt id of 128 characters (the longest a receipt may have) is sent with
+    the till's unsent sale, so the hub settles that receipt's hold with it instead of
+    counting both: A's sale spends 50 of 100, its next sale may have the other 50. Only a
+    longer id (an earlier release's) is sent blank (review 32); one of 128 sent blank,
+    the hub counted the hold and the sale, 100, and granted 0."""
+    a = _till(hub, tmp_path, "till-a")
+    longest = "r" * 128
+    try:
+        one = a.agent.checkout(_sale(longest, "2026-11-30T10:00:00+03:00", 5000, 50))
+        assert (one.mode, one.redeemed_points) == ("ONLINE", 50)
+        two = a.agent.checkout(_sale("a-2", "2026-11-30T10:05:00+03:00", 30000, -1))
+        assert (two.mode, two.redeemed_points) == ("ONLINE", 50)
+    finally:
+        a.stop()
