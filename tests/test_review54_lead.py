@@ -190,3 +190,22 @@ def test_an_unsent_sale_with_a_receipt_id_of_the_longest_length_settles_its_own_
         assert (two.mode, two.redeemed_points) == ("ONLINE", 50)
     finally:
         a.stop()
+
+
+def test_a_loopback_hub_on_a_day_long_past_publishes_a_snapshot_its_tills_take(
+    tmp_path: Path,
+) -> None:
+    """A test's hub whose clock reads a fixed day (its holds and balances dated by hand)
+    publishes, unless told otherwise, a snapshot its tills on the wall clock take: it
+    expires a week from now, not a week after that day (docs/ARCHITECTURE.md, "Tests and
+    the calendar"). Five test files' hubs on 30 November and 5 December published
+    snapshots their tills refused as expired from 7 and 12 December 2026."""
+    hub = LoopbackHub(
+        tmp_path / "hub",
+        data=sample_master_data(),
+        clock=lambda: datetime(2020, 1, 1, tzinfo=UTC),
+    )
+    try:
+        _till(hub, tmp_path, "till-a").stop()  # version 1 taken, not refused as expired
+    finally:
+        hub.stop()
