@@ -87,6 +87,66 @@ def test_a_heartbeat_under_a_second_is_announced_as_one_second(tmp_path: Path) -
         hub.stop()
 
 
+def test_each_new_version_is_told_once_and_the_stream_waits_again_after_it(
+    quiet_hub: LoopbackHub,
+) -> None:
+    """After a notification the stream waits for a version above the one it told: a
+    stream that took the told version for 0 again sent it over and over without a pause
+    (the till read each one as a heartbeat, the hub spent a thread and the link on them),
+    and the next version came behind them."""
+    s = enrolled(quiet_hub)
+    stream = s.Subscribe(pb.SubscribeRequest(device_id="till-1"), timeout=15.0)
+    assert next(stream).latest_version == 1
+    told = []
+    for _ in range(2):
+        quiet_hub.publish()
+        told.append(next(stream).latest_version)
+    assert told == [2, 3]
+    stream.cancel()
+
+
+def test_a_stream_ends_at_its_longest_time_not_at_the_next_heartbeat(tmp_path: Path) -> None:
+    """docs/PROTOCOL.md: the hub ends a Subscribe stream after `stream_max_s` (300 s; the
+    till opens another), and its last wait is cut to that end: a wait of a whole heartbeat
+    past it kept the stream up to 15 s longer, and a loop that went on while the call was
+    active never ended it at all (the notification repeated without a pause). Here the
+    stream lasts 1 s and the heartbeat is 30 s: the version at once, once more at the
+    end, and the stream closes with OK."""
+    config = HubConfig(heartbeat_s=30.0, stream_max_s=1.0, watch_interval_s=0.1, publish_every_s=0)
+    hub = LoopbackHub(tmp_path / "hub", config, data=sample_master_data())
+    try:
+        stream = enrolled(hub).Subscribe(pb.SubscribeRequest(device_id="till-1"), timeout=15.0)
+        notes = []
+        for note in stream:
+            notes.append(note.latest_version)
+            assert len(notes) <= 2, notes[:10]
+        assert notes == [1, 1]
+        assert stream.code() == grpc.StatusCode.OK
+    finally:
+        hub.stop()
+
+
+def test_a_hub_with_no_version_yet_says_0_and_tells_its_first_at_once(tmp_path: Path) -> None:
+    """A hub before its first `hub publish`: the stream says version 0 with no issuedAt
+    (a till's pull would get nothing), then version 1 as soon as it is published."""
+    config = HubConfig(heartbeat_s=30.0, watch_interval_s=0.1, publish_every_s=0)
+    hub = LoopbackHub(tmp_path / "hub", config, data=sample_master_data(), publish=False)
+    try:
+        stream = enrolled(hub).Subscribe(pb.SubscribeRequest(device_id="till-1"), timeout=15.0)
+        first = next(stream)
+        assert (first.latest_version, first.issued_at, first.heartbeat_s) == (0, "", 30)
+        time.sleep(0.3)  # the stream waits for a version now
+        assert hub.publish() == 1
+        news = next(stream)
+        assert (news.latest_version, news.issued_at) == (
+            1,
+            hub.store.publication(1).issued_at.isoformat(),
+        )
+        stream.cancel()
+    finally:
+        hub.stop()
+
+
 # ------------------------------------------------------------------ the ids' lengths
 
 
@@ -214,6 +274,55 @@ def test_an_authorisation_takes_a_hundred_codes_of_128_characters_and_no_more(
         assert code == grpc.StatusCode.INVALID_ARGUMENT
         assert details == "couponCodes: at most 100 codes of 1 to 128 characters"
     assert list(hold(s, "r-4", points=0, codes=("EXTRA",)).used_coupons) == []  # not held
+
+
+def test_an_authorisation_needs_its_receipt_its_customer_and_points_of_0_or_more(
+    still_hub: LoopbackHub,
+) -> None:
+    """docs/PROTOCOL.md: AuthorizeRedemption requires a receiptId, a customerId and
+    points >= 0 (0: a receipt that redeems only coupons), and an
+    offlineRedeemLimitPoints, when said, of 0 or more; each one missing alone is
+    INVALID_ARGUMENT (the tests sent all three wrong at once, or points of -2^63: a
+    check of all three together, or of points below -1, went unseen). A ShrinkRedemption
+    the same for its receiptId and points."""
+    s = enrolled(still_hub)
+    required = "receiptId, customerId and points >= 0 are required"
+    for receipt_id, customer_id, points in [("", "c-1", 5), ("r-1", "", 5), ("r-1", "c-1", -1)]:
+        request = pb.AuthorizeRedemptionRequest(
+            device_id="till-1",
+            receipt_id=receipt_id,
+            customer_id=customer_id,
+            points=points,
+            at=NOW.isoformat(),
+        )
+        assert refusal(lambda r=request: s.AuthorizeRedemption(r, timeout=TIMEOUT)) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            required,
+        )
+    limited = pb.AuthorizeRedemptionRequest(
+        device_id="till-1",
+        receipt_id="r-1",
+        customer_id="c-1",
+        points=0,
+        at=NOW.isoformat(),
+        offline_redeem_limit_points=-1,
+    )
+    assert refusal(lambda: s.AuthorizeRedemption(limited, timeout=TIMEOUT)) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "offlineRedeemLimitPoints must be >= 0",
+    )
+    limited.offline_redeem_limit_points = 0
+    reply = s.AuthorizeRedemption(limited, timeout=TIMEOUT)
+    assert (reply.authorized_points, reply.live_balance) == (0, 1200)
+    assert hold(s, "r-2", points=0).authorized_points == 0
+    for receipt_id, points in [("", 0), ("r-2", -1)]:
+        shrink = pb.ShrinkRedemptionRequest(
+            device_id="till-1", receipt_id=receipt_id, points=points
+        )
+        assert refusal(lambda r=shrink: s.ShrinkRedemption(r, timeout=TIMEOUT)) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "receiptId and points >= 0 are required",
+        )
 
 
 # ------------------------------------------------------------ PushTransactions, ListTransactions
