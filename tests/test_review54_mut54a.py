@@ -39,6 +39,54 @@ def refusal(call: object) -> tuple[grpc.StatusCode, str]:
     return err.value.code(), str(err.value.details())
 
 
+# ------------------------------------------------------------------ who may call
+
+
+def test_a_certificate_of_the_hubs_ca_that_names_no_device_is_unauthenticated(
+    hub: LoopbackHub,
+) -> None:
+    """The contract §9: every call is authenticated by the device its certificate names.
+    A certificate the hub's CA signed with no common name (made by hand with the CA's
+    key, not by `hub enroll`) passes TLS and names no device: UNAUTHENTICATED "the
+    certificate names no device", never UNKNOWN (a parse that failed on it)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca_key = serialization.load_pem_private_key(hub.dir.keys.ca_key.read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    ca_cert = x509.load_pem_x509_certificate(hub.dir.keys.ca_cert.read_bytes())
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "a shop")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(hours=1))
+        .not_valid_after(now + timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    s = stub(
+        hub,
+        key=key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+        cert=cert.public_bytes(serialization.Encoding.PEM),
+    )
+    request = pb.PullSnapshotRequest(device_id="till-1")
+    assert refusal(lambda: list(s.PullSnapshot(request, timeout=TIMEOUT))) == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "the certificate names no device",
+    )
+
+
 # ------------------------------------------------------------------ Subscribe
 
 
