@@ -10,6 +10,7 @@ loopback port) and real mTLS clients with enrolled device certificates.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -495,3 +496,42 @@ def test_a_pull_is_sent_in_chunks_at_their_offsets_and_resumes_at_the_tills_offs
     v1 = chunky_hub.store.publication(1).issued_at.isoformat()
     assert {(c.version, c.base_version, c.base_issued_at) for c in delta} == {(2, 1, v1)}
     assert b"".join(c.data for c in delta) != whole
+    # a `want` at or below the till's own version (a part file left from before) is no
+    # download to resume: the till gets what is newer than what it has
+    assert {(c.version, c.base_version) for c in pulled(s, have=1, want=1)} == {(2, 1)}
+    assert chunky_hub.publish() == 3
+    assert {(c.version, c.base_version) for c in pulled(s, have=2, want=1)} == {(3, 2)}
+
+
+def test_the_hubs_warning_of_a_sale_set_aside_says_the_till_sends_it_again_only_when_it_does(
+    hub: LoopbackHub, caplog: pytest.LogCaptureFixture
+) -> None:
+    """docs/HUB.md (two live tills under one device id): each sale set aside is a WARNING
+    in the hub's log, "device D seq S set aside: <why>", and when its seq was taken by
+    other content (`seq_taken`: the till numbers it again and sends it again) it says so;
+    a transaction REJECTED for what it is (a kind this hub does not know) is not sent
+    again, and its warning does not say it will be (the words were only read for a
+    CONFLICT: swapped, they promised a resend of the rejected one)."""
+    s = enrolled(hub)
+    first = s.PushTransactions(
+        pb.TransactionBatch(device_id="till-1", transactions=[sale(1)]), timeout=TIMEOUT
+    )
+    assert first.accepted == 1
+    clone = pb.Transaction()
+    clone.CopyFrom(sale(1))
+    clone.request_json = '{"receiptId": "w-1"}'  # another till's sale under seq 1
+    odd = sale(2)
+    odd.kind = 999  # type: ignore[assignment]
+    with caplog.at_level(logging.WARNING, logger="tillpoint.hub"):
+        ack = s.PushTransactions(
+            pb.TransactionBatch(device_id="till-1", transactions=[clone, odd]), timeout=TIMEOUT
+        )
+    assert [(r.seq, r.outcome, r.seq_taken) for r in ack.results] == [
+        (1, pb.TX_CONFLICT, True),
+        (2, pb.TX_REJECTED, False),
+    ]
+    lines = [r.getMessage() for r in caplog.records if "set aside" in r.getMessage()]
+    again = "(the till numbers it again and sends it again; one of an earlier release keeps it"
+    assert len(lines) == 2
+    assert lines[0].startswith("device till-1 seq 1 set aside: ") and again in lines[0]
+    assert lines[1].startswith("device till-1 seq 2 set aside: ") and again not in lines[1]
