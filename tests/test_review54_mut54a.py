@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from tillpoint.sync.hub_server import HubConfig
-from tillpoint.sync.loopback import LoopbackHub, sample_master_data
+from tillpoint.sync.loopback import LoopbackHub, sample_master_data, wait_for
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
@@ -372,6 +374,42 @@ def test_an_authorisation_needs_its_receipt_its_customer_and_points_of_0_or_more
             grpc.StatusCode.INVALID_ARGUMENT,
             "receiptId and points >= 0 are required",
         )
+
+
+def test_while_the_newest_full_snapshot_is_built_a_new_till_gets_the_one_already_built(
+    tmp_path: Path,
+) -> None:
+    """docs/PROTOCOL.md (PullSnapshot), `SnapshotBuilder.choose`: a till with no cache
+    while the newest version's full snapshot is still being built (minutes at chain
+    scale) waits a little for it (`newest_wait_s`, 5 s), then gets the newest full one
+    already built (it takes a delta to the newest next), not ABORTED "being built" after
+    the whole `full_wait_s` (60 s). The build is held by a gate on `_build` (as in
+    test_sync_snapshots), the rest is the real hub: waiting the whole minute for the
+    newest, or skipping the one built, went unseen (the one test of the wait has no
+    older full snapshot)."""
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    builder = hub.server.builder
+    gate = threading.Event()
+    try:
+        wait_for(lambda: builder.full_ready(1), timeout=30)
+        real = builder._build
+
+        def held(version: int, base: int) -> Any:
+            gate.wait(60)
+            return real(version, base)
+
+        builder._build = held  # type: ignore[method-assign]
+        builder.full_wait_s, builder.newest_wait_s = 30.0, 0.2
+        assert hub.publish() == 2
+        s = enrolled(hub)
+        chunks = pulled(s)  # a deadline of 30 s: 0.2 s is waited here
+        assert {(c.version, c.base_version) for c in chunks} == {(1, 0)}
+        assert builder.full_ready(2) is None  # the newest one is still being built
+        gate.set()
+        assert {(c.version, c.base_version) for c in pulled(s)} == {(2, 0)}
+    finally:
+        gate.set()
+        hub.stop()
 
 
 # ------------------------------------------------------------ PushTransactions, ListTransactions
