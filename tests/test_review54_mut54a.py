@@ -179,13 +179,21 @@ def test_a_stream_ends_at_its_longest_time_not_at_the_next_heartbeat(tmp_path: P
 
 def test_a_hub_with_no_version_yet_says_0_and_tells_its_first_at_once(tmp_path: Path) -> None:
     """A hub before its first `hub publish`: the stream says version 0 with no issuedAt
-    (a till's pull would get nothing), then version 1 as soon as it is published."""
+    and a pull gets one empty chunk of version 0 (never -1 or 1, which a till would
+    take for a version); then version 1 is told as soon as it is published."""
     config = HubConfig(heartbeat_s=30.0, watch_interval_s=0.1, publish_every_s=0)
     hub = LoopbackHub(tmp_path / "hub", config, data=sample_master_data(), publish=False)
     try:
         stream = enrolled(hub).Subscribe(pb.SubscribeRequest(device_id="till-1"), timeout=15.0)
         first = next(stream)
         assert (first.latest_version, first.issued_at, first.heartbeat_s) == (0, "", 30)
+        # and a pull: nothing newer, one empty chunk of version 0
+        nothing = list(
+            enrolled(hub, "till-2").PullSnapshot(
+                pb.PullSnapshotRequest(device_id="till-2"), timeout=TIMEOUT
+            )
+        )
+        assert [(c.version, c.total_size, c.data) for c in nothing] == [(0, 0, b"")]
         time.sleep(0.3)  # the stream waits for a version now
         assert hub.publish() == 1
         news = next(stream)
