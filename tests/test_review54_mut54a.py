@@ -420,6 +420,51 @@ def test_while_the_newest_full_snapshot_is_built_a_new_till_gets_the_one_already
         hub.stop()
 
 
+def test_the_hub_keeps_the_files_of_its_newest_full_snapshots_and_the_deltas_above_them(
+    tmp_path: Path,
+) -> None:
+    """docs/PROTOCOL.md (the snapshot files): the files of the newest `keep_versions`
+    full snapshots (3; 2 here) and the deltas above the oldest of them are kept, older
+    ones deleted once a newer full snapshot is built. No test looked at the directory: a
+    prune that found no full snapshot kept every file for good (a chain's disk filled a
+    version at a time), and one that compared a delta's base for its version deleted the
+    full snapshots being served."""
+    config = HubConfig(keep_versions=2, heartbeat_s=1.0, watch_interval_s=0.1, publish_every_s=0)
+    hub = LoopbackHub(tmp_path / "hub", config, data=sample_master_data())
+    builder = hub.server.builder
+    files = hub.dir.snapshots
+
+    def snaps() -> set[str]:
+        return {p.name for p in files.glob("*.snap")} | {p.name for p in files.glob("*.json")}
+
+    def named(*names: str) -> set[str]:
+        return {f"{n}.{ext}" for n in names for ext in ("snap", "json")}
+
+    try:
+        s = enrolled(hub)
+        wait_for(lambda: builder.full_ready(1), timeout=30)
+        assert hub.publish() == 2
+        wait_for(lambda: builder.full_ready(2), timeout=30)
+        assert {(c.version, c.base_version) for c in pulled(s, have=1)} == {(2, 1)}
+        assert snaps() == named(
+            "v0000000001-full", "v0000000002-full", "v0000000002-from-0000000001"
+        )
+        assert hub.publish() == 3
+        wait_for(lambda: builder.full_ready(3), timeout=30)
+        assert {(c.version, c.base_version) for c in pulled(s, have=2)} == {(3, 2)}
+        kept = named("v0000000002-full", "v0000000002-from-0000000001", "v0000000003-full")
+        wait_for(lambda: snaps() == kept | named("v0000000003-from-0000000002"), timeout=30)
+        assert hub.publish() == 4
+        wait_for(lambda: builder.full_ready(4), timeout=30)
+        kept = named("v0000000003-full", "v0000000003-from-0000000002", "v0000000004-full")
+        wait_for(lambda: snaps() == kept, timeout=30)
+        # what is kept is served from its file; what was deleted is built again when asked
+        assert {(c.version, c.base_version) for c in pulled(s)} == {(4, 0)}
+        assert {(c.version, c.base_version) for c in pulled(s, have=3)} == {(4, 3)}
+    finally:
+        hub.stop()
+
+
 # ------------------------------------------------------------ PushTransactions, ListTransactions
 
 
