@@ -577,10 +577,17 @@ def test_a_pull_is_sent_in_chunks_at_their_offsets_and_resumes_at_the_tills_offs
     assert b"".join(c.data for c in resumed) == whole[450:]
     last = pulled(s, want=2, offset=size - 1)
     assert [(c.offset, c.data) for c in last] == [(size - 1, whole[-1:])]
-    for want, offset in [(2, size), (2, size + 5), (2, -1), (3, 450), (0, 450)]:
+    # a download of version 1 begun before 2 was published goes on where it stopped
+    older = pulled(s, want=1, offset=450)
+    assert {(c.version, c.base_version) for c in older} == {(1, 0)}
+    assert [c.offset for c in older] == list(range(450, older[0].total_size, CHUNK))
+    resumes = list(chunky_hub.server.servicer.stats.resumed_pulls)
+    assert resumes == [450, size - 1, 450]
+    for want, offset in [(2, 0), (2, size), (2, size + 5), (2, -1), (3, 450), (0, 450)]:
         again = pulled(s, want=want, offset=offset)
         assert [c.offset for c in again] == list(range(0, size, CHUNK)), (want, offset)
         assert b"".join(c.data for c in again) == whole
+    assert list(chunky_hub.server.servicer.stats.resumed_pulls) == resumes  # none resumed
 
     assert [(c.version, c.total_size, c.data) for c in pulled(s, have=2)] == [(2, 0, b"")]
     delta = pulled(s, have=1)
