@@ -420,6 +420,38 @@ def test_while_the_newest_full_snapshot_is_built_a_new_till_gets_the_one_already
         hub.stop()
 
 
+def test_a_pull_waiting_for_the_only_full_snapshot_gets_it_once_built(tmp_path: Path) -> None:
+    """`SnapshotBuilder.choose`: with no full snapshot built at all, a pull waits up to
+    `full_wait_s` for the newest one and is served it as soon as it is built; ABORTED
+    ("being built": the till retries after its backoff) only when the wait runs out. A
+    wait that never saw the file built answered ABORTED at its end every time (the one
+    test of the wait released the build only after its ABORTED)."""
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    builder = hub.server.builder
+    gate = threading.Event()
+    try:
+        wait_for(lambda: builder.full_ready(1), timeout=30)
+        real = builder._build
+
+        def held(version: int, base: int) -> Any:
+            gate.wait(60)
+            return real(version, base)
+
+        builder._build = held  # type: ignore[method-assign]
+        builder.full_wait_s, builder.newest_wait_s = 30.0, 0.2
+        with builder._cond:
+            builder._ready.clear()  # as if nothing were built yet
+        assert hub.publish() == 2
+        opener = threading.Timer(1.0, gate.set)
+        opener.start()
+        chunks = pulled(enrolled(hub))  # a deadline of 30 s
+        assert {(c.version, c.base_version) for c in chunks} == {(2, 0)}
+        opener.join()
+    finally:
+        gate.set()
+        hub.stop()
+
+
 def test_the_hub_keeps_the_files_of_its_newest_full_snapshots_and_the_deltas_above_them(
     tmp_path: Path,
 ) -> None:
