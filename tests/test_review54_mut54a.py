@@ -400,6 +400,8 @@ def test_while_the_newest_full_snapshot_is_built_a_new_till_gets_the_one_already
     gate = threading.Event()
     try:
         wait_for(lambda: builder.full_ready(1), timeout=30)
+        assert hub.publish() == 2
+        wait_for(lambda: builder.full_ready(2), timeout=30)
         real = builder._build
 
         def held(version: int, base: int) -> Any:
@@ -408,13 +410,13 @@ def test_while_the_newest_full_snapshot_is_built_a_new_till_gets_the_one_already
 
         builder._build = held  # type: ignore[method-assign]
         builder.full_wait_s, builder.newest_wait_s = 30.0, 0.2
-        assert hub.publish() == 2
+        assert hub.publish() == 3
         s = enrolled(hub)
         chunks = pulled(s)  # a deadline of 30 s: 0.2 s is waited here
-        assert {(c.version, c.base_version) for c in chunks} == {(1, 0)}
-        assert builder.full_ready(2) is None  # the newest one is still being built
+        assert {(c.version, c.base_version) for c in chunks} == {(2, 0)}  # the newest built
+        assert builder.full_ready(3) is None  # the newest one is still being built
         gate.set()
-        assert {(c.version, c.base_version) for c in pulled(s)} == {(2, 0)}
+        assert {(c.version, c.base_version) for c in pulled(s)} == {(3, 0)}
     finally:
         gate.set()
         hub.stop()
