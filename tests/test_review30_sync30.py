@@ -184,7 +184,7 @@ def test_a_second_sale_across_midnight_before_the_first_is_sent(
         a.stop()
 
 
-@pytest.mark.slow
+# In the default run (review 54): the only test of the authoriser's refund rule, ~1.5 s.
 def test_points_a_refund_gives_back_into_an_expired_batch_are_not_spent_at_another_till(
     hub: LoopbackHub, tmp_path: Path
 ) -> None:
