@@ -262,3 +262,29 @@ def test_a_raster_qr_wider_than_the_paper_is_drawn_at_2_dots_a_module() -> None:
     narrow = raster_qr(code, profile="NT-5890K", width_px=144)
     assert narrow.height == 58
     assert [row[:58] for row in dots(narrow)] == qr_dots(code, 2)
+
+
+def barcode_commands(**config: Any) -> tuple[int, int]:
+    """(height, module width) of the CODE128 the printer of `config` is sent: the `GS h n`
+    and `GS w n` before its `GS k`."""
+    profile = resolve_profile(PrinterConfig(**config))
+    blocks = offers_blocks(
+        parse_payload({"receiptId": "r1", "at": "2026-11-23T10:15:00+03:00", "offers": [offer()]})
+    )
+    data = render_escpos(blocks, profile)
+    [doc] = decode(data, columns=profile.columns)
+    assert [i for i in doc.items if isinstance(i, Barcode)] == [Barcode("CODE128", "TP1-o-1")]
+    head = data[: data.index(b"\x1dk")]
+    height = head[head.rindex(b"\x1dh") + 2]
+    width = head[head.rindex(b"\x1dw") + 2]
+    return height, width
+
+
+def test_a_barcode_is_a_third_of_an_inch_high_at_2_dots_a_module_and_never_under_48() -> None:
+    """mut54b line 291-292 (`max(48, dpi // 3)`: `max` made `min`, 48 and 3 moved; `width=2`
+    moved): the bars are a third of an inch high, 67 dots at 203 dpi (TH230), 60 at 180 dpi
+    (TM-T88V, a barcode forced), and never under 48 dots (SP2000, 85 dpi: 48, not 28);
+    each module 2 dots wide, as `barcode_fits` counts them."""
+    assert barcode_commands(profile="TH230") == (67, 2)
+    assert barcode_commands(profile="TM-T88V", code="barcode") == (60, 2)
+    assert barcode_commands(profile="SP2000", code="barcode") == (48, 2)
