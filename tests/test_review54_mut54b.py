@@ -14,6 +14,7 @@ import threading
 import time
 from typing import Any
 
+import pytest
 import serial
 from tillpoint.printer.config import DisplayConfig, PrinterConfig
 from tillpoint.printer.decode import Barcode, Document, Image, QRCode, decode
@@ -26,6 +27,10 @@ from tillpoint.printer.profiles import resolve_profile
 from tillpoint.printer.virtual_display import DisplayScreen
 
 LINES = ["Анна, добрый день!", "Бонусы: 1192"]
+
+
+def cp866(text: str) -> bytes:
+    return text.encode("cp866")
 
 
 def paper(offers: list[dict[str, str]], first_name: str = "Анна", **config: Any) -> Document:
@@ -288,3 +293,38 @@ def test_a_barcode_is_a_third_of_an_inch_high_at_2_dots_a_module_and_never_under
     assert barcode_commands(profile="TH230") == (67, 2)
     assert barcode_commands(profile="TM-T88V", code="barcode") == (60, 2)
     assert barcode_commands(profile="SP2000", code="barcode") == (48, 2)
+
+
+def test_a_printer_without_a_cutter_ends_the_coupon_with_six_lines_of_feed() -> None:
+    """mut54b `_cut`'s `print_and_feed(6)` made 5 or 7: `cut = "none"` ends the job with
+    `ESC d 6` (the coupon's last line fed past the tear bar) and sends no `GS V`."""
+    profile = resolve_profile(PrinterConfig(cut="none"))
+    data = render_escpos(
+        offers_blocks(
+            parse_payload({"receiptId": "r1", "at": "2026-11-23T10:15:00+03:00", "offers": []})
+        ),
+        profile,
+    )
+    assert data.endswith(cp866("Чек r1, 23.11.2026 10:15") + b"\n" + b"\x1bd\x06")
+    assert b"\x1dV" not in data
+
+
+def test_the_display_takes_brightness_1_to_4_and_refuses_0_and_5() -> None:
+    """mut54b `set_brightness`' `1 <= level <= 4` (1 made 0, the second `<=` made `<`):
+    the display's four levels are 1..4; level 4 goes out as CD5220's `1B 2A 04`."""
+    cfg = DisplayConfig(kind="serial", device="loop://", command_set="cd5220", brightness=1)
+    port = serial.serial_for_url("loop://", timeout=0.2, write_timeout=0.5)
+    display = CustomerDisplay(cfg, port_factory=lambda: port)
+    display.start()
+    try:
+        display.show(LINES)
+        assert display.flush(30.0)
+        port.read(port.in_waiting)
+        for level in (0, 5):
+            with pytest.raises(ValueError, match="display brightness is 1 to 4"):
+                display.set_brightness(level)
+        display.set_brightness(4)
+        assert display.flush(30.0)
+        assert port.read(port.in_waiting).startswith(b"\x1b\x2a\x04")
+    finally:
+        display.stop()
