@@ -20,7 +20,7 @@ from tillpoint.printer.config import DisplayConfig, PrinterConfig
 from tillpoint.printer.decode import Barcode, Document, Image, QRCode, decode
 from tillpoint.printer.display import CustomerDisplay, init_bytes, message_bytes
 from tillpoint.printer.errors import TransportError
-from tillpoint.printer.layout import offers_blocks, render_escpos
+from tillpoint.printer.layout import offers_blocks, render_escpos, separator_bytes
 from tillpoint.printer.messages import greeting
 from tillpoint.printer.payload import parse_payload
 from tillpoint.printer.profiles import resolve_profile
@@ -328,3 +328,12 @@ def test_the_display_takes_brightness_1_to_4_and_refuses_0_and_5() -> None:
         assert port.read(port.in_waiting).startswith(b"\x1b\x2a\x04")
     finally:
         display.stop()
+
+
+def test_the_cut_after_a_torn_attempt_begins_with_96_nuls() -> None:
+    """mut54b TORN_COMMAND_MAX 96 made 95 or 97: the contract's §7 figure ("at least 96"
+    NULs, then `ESC @`, the feed and the cut) for a torn job whose codes draw shorter
+    commands (a native QR of "TP1-o-1" is 49 bytes, its `GS ( k` commands and a line feed)."""
+    profile = resolve_profile(PrinterConfig())
+    data = separator_bytes(profile, ["TP1-o-1"])
+    assert data == b"\x00" * 96 + b"\x1b@" + b"\x1bd\x06" + b"\x1dV\x01"
