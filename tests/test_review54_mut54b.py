@@ -337,3 +337,23 @@ def test_the_cut_after_a_torn_attempt_begins_with_96_nuls() -> None:
     profile = resolve_profile(PrinterConfig())
     data = separator_bytes(profile, ["TP1-o-1"])
     assert data == b"\x00" * 96 + b"\x1b@" + b"\x1bd\x06" + b"\x1dV\x01"
+
+
+def test_a_display_shown_nothing_has_nothing_to_flush() -> None:
+    """mut54b `CustomerDisplay.__init__`'s counters (`_gen = 0` made 1, `_written = 0`
+    made -1): nothing shown is nothing to wait for, so `flush` answers True at once, even
+    while the port cannot be opened."""
+    cfg = DisplayConfig(kind="serial", device="/dev/ttyUSB9", reconnect_s=600)
+
+    def factory() -> Any:
+        raise TransportError("serial port /dev/ttyUSB9 not available")
+
+    display = CustomerDisplay(cfg, port_factory=factory)
+    display.start()
+    try:
+        assert wait_for(lambda: display.status()["state"] == "OFFLINE")
+        assert display.flush(0.5)
+        display.show(LINES)
+        assert not display.flush(0.2)  # shown now, and no port to write it to
+    finally:
+        display.stop()
