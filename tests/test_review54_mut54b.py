@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import serial
+from tillpoint.printer.cli_support import preview_payload
 from tillpoint.printer.config import DisplayConfig, PrinterConfig
 from tillpoint.printer.decode import Barcode, Document, Image, QRCode, decode
 from tillpoint.printer.display import CustomerDisplay, init_bytes, message_bytes
@@ -357,3 +358,35 @@ def test_a_display_shown_nothing_has_nothing_to_flush() -> None:
         assert not display.flush(0.2)  # shown now, and no port to write it to
     finally:
         display.stop()
+
+
+# ---------------------------------------------------------------------------- the preview
+
+
+def preview_of(profile: PrinterConfig | str) -> list[str]:
+    payload = parse_payload(
+        {
+            "receiptId": "r1",
+            "at": "2026-11-23T10:15:00+03:00",
+            "firstName": "Анна",
+            "offers": [offer()],
+        }
+    )
+    return preview_payload(payload, profile=profile).splitlines()
+
+
+def test_the_preview_for_a_printer_without_a_cutter_shows_the_coupon_whole() -> None:
+    """The fault review 54 (mut54b) fixed: a coupon for a printer without a cutter
+    (`cut = "none"`, or a profile with none, NT-5890K) ends with its feed by design, and
+    `tillpoint print preview` drew every such coupon with the banner of a job broken off,
+    "~ не отрезано: печать прервана ~" ("not cut: printing interrupted"). It shows the
+    coupon, the feed's blank rows and nothing more; a cutter's coupon still shows its cut."""
+    for profile in (
+        PrinterConfig(kind="file", device="/tmp/unused-mut54b", cut="none"),
+        "NT-5890K",
+    ):
+        rows = preview_of(profile)
+        assert rows[-4:] == [rows[-4], "", "", ""], rows
+        assert rows[-4].strip() == "Чек r1, 23.11.2026 10:15"
+        assert not any("прервана" in row for row in rows), rows
+    assert preview_of("generic-80mm")[-1] == " надрез ".center(48, "-")
