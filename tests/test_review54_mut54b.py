@@ -25,6 +25,7 @@ from tillpoint.printer.layout import offers_blocks, render_escpos, separator_byt
 from tillpoint.printer.messages import greeting
 from tillpoint.printer.payload import parse_payload
 from tillpoint.printer.profiles import resolve_profile
+from tillpoint.printer.render import render_text
 from tillpoint.printer.virtual_display import DisplayScreen
 
 LINES = ["Анна, добрый день!", "Бонусы: 1192"]
@@ -390,3 +391,40 @@ def test_the_preview_for_a_printer_without_a_cutter_shows_the_coupon_whole() -> 
         assert rows[-4].strip() == "Чек r1, 23.11.2026 10:15"
         assert not any("прервана" in row for row in rows), rows
     assert preview_of("generic-80mm")[-1] == " надрез ".center(48, "-")
+
+
+def test_the_text_preview_places_aligns_spaces_wide_letters_and_caps_feeds_at_3_rows() -> None:
+    """mut54b `render.render_text` and its helpers (`_place`'s branches, `_visible`'s
+    `k + 1`, the default 48 columns, the width of a narrow letter, `min(lines, 3)`): a
+    centred word sits in the middle of 48 columns (43 spare: 21 before it), a right-aligned
+    one ends at column 48, double-width letters are spaced ("Ш И Р Е"; a line of one wide
+    letter and three narrow ones too), a feed shows as its blank rows but 3 at most (5 → 3,
+    2 → 2), and the feed before the cut is not drawn (it only moves the paper past the
+    cutter)."""
+    esc = b"\x1b"
+    data = (
+        esc + b"@" + esc + b"t\x11"
+        + esc + b"a\x01" + cp866("ЦЕНТР") + b"\n"
+        + esc + b"a\x02" + cp866("справа") + b"\n"
+        + esc + b"a\x00" + esc + b"! " + cp866("ШИРЕ") + b"\n"
+        + cp866("Ш") + esc + b"!\x00" + cp866("ире") + b"\n"
+        + esc + b"d\x05" + cp866("после") + b"\n"
+        + esc + b"d\x02" + cp866("конец") + b"\n"
+        + esc + b"d\x06" + b"\x1dV\x01"
+    )  # fmt: skip
+    [doc] = decode(data)
+    assert render_text(doc).split("\n") == [
+        " " * 21 + "ЦЕНТР",
+        " " * 42 + "справа",
+        "Ш И Р Е",
+        "Ш и р е",
+        "",
+        "",
+        "",
+        "после",
+        "",
+        "",
+        "конец",
+        "-" * 20 + " надрез " + "-" * 20,
+        "",
+    ]
