@@ -354,6 +354,7 @@ def test_a_display_shown_nothing_has_nothing_to_flush() -> None:
     display.start()
     try:
         assert wait_for(lambda: display.status()["state"] == "OFFLINE")
+        assert display.status()["device"] == "/dev/ttyUSB9"  # mutant `or` made `and`: "none"
         assert display.flush(0.5)
         display.show(LINES)
         assert not display.flush(0.2)  # shown now, and no port to write it to
@@ -428,3 +429,31 @@ def test_the_text_preview_places_aligns_spaces_wide_letters_and_caps_feeds_at_3_
         "-" * 20 + " надрез " + "-" * 20,
         "",
     ]
+
+
+def display_threads() -> int:
+    return sum(t.name == "tillpoint-display" for t in threading.enumerate())
+
+
+def test_a_clear_is_written_before_flush_returns_and_start_runs_one_writer() -> None:
+    """mut54b `clear`'s `_gen += 1` (made `-=` or `+= 0`: `flush` returned before the clear
+    went out, the last customer's total still on the display) and `start`'s `or` (made
+    `and`: a second `start` ran a second writer; a disabled display's `start` ran one)."""
+    before = display_threads()
+    CustomerDisplay(DisplayConfig()).start()  # kind "none": nothing to run
+    assert display_threads() == before
+    cfg = DisplayConfig(kind="serial", device="loop://")
+    port = serial.serial_for_url("loop://", timeout=0.2, write_timeout=0.5)
+    display = CustomerDisplay(cfg, port_factory=lambda: port)
+    display.start()
+    display.start()
+    try:
+        assert display_threads() == before + 1
+        display.show(LINES)
+        assert display.flush(30.0)
+        assert port.read(port.in_waiting) == init_bytes(cfg) + message_bytes(LINES, cfg)
+        display.clear()
+        assert display.flush(30.0)
+        assert port.read(port.in_waiting) == b"\x0c"
+    finally:
+        display.stop()
