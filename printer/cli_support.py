@@ -270,6 +270,10 @@ def preview_payload(
     data = render_escpos(offers_blocks(payload, heading=heading, codepage=prof.codepage), prof)
     docs = decode(data, columns=prof.columns, codepages={prof.codepage_table: prof.codepage})
     doc = docs[0]
+    if prof.cut == "none" or not (prof.full_cut or prof.part_cut):
+        # no cutter: the job ends with its feed, whole (it was drawn "не отрезано: печать
+        # прервана", a job broken off, on every coupon; review 54, mut54b)
+        doc.complete = True
     if out_png is not None:
         try:
             render_png(doc, Path(out_png), width_px=prof.width_px, columns=prof.columns)
