@@ -460,3 +460,20 @@ def test_a_hub_of_the_release_before_answers_unimplemented_and_keeps_the_hold(
         asking.close()
         link.close()
     assert holds() == [("h-1", points, "ACTIVE")]
+
+
+def test_a_late_grant_shrunk_to_nothing_holds_nothing_at_the_hub(
+    hub: LoopbackHub, tmp_path: Path, late: threading.Event
+) -> None:
+    """CONTRACT §11: a shrink to 0 points (what an OFFLINE hold that redeems nothing
+    sends) leaves the receipt's hold at the hub with none: the customer's whole balance is
+    another till's again. Review 54 (the authoriser's mutation run): a shrink sent as at
+    least 1 point kept 1 held, and no test said otherwise."""
+    a = hold33_till(hub, tmp_path / "a", "a")
+    try:
+        offline_after_late_grant(a, late, "late-0")
+        assert held_at_hub(hub) == OFFLINE_LIMIT  # shrunk by the Hold's own call
+        assert a.authoriser.shrink("late-0", 0, []) is True
+        assert held_at_hub(hub) == 0
+    finally:
+        a.stop()
