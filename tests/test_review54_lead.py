@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from tillpoint.agent import cache_build
 from tillpoint.agent.results import receipt_from_json
-from tillpoint.sync.loopback import LoopbackHub, Till, sample_master_data, timings, wait_for
+from tillpoint.sync.loopback import LoopbackHub, sample_master_data
 from tillpoint.sync.loopback import receipt as hub_receipt
-from tillpoint.sync.pull import Puller, cache_version
 
 from .test_cache_build import NOW, leftovers, make_agent
+from .test_review30_sync30 import enrolled  # a till on the hub's snapshot, never pushing
 from .test_review53_mut53b import MIN_CHUNK, snapshot_lines, write
 
 # Starts the command it is given and a bystander in its own process group, prints both
@@ -129,14 +129,6 @@ def hub(tmp_path: Path) -> Iterator[LoopbackHub]:
     hub.stop()
 
 
-def _till(hub: LoopbackHub, tmp_path: Path, name: str) -> Till:
-    """A till on the hub's snapshot whose outbox is never pushed (no sync loop)."""
-    till = hub.till(name, tmp_path / name, start=False, timings=timings(redeem_timeout_s=3.0))
-    Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull()
-    wait_for(lambda: cache_version(till.data_dir) == 1)
-    return till
-
-
 def _sale(receipt_id: str, at: str, price_minor: int, redeem: int) -> Any:
     line = [{"sku": "4601234000017", "qty": "1", "priceMinor": price_minor}]
     body = hub_receipt(receipt_id, ANNA, redeem=redeem, lines=line)
@@ -156,8 +148,8 @@ def test_an_unsent_earned_point_counts_at_the_hub_through_its_last_second_and_no
     (sent as spendable, it granted 1: A and B would spend 101 of the 100 that count).
     Mutation testing of sync/authoriser.py (review 54): no test in the default run sent
     the hub an earned point with an expiry."""
-    a = _till(hub, tmp_path, "till-a")
-    b = _till(hub, tmp_path, "till-b")
+    a = enrolled(hub, tmp_path, "till-a")
+    b = enrolled(hub, tmp_path, "till-b")
     try:
         one = a.agent.checkout(_sale("a-1", "2026-11-30T10:00:00+03:00", 5000, 0))
         assert (one.mode, one.earned_points) == ("ONLINE", 1)
@@ -181,7 +173,7 @@ def test_an_unsent_sale_with_a_receipt_id_of_the_longest_length_settles_its_own_
     counting both: A's sale spends 50 of 100, its next sale may have the other 50. Only a
     longer id (an earlier release's) is sent blank (review 32); one of 128 sent blank,
     the hub counted the hold and the sale, 100, and granted 0."""
-    a = _till(hub, tmp_path, "till-a")
+    a = enrolled(hub, tmp_path, "till-a")
     longest = "r" * 128
     try:
         one = a.agent.checkout(_sale(longest, "2026-11-30T10:00:00+03:00", 5000, 50))
@@ -206,6 +198,6 @@ def test_a_loopback_hub_on_a_day_long_past_publishes_a_snapshot_its_tills_take(
         clock=lambda: datetime(2020, 1, 1, tzinfo=UTC),
     )
     try:
-        _till(hub, tmp_path, "till-a").stop()  # version 1 taken, not refused as expired
+        enrolled(hub, tmp_path, "till-a").stop()  # version 1 taken, not refused as expired
     finally:
         hub.stop()

@@ -384,6 +384,19 @@ def test_an_authorisation_needs_its_receipt_its_customer_and_points_of_0_or_more
         )
 
 
+def _gate_builds(builder: Any, gate: threading.Event) -> None:
+    """Hold the builder's next builds until `gate` is set (as test_sync_snapshots does);
+    a pull waits up to 30 s for a full snapshot, 0.2 s for the newest."""
+    real = builder._build
+
+    def held(version: int, base: int) -> Any:
+        gate.wait(60)
+        return real(version, base)
+
+    builder._build = held
+    builder.full_wait_s, builder.newest_wait_s = 30.0, 0.2
+
+
 def test_while_the_newest_full_snapshot_is_built_a_new_till_gets_the_one_already_built(
     tmp_path: Path,
 ) -> None:
@@ -402,14 +415,7 @@ def test_while_the_newest_full_snapshot_is_built_a_new_till_gets_the_one_already
         wait_for(lambda: builder.full_ready(1), timeout=30)
         assert hub.publish() == 2
         wait_for(lambda: builder.full_ready(2), timeout=30)
-        real = builder._build
-
-        def held(version: int, base: int) -> Any:
-            gate.wait(60)
-            return real(version, base)
-
-        builder._build = held  # type: ignore[method-assign]
-        builder.full_wait_s, builder.newest_wait_s = 30.0, 0.2
+        _gate_builds(builder, gate)
         assert hub.publish() == 3
         s = enrolled(hub)
         chunks = pulled(s)  # a deadline of 30 s: 0.2 s is waited here
@@ -433,14 +439,7 @@ def test_a_pull_waiting_for_the_only_full_snapshot_gets_it_once_built(tmp_path: 
     gate = threading.Event()
     try:
         wait_for(lambda: builder.full_ready(1), timeout=30)
-        real = builder._build
-
-        def held(version: int, base: int) -> Any:
-            gate.wait(60)
-            return real(version, base)
-
-        builder._build = held  # type: ignore[method-assign]
-        builder.full_wait_s, builder.newest_wait_s = 30.0, 0.2
+        _gate_builds(builder, gate)
         with builder._cond:
             builder._ready.clear()  # as if nothing were built yet
         assert hub.publish() == 2
