@@ -165,7 +165,8 @@ class LoopbackHub:
         snapshot expires a week of real time from now, whatever the hub's clock reads: a
         test's hub on a fixed day in the past (its holds and balances dated by hand)
         would otherwise publish a snapshot its tills, on the wall clock, refuse as expired
-        a week after that day (review 54: five test files broke so on 7 December)."""
+        a week after that day (review 54: five test files would have failed so from
+        7 December 2026, 18:00 UTC)."""
         now = self.clock()
         if ttl_s is None:
             behind = (datetime.now(UTC) - now).total_seconds()
