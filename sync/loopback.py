@@ -131,10 +131,17 @@ class LoopbackHub:
         publish: bool = True,
         start: bool = True,
         store: str | None = None,
+        snapshot_ttl_s: float = 7 * 86400.0,
     ) -> None:
         """`store`: the hub's store (a PostgreSQL URL, or a SQLite file; default:
-        $TILLPOINT_HUB_STORE, else hub.db in `root`)."""
+        $TILLPOINT_HUB_STORE, else hub.db in `root`). `snapshot_ttl_s`: how long what
+        `publish` publishes is valid from the hub's clock. A test's hub on a fixed day
+        whose tills pull (they verify a snapshot on the wall clock) gives it years, or its
+        snapshot expires a week after that day and the test fails from then on (review
+        54: five files would have failed so from 7 December 2026, 18:00 UTC;
+        tests/test_review54_lead.py guards the pattern)."""
         self.root = Path(root)
+        self.snapshot_ttl_s = snapshot_ttl_s
         self.config = config or HubConfig(heartbeat_s=1.0, watch_interval_s=0.1, publish_every_s=0)
         self.clock = clock
         self.dir = HubDir(self.root, store)
@@ -161,17 +168,10 @@ class LoopbackHub:
         return self.server.store
 
     def publish(self, ttl_s: float | None = None) -> int:
-        """Publish the store's data at the hub's clock. Unless `ttl_s` says otherwise the
-        snapshot expires a week of real time from now, whatever the hub's clock reads: a
-        test's hub on a fixed day in the past (its holds and balances dated by hand)
-        would otherwise publish a snapshot its tills, on the wall clock, refuse as expired
-        a week after that day (review 54: five test files would have failed so from
-        7 December 2026, 18:00 UTC)."""
-        now = self.clock()
-        if ttl_s is None:
-            behind = (datetime.now(UTC) - now).total_seconds()
-            ttl_s = 7 * 86400.0 + max(0.0, behind)
-        pub = self.server.store.publish(now, ttl_s)
+        """Publish the store's data at the hub's clock, valid `ttl_s` (default: the hub's
+        `snapshot_ttl_s`, a week)."""
+        ttl = self.snapshot_ttl_s if ttl_s is None else ttl_s
+        pub = self.server.store.publish(self.clock(), ttl)
         self.server.notifier.update(pub)
         return pub.version
 

@@ -28,6 +28,10 @@ BORIS = "2770000000024"  # c-2, base tier (3 %)
 MILK = "4601234000017"
 LAST_MOMENT = "2026-11-30T23:59:59+03:00"  # the batch counts through this second (§16)
 HUB_NOW = datetime(2026, 11, 30, 18, 0, tzinfo=UTC)
+# A hub on a fixed day publishes for ten years, so that its tills, which verify a snapshot
+# on the wall clock, take it on any day the suite runs (review 54: a week from HUB_NOW
+# ended on 7 December 2026, 18:00 UTC).
+HUB_TTL_S = 10 * 366 * 86400.0
 
 
 def expiring_data() -> dict[str, Any]:
@@ -44,7 +48,9 @@ def expiring_data() -> dict[str, Any]:
 @pytest.fixture()
 def hub(tmp_path: Path) -> Iterator[LoopbackHub]:
     # The hub publishes at 21:00 on 30 November (Moscow), when all 300 points still count.
-    hub = LoopbackHub(tmp_path / "hub", data=expiring_data(), clock=lambda: HUB_NOW)
+    hub = LoopbackHub(
+        tmp_path / "hub", data=expiring_data(), clock=lambda: HUB_NOW, snapshot_ttl_s=HUB_TTL_S
+    )
     yield hub
     hub.stop()
 

@@ -70,6 +70,7 @@ def test_explain_changes_no_figure_of_any_quote(
 MILK = "4601234000017"
 ANNA = "2770000000017"  # c-1 of the reference hub's sample data: gold 7 %, 1200 points
 HUB_NOW = datetime(2026, 12, 5, 7, 0, tzinfo=UTC)
+HUB_TTL_S = 10 * 366 * 86400.0  # its tills take the snapshot on any day (review 54)
 
 
 def _sale(receipt_id: str) -> Any:
@@ -91,7 +92,9 @@ def test_the_offline_limit_caps_only_offline_receipts(tmp_path: Path) -> None:
        balance 447 − 447 + 178 = 178.
     3. OFFLINE again: min(178, 900, 3000, 500 − 447 = 53) = 53; 294700 × 7 / 10000 =
        206.29 → 206; balance 178 − 53 + 206 = 331."""
-    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data(), clock=lambda: HUB_NOW)
+    hub = LoopbackHub(
+        tmp_path / "hub", data=sample_master_data(), clock=lambda: HUB_NOW, snapshot_ttl_s=HUB_TTL_S
+    )
     till = None
     try:
         till = enrolled_till(hub, tmp_path / "till", "till-1", timings=answered())

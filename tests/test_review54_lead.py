@@ -21,7 +21,7 @@ from tillpoint.sync.loopback import LoopbackHub, sample_master_data
 from tillpoint.sync.loopback import receipt as hub_receipt
 
 from .test_cache_build import NOW, leftovers, make_agent
-from .test_review30_sync30 import enrolled  # a till on the hub's snapshot, never pushing
+from .test_review30_sync30 import HUB_TTL_S, enrolled  # a till never pushing
 from .test_review53_mut53b import MIN_CHUNK, snapshot_lines, write
 
 # Starts the command it is given and a bystander in its own process group, prints both
@@ -124,6 +124,7 @@ def hub(tmp_path: Path) -> Iterator[LoopbackHub]:
         tmp_path / "hub",
         data=lifetime_data(),
         clock=lambda: datetime(2026, 11, 30, 6, 0, tzinfo=UTC),
+        snapshot_ttl_s=HUB_TTL_S,
     )
     yield hub
     hub.stop()
@@ -184,20 +185,23 @@ def test_an_unsent_sale_with_a_receipt_id_of_the_longest_length_settles_its_own_
         a.stop()
 
 
-def test_a_loopback_hub_on_a_day_long_past_publishes_a_snapshot_its_tills_take(
-    tmp_path: Path,
-) -> None:
-    """A test's hub whose clock reads a fixed day (its holds and balances dated by hand)
-    publishes, unless told otherwise, a snapshot its tills on the wall clock take: it
-    expires a week from now, not a week after that day (docs/ARCHITECTURE.md, "Tests and
-    the calendar"). Five test files' hubs on 30 November and 5 December published
-    snapshots their tills refused as expired from 7 and 12 December 2026."""
-    hub = LoopbackHub(
-        tmp_path / "hub",
-        data=sample_master_data(),
-        clock=lambda: datetime(2020, 1, 1, tzinfo=UTC),
-    )
-    try:
-        enrolled(hub, tmp_path, "till-a").stop()  # version 1 taken, not refused as expired
-    finally:
-        hub.stop()
+def test_no_test_s_loopback_hub_on_a_fixed_day_publishes_for_a_week_only() -> None:
+    """docs/ARCHITECTURE.md, "Tests and the calendar": a loopback hub whose clock is a fixed
+    moment (`clock=lambda: HUB_NOW`, `clock=lambda: datetime(...)`) publishes with
+    `snapshot_ttl_s` given: its default, a week from that moment, is a date bomb for every
+    test whose tills pull (they verify the snapshot on the wall clock). Five files' hubs
+    on 30 November and 5 December would have failed so from 7 and 12 December 2026."""
+    import ast
+
+    found = []
+    for path in sorted(Path(__file__).parent.glob("test_*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and getattr(node.func, "id", "") == "LoopbackHub"):
+                continue
+            words = {k.arg: k.value for k in node.keywords}
+            clock = words.get("clock")
+            fixed = isinstance(clock, ast.Lambda) and isinstance(clock.body, ast.Name | ast.Call)
+            if fixed and "snapshot_ttl_s" not in words:
+                found.append(f"{path.name}:{node.lineno}")
+    assert found == [], f"a fixed-day loopback hub publishing for a week: {found}"
