@@ -15,7 +15,7 @@ from tillpoint.sync.loopback import LoopbackHub
 from tillpoint.v1 import tillpoint_pb2 as pb
 
 from .test_hub_security import identity, stub
-from .test_review30_sync30 import HUB_NOW, HUB_TTL_S, expiring_data
+from .test_review30_sync30 import HUB_NOW, expiring_data, expiring_hub
 
 TIMEOUT = 10
 AFTER_MIDNIGHT = "2026-12-01T00:10:00+03:00"
@@ -23,9 +23,7 @@ AFTER_MIDNIGHT = "2026-12-01T00:10:00+03:00"
 
 @pytest.fixture()
 def hub(tmp_path: Path) -> Iterator[LoopbackHub]:
-    hub = LoopbackHub(
-        tmp_path / "hub", data=expiring_data(), clock=lambda: HUB_NOW, snapshot_ttl_s=HUB_TTL_S
-    )
+    hub = expiring_hub(tmp_path / "hub")
     yield hub
     hub.stop()
 

@@ -48,11 +48,17 @@ def expiring_data() -> dict[str, Any]:
 @pytest.fixture()
 def hub(tmp_path: Path) -> Iterator[LoopbackHub]:
     # The hub publishes at 21:00 on 30 November (Moscow), when all 300 points still count.
-    hub = LoopbackHub(
-        tmp_path / "hub", data=expiring_data(), clock=lambda: HUB_NOW, snapshot_ttl_s=HUB_TTL_S
-    )
+    hub = expiring_hub(tmp_path / "hub")
     yield hub
     hub.stop()
+
+
+def expiring_hub(root: Path, store: str | None = None) -> LoopbackHub:
+    """A reference hub of `expiring_data` on HUB_NOW, publishing for HUB_TTL_S (the hub of
+    this file and of rev30b, hub31 and rev31d)."""
+    return LoopbackHub(
+        root, data=expiring_data(), clock=lambda: HUB_NOW, snapshot_ttl_s=HUB_TTL_S, store=store
+    )
 
 
 def enrolled(hub: LoopbackHub, tmp_path: Path, name: str) -> Till:

@@ -15,7 +15,7 @@ from tillpoint.v1 import tillpoint_pb2 as pb
 
 from .test_hub_security import identity, stub
 from .test_review30_rev30b import ask
-from .test_review30_sync30 import HUB_NOW, HUB_TTL_S, expiring_data
+from .test_review30_sync30 import expiring_hub
 
 TIMEOUT = 10
 BEFORE_MIDNIGHT = "2026-11-30T23:50:00+03:00"  # Boris's 200 expiring points still count
@@ -28,13 +28,7 @@ def hub(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LoopbackHub]
     store = None
     if request.param == "postgresql":
         store = str(request.getfixturevalue("pg_url"))
-    hub = LoopbackHub(
-        tmp_path / "hub",
-        data=expiring_data(),
-        clock=lambda: HUB_NOW,
-        snapshot_ttl_s=HUB_TTL_S,
-        store=store,
-    )
+    hub = expiring_hub(tmp_path / "hub", store)
     yield hub
     hub.stop()
 

@@ -19,7 +19,7 @@ from tillpoint.v1 import tillpoint_pb2 as pb
 
 from .test_hub_security import identity, stub
 from .test_review30_rev30b import ask
-from .test_review30_sync30 import HUB_NOW, HUB_TTL_S, expiring_data
+from .test_review30_sync30 import HUB_NOW, expiring_hub
 from .test_review31_hub31 import checkout
 
 TIMEOUT = 10
@@ -32,13 +32,7 @@ def hub(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LoopbackHub]
     store = None
     if request.param == "postgresql":
         store = str(request.getfixturevalue("pg_url"))
-    hub = LoopbackHub(
-        tmp_path / "hub",
-        data=expiring_data(),
-        clock=lambda: HUB_NOW,
-        snapshot_ttl_s=HUB_TTL_S,
-        store=store,
-    )
+    hub = expiring_hub(tmp_path / "hub", store)
     yield hub
     hub.stop()
 
@@ -267,13 +261,7 @@ def test_a_hub_whose_open_lock_connection_is_killed_serves_and_stops_clean(
     from tillpoint.sync.hub_postgres import OPEN_LOCK
 
     with psycopg.connect(pg_url, autocommit=True) as admin:
-        hub = LoopbackHub(
-            tmp_path / "hub",
-            data=expiring_data(),
-            clock=lambda: HUB_NOW,
-            snapshot_ttl_s=HUB_TTL_S,
-            store=pg_url,
-        )
+        hub = expiring_hub(tmp_path / "hub", pg_url)
         try:
             killed = admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
@@ -315,13 +303,7 @@ def test_a_hub_takes_its_open_lock_again_once_its_connection_is_gone(
 
     monkeypatch.setattr(hub_postgres, "OPEN_LOCK_CHECK_S", 0.1, raising=False)
     with psycopg.connect(pg_url, autocommit=True) as admin:
-        hub = LoopbackHub(
-            tmp_path / "hub",
-            data=expiring_data(),
-            clock=lambda: HUB_NOW,
-            snapshot_ttl_s=HUB_TTL_S,
-            store=pg_url,
-        )
+        hub = expiring_hub(tmp_path / "hub", pg_url)
         try:
             (first,) = _open_locks(admin)
             admin.execute("SELECT pg_terminate_backend(%s)", (first,))
