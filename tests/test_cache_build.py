@@ -328,6 +328,19 @@ def test_a_killed_coordinator_is_a_clean_refusal_and_its_files_go(
     assert leftovers(tmp_path / "till") == []
 
 
+def build_processes(role: str, data: Path) -> list[int]:
+    """The pids of this data directory's build children in `role` ("build", "work")."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"\0{role}\0".encode() in cmdline and str(data).encode() in cmdline:
+            found.append(int(proc.name))
+    return found
+
+
 def test_a_build_whose_starter_is_killed_stops_and_the_next_load_works(
     source: Path, tmp_path: Path
 ) -> None:
@@ -351,15 +364,7 @@ def test_a_build_whose_starter_is_killed_stops_and_the_next_load_works(
     )
 
     def coordinators() -> list[int]:
-        found = []
-        for proc in Path("/proc").iterdir():
-            try:
-                cmdline = (proc / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"\0build\0" in cmdline and str(data).encode() in cmdline:
-                found.append(int(proc.name))
-        return found
+        return build_processes("build", data)
 
     try:
         deadline = time.monotonic() + 30

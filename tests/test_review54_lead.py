@@ -20,7 +20,7 @@ from tillpoint.agent.results import receipt_from_json
 from tillpoint.sync.loopback import LoopbackHub, sample_master_data
 from tillpoint.sync.loopback import receipt as hub_receipt
 
-from .test_cache_build import NOW, leftovers, make_agent
+from .test_cache_build import NOW, build_processes, leftovers, make_agent
 from .test_review30_sync30 import HUB_TTL_S, enrolled  # a till never pushing
 from .test_review53_mut53b import MIN_CHUNK, snapshot_lines, write
 
@@ -33,18 +33,6 @@ bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120
 print(build.pid, bystander.pid, flush=True)
 sys.stdin.readline()
 """
-
-
-def _processes(role: bytes, data: Path) -> list[int]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            cmdline = (proc / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if f"\0{role.decode()}\0".encode() in cmdline and str(data).encode() in cmdline:
-            found.append(int(proc.name))
-    return found
 
 
 def _alive(pid: int) -> bool:
@@ -79,14 +67,14 @@ def test_an_orphaned_build_started_in_its_starters_group_stops_alone(tmp_path: P
     coordinator, bystander = map(int, starter.stdout.readline().split())
     try:
         deadline = time.monotonic() + 60
-        while not _processes(b"work", data):
+        while not build_processes("work", data):
             assert time.monotonic() < deadline, "the build started no worker"
             time.sleep(0.05)
         assert os.getpgid(coordinator) == os.getpgid(bystander) == starter.pid
         starter.stdin.close()
         starter.wait(timeout=30)
         deadline = time.monotonic() + 30
-        while _alive(coordinator) or _processes(b"work", data):
+        while _alive(coordinator) or build_processes("work", data):
             assert time.monotonic() < deadline, "the orphaned build went on"
             time.sleep(0.05)
         assert _alive(bystander), "the build's orphan watch killed its starter's group"
