@@ -936,7 +936,11 @@ def read_stdin(
         raise InputError(f"unknown import format {fmt!r}: json or jsonl")
     # the handlers first (review 49): a SIGTERM between the copy's creation and their
     # installing (a loaded machine's moment) ended the process at once, the copy left
-    with _exit_on_stop():
+    with _exit_on_stop() as stop:
+        # and a stop is put off while the copy is made and locked (review 55): one inside
+        # `tempfile`'s creation, after the file exists and before its name is returned,
+        # left it behind; it is acted on once the copy is ours to remove
+        stop.defer()
         try:
             spool_dir.mkdir(parents=True, exist_ok=True)
             spooled = tempfile.NamedTemporaryFile(dir=spool_dir, prefix=SPOOL_PREFIX)  # noqa: SIM115
@@ -949,6 +953,7 @@ def read_stdin(
             # removes a copy only when no live import holds it
             with contextlib.suppress(OSError):  # a file system without locks: the age alone
                 fcntl.flock(spool.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            stop.resume()
             try:
                 shutil.copyfileobj(stream, spool, 1 << 20)
                 spool.flush()
@@ -961,23 +966,46 @@ def read_stdin(
             yield ImportFile(path, fmt, path.stat().st_size, progress)
 
 
+class _Stop:
+    """The SIGTERM/SIGHUP handler of `_exit_on_stop`: ends the process as Python's own exit
+    does, or, between `defer` and `resume`, notes the signal and ends it at `resume`.
+    Python runs handlers on the main thread whichever thread the signal reached, so this
+    holds where blocking the signal in one thread (`pthread_sigmask`) would not."""
+
+    def __init__(self) -> None:
+        self.deferring = False
+        self.pending: int | None = None
+
+    def __call__(self, signum: int, _frame: object) -> None:
+        if self.deferring:
+            self.pending = self.pending or signum
+            return
+        raise SystemExit(128 + signum)
+
+    def defer(self) -> None:
+        self.deferring = True
+
+    def resume(self) -> None:
+        self.deferring = False
+        if self.pending is not None:
+            raise SystemExit(128 + self.pending)
+
+
 @contextmanager
-def _exit_on_stop() -> Iterator[None]:
+def _exit_on_stop() -> Iterator[_Stop]:
     """SIGTERM (`timeout`, a job runner, systemd) and SIGHUP (the terminal closed) end the
     process as Python's own exit does, so the copy of standard input is removed on the way
     out: by default they end it at once, and the copy, as large as the chain's export,
     stayed in the hub's directory for good. Only on the main thread (where signals are
-    handled); the handlers before are put back afterwards."""
+    handled; elsewhere the `_Stop` yielded is never called); the handlers before are put
+    back afterwards."""
+    stop = _Stop()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield stop
         return
-
-    def stop(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
     before = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        yield
+        yield stop
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)
