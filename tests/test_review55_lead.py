@@ -59,3 +59,45 @@ def test_hub_import_from_stdin_stopped_while_its_copy_is_created_leaves_none(
     assert proc.returncode == 128 + signum, proc.stderr
     assert b"Traceback" not in proc.stderr, proc.stderr
     assert list(hub_dir.glob(".import-stdin-*")) == []
+
+
+def test_one_point_a_refund_gives_back_into_an_expired_batch_is_not_spent_again(
+    tmp_path: Path,
+) -> None:
+    """docs/CONTRACT.md §9, §16 (points given back into a batch that has expired stay
+    expired, at the hub too), at its smallest: till A's sale at 23:50 spends 1 point, taken
+    from the 200 that expire at midnight, and A refunds it whole at 00:10: the point goes
+    back into its batch, expired, and the 8 the sale earned are taken back. Till B at 00:12
+    takes the 100 that never expire (the hub knows A's sale by its hold: 1 point from the
+    expiring batch). At 00:15 A's next sale asks for as many as allowed, its sale and refund
+    not sent yet: nothing is left, 0, not 1 (the given-back point counted as if it were
+    still alive; the authoriser's rule for give-backs, `points > 0`, held as `> 1` did)."""
+    from tillpoint.agent.results import refund_from_json
+
+    from tests.test_review30_sync30 import MILK, enrolled, expiring_hub, sale
+
+    hub = expiring_hub(tmp_path / "hub")  # its tills not started: nothing is sent
+    a = enrolled(hub, tmp_path, "till-a")
+    b = enrolled(hub, tmp_path, "till-b")
+    try:
+        one = a.agent.checkout(sale("a-1", "2026-11-30T23:50:00+03:00", 1))
+        assert (one.mode, one.redeemed_points, one.earned_points) == ("ONLINE", 1, 8)
+        back = a.agent.refund(
+            refund_from_json(
+                {
+                    "refundId": "a-1-r",
+                    "receiptId": "a-1",
+                    "at": "2026-12-01T00:10:00+03:00",
+                    "lines": [{"sku": MILK, "qty": "1"}],
+                }
+            )
+        )
+        assert (back.returned_points, back.taken_back_points) == (1, 8)
+        other = b.agent.checkout(sale("b-1", "2026-12-01T00:12:00+03:00", -1))
+        assert (other.mode, other.redeemed_points) == ("ONLINE", 100)
+        two = a.agent.checkout(sale("a-2", "2026-12-01T00:15:00+03:00", -1))
+        assert (two.mode, two.redeemed_points) == ("ONLINE", 0)
+    finally:
+        a.stop()
+        b.stop()
+        hub.stop()
