@@ -145,7 +145,10 @@ def test_holds_of_one_card_from_two_servers_never_exceed_its_balance(two_servers
         got = store.authorise(f"till-{i}", f"r-{i}", "c-1", 100, now, [], now, 900.0)
         return int(got.authorised)
 
-    with ThreadPoolExecutor(max_workers=20) as pool:
+    # eight at a time: they still race for the card's row, and the last of them waits for
+    # seven holds, not nineteen (with twenty, a doubled load once had one wait out the
+    # lock timeout, 30 s: the contract's "busy, nothing stored", review 55)
+    with ThreadPoolExecutor(max_workers=8) as pool:
         granted = list(pool.map(redeem, range(40)))
     assert sum(granted) == 1200 and sorted(set(granted)) == [0, 100]
     assert stores[1].balance("c-1", now).held == 1200
