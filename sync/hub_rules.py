@@ -337,7 +337,9 @@ class HubTx(Protocol):
         or one placed later left as it is. How many holds changed."""
         ...
 
-    def delete_hold(self, device_id: str, receipt_id: str, *, only_active: bool) -> int: ...
+    def delete_hold(self, device_id: str, receipt_id: str) -> int:
+        """Drop the device's hold of the receipt, ACTIVE or SETTLED; how many."""
+        ...
 
     def receipt_settled(self, device_id: str, receipt_id: str) -> bool:
         """Whether the device's receipt is already committed here: its CHECKOUT stored, or
@@ -933,7 +935,7 @@ class HubRules:
             if tx.receipt_settled(device_id, receipt_id):
                 granted = 0  # a late call for a committed receipt: no second hold
             else:
-                tx.delete_hold(device_id, receipt_id, only_active=False)
+                tx.delete_hold(device_id, receipt_id)
             if granted > 0:
                 hold_id = uuid.uuid4().hex
                 tx.upsert_hold(
@@ -1045,7 +1047,7 @@ class HubRules:
             # a hold of the receipt placed after this call came is the receipt's: kept
             _refuse_if_superseded(tx, device_id, receipt_id, now)
             granted = max(0, min(points, live_balance))
-            tx.delete_hold(device_id, receipt_id, only_active=False)
+            tx.delete_hold(device_id, receipt_id)
             if granted > 0:
                 tx.upsert_hold(
                     hold_id, device_id, receipt_id, customer_id, granted, now, expires, at

@@ -849,12 +849,10 @@ class SqlTx:
             )
         )
 
-    def delete_hold(self, device_id: str, receipt_id: str, *, only_active: bool) -> int:
-        active = " AND state = 'ACTIVE'" if only_active else ""
+    def delete_hold(self, device_id: str, receipt_id: str) -> int:
         return self._count(
             self.execute(
-                f"DELETE FROM holds WHERE device_id = ? AND receipt_id = ?{active}",
-                (device_id, receipt_id),
+                "DELETE FROM holds WHERE device_id = ? AND receipt_id = ?", (device_id, receipt_id)
             )
         )
 

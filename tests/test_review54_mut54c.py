@@ -250,7 +250,7 @@ def test_a_cards_sales_to_its_former_customer_stay_theirs(store: Any) -> None:
 
 
 def test_a_receipt_held_again_after_its_hold_expired_is_a_new_hold(store: Any) -> None:
-    """`delete_hold(..., only_active=False)` before the new hold is written: r-1's hold
+    """`delete_hold(...)` before the new hold is written: r-1's hold
     (placed at T0 for 60 s) has expired and been marked so; r-1 held again at T0+120 s
     is a hold placed then (its stamp, for a release's `placed_by`), not the old row
     made active again with its old stamp."""
