@@ -296,7 +296,10 @@ def open_serial(
     # killed the display's and the scanner's threads for good and was a printer's
     # "unexpected error" with a traceback at every try (review 55, mut55b)
     except (serial.SerialException, OSError, ValueError, termios.error) as exc:
-        raise TransportError(f"serial port {url} not available: {_reason(exc)}") from None
+        reason = _reason(exc)
+        if "exclusively lock" in str(exc):  # (EAGAIN: "resource temporarily unavailable")
+            reason = "in use by another program (it holds the port's lock)"
+        raise TransportError(f"serial port {url} not available: {reason}") from None
 
 
 # A job the stop meets with at most this much of it left to hand to a serial line (at

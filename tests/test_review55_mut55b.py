@@ -558,11 +558,18 @@ def test_a_serial_port_opens_exclusive_with_timeouts_and_only_the_flow_control_a
                 attrs = termios.tcgetattr(master)
                 assert bool(attrs[2] & termios.CRTSCTS) is crtscts, flow
                 assert bool(attrs[0] & termios.IXON) is ixon, flow
+                assert attrs[4:6] == [termios.B9600, termios.B9600]  # the default speed
+                assert attrs[2] & termios.CSIZE == termios.CS8  # 8N1 unless configured
+                assert not attrs[2] & (termios.CSTOPB | termios.PARENB)
                 assert (port.rtscts, port.dsrdtr, port.xonxoff) == (rtscts, dsrdtr, ixon), flow
                 assert (port.timeout, port.write_timeout) == (0.3, 0.7)
                 assert port.exclusive
-                with pytest.raises(TransportError, match=f"serial port {name} not available"):
+                with pytest.raises(TransportError) as busy:
                     open_serial(name)
+                assert str(busy.value) == (
+                    f"serial port {name} not available: "
+                    "in use by another program (it holds the port's lock)"
+                )
             finally:
                 port.close()
         url = open_serial("loop://")  # a URL is no device to lock
