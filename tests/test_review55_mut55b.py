@@ -329,6 +329,35 @@ def test_a_network_printer_is_port_9100_unless_configured() -> None:
     assert t.description == "192.0.2.7:9100"
 
 
+def test_a_printer_that_never_answers_the_connect_is_given_up_after_the_connect_timeout() -> None:
+    """A printer whose port takes no more connections (its backlog full: the SYN dropped,
+    as a printer busy with another host's job): "not reachable: timed out" after
+    `connect_timeout_s`, not the system's two minutes."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    queued = []
+    for _ in range(4):
+        client = socket.socket()
+        client.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            client.connect(("127.0.0.1", port))
+        queued.append(client)
+    try:
+        time.sleep(0.2)
+        t = NetworkTransport("127.0.0.1", port, connect_timeout_s=0.5)
+        started = time.monotonic()
+        with pytest.raises(TransportError) as refused:
+            t.open()
+        assert 0.45 <= time.monotonic() - started < 5.0
+        assert str(refused.value) == f"printer 127.0.0.1:{port} not reachable: timed out"
+    finally:
+        for client in queued:
+            client.close()
+        listener.close()
+
+
 def test_the_connection_sends_small_writes_at_once_and_keeps_alive() -> None:
     """TCP_NODELAY (a status request, 3 bytes, is not held back for the ACK of the job
     before it) and SO_KEEPALIVE (a printer gone without a word is found out)."""
@@ -391,6 +420,53 @@ def test_a_close_lets_the_connection_go_at_once_and_the_printer_sees_its_end() -
             t.write(b"x")
     finally:
         conn.close()
+        listener.close()
+
+
+def test_status_the_printer_sends_while_it_still_reads_the_tail_is_drained_not_a_reset() -> None:
+    """The close's drain (docs/PRINTING.md, "Connections"): a printer that reports its
+    status mid-job (an ASB when it has a quarter of a 1 MiB coupon, 4 KiB a millisecond)
+    while most of the job still waits in the agent's send queue. The close reads and drops
+    it until the printer has taken every byte: a close that did not wait let the status
+    reach a closed socket, whose kernel answered with a reset and threw the coupon's
+    tail away (its codes and cut never printed)."""
+    job = bytes(range(256)) * 4096
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.settimeout(DEADLINE_S)
+    got = bytearray()
+    ended: list[str] = []
+
+    def printer() -> None:
+        conn, _ = listener.accept()
+        conn.settimeout(30.0)
+        sent = False
+        with conn:
+            try:
+                while chunk := conn.recv(4096):
+                    got.extend(chunk)
+                    if not sent and len(got) >= len(job) // 4:
+                        conn.sendall(b"\x14\x00\x00\x0f")  # ASB, mid-job
+                        sent = True
+                    time.sleep(0.001)
+                ended.append("EOF")
+            except ConnectionResetError:
+                ended.append("RST")
+
+    at_printer = threading.Thread(target=printer, daemon=True)
+    at_printer.start()
+    try:
+        t = NetworkTransport("127.0.0.1", listener.getsockname()[1], 2.0, 30.0, close_drain_s=30.0)
+        t.open()
+        t.write(job)
+        t.close()
+        at_printer.join(60.0)
+        assert not at_printer.is_alive()
+        assert ended == ["EOF"]
+        assert len(got) == len(job) and bytes(got) == job
+    finally:
         listener.close()
 
 
