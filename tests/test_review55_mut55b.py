@@ -801,3 +801,89 @@ def test_a_printer_whose_port_refuses_its_settings_is_offline_with_a_one_line_er
             os.close(fresh_master)
     finally:
         os.close(master)
+
+
+def test_a_stop_mid_job_drops_what_the_line_still_queues_of_the_part_that_went_out() -> None:
+    """The stop's abort meets a long job (40 KB at 9,600 baud: 40 s of line, far more
+    than the 2 s a job's rest may take to finish) the kernel has taken part of: the write
+    is broken off and what the line still queues of that part is dropped, so no torn
+    coupon prints when the printer reads again; the job goes again whole. Only the
+    far end's own buffer (4 KB of a pty, a UART's FIFO) is past reach."""
+    import re
+
+    from tillpoint.printer.transport import SerialTransport
+
+    master, slave = os.openpty()
+    name = os.ttyname(slave)
+    os.close(slave)
+    t = SerialTransport(
+        PrinterConfig(kind="serial", device=name, baudrate=9600, write_timeout_s=60.0)
+    )
+    t.open()
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            t.write(b"\x1b@" + b"x" * 40_000 + b"\x1dV\x00")
+        except BaseException as exc:
+            errors.append(exc)
+
+    writer = threading.Thread(target=write, daemon=True)
+    try:
+        writer.start()
+        assert select.select([master], [], [], DEADLINE_S)[0]  # the line took a part
+        time.sleep(0.3)  # the pty full: the write waits for room
+        t.abort()
+        writer.join(DEADLINE_S)
+        assert not writer.is_alive()
+        [error] = errors
+        assert isinstance(error, ConnectionLost)
+        went = re.search(r"broken off \((\d+) of 40005 bytes went out\)", str(error))
+        assert went is not None, str(error)
+        went_out = int(went.group(1))
+        assert went_out > 8192
+        os.set_blocking(master, False)
+        readable = 0
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(master, 65536):
+                readable += len(chunk)
+        assert readable <= 4096 < went_out  # the rest of the part dropped, not printed
+    finally:
+        t.abort()
+        writer.join(DEADLINE_S)
+        t.close()
+        os.close(master)
+
+
+def test_a_write_the_stop_met_before_its_first_byte_leaves_the_job_before_it_queued() -> None:
+    """The stop's abort came as a job's write returned, and the status request after it
+    (`GS r`) took no byte: that write is broken off, but what the line still queues of
+    the job before it, its cut last, is left to go out (dropping it tore a coupon the
+    agent had counted whole)."""
+    from tillpoint.printer.transport import SerialTransport
+
+    master, slave = os.openpty()
+    name = os.ttyname(slave)
+    os.close(slave)
+    job = b"\x1b@" + bytes(range(32, 127)) * 100 + b"\x1dV\x00"  # 9,505 bytes
+    t = SerialTransport(
+        PrinterConfig(kind="serial", device=name, baudrate=9600, write_timeout_s=5.0)
+    )
+    t.open()
+    try:
+        t.write(job)  # the pty holds it all, the printer has read nothing yet
+        t.abort()
+        with pytest.raises(ConnectionLost, match=r"broken off \(0 of 3 bytes went out\)"):
+            t.write(b"\x1dr\x01")
+        os.set_blocking(master, False)
+        got = bytearray()
+        deadline = time.monotonic() + DEADLINE_S
+        while len(got) < len(job) and time.monotonic() < deadline:
+            try:
+                got += os.read(master, 65536)
+            except BlockingIOError:
+                time.sleep(0.01)
+        assert bytes(got) == job
+    finally:
+        t.close()
+        os.close(master)
