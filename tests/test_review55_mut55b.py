@@ -423,9 +423,12 @@ def test_a_close_lets_the_connection_go_at_once_and_the_printer_sees_its_end() -
         listener.close()
 
 
-def test_status_the_printer_sends_while_it_still_reads_the_tail_is_drained_not_a_reset() -> None:
+@pytest.mark.parametrize("drain_s", [30.0, 0.9])
+def test_status_the_printer_sends_while_it_still_reads_the_tail_is_drained_not_a_reset(
+    drain_s: float,
+) -> None:
     """The close's drain (docs/PRINTING.md, "Connections"): a printer that reports its
-    status mid-job (an ASB when it has a quarter of a 1 MiB coupon, 4 KiB a millisecond)
+    status mid-job (an ASB when it has 64 KiB of a 1 MiB coupon, 4 KiB a millisecond)
     while most of the job still waits in the agent's send queue. The close reads and drops
     it until the printer has taken every byte: a close that did not wait let the status
     reach a closed socket, whose kernel answered with a reset and threw the coupon's
@@ -447,7 +450,7 @@ def test_status_the_printer_sends_while_it_still_reads_the_tail_is_drained_not_a
             try:
                 while chunk := conn.recv(4096):
                     got.extend(chunk)
-                    if not sent and len(got) >= len(job) // 4:
+                    if not sent and len(got) >= 65536:
                         conn.sendall(b"\x14\x00\x00\x0f")  # ASB, mid-job
                         sent = True
                     time.sleep(0.001)
@@ -458,7 +461,9 @@ def test_status_the_printer_sends_while_it_still_reads_the_tail_is_drained_not_a
     at_printer = threading.Thread(target=printer, daemon=True)
     at_printer.start()
     try:
-        t = NetworkTransport("127.0.0.1", listener.getsockname()[1], 2.0, 30.0, close_drain_s=30.0)
+        t = NetworkTransport(
+            "127.0.0.1", listener.getsockname()[1], 2.0, 30.0, close_drain_s=drain_s
+        )
         t.open()
         t.write(job)
         t.close()
@@ -887,3 +892,24 @@ def test_a_write_the_stop_met_before_its_first_byte_leaves_the_job_before_it_que
     finally:
         t.close()
         os.close(master)
+
+
+def test_a_printer_that_closed_its_side_ends_the_close_at_once() -> None:
+    """The printer read the job and closed its side (its EOF waits unread): the close's
+    drain ends there, not at `close_drain_s`."""
+    listener = Listener()
+    t = NetworkTransport("127.0.0.1", listener.port, 2.0, 2.0, close_drain_s=30.0)
+    t.open()
+    conn = listener.accept()
+    try:
+        t.write(b"\x1b@coupon\x1dV\x01")
+        assert conn.recv(64) == b"\x1b@coupon\x1dV\x01"
+        conn.close()
+        sock = t._sock
+        assert sock is not None
+        assert wait_for(lambda: bool(select.select([sock], [], [], 0)[0]))  # the EOF is in
+        started = time.monotonic()
+        t.close()
+        assert time.monotonic() - started < 10.0  # milliseconds; 30 s if not
+    finally:
+        listener.close()
