@@ -913,3 +913,63 @@ def test_a_printer_that_closed_its_side_ends_the_close_at_once() -> None:
         assert time.monotonic() - started < 10.0  # milliseconds; 30 s if not
     finally:
         listener.close()
+
+
+def test_drop_output_throws_away_what_the_serial_line_still_queues() -> None:
+    """A job the printer did not acknowledge goes again in full: what the line still
+    queues of it is thrown away before the close (delivered, it printed twice)."""
+    from tillpoint.printer.transport import SerialTransport
+
+    master, slave = os.openpty()
+    name = os.ttyname(slave)
+    os.close(slave)
+    job = b"\x1b@" + bytes(range(32, 127)) * 100 + b"\x1dV\x00"  # 9,505 bytes
+    t = SerialTransport(PrinterConfig(kind="serial", device=name, write_timeout_s=5.0))
+    t.open()
+    try:
+        t.write(job)  # the printer has read nothing yet
+        t.drop_output()
+        t.close()
+        t.drop_output()  # closed: nothing
+        os.set_blocking(master, False)
+        readable = 0
+        with contextlib.suppress(BlockingIOError, OSError):
+            while chunk := os.read(master, 65536):
+                readable += len(chunk)
+        assert readable <= 4096  # the far end's own buffer only
+    finally:
+        t.close()
+        os.close(master)
+
+
+def test_a_stop_breaks_off_a_network_write_the_printer_does_not_take() -> None:
+    """The print worker's stop (`abort`) ends a write blocked on a printer that reads
+    nothing at once, not at the 60 s write timeout."""
+    listener = Listener()
+    t = NetworkTransport("127.0.0.1", listener.port, 2.0, 60.0)
+    t.open()
+    conn = listener.accept()
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            t.write(b"\x00" * 64_000_000)
+        except BaseException as exc:
+            errors.append(exc)
+
+    writer = threading.Thread(target=write, daemon=True)
+    try:
+        writer.start()
+        time.sleep(0.5)  # the queues full: the write waits
+        assert writer.is_alive()
+        t.abort()
+        writer.join(DEADLINE_S)
+        assert not writer.is_alive()
+        [error] = errors
+        assert isinstance(error, ConnectionLost) and "dropped the connection" in str(error)
+        assert t.aborted
+    finally:
+        conn.close()
+        writer.join(DEADLINE_S)
+        t.close()
+        listener.close()
