@@ -329,6 +329,26 @@ def test_a_network_printer_is_port_9100_unless_configured() -> None:
     assert t.description == "192.0.2.7:9100"
 
 
+def test_each_kind_of_printer_gets_its_connection_and_none_gets_none() -> None:
+    from tillpoint.printer.transport import SerialTransport, UsbTransport
+
+    kinds = {
+        "network": (PrinterConfig(kind="network", host="192.0.2.7", port=9101), NetworkTransport),
+        "serial": (PrinterConfig(kind="serial", device="loop://"), SerialTransport),
+        "file": (PrinterConfig(kind="file", device="/tmp/coupons.bin"), FileTransport),
+        "usb": (
+            PrinterConfig(kind="usb", usb_vendor_id=0x04B8, usb_product_id=0x0E15),
+            UsbTransport,
+        ),
+    }
+    for kind, (config, cls) in kinds.items():
+        assert type(make_transport(config)) is cls, kind
+    with pytest.raises(
+        PrinterConfigError, match=r'no printer configured \(printer kind = "none"\)'
+    ):
+        make_transport(PrinterConfig())
+
+
 def test_a_printer_that_never_answers_the_connect_is_given_up_after_the_connect_timeout() -> None:
     """A printer whose port takes no more connections (its backlog full: the SYN dropped,
     as a printer busy with another host's job): "not reachable: timed out" after
