@@ -993,3 +993,19 @@ def test_a_stop_breaks_off_a_network_write_the_printer_does_not_take() -> None:
         writer.join(DEADLINE_S)
         t.close()
         listener.close()
+
+
+def test_a_file_printer_creates_its_file_rw_r_r(tmp_path: Path) -> None:
+    """A coupon file the agent creates is readable by the other programs of the till
+    (a spooler, a support engineer), written only by the agent's user: 0644."""
+    out = tmp_path / "coupons.bin"
+    old = os.umask(0)
+    try:
+        t = FileTransport(str(out))
+        t.open()
+        t.write(b"\x1b@coupon\x1dV\x01")
+        t.close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+    assert out.read_bytes() == b"\x1b@coupon\x1dV\x01"
