@@ -1009,3 +1009,24 @@ def test_a_file_printer_creates_its_file_rw_r_r(tmp_path: Path) -> None:
         os.umask(old)
     assert stat.S_IMODE(out.stat().st_mode) == 0o644
     assert out.read_bytes() == b"\x1b@coupon\x1dV\x01"
+
+
+def test_a_serial_discard_input_drops_what_the_printer_sent_unasked() -> None:
+    from tillpoint.printer.transport import SerialTransport
+
+    master, slave = os.openpty()
+    name = os.ttyname(slave)
+    os.close(slave)
+    t = SerialTransport(PrinterConfig(kind="serial", device=name))
+    t.open()
+    try:
+        os.write(master, b"\x14\x00\x00\x0f")  # an ASB the agent never asked for
+        time.sleep(0.2)
+        t.discard_input()
+        assert t.read(16, 0.3) == b""
+        os.write(master, b"\x12")
+        assert t.read(16, DEADLINE_S) == b"\x12"
+    finally:
+        t.close()
+        t.discard_input()  # closed: nothing
+        os.close(master)
