@@ -6,7 +6,8 @@ stripped of surrounding blanks (empty scans are dropped). Reads time out every
 ``read_timeout_s`` so the thread notices :meth:`ScannerReader.stop`; a port that is missing or
 vanishes (USB unplugged) is reopened every ``reconnect_s``. A scan longer than ``max_length``
 (noise on the line, a wrong baud rate) is dropped whole rather than passed on in pieces.
-Scanners set up without a suffix can use ``idle_flush_s``: a pause that long ends a scan.
+Scanners set up without a suffix can use ``idle_flush_s``: a pause that long ends a scan
+(the bytes after the pause begin the next one).
 
 ``on_scan`` runs on the reader's thread; an exception in it is logged and the reader goes on.
 The agent passes the text to identification (the contract §4); offer codes scanned back from a
@@ -200,14 +201,20 @@ class ScannerReader:
                 self._splitter.reset()
                 self._offline(f"{self.url}: {exc}")
                 continue
-            now = time.monotonic()
-            if data:
-                last_byte = now
-                self._deliver(self._splitter.feed(data))
-            elif (
+            # A pause of `idle_flush_s` ends the scan in progress, whether the read that ends
+            # it comes back empty or with the next scan's first bytes: a read waits up to
+            # `read_timeout_s`, and the next scan's bytes inside that wait were glued to the
+            # scan before (idle_flush_s 0.1, read_timeout_s 0.2: two scans 0.15 s apart
+            # went out as one, review 55, mut55b). The pause is counted from the end of the
+            # last delivery (an `on_scan` that took longer than the pause, bytes waiting,
+            # is no pause).
+            if (
                 self.idle_flush_s is not None
                 and self._splitter.pending
-                and now - last_byte >= self.idle_flush_s
+                and time.monotonic() - last_byte >= self.idle_flush_s
             ):
                 self._deliver(self._splitter.flush())
+            if data:
+                self._deliver(self._splitter.feed(data))
+                last_byte = time.monotonic()
         self._close()

@@ -73,6 +73,8 @@ class Transport(Protocol):
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError | socket.timeout):
         return "timed out"
+    if isinstance(exc, termios.error) and exc.args and isinstance(exc.args[0], int):
+        return os.strerror(exc.args[0]).lower()  # (22, 'Invalid argument'): no OSError
     if isinstance(exc, OSError) and isinstance(exc.errno, int) and exc.errno > 0:
         return os.strerror(exc.errno).lower()
     if isinstance(exc, OSError) and exc.strerror:
@@ -289,8 +291,15 @@ def open_serial(
         kwargs["exclusive"] = True  # a second process cannot interleave bytes on the port
     try:
         return serial.serial_for_url(url, **kwargs)
-    except (serial.SerialException, OSError, ValueError) as exc:
-        raise TransportError(f"serial port {url} not available: {_reason(exc)}") from None
+    # termios.error is no OSError: pyserial's open lets the kernel's refusal of the
+    # settings through as it is (a socat pty set up before refused parity "E", EINVAL). It
+    # killed the display's and the scanner's threads for good and was a printer's
+    # "unexpected error" with a traceback at every try (review 55, mut55b)
+    except (serial.SerialException, OSError, ValueError, termios.error) as exc:
+        reason = _reason(exc)
+        if "exclusively lock" in str(exc):  # (EAGAIN: "resource temporarily unavailable")
+            reason = "in use by another program (it holds the port's lock)"
+        raise TransportError(f"serial port {url} not available: {reason}") from None
 
 
 # A job the stop meets with at most this much of it left to hand to a serial line (at
@@ -385,7 +394,8 @@ class SerialTransport:
             raise TransportError(
                 f"printer {self.description} stopped taking data (flow control held)"
             ) from None
-        except (serial.SerialException, OSError) as exc:
+        except (serial.SerialException, OSError, termios.error) as exc:
+            # (termios.error: the new timeout's tcsetattr refused, not wrapped by pyserial)
             raise ConnectionLost(f"printer {self.description} went away: {_reason(exc)}") from None
         if written is not None and written < len(data):
             # the stop's abort ended the write early (`cancel_write` of a URL port says so
@@ -479,7 +489,7 @@ class SerialTransport:
         try:
             port.timeout = timeout_s
             data: bytes = port.read(max_bytes)
-        except (serial.SerialException, OSError) as exc:
+        except (serial.SerialException, OSError, termios.error) as exc:
             raise ConnectionLost(f"printer {self.description} went away: {_reason(exc)}") from None
         return data
 
