@@ -10,6 +10,7 @@ made with the `cryptography` package."""
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -100,3 +101,314 @@ def test_a_server_certificate_of_the_hubs_ca_without_the_hub_name_is_refused(
             link.close()
     finally:
         hub.stop()
+
+
+# ---------------------------------------------------------------- dates, shapes (by hand)
+
+
+def certificate(pem: bytes | str) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(pem.encode() if isinstance(pem, str) else pem)
+
+
+def test_hub_init_and_enroll_make_certificates_of_the_stated_lives(
+    tmp_path: Path, cli: CLI
+) -> None:
+    """The CA lives 20 years of 365 days, the hub's and a till's certificates 5 × 365
+    days (1825), each valid from an hour before it was made (a clock an hour behind
+    takes it). The CA signs certificates, not CAs (path length 0); the others are no CA."""
+    hub_dir = tmp_path / "hub"
+    before = datetime.now(UTC).replace(microsecond=0)
+    made = cli("hub", "init", "--hub-dir", hub_dir, "--json")
+    assert made.code == 0, made.err
+    out = tmp_path / "till-1.json"
+    enrolled = cli(
+        "hub",
+        "enroll",
+        "till-1",
+        "--hub-dir",
+        hub_dir,
+        "--address",
+        "hub.example:50070",
+        "--out",
+        out,
+        "--json",
+    )
+    assert enrolled.code == 0, enrolled.err
+    after = datetime.now(UTC)
+    keys = pki.HubKeys(hub_dir / "keys")
+    ca = certificate(keys.ca_cert.read_bytes())
+    server = certificate(keys.server_cert.read_bytes())
+    bundle = json.loads(out.read_text(encoding="utf-8"))
+    device = certificate(bundle["certificate"])
+    hour = timedelta(hours=1)
+    assert ca.not_valid_after_utc - ca.not_valid_before_utc == timedelta(days=7300) + hour
+    for cert in (ca, server, device):
+        assert before - hour <= cert.not_valid_before_utc <= after - hour
+    for cert in (server, device):
+        assert cert.not_valid_after_utc - cert.not_valid_before_utc == timedelta(days=1825) + hour
+        basic = cert.extensions.get_extension_for_class(x509.BasicConstraints)
+        assert basic.critical and basic.value.ca is False
+    basic = ca.extensions.get_extension_for_class(x509.BasicConstraints)
+    assert basic.critical and basic.value.ca is True and basic.value.path_length == 0
+    # the bundle's shape: what `sync install` reads, and what a person reads of it
+    assert set(bundle) == {
+        "format",
+        "deviceId",
+        "hubAddress",
+        "caCertificate",
+        "certificate",
+        "privateKey",
+        "snapshotPublicKey",
+        "certificateFingerprint",
+        "certificateExpiresAt",
+    }
+    assert bundle["format"] == "tillpoint-enrollment/1"
+    assert bundle["deviceId"] == "till-1" and bundle["hubAddress"] == "hub.example:50070"
+    assert bundle["caCertificate"] == keys.ca_cert.read_text(encoding="ascii")
+    assert bundle["snapshotPublicKey"] == keys.snapshot_pub.read_text(encoding="ascii")
+    assert bundle["certificateExpiresAt"] == device.not_valid_after_utc.isoformat()
+    assert bundle["certificateFingerprint"] == enrolled.json()["fingerprint"]
+    assert enrolled.json()["certificateExpiresAt"] == bundle["certificateExpiresAt"]
+    assert out.read_text(encoding="utf-8").endswith("}\n")
+    # installed: the marker names the device, the hub's address, the certificate
+    installed = cli("sync", "install", out, "--json")
+    assert installed.code == 0, installed.err
+    marker = json.loads((tmp_path / "data" / "enrollment" / "enrollment.json").read_text())
+    import hashlib
+
+    from cryptography.hazmat.primitives import serialization
+
+    der = device.public_bytes(serialization.Encoding.DER)
+    assert marker["certificateFingerprint"] == hashlib.sha256(der).hexdigest()
+    assert marker["certificateFingerprint"] == bundle["certificateFingerprint"]
+    assert marker["hubAddress"] == "hub.example:50070" and marker["deviceId"] == "till-1"
+    ends = device.not_valid_after_utc.isoformat().replace("+00:00", "Z")
+    assert marker["certificateExpiresAt"] == ends == installed.json()["certificateExpiresAt"]
+    loaded = pki.load_enrollment(tmp_path / "data")
+    assert loaded is not None and loaded.hub_address == "hub.example:50070"
+
+
+def test_a_certificate_is_valid_from_its_first_to_its_last_second_inclusive(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """RFC 5280: a certificate is valid at notBefore and at notAfter themselves. The edge
+    by the till's own words: valid at its last second, "expired at …" a microsecond on;
+    valid at its first, "valid only from …" a microsecond before."""
+    enrollment = hub.enroll("till-1", tmp_path / "till")
+    cert = certificate(enrollment.cert.read_bytes())
+    first, last = cert.not_valid_before_utc, cert.not_valid_after_utc
+    tick = timedelta(microseconds=1)
+    assert enrollment.certificate_problem(first) is None
+    assert enrollment.certificate_problem(last) is None
+    late = enrollment.certificate_problem(last + tick)
+    assert late is not None and late.startswith(
+        f"this till's certificate expired at {last.isoformat().replace('+00:00', 'Z')}:"
+    )
+    assert "hub enroll till-1 --renew" in late
+    early = enrollment.certificate_problem(first - tick)
+    assert early is not None and early.startswith(
+        f"this till's certificate is valid only from"
+        f" {first.isoformat().replace('+00:00', 'Z')} and this machine's clock says"
+    )
+    assert early.endswith("set the clock right (NTP)")
+    # `now` is the moment judged, not the wall clock (a till's status and its reminder)
+    pem = enrollment.cert.read_bytes()
+    assert pki.certificate_problem(pem, "x", "y", now=last + timedelta(days=1)) is not None
+    assert pki.certificate_problem(pem, "x", "y", now=first + timedelta(minutes=1)) is None
+
+
+def _bundle(hub: LoopbackHub, device: str = "till-1", **at: datetime) -> dict[str, object]:
+    made = pki.issue_device(hub.dir.keys, device, **at)
+    return pki.make_bundle(hub.dir.keys, made, hub.address)
+
+
+def _ec_public_pem() -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    public = ec.generate_private_key(ec.SECP256R1()).public_key()
+    return public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+
+
+def _ed25519_private_pem() -> str:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    return pki._pem_key(ed25519.Ed25519PrivateKey.generate()).decode()
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (lambda b, h: {**b, "format": "tillpoint-enrollment/2"}, "not an enrolment bundle"),
+        (lambda b, h: [b], "not an enrolment bundle (expected format tillpoint-enrollment/1)"),
+        (
+            lambda b, h: {k: v for k, v in b.items() if k != "privateKey"},
+            "the enrolment bundle lacks privateKey",
+        ),
+        (lambda b, h: {**b, "certificate": "-----BEGIN"}, "the enrolment bundle is damaged"),
+        (
+            lambda b, h: {**b, "snapshotPublicKey": _ec_public_pem()},
+            "the bundle's snapshot key is not an Ed25519 public key",
+        ),
+        (  # the hub's own certificate of another device, under this device's name
+            lambda b, h: {
+                **_bundle(h, "till-2"),
+                "deviceId": "till-1",
+            },
+            "the bundle's certificate is not for this device",
+        ),
+        (
+            lambda b, h: {**b, "privateKey": _ed25519_private_pem()},
+            "the bundle's private key does not match its certificate",
+        ),
+        (
+            lambda b, h: _bundle(h, now=datetime.now(UTC) + timedelta(days=2)),
+            "the bundle's certificate is valid only from",
+        ),
+    ],
+    ids=[
+        "format",
+        "not-an-object",
+        "no-key",
+        "damaged",
+        "snapshot-key-ec",
+        "other-device",
+        "key-not-ec",
+        "not-yet-valid",
+    ],
+)
+def test_sync_install_refuses_a_bundle_it_cannot_trust_in_one_line(
+    hub: LoopbackHub, tmp_path: Path, cli: CLI, change: object, words: str
+) -> None:
+    bundle = change(_bundle(hub), hub)  # type: ignore[operator]
+    run = cli("sync", "install", bundle)
+    assert run.code == 2, (run.code, run.err)
+    assert words in run.err and run.err.count("\n") == 1, run.err
+    assert not pki.is_enrolled(tmp_path / "data")
+
+
+def test_a_bundle_without_the_hubs_address_is_installed_with_none(
+    hub: LoopbackHub, tmp_path: Path, cli: CLI
+) -> None:
+    bundle = {k: v for k, v in _bundle(hub).items() if k != "hubAddress"}
+    run = cli("sync", "install", bundle, "--json")
+    assert run.code == 0, run.err
+    assert run.json()["hubAddress"] == ""
+    loaded = pki.load_enrollment(tmp_path / "data")
+    assert loaded is not None and loaded.hub_address == "" and loaded.device_id == "till-1"
+
+
+# ---------------------------------------------------------------- the link's online state
+
+
+def test_the_links_online_state_follows_what_the_hub_answers(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """Online once the hub answers; an error the hub answers (INVALID_ARGUMENT) leaves it
+    online and counts as contact; UNAVAILABLE (the hub stopped) takes it offline; each
+    flip sets `changed`; recovery listeners run on the way back only, once."""
+    enrollment = hub.enroll("till-1", tmp_path / "till")
+    link = HubLink(hub.address, enrollment)
+    recovered: list[int] = []
+    link.on_recovery(lambda: recovered.append(1))
+    try:
+        assert link.online is False and link.last_contact is None
+        wait_for(lambda: link.probe(CONNECT_S), timeout=30)
+        assert link.online and link.changed.is_set() and link.last_failure is None
+        assert recovered  # the channel's READY, the probe's `ok`, or both: at least once
+        contact = link.last_contact
+        assert contact is not None
+        recovered.clear()
+        link.changed.clear()
+        link.ok()  # online already: no flip, no recovery
+        assert not link.changed.is_set() and recovered == []
+        bad = pb.AuthorizeRedemptionRequest(
+            device_id="till-1", receipt_id="r-1", customer_id="c-1", points=-1
+        )
+        with pytest.raises(grpc.RpcError) as err:
+            link.stub.AuthorizeRedemption(bad, timeout=TIMEOUT)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+        message = link.failed(err.value)
+        assert message.startswith("hub call failed: INVALID_ARGUMENT:"), message
+        assert link.online and not link.changed.is_set()
+        assert link.last_failure == message
+        assert link.last_contact is not None and link.last_contact > contact
+        hub.stop()
+        with pytest.raises(grpc.RpcError) as err:
+            link.stub.AuthorizeRedemption(bad, timeout=TIMEOUT)
+        message = link.failed(err.value)
+        assert message.startswith("the hub is unreachable"), message
+        assert link.online is False and link.changed.is_set() and link.last_failure == message
+        link.changed.clear()
+        link.failed(err.value)  # offline already: no flip
+        assert not link.changed.is_set()
+        hub.start()
+        wait_for(lambda: link.probe(CONNECT_S), timeout=30)
+        assert link.online and link.changed.is_set() and link.last_failure is None
+        wait_for(lambda: recovered, timeout=10)
+    finally:
+        link.close()
+
+
+def test_a_call_the_links_close_cancels_says_nothing_of_the_hub(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """`tillpoint run`'s stop closes the link under its calls: they end CANCELLED, which
+    would otherwise read as the hub gone (CANCELLED is one of the unreachable codes)."""
+    enrollment = hub.enroll("till-1", tmp_path / "till")
+    link = HubLink(hub.address, enrollment)
+    wait_for(lambda: link.probe(CONNECT_S), timeout=30)
+    stream = link.stub.Subscribe(pb.SubscribeRequest(device_id="till-1"), timeout=60)
+    first = next(stream)  # the stream is open
+    assert first is not None
+    errors: list[grpc.RpcError] = []
+
+    def read() -> None:
+        try:
+            for _ in stream:
+                pass
+        except grpc.RpcError as exc:
+            errors.append(exc)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    link.changed.clear()
+    link.close()
+    reader.join(timeout=30)
+    assert errors and errors[0].code() == grpc.StatusCode.CANCELLED  # type: ignore[attr-defined]
+    link.failed(errors[0])
+    assert link.online and not link.changed.is_set()
+
+
+# ---------------------------------------------------------------- the reminder's words
+
+
+@pytest.mark.parametrize(
+    ("left", "words"),
+    [
+        (timedelta(days=30) - timedelta(microseconds=1), "in 29 days"),
+        (timedelta(days=2, hours=1), "in 2 days"),
+        (timedelta(days=1), "in 1 day"),
+        (timedelta(days=1) - timedelta(seconds=1), "in 23 hours"),
+        (timedelta(hours=2) - timedelta(seconds=1), "in 1 hour"),
+        (timedelta(hours=1), "in 1 hour"),
+        (timedelta(hours=1) - timedelta(seconds=1), "in less than an hour"),
+        (timedelta(0), "in less than an hour"),  # at its last moment it is still valid
+    ],
+)
+def test_a_certificate_ending_soon_is_told_in_days_then_hours(left: timedelta, words: str) -> None:
+    now = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
+    note = pki.expiry_note(now + left, now, "x's", "renew")
+    assert note is not None and note[0] == logging.WARNING, note
+    ends = (now + left).isoformat().replace("+00:00", "Z")
+    assert note[1] == f"x's certificate expires at {ends} ({words}): renew"
+
+
+def test_the_warning_begins_thirty_days_before_and_the_error_at_the_end() -> None:
+    now = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
+    assert pki.expiry_note(now + timedelta(days=30), now, "x's", "renew") is None
+    assert pki.expiry_note(None, now, "x's", "renew") is None
+    level, text = pki.expiry_note(now - timedelta(microseconds=1), now, "x's", "renew") or (0, "")
+    assert level == logging.ERROR
+    assert text == "x's certificate expired at 2026-12-07T08:59:59.999999Z: renew"
