@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +32,7 @@ from .conftest import CLI
 
 TIMEOUT = 5.0
 CONNECT_S = 10.0  # a loaded machine's handshake
+EXE = Path(sys.executable).parent / "tillpoint"
 
 
 def serve_with_certificate(hub: LoopbackHub, common_name: str, names: list[str]) -> None:
@@ -412,3 +416,81 @@ def test_the_warning_begins_thirty_days_before_and_the_error_at_the_end() -> Non
     level, text = pki.expiry_note(now - timedelta(microseconds=1), now, "x's", "renew") or (0, "")
     assert level == logging.ERROR
     assert text == "x's certificate expired at 2026-12-07T08:59:59.999999Z: renew"
+
+
+# ---------------------------------------------------------------- a damaged certificate
+
+
+def test_hub_serve_refuses_a_damaged_server_certificate_in_one_line(tmp_path: Path) -> None:
+    """A server.pem cut short (a copy to another hub server that stopped half way) is
+    refused at start, exit 2 (the packaged unit does not restart it in a loop), with the
+    way out; the renewal mends it."""
+    root = tmp_path / "hub"
+    env = {**os.environ, "TILLPOINT_HUB_DIR": str(root), "TILLPOINT_LOG__FORMAT": "text"}
+    subprocess.run([EXE, "hub", "init"], env=env, check=True, capture_output=True, timeout=60)
+    keys = pki.HubKeys(root / "keys")
+    pem = keys.server_cert.read_bytes()
+    keys.server_cert.write_bytes(pem[: len(pem) // 2])
+    served = subprocess.run(
+        [EXE, "hub", "serve", "--listen", "127.0.0.1:0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert served.returncode == 2, served.stderr
+    assert "certificate is unreadable" in served.stderr, served.stderr
+    assert "hub init --renew-server" in served.stderr
+    assert len(served.stderr.strip().splitlines()) == 1, served.stderr
+
+
+def test_a_link_to_a_hub_that_is_down_tells_no_recovery_while_it_retries(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """The channel's own attempts (CONNECTING, TRANSIENT_FAILURE, again) are not the hub
+    answering: only READY is, and only while the link is offline. A recovery told at
+    each attempt made the sync loops drop their backoffs and retry at once, every 0.3 to
+    3 s, the whole outage long."""
+    enrollment = hub.enroll("till-1", tmp_path / "till")
+    hub.stop()
+    link = HubLink(hub.address, enrollment)
+    recovered: list[int] = []
+    link.on_recovery(lambda: recovered.append(1))
+    try:
+        failure = grpc.ChannelConnectivity.TRANSIENT_FAILURE
+        wait_for(lambda: link._connectivity == failure, timeout=30)
+        assert recovered == [] and not link.online
+        assert link.probe(0.5) is False and not link.online  # `tillpoint sync now`'s question
+        hub.start()
+        wait_for(lambda: recovered, timeout=30)  # READY by itself, within its backoff
+        assert not link.online  # the channel's READY is no call answered
+        count = len(recovered)
+        link.ok()  # the first call answered: online, told once more
+        assert link.online and len(recovered) == count + 1
+    finally:
+        link.close()
+
+
+def test_a_till_whose_certificate_file_went_missing_says_so_not_that_the_hub_is_away(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """`device.pem` gone under a running till (a restore of the wrong folder, a hand
+    clean-up): its calls fail the handshake, and the till names its own file and the
+    way back instead of "the hub is unreachable"."""
+    enrollment = hub.enroll("till-1", tmp_path / "till")
+    link = HubLink(hub.address, enrollment)
+    try:
+        enrollment.cert.unlink()
+        hub.stop()
+        with pytest.raises(grpc.RpcError) as err:
+            list(
+                link.stub.PullSnapshot(pb.PullSnapshotRequest(device_id="till-1"), timeout=TIMEOUT)
+            )
+        message = link.failed(err.value)
+        assert message.startswith("this till's certificate is unreadable ("), message
+        assert message.endswith(
+            f": on the hub run 'tillpoint hub enroll till-1 --renew --address {hub.address}',"
+            " then 'tillpoint sync install BUNDLE' here"
+        ), message
+    finally:
+        link.close()
