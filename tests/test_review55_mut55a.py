@@ -381,7 +381,8 @@ def test_a_call_the_links_close_cancels_says_nothing_of_the_hub(
     link.close()
     reader.join(timeout=30)
     assert errors and errors[0].code() == grpc.StatusCode.CANCELLED  # type: ignore[attr-defined]
-    link.failed(errors[0])
+    message = link.failed(errors[0])
+    assert message.startswith("hub call failed: CANCELLED"), message
     assert link.online and not link.changed.is_set()
 
 
