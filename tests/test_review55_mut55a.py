@@ -351,6 +351,17 @@ def test_the_links_online_state_follows_what_the_hub_answers(
         wait_for(lambda: link.probe(CONNECT_S), timeout=30)
         assert link.online and link.changed.is_set() and link.last_failure is None
         wait_for(lambda: recovered, timeout=10)
+        # refused (revoked): the hub answered, but this till is cut off — offline, and
+        # the words say the way back
+        hub.store.revoke("till-1", datetime.now(UTC))
+        link.changed.clear()
+        with pytest.raises(grpc.RpcError) as err:
+            link.stub.AuthorizeRedemption(bad, timeout=TIMEOUT)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+        message = link.failed(err.value)
+        assert message.startswith("the hub refused this till: "), message
+        assert message.endswith(f"({enrollment.renew_hint()})"), message
+        assert link.online is False and link.changed.is_set()
     finally:
         link.close()
 
