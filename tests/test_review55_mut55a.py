@@ -506,3 +506,25 @@ def test_a_till_whose_certificate_file_went_missing_says_so_not_that_the_hub_is_
         ), message
     finally:
         link.close()
+
+
+def test_a_checker_on_the_hubs_host_dials_127_0_0_1_without_naming_the_hub(
+    hub: LoopbackHub,
+) -> None:
+    """A load balancer's or monitor's gRPC health check (docs/HUB.md) with a certificate
+    of `hub enroll` and the hub's CA, dialling 127.0.0.1 as most checkers do without a
+    server name to check: the hub's certificate names 127.0.0.1 too, so it is served."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    made = pki.issue_device(hub.dir.keys, "monitor")
+    hub.store.enroll("monitor", made.fingerprint, datetime.now(UTC))
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=hub.dir.keys.ca_cert.read_bytes(),
+        private_key=made.key_pem,
+        certificate_chain=made.cert_pem,
+    )
+    with grpc.secure_channel(hub.address, creds) as channel:
+        answer = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=TIMEOUT
+        )
+    assert answer.status == health_pb2.HealthCheckResponse.SERVING
