@@ -528,3 +528,39 @@ def test_a_checker_on_the_hubs_host_dials_127_0_0_1_without_naming_the_hub(
             health_pb2.HealthCheckRequest(service=""), timeout=TIMEOUT
         )
     assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_device_id_of_capitals_letters_and_a_percent_sign_is_named_as_it_is(
+    hub: LoopbackHub, tmp_path: Path, cli: CLI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The certificate's common name is the device id exactly (the hub reads the device
+    from it: `Касса-1` is not `касса-1`); its URI takes the id with everything but ASCII,
+    and `%`, percent-encoded as UTF-8. Enrolled through the CLI, installed, served."""
+    device = "Касса-1%A"
+    out = tmp_path / "bundle.json"
+    hub_dir = hub.root
+    enrolled = cli(
+        "hub", "enroll", device, "--hub-dir", hub_dir, "--address", hub.address, "--out", out
+    )
+    assert enrolled.code == 0, enrolled.err
+    bundle = json.loads(out.read_text(encoding="utf-8"))
+    cert = certificate(bundle["certificate"])
+    names = cert.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)
+    assert [n.value for n in names] == [device]
+    uris = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert uris.get_values_for_type(x509.UniformResourceIdentifier) == [
+        "urn:tillpoint:device:%D0%9A%D0%B0%D1%81%D1%81%D0%B0-1%25A"
+    ]
+    monkeypatch.setenv("TILLPOINT_DEVICE_ID", device)
+    installed = cli("sync", "install", out, "--json")
+    assert installed.code == 0, installed.err
+    enrollment = pki.load_enrollment(tmp_path / "data")
+    assert enrollment is not None and enrollment.device_id == device
+    link = HubLink(hub.address, enrollment)
+    try:
+        chunks = list(
+            link.stub.PullSnapshot(pb.PullSnapshotRequest(device_id=device), timeout=TIMEOUT)
+        )
+        assert chunks and chunks[0].version == 1
+    finally:
+        link.close()
