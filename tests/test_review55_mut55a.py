@@ -321,12 +321,12 @@ def test_the_links_online_state_follows_what_the_hub_answers(
         wait_for(lambda: link.probe(CONNECT_S), timeout=30)
         assert link.online and link.changed.is_set() and link.last_failure is None
         assert recovered  # the channel's READY, the probe's `ok`, or both: at least once
-        contact = link.last_contact
-        assert contact is not None
         recovered.clear()
         link.changed.clear()
         link.ok()  # online already: no flip, no recovery
         assert not link.changed.is_set() and recovered == []
+        contact = link.last_contact
+        assert contact is not None
         bad = pb.AuthorizeRedemptionRequest(
             device_id="till-1", receipt_id="r-1", customer_id="c-1", points=-1
         )
