@@ -564,3 +564,25 @@ def test_a_device_id_of_capitals_letters_and_a_percent_sign_is_named_as_it_is(
         assert chunks and chunks[0].version == 1
     finally:
         link.close()
+
+
+@pytest.mark.parametrize("kept", ["ca.key", "snapshot.key"])
+def test_hub_init_never_makes_new_keys_beside_a_secret_one_left(
+    tmp_path: Path, cli: CLI, kept: str
+) -> None:
+    """Keys lost but for the CA's key or the snapshot key: new ones would replace the
+    very key every till trusts (a new snapshot key: every till refuses every snapshot
+    until it gets a new bundle). `hub init` refuses in one line, and keeps the file."""
+    hub_dir = tmp_path / "hub"
+    assert cli("hub", "init", "--hub-dir", hub_dir).code == 0
+    keys = pki.HubKeys(hub_dir / "keys")
+    secret = (keys.root / kept).read_bytes()
+    for path in keys.root.iterdir():
+        if path.name != kept:
+            path.unlink()
+    again = cli("hub", "init", "--hub-dir", hub_dir)
+    assert again.code == 1, again.out  # EnrollmentError (not a unit's command: no exit 2 needed)
+    assert "holds some of the hub's keys but not all" in again.err, again.err
+    assert again.err.count("\n") == 1, again.err
+    assert (keys.root / kept).read_bytes() == secret
+    assert not keys.ca_cert.exists()
