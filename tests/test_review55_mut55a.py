@@ -588,3 +588,23 @@ def test_hub_init_never_makes_new_keys_beside_a_secret_one_left(
     assert again.err.count("\n") == 1, again.err
     assert (keys.root / kept).read_bytes() == secret
     assert not keys.ca_cert.exists()
+
+
+def test_a_renewed_server_certificate_keeps_the_hubs_addresses_once_each(
+    tmp_path: Path, cli: CLI
+) -> None:
+    """`hub init --renew-server` keeps the names and addresses of the certificate it
+    replaces (a checker dials the hub by its address) and adds the new ones; 127.0.0.1
+    once, not once more at each renewal."""
+    hub_dir = tmp_path / "hub"
+    assert cli("hub", "init", "--hub-dir", hub_dir, "--host", "10.1.2.3").code == 0
+    for host in ("hub.example", "10.1.2.4"):
+        renewed = cli("hub", "init", "--hub-dir", hub_dir, "--renew-server", "--host", host)
+        assert renewed.code == 0, renewed.err
+    cert = certificate(pki.HubKeys(hub_dir / "keys").server_cert.read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    ips = [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+    assert sorted(ips) == ["10.1.2.3", "10.1.2.4", "127.0.0.1"]
+    assert {"tillpoint-hub", "localhost", "hub.example"} <= set(
+        san.get_values_for_type(x509.DNSName)
+    )
