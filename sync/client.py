@@ -30,8 +30,15 @@ UNREACHABLE = frozenset(
     }
 )
 REFUSED = frozenset({grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED})
-# gRPC's words when the till does not trust the server's certificate (BoringSSL's)
-HANDSHAKE_FAILED = ("CERTIFICATE_VERIFY_FAILED", "Tls handshake failed", "CERTIFICATE_VERI")
+# gRPC's words when the till does not trust the server's certificate (BoringSSL's), or
+# when the certificate, of the hub's CA, does not name `tillpoint-hub` (gRPC's own check
+# of the name: it was "the hub is unreachable" until review 55, mut55a)
+HANDSHAKE_FAILED = (
+    "CERTIFICATE_VERIFY_FAILED",
+    "Tls handshake failed",
+    "CERTIFICATE_VERI",
+    "Hostname Verification Check failed",
+)
 
 
 def describe(exc: grpc.RpcError) -> str:
@@ -46,9 +53,10 @@ def describe(exc: grpc.RpcError) -> str:
             # the hub answered, but the two sides do not trust each other: not a network
             # problem, and no retry mends it
             return (
-                "the TLS handshake with the hub failed: its certificate expired or is not"
-                " from this till's hub (on the hub: 'tillpoint hub serve' says which), or"
-                f" the address is another server's ({first[-120:]})"
+                "the TLS handshake with the hub failed: its certificate expired, is not"
+                f" from this till's hub or does not name {HUB_TLS_NAME!r} (on the hub:"
+                " 'tillpoint hub serve' says which), or the address is another server's"
+                f" ({first[-120:]})"
             )
         return f"the hub is unreachable ({first[:200]})"
     if code in REFUSED:
