@@ -9,9 +9,16 @@ docs/DECISIONS.md, "Review 55 (mut55c)", lists the mutants."""
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
 import urllib.request
 from pathlib import Path
 
+import pytest
+from tillpoint.agent.logs import mask, mask_identifier
 from tillpoint.agent.metrics import Histogram, Registry, serve
 from tillpoint.agent.server import register_gauges
 from tillpoint.agent.service import Agent
@@ -26,6 +33,83 @@ def _scrape(port: int) -> dict[str, str]:
         body = answer.read().decode()
     samples = [line.rsplit(" ", 1) for line in body.splitlines() if not line.startswith("#")]
     return {name: value for name, value in samples}
+
+
+# ------------------------------------------------------------------ logs: what is masked
+
+# (message, as logged): each pins a rule of `logs.mask` a mutant broke with every test
+# passing; the figures by the rule (a card keeps its last four digits, a phone its prefix
+# and last four, 7 digits hidden; `******4567` without a prefix).
+MASKED = [
+    # a card or a phone first in the message: `before` is nothing, not the text's last
+    # character (`start >= 0` read text[-1], a letter here, and left the card whole)
+    ("2770000000017 was not found", "*********0017 was not found"),
+    ("+79161234567 called", "+7*******4567 called"),
+    # a digit two places before, across a blank, is not a decimal point's
+    ("3 2770000000017", "3 *********0017"),
+    ("qty 2 2770000000017", "qty 2 *********0017"),
+    # the run's bounds: 8 and 19 digits are a card's, 7 and 20 are not (a longer run is
+    # `mask_identifier`'s, below)
+    ("card 12345678", "card ****5678"),
+    ("card 1234567890123456789", "card ***************6789"),
+    ("card 1234567", "card 1234567"),
+    ("card 12345678901234567890", "card 12345678901234567890"),
+    # a phone's shapes: the prefixes +7, 8 and 7, blanks, dashes and brackets between
+    ("8 (916) 123-45-67", "8*******4567"),
+    ("+7 916 123 45 67", "+7*******4567"),
+    ("7-916-123-45-67", "7*******4567"),
+    ("call +79161234567 or 89167654321", "call +7*******4567 or 8*******4321"),
+    # fourteen digits are a card's run, not a phone and three more
+    ("89161234567890", "**********7890"),
+    # a number at the end of a sentence is still a card: only a digit after the point
+    # makes a decimal
+    ("x 12345678.", "x ****5678."),
+    # a word that only ends in a counted one is not it; nor a unit that only begins one
+    ("subsequent 12345678", "subsequent ****5678"),
+    ("took 12345678 sorts", "took ****5678 sorts"),
+]
+# left as they are: glued to a letter, `_` or a decimal point, before or after; followed
+# by a unit; named by what it counts
+LEFT = [
+    "v0000000001-full.snap",  # the letter first in the message (`start > 1` lost it)
+    "12345678abc",
+    "2770000000017_x",
+    "12345678.5",
+    "seq12345678",
+    "pid 12345678",
+    "port 12345678",
+    "at byte 12345678",
+    "kept versions 12345678",
+    "balancePoints 12345678",
+    "Seq 12345678",
+    "seq=12345678",
+    "seq #12345678",
+    "seq '12345678'",
+    'version: "12345678"',
+    "took 12345678 ms",
+    "took 12345678ms",
+    "took 12345678 s",
+    "read 12345678 byte",
+    "12345678 bytes",
+]
+
+
+@pytest.mark.parametrize(("text", "logged"), MASKED)
+def test_a_card_or_phone_is_masked_wherever_it_stands(text: str, logged: str) -> None:
+    assert mask(text) == logged
+
+
+@pytest.mark.parametrize("text", LEFT)
+def test_a_number_that_is_not_a_card_by_its_context_is_left(text: str) -> None:
+    assert mask(text) == text
+
+
+def test_an_identifier_in_an_error_line_keeps_four_digits_of_a_run_of_five_or_more() -> None:
+    """`mask_identifier` (the `balance` error line): a run of 22 digits (past a card's 19,
+    which `mask` leaves) all but its last four; five digits too; four are left."""
+    assert mask_identifier("1234567890123456789012") == "*" * 18 + "9012"
+    assert mask_identifier("12345") == "*2345"
+    assert mask_identifier("1234") == "1234"
 
 
 # ------------------------------------------------------------------ /metrics: the values
@@ -115,3 +199,125 @@ def test_a_duration_on_a_bucket_bound_is_counted_in_that_bucket() -> None:
         if name.startswith("t_seconds_bucket")
     } == cumulative
     assert samples["t_seconds_count"] == "5" and samples["t_seconds_sum"] == "5.002000"
+
+
+# ------------------------------------------------------------- files written whole
+
+_MODES = textwrap.dedent(
+    """
+    import os, stat, sys
+    from pathlib import Path
+    from tillpoint.agent.files import replacing, write_whole
+
+    d = Path(sys.argv[1])
+    secret, export = d / "device.key", d / "export.json"
+    secret.write_bytes(b"old key")
+    os.chmod(secret, 0o600)
+    with replacing(secret, mode=0o600) as out:
+        out.write(b"new")
+        half = os.stat(d / "device.key.tmp")  # half written: its mode from the start
+        print("half", oct(stat.S_IMODE(half.st_mode)), (d / "device.key").read_bytes())
+    print("secret", oct(stat.S_IMODE(secret.stat().st_mode)), secret.read_bytes())
+    write_whole(export, b"{}")
+    print("export", oct(stat.S_IMODE(export.stat().st_mode)))
+    try:
+        with replacing(secret, mode=0o600) as out:
+            out.write(b"never seen")
+            raise ValueError("a failure inside the block")
+    except ValueError:
+        pass
+    print("failed", secret.read_bytes(), sorted(p.name for p in d.iterdir()))
+    os.fstat(0)  # the process's standard input is still open
+    print("stdin", sys.stdin.read())
+    """
+)
+
+
+def test_a_files_mode_is_the_asked_one_from_the_start_and_a_failure_leaves_it_whole(
+    tmp_path: Path,
+) -> None:
+    """`files.replacing`'s rules in a real process of umask 0 (so the mode seen is exactly
+    the one asked): a secret's temporary file is 0600 while half written, the old content
+    still under the name; the new one 0600 after; a file of the default mode (an export,
+    a certificate, the hub's port file) 0644 — no test read that default, and 0643 or 0645
+    passed; a failure inside the block leaves the old content, no `NAME.tmp`, and the
+    process's standard input open (a mutant that closed descriptor 0 on the way out passed
+    too)."""
+    run = subprocess.run(
+        ["sh", "-c", 'umask 0 && exec "$0" "$@"', sys.executable, "-c", _MODES, str(tmp_path)],
+        input="still here",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == [
+        "half 0o600 b'old key'",
+        "secret 0o600 b'new'",
+        "export 0o644",
+        "failed b'new' ['device.key', 'export.json']",
+        "stdin still here",
+    ]
+
+
+_WRITES = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from tillpoint.agent.files import create_once, write_whole
+
+    d = Path(sys.argv[1])
+    write_whole(d / "out.json", b"new")
+    create_once(d / "phone.key", b"k" * 64)
+    """
+)
+
+
+def test_a_file_is_fsynced_before_its_rename_or_link_and_the_directory_after(
+    tmp_path: Path,
+) -> None:
+    """What makes a write survive a power cut, read from the system calls of a real
+    process (strace): `write_whole` fsyncs `NAME.tmp`, renames it over `NAME`, then fsyncs
+    the directory (the rename itself durable); `create_once` fsyncs its own temporary
+    file, links it to `NAME`, removes it, then fsyncs the directory. No test saw an fsync:
+    each of the four could be dropped and every test passed."""
+    if shutil.which("strace") is None:
+        pytest.skip("no strace here: the system calls cannot be read")
+    run = subprocess.run(
+        [
+            "strace",
+            "-f",
+            "-y",
+            "-e",
+            "trace=fsync,rename,renameat,renameat2,link,linkat,unlink,unlinkat",
+            sys.executable,
+            "-c",
+            _WRITES,
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if run.returncode != 0 and "ptrace" in run.stderr:
+        pytest.skip(f"strace cannot trace here: {run.stderr[-200:]}")
+    assert run.returncode == 0, run.stderr[-2000:]
+    folder = str(tmp_path)
+    calls = []
+    for line in run.stderr.splitlines():
+        line = re.sub(r"^\[pid +\d+\] ", "", line)
+        if folder not in line or "= -1" in line:
+            continue  # another file's, or the removal of a NAME.tmp that was not there
+        call = re.sub(r"\d+<", "<", line.split(" = ")[0]).replace(folder, "D")
+        calls.append(re.sub(r"phone\.key\.\w+\.tmp", "phone.key.X.tmp", call))
+    assert calls == [
+        "fsync(<D/out.json.tmp>)",
+        'rename("D/out.json.tmp", "D/out.json")',
+        "fsync(<D>)",
+        "fsync(<D/phone.key.X.tmp>)",
+        'link("D/phone.key.X.tmp", "D/phone.key")',
+        'unlink("D/phone.key.X.tmp")',
+        "fsync(<D>)",
+    ], run.stderr[-2000:]
