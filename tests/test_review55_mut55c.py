@@ -9,8 +9,10 @@ docs/DECISIONS.md, "Review 55 (mut55c)", lists the mutants."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import textwrap
@@ -18,6 +20,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from tillpoint.agent.errors import Refused
+from tillpoint.agent.lock import DataDirLock
 from tillpoint.agent.logs import mask, mask_identifier
 from tillpoint.agent.metrics import Histogram, Registry, serve
 from tillpoint.agent.server import register_gauges
@@ -321,3 +325,59 @@ def test_a_file_is_fsynced_before_its_rename_or_link_and_the_directory_after(
         'unlink("D/phone.key.X.tmp")',
         "fsync(<D>)",
     ], run.stderr[-2000:]
+
+
+# ------------------------------------------------------------- one agent per data directory
+
+_HOLDER = textwrap.dedent(
+    """
+    import sys
+    from tillpoint.agent.lock import DataDirLock
+
+    lock = DataDirLock(sys.argv[1]).acquire()
+    print("held", flush=True)
+    sys.stdin.read()  # until the test closes it, or kills this process
+    """
+)
+
+
+def test_the_lock_names_its_holder_exactly_over_an_older_longer_pid_and_dies_with_it(
+    tmp_path: Path,
+) -> None:
+    """A real holder process on a data directory whose lock file an earlier agent left
+    with a longer pid in it (`4194304`, and a line more). The file is emptied before the
+    holder's pid is written: a second agent's refusal names exactly that pid (without the
+    truncation it read `pid 1234\n94304…`, a pid no one has), `status`'s holder reads the
+    same, the file is the pid and a newline (one the agent makes is 0600: a mutant making it 0644
+    passed). Killed
+    (SIGKILL: no release), the lock goes with the process: the next agent takes it."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "tillpoint.lock").write_text("4194304\nleft by an earlier agent\n")
+    holder = subprocess.Popen(
+        ["sh", "-c", 'umask 022 && exec "$0" "$@"', sys.executable, "-c", _HOLDER, str(data)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        lock_file = data / "tillpoint.lock"
+        assert lock_file.read_text() == f"{holder.pid}\n"
+        with pytest.raises(Refused) as refused:
+            DataDirLock(data).acquire()
+        assert str(refused.value) == f"another tillpoint (pid {holder.pid}) is running on {data}"
+        assert DataDirLock(data).holder() == str(holder.pid)
+        assert not DataDirLock(data).unheld()
+    finally:
+        holder.kill()
+        holder.wait(timeout=20)
+    mine = DataDirLock(data).acquire()
+    try:
+        assert (data / "tillpoint.lock").read_text() == f"{os.getpid()}\n"
+        assert DataDirLock(data).holder() == str(os.getpid())
+    finally:
+        mine.release()
+    assert DataDirLock(data).unheld()
+    with DataDirLock(tmp_path / "fresh"):  # a lock file it makes is 0600
+        assert stat.S_IMODE((tmp_path / "fresh" / "tillpoint.lock").stat().st_mode) == 0o600
