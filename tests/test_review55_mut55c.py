@@ -24,10 +24,13 @@ from tillpoint.agent.errors import Refused
 from tillpoint.agent.lock import DataDirLock
 from tillpoint.agent.logs import mask, mask_identifier
 from tillpoint.agent.metrics import Histogram, Registry, serve
+from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.server import register_gauges
 from tillpoint.agent.service import Agent
+from tillpoint.sync.loopback import LoopbackHub, receipt, wait_for
+from tillpoint.sync.push import Pusher
 
-from .conftest import snapshot
+from .conftest import enrolled_till, snapshot
 
 
 def _scrape(port: int) -> dict[str, str]:
@@ -138,6 +141,30 @@ def test_a_gauge_of_seven_digits_is_scraped_exactly(tmp_path: Path) -> None:
     assert samples["tillpoint_outbox_depth"] == "0"
     age = samples["tillpoint_snapshot_age_seconds"]
     assert "e" not in age and float(age) > 0, age  # seconds since it was issued, in full
+
+
+def test_the_outbox_depth_scraped_rises_with_a_sale_and_falls_when_the_hub_takes_it(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """`tillpoint_outbox_depth` is read from the ledger when scraped (a second at most
+    after): 0 on a fresh till, 2 after two sales, 0 once the hub has acknowledged them.
+    The tests scraped a till that never sold; a depth read once and kept (a status cached
+    for a minute, not a second), or the print queue's read in its place, passed."""
+    till = enrolled_till(hub, tmp_path / "till", "till-1")
+    registry = Registry()
+    register_gauges(registry, till.agent)
+    servers, port = serve(registry, "127.0.0.1", 0)
+    try:
+        assert _scrape(port)["tillpoint_outbox_depth"] == "0"
+        for receipt_id in ("o-1", "o-2"):
+            till.agent.checkout(receipt_from_json(receipt(receipt_id, "2770000000017")))
+        wait_for(lambda: _scrape(port)["tillpoint_outbox_depth"] == "2", timeout=30)
+        assert _scrape(port)["tillpoint_print_queue_depth"] == "0"
+        Pusher(till.data_dir, "till-1", till.link, call_timeout_s=10).drain()
+        wait_for(lambda: _scrape(port)["tillpoint_outbox_depth"] == "0", timeout=30)
+    finally:
+        servers.shutdown()
+        till.stop()
 
 
 def test_a_value_that_is_not_whole_keeps_its_digits_and_infinity_is_prometheus_words() -> None:
