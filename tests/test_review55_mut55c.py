@@ -82,6 +82,7 @@ LEFT = [
     "12345678abc",
     "2770000000017_x",
     "12345678.5",
+    "weighs 12345678.5 kg",  # one digit after the point, then a blank
     "seq12345678",
     "pid 12345678",
     "port 12345678",
@@ -352,6 +353,70 @@ def test_a_file_is_fsynced_before_its_rename_or_link_and_the_directory_after(
         'unlink("D/phone.key.X.tmp")',
         "fsync(<D>)",
     ], run.stderr[-2000:]
+
+
+_FULL = textwrap.dedent(
+    """
+    import errno, os, sys
+    from pathlib import Path
+    from tillpoint.agent.files import create_once, write_whole
+
+    d = Path(sys.argv[1])
+    (d / "export.json").write_bytes(b"the old export")
+    try:
+        write_whole(d / "export.json", b"x" * 1_000_000)  # more than the disk holds
+    except OSError as exc:
+        print("export", errno.errorcode[exc.errno], (d / "export.json").read_bytes())
+    (d / "fill").write_bytes(b"")
+    try:  # the rest of the disk filled: a key cannot be written either
+        with open(d / "fill", "wb") as fill:
+            while True:
+                fill.write(b"f" * 4096)
+                fill.flush()
+    except OSError:
+        pass
+    try:
+        create_once(d / "phone.key", b"k" * 64_000)
+    except OSError as exc:
+        print("key", errno.errorcode[exc.errno])
+    print("left", sorted(p.name for p in d.iterdir()))
+    """
+)
+
+
+def test_a_full_disk_leaves_the_old_file_whole_and_no_temporary_file(tmp_path: Path) -> None:
+    """A real full disk: a tmpfs of 256 KiB, mounted in a mount namespace of this test's
+    own (skipped where none can be made). `write_whole` of 1,000,000 bytes over an export
+    fails with ENOSPC, the old export whole under its name and no `export.json.tmp` left;
+    the disk filled, `create_once` of a phone key fails with ENOSPC and leaves neither the
+    key nor its temporary file (the next start would find a key cut short, or a copy of
+    the key lying about)."""
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare here: cannot make a small file system")
+    full = tmp_path / "full"
+    full.mkdir()
+    script = 'mount -t tmpfs -o size=256k tmpfs "$0" || exit 90\nexec "$1" -c "$2" "$0"'
+    for unshare in (["unshare", "--mount"], ["unshare", "--mount", "--map-root-user"]):
+        probe = subprocess.run([*unshare, "true"], capture_output=True, timeout=30, check=False)
+        if probe.returncode == 0:
+            break
+    else:
+        pytest.skip("no mount namespace here (unshare refused): cannot make a small disk")
+    run = subprocess.run(
+        [*unshare, "sh", "-c", script, str(full), sys.executable, _FULL],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if run.returncode == 90:
+        pytest.skip(f"cannot mount a tmpfs here: {run.stderr[-300:]}")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.splitlines() == [
+        "export ENOSPC b'the old export'",
+        "key ENOSPC",
+        "left ['export.json', 'fill']",
+    ]
 
 
 # ------------------------------------------------------------- one agent per data directory
