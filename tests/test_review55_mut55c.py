@@ -419,6 +419,29 @@ def test_a_full_disk_leaves_the_old_file_whole_and_no_temporary_file(tmp_path: P
     ]
 
 
+def test_a_key_renamed_in_without_hard_links_is_said_made_and_its_directory_fsynced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`create_once` on a file system without hard links (vfat; simulated at `os.link`
+    alone, as review 32's tests do: this kernel has no vfat and no FUSE file system
+    without links can be mounted here) renames its file in under the directory's lock and
+    says True, made — then False for a second maker, whose content does not stand. A
+    mutant that said False for the first (and skipped the directory's fsync) passed: the
+    phone key's maker reads the file back either way."""
+    from tillpoint.agent.files import create_once
+
+    from .test_review32_left32a import _no_hard_links
+
+    tried = _no_hard_links(monkeypatch)
+    key = tmp_path / "phone.key"
+    assert create_once(key, b"first") is True
+    assert create_once(key, b"second") is False
+    assert tried == [str(key), str(key)]
+    assert key.read_bytes() == b"first" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "phone.key"
+    ]
+
+
 # ------------------------------------------------------------- one agent per data directory
 
 _HOLDER = textwrap.dedent(
