@@ -442,6 +442,47 @@ def test_a_key_renamed_in_without_hard_links_is_said_made_and_its_directory_fsyn
     ]
 
 
+def test_stale_temporary_files_are_all_removed_past_those_a_writer_or_a_link_holds(
+    tmp_path: Path,
+) -> None:
+    """`remove_stale_temps` goes on past each file it must leave — a young one, one a
+    writer has locked, one a process holds open without a lock, a link — to the stale ones
+    after it in the directory's order (each `continue` as `break` passed: no test had a
+    file to leave before a stale one). A name that is only the prefix and the suffix
+    (`phone.key..tmp`, no maker's) is not one of them; a missing folder removes 0 (a -1 or
+    1 there passed). The roles are given by the order `os.scandir` reads the folder, which
+    is the order the function reads it in."""
+    import fcntl
+    import time
+
+    from tillpoint.agent.files import remove_stale_temps
+
+    for n in range(20):
+        (tmp_path / f"phone.key.f{n:02d}.tmp").write_bytes(b"k" * n)
+    for n in range(5):
+        (tmp_path / f"phone.key.s{n:02d}.tmp").symlink_to(tmp_path / "nowhere")
+    order = [entry.name for entry in os.scandir(tmp_path)]
+    files = [name for name in order if ".f" in name]
+    young, locked, held, stale = files[0], files[1], files[2], files[3:]
+    link = next(name for name in order if ".s" in name)
+    assert order.index(link) < order.index(stale[-1])  # a stale file after each of them
+    exact = tmp_path / "phone.key..tmp"
+    exact.write_bytes(b"")
+    then = time.time() - 600
+    for name in [locked, held, *stale, exact.name]:
+        os.utime(tmp_path / name, (then, then))
+    with (tmp_path / locked).open("rb") as lock, (tmp_path / held).open("rb"):
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # its writer at work
+        removed: list[tuple[str, int]] = []
+        count = remove_stale_temps(tmp_path, "phone.key.", ".tmp", removed_files=removed)
+    assert count == len(stale) == 17
+    assert sorted(removed) == sorted((name, int(name[11:13])) for name in stale)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [young, locked, held, exact.name] + [n for n in order if ".s" in n]
+    )
+    assert remove_stale_temps(tmp_path / "missing", "phone.key.", ".tmp") == 0
+
+
 # ------------------------------------------------------------- one agent per data directory
 
 _HOLDER = textwrap.dedent(
