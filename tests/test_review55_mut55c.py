@@ -73,6 +73,9 @@ MASKED = [
     ("x 12345678.", "x ****5678."),
     # a word that only ends in a counted one is not it; nor a unit that only begins one
     ("subsequent 12345678", "subsequent ****5678"),
+    ("passport 12345678", "passport ****5678"),  # not `port`: a word of its own
+    # a counted word only names the number just after it, not one further on
+    ("seq 5 for card 2770000000017", "seq 5 for card *********0017"),
     ("took 12345678 sorts", "took ****5678 sorts"),
 ]
 # left as they are: glued to a letter, `_` or a decimal point, before or after; followed
@@ -118,6 +121,33 @@ def test_an_identifier_in_an_error_line_keeps_four_digits_of_a_run_of_five_or_mo
     assert mask_identifier("1234567890123456789012") == "*" * 18 + "9012"
     assert mask_identifier("12345") == "*2345"
     assert mask_identifier("1234") == "1234"
+
+
+def test_a_json_lines_fields_and_a_text_lines_stack_are_masked_too(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """The masking is of the whole line, not only its message: a JSON line's fields
+    (`receipt_id` and the others a record may carry: a POS that numbers its receipts by
+    the card) and a text line's stack (`stack_info`: the source line of the call, here
+    with a card in its comment). Unmasked, each passed every test."""
+    import json
+    import logging
+
+    from tillpoint.agent import logs
+
+    log = logging.getLogger("tillpoint.test55")
+    try:
+        logs.setup("INFO", "json")
+        log.warning("refused", extra={"receipt_id": "r-2770000000017", "seq": 7})
+        entry = json.loads(capfd.readouterr().err.strip().splitlines()[-1])
+        assert (entry["receipt_id"], entry["seq"]) == ("r-*********0017", "7")
+        logs.setup("INFO", "text")
+        log.warning("where", stack_info=True)  # card 2770000000017
+        said = capfd.readouterr().err
+        assert "Stack (most recent call last):" in said and "card *********0017" in said
+        assert "2770000000017" not in said
+    finally:
+        logging.getLogger().handlers.clear()
 
 
 # ------------------------------------------------------------------ /metrics: the values
@@ -483,6 +513,54 @@ def test_stale_temporary_files_are_all_removed_past_those_a_writer_or_a_link_hol
     assert remove_stale_temps(tmp_path / "missing", "phone.key.", ".tmp") == 0
 
 
+def test_a_maker_without_hard_links_waits_for_the_directorys_lock_another_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without hard links a maker renames its file in under the directory's lock, waiting
+    up to `LOCK_WAIT_S` (10 s) for another maker's (held for one rename). A real second
+    process holds that lock for about half a second: the maker waits, then makes the key.
+    A deadline taken as 10 s ago (or the wait's test turned) gave up at once: "stayed
+    locked by another maker", a fresh till that could not start."""
+    from tillpoint.agent.files import create_once
+
+    from .test_review32_left32a import _no_hard_links
+
+    _no_hard_links(monkeypatch)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _DIRECTORY_HOLDER, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        assert holder.stdin is not None
+        holder.stdin.write("let go in half a second\n")
+        holder.stdin.flush()
+        assert create_once(tmp_path / "phone.key", b"mine") is True
+        assert holder.stdout.readline() == "let go\n"  # the key came after the release
+    finally:
+        holder.kill()
+        holder.wait(timeout=20)
+    assert (tmp_path / "phone.key").read_bytes() == b"mine"
+
+
+_DIRECTORY_HOLDER = textwrap.dedent(
+    """
+    import fcntl, os, sys, time
+
+    folder = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(folder, fcntl.LOCK_EX)
+    print("held", flush=True)
+    sys.stdin.readline()
+    time.sleep(0.5)
+    print("let go", flush=True)
+    os.close(folder)
+    sys.stdin.read()
+    """
+)
+
+
 # ------------------------------------------------------------- one agent per data directory
 
 _HOLDER = textwrap.dedent(
@@ -537,3 +615,37 @@ def test_the_lock_names_its_holder_exactly_over_an_older_longer_pid_and_dies_wit
     assert DataDirLock(data).unheld()
     with DataDirLock(tmp_path / "fresh"):  # a lock file it makes is 0600
         assert stat.S_IMODE((tmp_path / "fresh" / "tillpoint.lock").stat().st_mode) == 0o600
+
+
+def test_a_timed_flock_waits_for_another_process_to_let_go(tmp_path: Path) -> None:
+    """`flock_within` (the sync's lock between the service and `sync now`, the cache's
+    switch lock) tries until its time is up: a real second process holds the lock and
+    lets go after about half a second; a wait of 30 s takes it. A deadline already past
+    (or a loop that never ran) said "not taken" at once: `sync now` beside a service
+    between two of its rounds said "another sync of this till is running"."""
+    from tillpoint.agent.lock import flock_within
+
+    path = tmp_path / "sync.lock"
+    path.write_bytes(b"")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _FILE_HOLDER, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    fd = os.open(path, os.O_RDWR)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        assert flock_within(fd, 0) is False  # one try: held
+        assert holder.stdin is not None
+        holder.stdin.write("let go in half a second\n")
+        holder.stdin.flush()
+        assert flock_within(fd, 30.0) is True
+        assert holder.stdout.readline() == "let go\n"
+    finally:
+        os.close(fd)
+        holder.kill()
+        holder.wait(timeout=20)
+
+
+_FILE_HOLDER = _DIRECTORY_HOLDER.replace("os.O_RDONLY | os.O_DIRECTORY", "os.O_RDWR")
