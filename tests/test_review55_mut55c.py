@@ -129,7 +129,8 @@ def test_a_json_lines_fields_and_a_text_lines_stack_are_masked_too(
     """The masking is of the whole line, not only its message: a JSON line's fields
     (`receipt_id` and the others a record may carry: a POS that numbers its receipts by
     the card) and a text line's stack (`stack_info`: the source line of the call, here
-    with a card in its comment). Unmasked, each passed every test."""
+    with a card in its comment). Unmasked, each passed every test; and a JSON line's
+    Cyrillic is written as it is, not as `\\u` escapes a person cannot read in the journal."""
     import json
     import logging
 
@@ -141,6 +142,8 @@ def test_a_json_lines_fields_and_a_text_lines_stack_are_masked_too(
         log.warning("refused", extra={"receipt_id": "r-2770000000017", "seq": 7})
         entry = json.loads(capfd.readouterr().err.strip().splitlines()[-1])
         assert (entry["receipt_id"], entry["seq"]) == ("r-*********0017", "7")
+        log.warning("карта %s не найдена", "2770000000017")  # the journal shows it as written
+        assert '"msg": "карта *********0017 не найдена"' in capfd.readouterr().err
         logs.setup("INFO", "text")
         log.warning("where", stack_info=True)  # card 2770000000017
         said = capfd.readouterr().err
