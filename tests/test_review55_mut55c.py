@@ -153,6 +153,38 @@ def test_a_json_lines_fields_and_a_text_lines_stack_are_masked_too(
         logging.getLogger().handlers.clear()
 
 
+def test_a_one_shots_warnings_are_masked_and_its_info_and_the_levels_below_are_not_said(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A one-shot command's stderr (`setup_one_shot`): a warning is `tillpoint: warning:
+    …` with a card masked (a handler without the masking filter passed), an INFO line is
+    not printed (the handler's WARNING level dropped passed). `setup`'s level is the one
+    given (WARNING: an INFO line is not written; a level ignored passed), and a JSON
+    line's time is UTC with its offset (`+00:00`; a naive local time passed here, where
+    the machine's zone is UTC)."""
+    import json
+    import logging
+
+    from tillpoint.agent import logs
+
+    log = logging.getLogger("tillpoint.test55")
+    try:
+        logs.setup_one_shot()
+        log.info("loaded %s", "2770000000017")
+        log.warning("card %s is read twice", "2770000000017")
+        assert capfd.readouterr().err == "tillpoint: warning: card *********0017 is read twice\n"
+        logs.setup("WARNING", "json")
+        log.info("not said")
+        log.warning("said")
+        lines = capfd.readouterr().err.strip().splitlines()
+        assert len(lines) == 1, lines
+        entry = json.loads(lines[0])
+        assert entry["msg"] == "said" and entry["ts"].endswith("+00:00"), entry
+    finally:
+        logging.getLogger().handlers.clear()
+        logging.getLogger().setLevel(logging.WARNING)
+
+
 # ------------------------------------------------------------------ /metrics: the values
 
 
@@ -652,3 +684,28 @@ def test_a_timed_flock_waits_for_another_process_to_let_go(tmp_path: Path) -> No
 
 
 _FILE_HOLDER = _DIRECTORY_HOLDER.replace("os.O_RDONLY | os.O_DIRECTORY", "os.O_RDWR")
+
+
+def test_a_data_directory_the_agent_cannot_use_names_its_owner(tmp_path: Path) -> None:
+    """The lock's error names whose the path is and whom the agent runs as, for `chown`
+    (`db.owner_hint`). Its only test is skipped as root ("root writes anywhere"), where a
+    mutant that dropped the hint (`no_space_hint and owner_hint`) passed. As root: a data
+    directory that is a file of user 65534's; as another user: one under `/`, root's."""
+    import pwd
+
+    from tillpoint.agent.errors import InputError
+
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    if os.geteuid() == 0:
+        data = tmp_path / "data"
+        data.write_text("")
+        os.chown(data, 65534, 65534)
+        owner, at = pwd.getpwuid(65534).pw_name, data
+    else:
+        data = Path("/tillpoint-review55-not-made") / "data"
+        owner, at = "root", Path("/")
+    with pytest.raises(InputError) as refused:
+        DataDirLock(data).acquire()
+    said = str(refused.value)
+    assert said.startswith(f"cannot use the data directory {data}: "), said
+    assert said.endswith(f" ({at} belongs to user {owner}; this runs as {me})"), said
