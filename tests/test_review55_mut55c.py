@@ -317,6 +317,9 @@ _MODES = textwrap.dedent(
     print("secret", oct(stat.S_IMODE(secret.stat().st_mode)), secret.read_bytes())
     write_whole(export, b"{}")
     print("export", oct(stat.S_IMODE(export.stat().st_mode)))
+    with replacing(d / "export.txt", encoding="utf-8") as out:  # `hub export --out`'s
+        out.write("{}")
+    print("text", oct(stat.S_IMODE((d / "export.txt").stat().st_mode)))
     try:
         with replacing(secret, mode=0o600) as out:
             out.write(b"never seen")
@@ -353,7 +356,8 @@ def test_a_files_mode_is_the_asked_one_from_the_start_and_a_failure_leaves_it_wh
         "half 0o600 b'old key'",
         "secret 0o600 b'new'",
         "export 0o644",
-        "failed b'new' ['device.key', 'export.json']",
+        "text 0o644",
+        "failed b'new' ['device.key', 'export.json', 'export.txt']",
         "stdin still here",
     ]
 
