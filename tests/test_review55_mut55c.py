@@ -326,6 +326,12 @@ _MODES = textwrap.dedent(
             raise ValueError("a failure inside the block")
     except ValueError:
         pass
+    try:  # Ctrl-C in the middle of a write (`hub export --out` at a terminal)
+        with replacing(secret, mode=0o600) as out:
+            out.write(b"never seen either")
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        pass
     print("failed", secret.read_bytes(), sorted(p.name for p in d.iterdir()))
     os.fstat(0)  # the process's standard input is still open
     print("stdin", sys.stdin.read())
