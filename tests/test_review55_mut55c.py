@@ -157,7 +157,8 @@ def test_a_one_shots_warnings_are_masked_and_its_info_and_the_levels_below_are_n
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     """A one-shot command's stderr (`setup_one_shot`): a warning is `tillpoint: warning:
-    …` with a card masked (a handler without the masking filter passed), an INFO line is
+    …` with a card masked (a handler without the masking filter passed), an ERROR
+    `tillpoint: error: …` (`<=` for `<` made it a warning), an INFO line is
     not printed (the handler's WARNING level dropped passed). `setup`'s level is the one
     given (WARNING: an INFO line is not written; a level ignored passed), and a JSON
     line's time is UTC with its offset (`+00:00`; a naive local time passed here, where
@@ -172,7 +173,11 @@ def test_a_one_shots_warnings_are_masked_and_its_info_and_the_levels_below_are_n
         logs.setup_one_shot()
         log.info("loaded %s", "2770000000017")
         log.warning("card %s is read twice", "2770000000017")
-        assert capfd.readouterr().err == "tillpoint: warning: card *********0017 is read twice\n"
+        log.error("the ledger cannot be written")
+        assert capfd.readouterr().err == (
+            "tillpoint: warning: card *********0017 is read twice\n"
+            "tillpoint: error: the ledger cannot be written\n"
+        )
         logs.setup("WARNING", "json")
         log.info("not said")
         log.warning("said")
