@@ -264,6 +264,48 @@ def test_a_value_that_is_not_whole_keeps_its_digits_and_infinity_is_prometheus_w
     assert "t_nan NaN\n" in registry.render()
 
 
+def test_a_scrape_says_every_code_survives_a_failing_gauge_and_reads_its_query() -> None:
+    """The endpoint as Prometheus meets it: `Content-Type: text/plain; version=0.0.4`
+    (the version picks its parser), a query string (`/metrics?…`, a federating scraper's)
+    still answered, any other path 404; every code counted, in order (a counter that
+    wrote one passed); a gauge whose reading fails (the ledger busy) leaves the rest of
+    the scrape as it is (a scrape that failed with it passed)."""
+    import urllib.error
+
+    registry = Registry()
+    for code in ("UNAVAILABLE", "INTERNAL", "UNAVAILABLE"):
+        registry.count_error(code)
+
+    def failing() -> dict[str, float]:
+        raise RuntimeError("database is locked")
+
+    registry.gauge("t_failing", "a gauge whose reading fails", failing)
+    registry.gauge("t_after", "a gauge after it", lambda: {"": 7.0})
+    servers, port = serve(registry, "127.0.0.1", 0)
+    try:
+        url = f"http://127.0.0.1:{port}/metrics?name[]=t_after"
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            kind = answer.headers["Content-Type"]
+            lines = answer.read().decode().splitlines()
+        with pytest.raises(urllib.error.HTTPError) as other:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/other", timeout=10)
+    finally:
+        servers.shutdown()
+    assert kind == "text/plain; version=0.0.4; charset=utf-8"
+    assert other.value.code == 404
+    assert [line for line in lines if line.startswith("tillpoint_call_errors_total{")] == [
+        'tillpoint_call_errors_total{code="INTERNAL"} 1',
+        'tillpoint_call_errors_total{code="UNAVAILABLE"} 2',
+    ]
+    assert lines[-5:] == [  # the gauges by name: the failing one says no sample
+        "# HELP t_after a gauge after it",
+        "# TYPE t_after gauge",
+        "t_after 7",
+        "# HELP t_failing a gauge whose reading fails",
+        "# TYPE t_failing gauge",
+    ]
+
+
 def test_a_duration_on_a_bucket_bound_is_counted_in_that_bucket() -> None:
     """Prometheus' `le` is "less than or equal": a checkout of exactly 1 ms is in
     `le="0.001"`. Only 0.003 s had been observed (between bounds), so a histogram that put
