@@ -310,11 +310,12 @@ def test_a_duration_on_a_bucket_bound_is_counted_in_that_bucket() -> None:
     """Prometheus' `le` is "less than or equal": a checkout of exactly 1 ms is in
     `le="0.001"`. Only 0.003 s had been observed (between bounds), so a histogram that put
     a value at a bound in the next bucket up (`bisect_right`) passed. By hand: 0 and 0.001
-    are <= 0.001 (2); 0.0010001 <= 0.002 (3, cumulative); nothing more up to 1.0 (3); 2.5
-    <= 2.5 (4); 2.5000001 only in +Inf (5). The sum 0 + 0.001 + 0.0010001 + 2.5 +
-    2.5000001 = 5.0020002, written to the microsecond: 5.002000."""
+    are <= 0.001 (2); 0.0010001 <= 0.002 (3, cumulative); nothing more up to 1.0 (3); 2.0
+    and 2.5 <= 2.5 (5); 2.5000001 only in +Inf (6: the last bucket's 2 and the overflow's 1
+    differ, so +Inf adds the overflow, not the last bucket again). The sum 0 + 0.001 +
+    0.0010001 + 2.0 + 2.5 + 2.5000001 = 7.0020002, written to the microsecond: 7.002000."""
     histogram = Histogram("t_seconds", "test")
-    for seconds in (0.001, 0.0010001, 2.5, 2.5000001, 0.0):
+    for seconds in (0.001, 0.0010001, 2.0, 2.5, 2.5000001, 0.0):
         histogram.observe(seconds)
     registry = Registry()
     registry.checkout_seconds = histogram
@@ -334,15 +335,15 @@ def test_a_duration_on_a_bucket_bound_is_counted_in_that_bucket() -> None:
         "0.25": "3",
         "0.5": "3",
         "1.0": "3",
-        "2.5": "4",
-        "+Inf": "5",
+        "2.5": "5",
+        "+Inf": "6",
     }
     assert {
         name[len('t_seconds_bucket{le="') : -2]: value
         for name, value in samples.items()
         if name.startswith("t_seconds_bucket")
     } == cumulative
-    assert samples["t_seconds_count"] == "5" and samples["t_seconds_sum"] == "5.002000"
+    assert samples["t_seconds_count"] == "6" and samples["t_seconds_sum"] == "7.002000"
 
 
 # ------------------------------------------------------------- files written whole
