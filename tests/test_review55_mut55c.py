@@ -238,6 +238,42 @@ def test_the_outbox_depth_scraped_rises_with_a_sale_and_falls_when_the_hub_takes
         till.stop()
 
 
+def test_the_sync_gauges_follow_what_the_sync_loop_records(tmp_path: Path) -> None:
+    """`tillpoint_sync_error` and `tillpoint_hub_online` read the sync's state in the
+    ledger as the sync loop records it (`sync.state`, what `run` wires as the agent's
+    status source): 0 and 0 on a fresh till; 1 and 1 with a push error outstanding while
+    the hub answers; 0 once the error is cleared. The tests saw only the 0s: a gauge
+    stuck at 0 passed."""
+    import sqlite3
+
+    from tillpoint.sync import sync_status
+    from tillpoint.sync.state import put, set_error
+
+    agent = Agent(tmp_path / "data", "till-1", status_sources=(sync_status,))
+    agent.load_snapshot(snapshot())
+    registry = Registry()
+    register_gauges(registry, agent)
+    servers, port = serve(registry, "127.0.0.1", 0)
+    conn = sqlite3.connect(tmp_path / "data" / "ledger.db", timeout=10)
+    try:
+        first = _scrape(port)
+        assert (first["tillpoint_sync_error"], first["tillpoint_hub_online"]) == ("0", "0")
+        put(conn, {"mode": "ONLINE"})
+        set_error(conn, "push", "the hub refused the batch")
+
+        def shown() -> tuple[str, str]:
+            now = _scrape(port)
+            return now["tillpoint_sync_error"], now["tillpoint_hub_online"]
+
+        wait_for(lambda: shown() == ("1", "1"), timeout=30)
+        set_error(conn, "push", None)
+        wait_for(lambda: shown() == ("0", "1"), timeout=30)
+    finally:
+        conn.close()
+        servers.shutdown()
+        agent.close()
+
+
 def test_a_value_that_is_not_whole_keeps_its_digits_and_infinity_is_prometheus_words() -> None:
     """What is not a whole number keeps every digit Python's shortest form needs (`repr`):
     12345.678 was `12345.7`; and the words for the infinities and not-a-number are the
