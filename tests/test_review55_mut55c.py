@@ -210,6 +210,8 @@ def test_a_gauge_of_seven_digits_is_scraped_exactly(tmp_path: Path) -> None:
         agent.close()
     assert samples["tillpoint_snapshot_version"] == "1234567"
     assert samples["tillpoint_outbox_depth"] == "0"
+    # an agent without the sync's status (no sync fields): nothing set aside or renumbered
+    assert samples["tillpoint_sync_set_aside"] == samples["tillpoint_sync_renumbered"] == "0"
     age = samples["tillpoint_snapshot_age_seconds"]
     assert "e" not in age and float(age) > 0, age  # seconds since it was issued, in full
 
@@ -321,6 +323,7 @@ def test_a_scrape_says_every_code_survives_a_failing_gauge_and_reads_its_query()
     try:
         url = f"http://127.0.0.1:{port}/metrics?name[]=t_after"
         with urllib.request.urlopen(url, timeout=10) as answer:
+            assert answer.status == 200  # Prometheus takes no other (201 passed)
             kind = answer.headers["Content-Type"]
             lines = answer.read().decode().splitlines()
         with pytest.raises(urllib.error.HTTPError) as other:
