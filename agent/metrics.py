@@ -10,6 +10,7 @@ checkout path does no extra work.
 from __future__ import annotations
 
 import bisect
+import math
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -71,6 +72,20 @@ class Counter:
 Collector = Callable[[], dict[str, float]]
 
 
+def sample_text(value: float) -> str:
+    """A sample's value as the text format writes it, exactly: a whole number in all its
+    digits, any other in the fewest digits that read back as the same float (`repr`),
+    `+Inf`, `-Inf`, `NaN`. Until review 55 it was `{value:g}`, six significant digits: a
+    till on snapshot version 1234567 said `1.23457e+06` (read as 1234570)."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if float(value).is_integer():
+        return str(int(value))
+    return repr(float(value))
+
+
 class Registry:
     def __init__(self) -> None:
         self.checkout_seconds = Histogram(
@@ -101,7 +116,8 @@ class Registry:
             except Exception:  # a scrape must never take the agent down
                 values = {}
             for label, value in sorted(values.items()):
-                lines.append(f"{name}{{{label}}} {value:g}" if label else f"{name} {value:g}")
+                shown = sample_text(value)
+                lines.append(f"{name}{{{label}}} {shown}" if label else f"{name} {shown}")
         return "\n".join(lines) + "\n"
 
 
