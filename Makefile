@@ -44,6 +44,9 @@ deps-system:
 	@command -v faketime >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq faketime >/dev/null; \
 	  else echo "faketime missing: the run of the dated tests a year ahead will be skipped"; fi; }
+	@command -v strace >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq strace >/dev/null; \
+	  else echo "strace missing: the test reading a write's fsyncs will be skipped"; fi; }
 	@command -v javac >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
 	    apt-get install -y -qq default-jdk-headless >/dev/null; \
