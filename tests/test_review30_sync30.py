@@ -68,6 +68,18 @@ def enrolled(hub: LoopbackHub, tmp_path: Path, name: str) -> Till:
     return till
 
 
+def refund_whole(receipt_id: str, at: str) -> Any:
+    """The refund of `sale`'s one line, at `at`."""
+    return refund_from_json(
+        {
+            "refundId": f"{receipt_id}-r",
+            "receiptId": receipt_id,
+            "at": at,
+            "lines": [{"sku": MILK, "qty": "1"}],
+        }
+    )
+
+
 def sale(receipt_id: str, at: str, redeem: int) -> Any:
     line = [{"sku": MILK, "qty": "1", "priceMinor": 30000}]  # 300,00: capacity 300 points
     body = hub_receipt(receipt_id, BORIS, redeem=redeem, lines=line)
@@ -214,16 +226,7 @@ def test_points_a_refund_gives_back_into_an_expired_batch_are_not_spent_at_anoth
     try:
         one = a.agent.checkout(sale("a-1", "2026-11-30T23:50:00+03:00", 250))
         assert (one.mode, one.redeemed_points, one.earned_points) == ("ONLINE", 250, 1)
-        back = a.agent.refund(
-            refund_from_json(
-                {
-                    "refundId": "a-1-r",
-                    "receiptId": "a-1",
-                    "at": "2026-12-01T00:10:00+03:00",
-                    "lines": [{"sku": MILK, "qty": "1"}],
-                }
-            )
-        )
+        back = a.agent.refund(refund_whole("a-1", "2026-12-01T00:10:00+03:00"))
         assert (back.returned_points, back.taken_back_points) == (250, 1)
         other = b.agent.checkout(sale("b-1", "2026-12-01T00:12:00+03:00", -1))
         assert (other.mode, other.redeemed_points) == ("ONLINE", 50)

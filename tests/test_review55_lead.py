@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from .test_review30_sync30 import enrolled, expiring_hub, refund_whole, sale
+
 # `hub import -` run as the CLI does, with `os.open` sending the process SIGTERM the
 # moment the copy of standard input is created: inside `tempfile`'s creation, after the
 # file exists and before its name reaches the import (a window that only a loaded
@@ -72,26 +74,13 @@ def test_one_point_a_refund_gives_back_into_an_expired_batch_is_not_spent_again(
     expiring batch). At 00:15 A's next sale asks for as many as allowed, its sale and refund
     not sent yet: nothing is left, 0, not 1 (the given-back point counted as if it were
     still alive; the authoriser's rule for give-backs, `points > 0`, held as `> 1` did)."""
-    from tillpoint.agent.results import refund_from_json
-
-    from tests.test_review30_sync30 import MILK, enrolled, expiring_hub, sale
-
     hub = expiring_hub(tmp_path / "hub")  # its tills not started: nothing is sent
     a = enrolled(hub, tmp_path, "till-a")
     b = enrolled(hub, tmp_path, "till-b")
     try:
         one = a.agent.checkout(sale("a-1", "2026-11-30T23:50:00+03:00", 1))
         assert (one.mode, one.redeemed_points, one.earned_points) == ("ONLINE", 1, 8)
-        back = a.agent.refund(
-            refund_from_json(
-                {
-                    "refundId": "a-1-r",
-                    "receiptId": "a-1",
-                    "at": "2026-12-01T00:10:00+03:00",
-                    "lines": [{"sku": MILK, "qty": "1"}],
-                }
-            )
-        )
+        back = a.agent.refund(refund_whole("a-1", "2026-12-01T00:10:00+03:00"))
         assert (back.returned_points, back.taken_back_points) == (1, 8)
         other = b.agent.checkout(sale("b-1", "2026-12-01T00:12:00+03:00", -1))
         assert (other.mode, other.redeemed_points) == ("ONLINE", 100)
