@@ -1,4 +1,5 @@
-"""Review 55 (lead): faults found by the lead in session 55."""
+"""Review 55 (lead): `hub import -` stopped while its copy is created; the authoriser's
+give-back rule at one point."""
 
 from __future__ import annotations
 
