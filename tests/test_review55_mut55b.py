@@ -19,7 +19,7 @@ import stat
 import termios
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,28 @@ def loop_reader(
     kwargs.setdefault("read_timeout_s", 0.05)
     port = serial.serial_for_url("loop://", timeout=kwargs["read_timeout_s"])
     return ScannerReader("loop://", on_scan, port_factory=lambda: port, **kwargs), port
+
+
+@contextlib.contextmanager
+def writing(t: Any, data: bytes) -> Iterator[tuple[threading.Thread, list[BaseException]]]:
+    """`t.write(data)` on a thread of its own, and what it raised; on the way out the
+    transport is aborted and the thread joined (a test that failed first leaves no write
+    blocked behind it)."""
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            t.write(data)
+        except BaseException as exc:
+            errors.append(exc)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        yield writer, errors
+    finally:
+        t.abort()
+        writer.join(DEADLINE_S)
 
 
 # --- the splitting ---------------------------------------------------------------------
@@ -590,27 +612,16 @@ def test_a_stop_breaks_off_a_write_waiting_on_a_full_device(tmp_path: Path) -> N
     reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     t = FileTransport(str(path), write_timeout_s=60.0)
     t.open()
-    errors: list[BaseException] = []
-
-    def write() -> None:
-        try:
-            t.write(b"\x00" * 1_000_000)
-        except BaseException as exc:
-            errors.append(exc)
-
-    writer = threading.Thread(target=write, daemon=True)
     try:
-        writer.start()
-        time.sleep(0.5)  # the pipe is full, the write waits
-        assert writer.is_alive()
-        t.abort()
-        writer.join(DEADLINE_S)
-        assert not writer.is_alive()  # within 0.2 s of the abort, not the 60 s timeout
-        assert len(errors) == 1 and isinstance(errors[0], ConnectionLost)
-        assert "broken off" in str(errors[0])
+        with writing(t, b"\x00" * 1_000_000) as (writer, errors):
+            time.sleep(0.5)  # the pipe is full, the write waits
+            assert writer.is_alive()
+            t.abort()
+            writer.join(DEADLINE_S)
+            assert not writer.is_alive()  # within 0.2 s of the abort, not the 60 s timeout
+            assert len(errors) == 1 and isinstance(errors[0], ConnectionLost)
+            assert "broken off" in str(errors[0])
     finally:
-        t.abort()
-        writer.join(DEADLINE_S)
         t.close()
         os.close(reader)
 
@@ -845,37 +856,26 @@ def test_a_stop_mid_job_drops_what_the_line_still_queues_of_the_part_that_went_o
         PrinterConfig(kind="serial", device=name, baudrate=9600, write_timeout_s=60.0)
     )
     t.open()
-    errors: list[BaseException] = []
-
-    def write() -> None:
-        try:
-            t.write(b"\x1b@" + b"x" * 40_000 + b"\x1dV\x00")
-        except BaseException as exc:
-            errors.append(exc)
-
-    writer = threading.Thread(target=write, daemon=True)
     try:
-        writer.start()
-        assert select.select([master], [], [], DEADLINE_S)[0]  # the line took a part
-        time.sleep(0.3)  # the pty full: the write waits for room
-        t.abort()
-        writer.join(DEADLINE_S)
-        assert not writer.is_alive()
-        [error] = errors
-        assert isinstance(error, ConnectionLost)
-        went = re.search(r"broken off \((\d+) of 40005 bytes went out\)", str(error))
-        assert went is not None, str(error)
-        went_out = int(went.group(1))
-        assert went_out > 8192
-        os.set_blocking(master, False)
-        readable = 0
-        with contextlib.suppress(BlockingIOError):
-            while chunk := os.read(master, 65536):
-                readable += len(chunk)
-        assert readable <= 4096 < went_out  # the rest of the part dropped, not printed
+        with writing(t, b"\x1b@" + b"x" * 40_000 + b"\x1dV\x00") as (writer, errors):
+            assert select.select([master], [], [], DEADLINE_S)[0]  # the line took a part
+            time.sleep(0.3)  # the pty full: the write waits for room
+            t.abort()
+            writer.join(DEADLINE_S)
+            assert not writer.is_alive()
+            [error] = errors
+            assert isinstance(error, ConnectionLost)
+            went = re.search(r"broken off \((\d+) of 40005 bytes went out\)", str(error))
+            assert went is not None, str(error)
+            went_out = int(went.group(1))
+            assert went_out > 8192
+            os.set_blocking(master, False)
+            readable = 0
+            with contextlib.suppress(BlockingIOError):
+                while chunk := os.read(master, 65536):
+                    readable += len(chunk)
+            assert readable <= 4096 < went_out  # the rest of the part dropped, not printed
     finally:
-        t.abort()
-        writer.join(DEADLINE_S)
         t.close()
         os.close(master)
 
@@ -969,28 +969,18 @@ def test_a_stop_breaks_off_a_network_write_the_printer_does_not_take() -> None:
     t = NetworkTransport("127.0.0.1", listener.port, 2.0, 60.0)
     t.open()
     conn = listener.accept()
-    errors: list[BaseException] = []
-
-    def write() -> None:
-        try:
-            t.write(b"\x00" * 64_000_000)
-        except BaseException as exc:
-            errors.append(exc)
-
-    writer = threading.Thread(target=write, daemon=True)
     try:
-        writer.start()
-        time.sleep(0.5)  # the queues full: the write waits
-        assert writer.is_alive()
-        t.abort()
-        writer.join(DEADLINE_S)
-        assert not writer.is_alive()
-        [error] = errors
-        assert isinstance(error, ConnectionLost) and "dropped the connection" in str(error)
-        assert t.aborted
+        with writing(t, b"\x00" * 64_000_000) as (writer, errors):
+            time.sleep(0.5)  # the queues full: the write waits
+            assert writer.is_alive()
+            t.abort()
+            writer.join(DEADLINE_S)
+            assert not writer.is_alive()
+            [error] = errors
+            assert isinstance(error, ConnectionLost) and "dropped the connection" in str(error)
+            assert t.aborted
     finally:
         conn.close()
-        writer.join(DEADLINE_S)
         t.close()
         listener.close()
 
