@@ -1,0 +1,64 @@
+"""Session 56 (lead): docs/ARCHITECTURE.md's "Modules" names every module there is.
+
+Seven modules (among them `sync/signing.py`, `sync/hub_store.py`, `agent/privileges.py`)
+were named nowhere in ARCHITECTURE.md, which the guide asks to keep true: a new
+developer looking for where a snapshot's signature is checked found no pointer. The
+section now lists every module of `agent/`, `sync/` and `printer/` with one line; these
+tests fail when a module is added, removed or renamed and the list does not follow, and
+when the list's *core* marks and tests/test_layers.py's core disagree.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .conftest import REPO
+from .test_layers import CORE
+
+ARCHITECTURE = REPO / "docs" / "ARCHITECTURE.md"
+PACKAGES = ("agent", "sync", "printer")
+
+
+def _section() -> str:
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    start = text.index("\n## Modules\n")
+    end = text.index("\n## ", start + 1)
+    return text[start:end]
+
+
+def _listed() -> dict[str, dict[str, str]]:
+    """Each package's table: module file name -> its line's description."""
+    tables: dict[str, dict[str, str]] = {}
+    current = None
+    for line in _section().splitlines():
+        heading = re.match(r"\*\*(\w+)/\*\*", line)
+        if heading:
+            current = tables.setdefault(heading.group(1), {})
+        row = re.match(r"\| `([\w.]+\.py)` \| (.+) \|$", line)
+        if row and current is not None:
+            assert row.group(1) not in current, f"{row.group(1)} listed twice"
+            current[row.group(1)] = row.group(2)
+    return tables
+
+
+def _on_disk(package: str) -> set[str]:
+    return {
+        p.name
+        for p in (REPO / package).glob("*.py")
+        if p.name != "__init__.py" or package == "sync"  # sync's holds what others use
+    }
+
+
+def test_every_module_is_listed_and_every_listed_one_exists() -> None:
+    tables = _listed()
+    assert sorted(tables) == sorted(PACKAGES)
+    for package in PACKAGES:
+        listed = set(tables[package])
+        missing, gone = _on_disk(package) - listed, listed - _on_disk(package)
+        assert not missing, f"{package}/ modules not in ARCHITECTURE.md's Modules: {missing}"
+        assert not gone, f"ARCHITECTURE.md's Modules names {package}/ modules not there: {gone}"
+
+
+def test_the_core_marks_are_the_layers_tests_core() -> None:
+    marked = {name[:-3] for name, line in _listed()["agent"].items() if "*core*" in line}
+    assert marked == set(CORE)
