@@ -297,7 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     def show(doc: Document) -> None:
         nonlocal counter
         counter += 1
-        print(f"===== job {counter} ({'cut' if doc.complete else 'INTERRUPTED'}) =====")
+        # A job without a cut is a printer without a cutter's (`cut = false`) as often as
+        # an interrupted one: the bytes cannot tell them apart, so the words say both.
+        ended = "cut" if doc.complete else "not cut: a printer without a cutter, or interrupted"
+        print(f"===== job {counter} ({ended}) =====")
         print(render_text(doc, args.columns), end="", flush=True)
         if args.png_dir is not None:
             args.png_dir.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,9 @@ when the list's *core* marks and tests/test_layers.py's core disagree.
 from __future__ import annotations
 
 import re
+import socket
+import subprocess
+import sys
 
 from .conftest import REPO
 from .test_layers import CORE
@@ -62,3 +65,30 @@ def test_every_module_is_listed_and_every_listed_one_exists() -> None:
 def test_the_core_marks_are_the_layers_tests_core() -> None:
     marked = {name[:-3] for name, line in _listed()["agent"].items() if "*core*" in line}
     assert marked == set(CORE)
+
+
+def test_the_virtual_printer_tells_an_uncut_job_as_maybe_a_cutterless_printers() -> None:
+    """`python -m tillpoint.printer.virtual` headed a job without a cut "INTERRUPTED": a
+    person trying a till configured `cut = false` against it (PRINTING.md's manual test)
+    saw every coupon called interrupted. The bytes cannot tell the two apart; the
+    heading now names both. A real listener, a real TCP job, the real process."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tillpoint.printer.virtual", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        port = int(first.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(b"\x1b@Coupon line\n\n\n")  # no cut, then the till closes
+        heading = proc.stdout.readline()
+        assert (
+            heading == "===== job 1 (not cut: a printer without a cutter, or interrupted) =====\n"
+        )
+        assert "Coupon line" in proc.stdout.readline()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
