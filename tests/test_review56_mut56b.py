@@ -1,0 +1,296 @@
+"""Review 56 (mut56b): the sync client's state and the printer's description of itself
+(the contract §4, §7, §9; docs/PROTOCOL.md §5).
+
+Mutation testing of `sync/state.py`, `printer/codes.py`, `printer/profiles.py` and
+`printer/_escpos.py` left these rules held by no test: what `status` makes of the sync's
+own tables (each field's default, the newest outstanding error, an error cleared, the
+set-aside transactions, a damaged value read without a traceback, the certificate's
+expiry), the offer code's escaping and its scan back, the profiles' widths, code tables
+and drawing modes, and the quiet import of python-escpos. Real parts: a till's real
+`ledger.db` (opened by `open_ledger`), `tillpoint status --json` (in-process CLI), the
+hub's keys and a till's certificate made by `sync.pki`, python-escpos's own capability
+database and its `Dummy` printer, `tillpoint` subprocesses for what an import leaves."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from tillpoint.sync import pki
+from tillpoint.sync.state import error_value, get, open_ledger, put, set_error, sync_status
+
+from .conftest import CLI
+
+# ---------------------------------------------------------------- sync/state.py
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[sqlite3.Connection]:
+    """A till's real ledger.db, migrated, as the sync thread opens it."""
+    (tmp_path / "data").mkdir()
+    conn = open_ledger(tmp_path / "data")
+    yield conn
+    conn.close()
+
+
+def _at(hour: int, minute: int = 0) -> datetime:
+    return datetime(2026, 12, 7, hour, minute, tzinfo=UTC)
+
+
+def _set_aside(conn: sqlite3.Connection, seq: int, outcome: str, reason: str, at: str) -> None:
+    """A row as `ledger.settle_push` writes it for a CONFLICT or REJECTED answer."""
+    conn.execute(
+        "INSERT INTO sync_set_aside VALUES ('till-1', ?, '{}', ?, ?, ?)", (seq, outcome, reason, at)
+    )
+
+
+def test_a_fresh_tills_status_says_offline_and_nothing_outstanding(cli: CLI) -> None:
+    """What support reads of a till that never reached a hub: OFFLINE, no times, no error,
+    nothing set aside or numbered again, not enrolled; no refusal or renumbering (null)."""
+    status = cli("status", "--json").json()
+    assert {k: status[k] for k in _SYNC_DEFAULTS} == _SYNC_DEFAULTS
+    assert (status["lastRefusedSnapshot"], status["lastRenumbered"]) == (None, None)
+
+
+_SYNC_DEFAULTS = {
+    "mode": "OFFLINE",
+    "lastPullAt": "",
+    "lastPushAt": "",
+    "lastError": "",
+    "lastErrorAt": "",
+    "lastContactAt": "",
+    "hubAddress": "",
+    "hubAckedThroughSeq": 0,
+    "setAsideTransactions": 0,
+    "setAside": 0,
+    "syncError": "",
+    "enrolled": False,
+    "certificateExpiresAt": "",
+    "renumberedTransactions": 0,
+}
+
+
+def test_a_database_without_the_sync_tables_reads_as_the_defaults(tmp_path: Path) -> None:
+    """`sync_status` is safe on any ledger connection and `get` on any: a database the
+    sync's migration never touched has nothing recorded (not an error, not one set aside)."""
+    conn = sqlite3.connect(tmp_path / "other.db")
+    try:
+        conn.execute("CREATE TABLE t (x)")
+        assert get(conn, "mode") is None
+        status = sync_status(conn)
+    finally:
+        conn.close()
+    assert {k: status[k] for k in _SYNC_DEFAULTS} == _SYNC_DEFAULTS
+
+
+def test_put_sets_replaces_and_deletes_keys_and_get_reads_them(
+    ledger: sqlite3.Connection,
+) -> None:
+    assert get(ledger, "mode") is None
+    put(ledger, {"mode": "ONLINE", "last_pull_at": "2026-12-07T10:00:00Z"})
+    assert (get(ledger, "mode"), get(ledger, "last_pull_at")) == ("ONLINE", "2026-12-07T10:00:00Z")
+    put(ledger, {"mode": "OFFLINE", "last_pull_at": None})
+    assert (get(ledger, "mode"), get(ledger, "last_pull_at")) == ("OFFLINE", None)
+    assert ledger.execute("SELECT count(*) FROM sync_state").fetchone()[0] == 1
+
+
+def test_put_writes_all_its_keys_or_none(ledger: sqlite3.Connection) -> None:
+    """One transaction: a value SQLite cannot store leaves the keys before it unwritten,
+    and the connection with no transaction open (the next write works)."""
+    with pytest.raises(sqlite3.Error):
+        put(ledger, {"mode": "ONLINE", "last_push_at": object()})  # type: ignore[dict-item]
+    assert get(ledger, "mode") is None
+    assert not ledger.in_transaction
+    put(ledger, {"mode": "ONLINE"})
+    assert get(ledger, "mode") == "ONLINE"
+
+
+def test_an_error_is_recorded_with_its_time_readable_and_cleared_by_none(
+    ledger: sqlite3.Connection,
+) -> None:
+    """`set_error` records the message and when, as UTF-8 words a support engineer reads
+    with the sqlite3 shell (not \\u escapes); `status` says it; None clears it."""
+    set_error(ledger, "push", "push: хаб отказал")
+    raw = get(ledger, "error:push")
+    assert raw is not None and "хаб отказал" in raw
+    recorded = json.loads(raw)
+    assert recorded["message"] == "push: хаб отказал"
+    status = sync_status(ledger)
+    assert (status["lastError"], status["syncError"]) == ("push: хаб отказал",) * 2
+    assert status["lastErrorAt"] == recorded["at"] and recorded["at"].endswith("Z")
+    set_error(ledger, "push", None)
+    assert get(ledger, "error:push") is None
+    status = sync_status(ledger)
+    assert (status["lastError"], status["lastErrorAt"], status["syncError"]) == ("", "", "")
+
+
+def test_error_value_is_the_message_and_the_moment_in_utc() -> None:
+    value = json.loads(error_value("pull: refused", _at(10, 5)))
+    assert value == {"message": "pull: refused", "at": "2026-12-07T10:05:00.000000Z"}
+
+
+def test_the_newest_outstanding_error_is_the_last_error_and_a_cleared_one_gives_way(
+    ledger: sqlite3.Connection,
+) -> None:
+    """Of the areas' errors the newest is `lastError` whichever area it is; once that area
+    works again the next newest shows (review 56: the oldest or the first area shown
+    passed no test)."""
+    put(
+        ledger,
+        {
+            "error:enrollment": error_value("enrollment: old", _at(8)),
+            "error:link": error_value("the hub is unreachable", _at(11)),
+            "error:pull": error_value("pull: refused", _at(10)),
+            "error:push": error_value("push: failed", _at(9)),
+        },
+    )
+    status = sync_status(ledger)
+    assert (status["lastError"], status["lastErrorAt"]) == (
+        "the hub is unreachable",
+        "2026-12-07T11:00:00.000000Z",
+    )
+    assert status["syncError"] == "the hub is unreachable"
+    set_error(ledger, "link", None)
+    assert sync_status(ledger)["lastError"] == "pull: refused"
+
+
+def test_an_error_value_that_is_no_json_is_said_as_it_is_and_counts_oldest(
+    ledger: sqlite3.Connection,
+) -> None:
+    """A value of an older release or a hand edit: said as it is, with no time, below any
+    dated error; an empty one is no error."""
+    put(ledger, {"error:pull": "pull failed", "error:push": ""})
+    status = sync_status(ledger)
+    assert (status["lastError"], status["lastErrorAt"]) == ("pull failed", "")
+    put(ledger, {"error:link": error_value("the hub is unreachable", _at(9))})
+    assert sync_status(ledger)["lastError"] == "the hub is unreachable"
+    put(ledger, {"error:link": None, "error:pull": None})
+    assert sync_status(ledger)["lastError"] == ""
+
+
+def test_the_recorded_times_mode_and_hub_mark_are_said(ledger: sqlite3.Connection) -> None:
+    put(
+        ledger,
+        {
+            "mode": "ONLINE",
+            "last_pull_at": "2026-12-07T10:00:00Z",
+            "last_push_at": "2026-12-07T10:01:00Z",
+            "last_contact_at": "2026-12-07T10:02:00Z",
+            "hub_address": "hub.shop:7443",
+            "acked_through": "41",
+        },
+    )
+    status = sync_status(ledger)
+    assert {k: status[k] for k in _RECORDED} == _RECORDED
+
+
+_RECORDED = {
+    "mode": "ONLINE",
+    "lastPullAt": "2026-12-07T10:00:00Z",
+    "lastPushAt": "2026-12-07T10:01:00Z",
+    "lastContactAt": "2026-12-07T10:02:00Z",
+    "hubAddress": "hub.shop:7443",
+    "hubAckedThroughSeq": 41,
+}
+
+
+def test_set_aside_transactions_are_counted_and_the_newest_named(
+    ledger: sqlite3.Connection,
+) -> None:
+    """Each set-aside row counts (`setAside`, and the deprecated `setAsideTransactions`);
+    `syncError` names the newest by time, then by seq, with the hub's reason when it gave
+    one; they do not clear by themselves."""
+    _set_aside(ledger, 3, "REJECTED", "amount is negative", "2026-12-07T09:00:00Z")
+    status = sync_status(ledger)
+    assert (status["setAside"], status["setAsideTransactions"]) == (1, 1)
+    assert status["syncError"] == (
+        "1 transaction(s) set aside by the hub (newest: seq 3 REJECTED: amount is negative);"
+        " see sync_set_aside in ledger.db"
+    )
+    assert status["lastError"] == status["syncError"]
+    _set_aside(ledger, 7, "CONFLICT", "", "2026-12-07T10:00:00Z")
+    _set_aside(ledger, 5, "CONFLICT", "other", "2026-12-07T10:00:00Z")
+    status = sync_status(ledger)
+    assert (status["setAside"], status["setAsideTransactions"]) == (3, 3)
+    assert status["syncError"] == (
+        "3 transaction(s) set aside by the hub (newest: seq 7 CONFLICT);"
+        " see sync_set_aside in ledger.db"
+    )
+
+
+def test_refusal_and_renumbering_records_are_said_and_damaged_ones_left_out(
+    ledger: sqlite3.Connection,
+) -> None:
+    """`lastRefusedSnapshot` and `lastRenumbered` as recorded (JSON); a damaged record or
+    count is left out or 0, never a traceback in `status`."""
+    refused = {"version": 12, "reason": "signature"}
+    last = {"oldSeq": 4, "newSeq": 9, "receiptId": "r-4"}
+    put(
+        ledger,
+        {
+            "refused": json.dumps(refused),
+            "renumbered": "2",
+            "renumbered_last": json.dumps(last),
+        },
+    )
+    status = sync_status(ledger)
+    assert status["lastRefusedSnapshot"] == refused
+    assert (status["renumberedTransactions"], status["lastRenumbered"]) == (2, last)
+    put(ledger, {"refused": "{cut", "renumbered": "x2", "renumbered_last": "{cut"})
+    status = sync_status(ledger)
+    assert "lastRefusedSnapshot" not in status and "lastRenumbered" not in status
+    assert status["renumberedTransactions"] == 0
+
+
+def _device_certificate(tmp_path: Path) -> tuple[bytes, str]:
+    """A till's certificate from a hub CA made here, and its expiry as status says it."""
+    keys = pki.HubKeys(tmp_path / "hub" / "keys")
+    pki.init_hub_keys(keys)
+    made = pki.issue_device(keys, "till-1")
+    return made.cert_pem, pki.certificate_time(made.not_after)
+
+
+def test_the_certificates_expiry_is_the_markers_else_the_certificates(
+    tmp_path: Path, ledger: sqlite3.Connection
+) -> None:
+    """`certificateExpiresAt`: the marker's field; a marker of an older release without
+    it (or not an object), the certificate's own date; "" for a marker that does not read
+    or a certificate missing — `status` never fails on them."""
+    enrollment = tmp_path / "data" / "enrollment"
+    enrollment.mkdir()
+    marker = enrollment / "enrollment.json"
+    marker.write_text(json.dumps({"certificateExpiresAt": "2031-01-02T03:04:05Z"}))
+    status = sync_status(ledger)
+    assert (status["enrolled"], status["certificateExpiresAt"]) == (True, "2031-01-02T03:04:05Z")
+    marker.write_text("{}")
+    assert sync_status(ledger)["certificateExpiresAt"] == ""  # no device.pem
+    pem, expires = _device_certificate(tmp_path)
+    (enrollment / "device.pem").write_bytes(pem)
+    assert sync_status(ledger)["certificateExpiresAt"] == expires
+    marker.write_text("[]")
+    assert sync_status(ledger)["certificateExpiresAt"] == expires
+    marker.write_text("{cut")
+    status = sync_status(ledger)
+    assert (status["enrolled"], status["certificateExpiresAt"]) == (True, "")
+
+
+def test_a_connection_to_no_file_is_not_enrolled_whatever_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An in-memory database has no data directory: not the process's working directory,
+    even when that is an enrolled till's."""
+    enrollment = tmp_path / "enrollment"
+    enrollment.mkdir()
+    (enrollment / "enrollment.json").write_text(json.dumps({"certificateExpiresAt": "2031"}))
+    monkeypatch.chdir(tmp_path)
+    conn = sqlite3.connect(":memory:")
+    try:
+        status = sync_status(conn)
+    finally:
+        conn.close()
+    assert (status["enrolled"], status["certificateExpiresAt"]) == (False, "")
+
