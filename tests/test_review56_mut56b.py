@@ -294,3 +294,29 @@ def test_a_connection_to_no_file_is_not_enrolled_whatever_the_working_directory(
         conn.close()
     assert (status["enrolled"], status["certificateExpiresAt"]) == (False, "")
 
+
+def test_an_outage_after_a_set_aside_is_the_last_error_and_the_set_aside_stays_the_sync_error(
+    ledger: sqlite3.Connection,
+) -> None:
+    """`lastError` is the newest outstanding problem (docs/PROTOCOL.md §5), `syncError`
+    the set-aside transactions first. Until review 56 a set-aside row, which stays until a
+    person reviews it, was `lastError` for good with `lastErrorAt` "": a later outage's
+    cause (an expired certificate with the way back, the hub unreachable) never showed
+    in `status`. Now the set-aside problem stands at its newest row's time."""
+    _set_aside(ledger, 3, "CONFLICT", "seq taken", "2026-12-07T09:00:00.000000Z")
+    aside = (
+        "1 transaction(s) set aside by the hub (newest: seq 3 CONFLICT: seq taken);"
+        " see sync_set_aside in ledger.db"
+    )
+    status = sync_status(ledger)
+    assert (status["lastError"], status["lastErrorAt"]) == (aside, "2026-12-07T09:00:00.000000Z")
+    put(ledger, {"error:link": error_value("this till's certificate expired at …", _at(11))})
+    status = sync_status(ledger)
+    assert (status["lastError"], status["lastErrorAt"]) == (
+        "this till's certificate expired at …",
+        "2026-12-07T11:00:00.000000Z",
+    )
+    assert status["syncError"] == aside
+    put(ledger, {"error:link": error_value("the hub is unreachable", _at(8))})
+    status = sync_status(ledger)
+    assert (status["lastError"], status["syncError"]) == (aside, aside)
