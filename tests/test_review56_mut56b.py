@@ -20,6 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from tillpoint.agent.service import Agent
+from tillpoint.printer.codes import offer_code, parse_offer_code
 from tillpoint.sync import pki
 from tillpoint.sync.state import error_value, get, open_ledger, put, set_error, sync_status
 
@@ -320,3 +322,69 @@ def test_an_outage_after_a_set_aside_is_the_last_error_and_the_set_aside_stays_t
     put(ledger, {"error:link": error_value("the hub is unreachable", _at(8))})
     status = sync_status(ledger)
     assert (status["lastError"], status["syncError"]) == (aside, aside)
+
+
+# ---------------------------------------------------------------- printer/codes.py
+
+
+@pytest.mark.parametrize(
+    ("offer_id", "code"),
+    [
+        ("o-1", "TP1-o-1"),
+        ("7", "TP1-7"),
+        ("!A~z", "TP1-!A~z"),  # printable ASCII's ends stay as they are
+        ("50%", "TP1-50%25"),  # the escape character itself is escaped
+        ("o 1", "TP1-o%201"),  # a blank is not printable ASCII in a code
+        ("o\x7f", "TP1-o%7F"),  # nor DEL
+        ("Оффер", "TP1-%D0%9E%D1%84%D1%84%D0%B5%D1%80"),
+    ],
+)
+def test_an_offer_code_is_printable_ascii_and_scans_back_to_its_offer(
+    offer_id: str, code: str
+) -> None:
+    assert offer_code(offer_id) == code
+    assert parse_offer_code(code) == offer_id
+    assert all(0x21 <= ord(c) < 0x7F for c in code)
+
+
+def test_an_offer_id_of_one_to_two_hundred_characters_has_a_code_and_no_other() -> None:
+    """The snapshot's id limit: 200 characters (a Cyrillic one's code is six times as
+    long, and still one QR code); none and 201 have no code, and a scan of one is none."""
+    longest = "Я" * 200
+    assert parse_offer_code(offer_code(longest)) == longest
+    for wrong in ("", "o" * 201):
+        with pytest.raises(ValueError, match="is not 1-200 characters"):
+            offer_code(wrong)
+    assert parse_offer_code("TP1-" + "o" * 201) is None
+    assert parse_offer_code("TP1-") is None
+    assert parse_offer_code("TP1-" + "o" * 200) == "o" * 200
+
+
+@pytest.mark.parametrize(
+    ("scanned", "offer_id"),
+    [
+        ("TP1-o-1\r\n", "o-1"),  # a scanner's line end
+        (" tp1-o-1", "o-1"),  # a scanner sending lower case: the scheme, not the id
+        ("TP1-%d0%9e", "О"),
+        ("TP1-%D0", None),  # half a UTF-8 character: no offer
+        ("TP1o1", None),  # the code with its dashes dropped (§4's card normalisation)
+        ("TP2-o-1", None),
+        ("2770000000017", None),
+        ("", None),
+    ],
+)
+def test_a_scan_names_an_offer_only_when_it_is_an_offer_code(
+    scanned: str, offer_id: str | None
+) -> None:
+    assert parse_offer_code(scanned) == offer_id
+
+
+def test_a_scanned_offer_code_is_an_offer_before_it_could_read_as_a_card(agent: Agent) -> None:
+    """The till routes a scan (§13): an offer's code, tested on the raw text, names the
+    offer; its dashes dropped as a card's it would be "TP1o12" (an INVALID card)."""
+    assert agent.scan(" TP1-o-1-2 ").to_json() == {
+        "kind": "OFFER",
+        "code": "TP1-o-1-2",
+        "offerId": "o-1-2",
+    }
+    assert agent.scan("TP1-").to_json()["kind"] == "CARD"
