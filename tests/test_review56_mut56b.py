@@ -13,15 +13,20 @@ database and its `Dummy` printer, `tillpoint` subprocesses for what an import le
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tillpoint.agent.service import Agent
 from tillpoint.printer.codes import offer_code, parse_offer_code
+from tillpoint.printer.config import PrinterConfig
+from tillpoint.printer.errors import PrinterConfigError
+from tillpoint.printer.profiles import Profile, resolve_profile
 from tillpoint.sync import pki
 from tillpoint.sync.state import error_value, get, open_ledger, put, set_error, sync_status
 
@@ -388,3 +393,147 @@ def test_a_scanned_offer_code_is_an_offer_before_it_could_read_as_a_card(agent: 
         "offerId": "o-1-2",
     }
     assert agent.scan("TP1-").to_json()["kind"] == "CARD"
+
+
+# ---------------------------------------------------------------- printer/profiles.py
+
+
+def _profile(**config: Any) -> Profile:
+    return resolve_profile(PrinterConfig(**config))
+
+
+def _shape(p: Profile) -> tuple[str, int, int, int, str, int]:
+    return (p.base, p.columns, p.width_px, p.dpi, p.codepage, p.codepage_table)
+
+
+def test_the_generic_profiles_are_80_and_58_mm_epson_compatibles_that_draw_everything() -> None:
+    """docs' table: 48 columns on 576 dots and 32 on 384, 203 dpi, CP866 at ESC t 17,
+    native QR codes, hardware barcodes, raster images, both cuts."""
+    wide, narrow = _profile(profile="generic-80mm"), _profile(profile="generic-58mm")
+    assert _shape(wide) == ("default", 48, 576, 203, "cp866", 17)
+    assert _shape(narrow) == ("default", 32, 384, 203, "cp866", 17)
+    for p in (wide, narrow):
+        assert (p.qr_native, p.barcode_hw, p.raster, p.full_cut, p.part_cut) == (True,) * 5
+        assert p.code_modes() == ["qr", "barcode", "raster-qr", "text"]
+
+
+@pytest.mark.parametrize(
+    ("config", "table"),
+    [
+        ({"codepage": "cp1251"}, 46),  # python-escpos's slot for it on an Epson
+        ({"codepage": "iso8859_7"}, 15),  # its database spells it ISO_8859-7
+        ({"codepage": "IBM866"}, 17),  # another name of CP866
+        ({"codepage": "cp866", "codepage_table": 59}, 59),  # a Zjiang clone
+        ({"codepage": "cp1251", "codepage_table": 73}, 73),  # the configuration wins
+    ],
+)
+def test_a_generic_profiles_code_table_is_the_codecs_slot_unless_configured(
+    config: dict[str, Any], table: int
+) -> None:
+    assert _profile(profile="generic-80mm", **config).codepage_table == table
+
+
+@pytest.mark.parametrize(
+    ("name", "shape"),
+    [
+        ("TM-T88V", ("TM-T88V", 42, 512, 180, "cp866", 17)),
+        ("KR-306", ("KR-306", 48, 576, 203, "cp866", 12)),  # the lowest of 12, 37
+        ("CT-S651", ("CT-S651", 48, 640, 203, "cp866", 7)),  # of 7, 17
+        ("TSP600", ("TSP600", 42, 576, 203, "cp866", 10)),  # Star
+        ("RP326", ("RP326", 42, 504, 203, "cp866", 7)),  # width "Unknown": 12 dots a column
+        ("TUP500", ("TUP500", 42, 504, 203, "cp866", 10)),  # no width in dots at all
+        ("Sunmi-V2", ("Sunmi-V2", 32, 384, 203, "cp866", 17)),  # no dpi: 384 dots is 203
+        ("OCD-100", ("OCD-100", 20, 100, 180, "cp866", 11)),  # no dpi, narrower: 180
+    ],
+)
+def test_a_python_escpos_profile_gives_its_columns_width_dpi_and_code_table(
+    name: str, shape: tuple[str, int, int, int, str, int]
+) -> None:
+    assert _shape(_profile(profile=name)) == shape
+
+
+@pytest.mark.parametrize(
+    ("name", "modes", "cuts"),
+    [
+        ("TM-T88V", ["qr", "barcode", "raster-qr", "text"], (True, True)),
+        ("TH230", ["barcode", "raster-qr", "text"], (True, True)),  # no native QR
+        ("NT-5890K", ["raster-qr", "text"], (False, False)),  # a 58 mm clone, no cutter
+        ("TM-U220B", ["text"], (False, True)),  # a dot-matrix printer: partial cut only
+    ],
+)
+def test_a_printer_draws_a_code_the_best_way_its_profile_says_it_can(
+    name: str, modes: list[str], cuts: tuple[bool, bool]
+) -> None:
+    p = _profile(profile=name, codepage="cp437")
+    assert p.code_modes() == modes
+    assert (p.full_cut, p.part_cut) == cuts
+
+
+@pytest.mark.parametrize(
+    ("code", "modes"),
+    [
+        ("qr", ["qr", "text"]),
+        ("barcode", ["barcode", "text"]),
+        ("raster-qr", ["raster-qr", "text"]),
+        ("text", ["text"]),
+    ],
+)
+def test_a_configured_code_mode_is_tried_first_and_text_after(code: str, modes: list[str]) -> None:
+    """What the configuration forces is drawn even where the profile says the printer
+    cannot (the retailer knows better), with the text as the way out."""
+    assert _profile(profile="TM-U220", codepage="cp437", code=code).code_modes() == modes
+
+
+def test_the_configurations_overrides_win_over_the_profiles() -> None:
+    p = _profile(
+        profile="TM-T88V", columns=40, width_px=500, codepage_table=5, qr_module_px=8, cut="full"
+    )
+    assert (p.columns, p.width_px, p.codepage_table, p.qr_module_px, p.cut) == (
+        40,
+        500,
+        5,
+        8,
+        "full",
+    )
+    assert p.dpi == 180
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.columns = 48  # type: ignore[misc]
+
+
+def test_a_profile_or_code_table_that_does_not_exist_is_a_configuration_error() -> None:
+    with pytest.raises(PrinterConfigError, match=r"unknown printer profile 'TM-T99'; known: ") as e:
+        _profile(profile="TM-T99")
+    known = str(e.value).split("known: ")[1].split(", ")
+    assert known == sorted(known, key=str.lower)
+    assert {"generic-80mm", "generic-58mm", "TM-T88V", "default"} <= set(known)
+    with pytest.raises(
+        PrinterConfigError, match="'TM-U220' has no CP866 code table; set codepage_t"
+    ):
+        _profile(profile="TM-U220")
+
+
+def test_the_escpos_profile_carries_the_resolved_media_code_page_columns_and_features() -> None:
+    """What python-escpos renders with is this profile, not its base's database entry:
+    two profiles on one base (the generic ones on "default") keep their own, and the
+    database is left as it was."""
+    from tillpoint.printer import _escpos
+
+    wide = _profile(profile="generic-80mm", codepage="cp1251").escpos_profile()
+    narrow = _profile(profile="NT-5890K", codepage="cp866", code="qr").escpos_profile()
+    generic = _profile(profile="generic-58mm").escpos_profile()
+    assert wide.profile_data["media"] == {"dpi": 203, "width": {"mm": "Unknown", "pixels": 576}}
+    assert generic.profile_data["media"]["width"]["pixels"] == 384
+    assert wide.profile_data["codePages"] == {"46": "CP1251"}
+    assert wide.profile_data["fonts"] == {"0": {"name": "Font A", "columns": 48}}
+    assert narrow.profile_data["media"] == {"dpi": 203, "width": {"mm": 57.5, "pixels": 384}}
+    assert narrow.profile_data["codePages"] == {"17": "CP866"}
+    features = narrow.profile_data["features"]
+    assert (features["qrCode"], features["barcodeB"], features["bitImageRaster"]) == (
+        False,
+        False,
+        True,
+    )
+    assert (features["paperFullCut"], features["paperPartCut"]) == (False, False)
+    database = _escpos.load().capabilities.CAPABILITIES["profiles"]["default"]
+    assert database["media"]["width"] == {"mm": "Unknown", "pixels": "Unknown"}
+    assert len(database["codePages"]) > 1
