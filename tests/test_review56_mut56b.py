@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -537,3 +540,136 @@ def test_the_escpos_profile_carries_the_resolved_media_code_page_columns_and_fea
     database = _escpos.load().capabilities.CAPABILITIES["profiles"]["default"]
     assert database["media"]["width"] == {"mm": "Unknown", "pixels": "Unknown"}
     assert len(database["codePages"]) > 1
+
+
+# ---------------------------------------------------------------- printer/_escpos.py
+
+# A process's first `load()`, and what it left: run in a process of its own (the import
+# happens once per process). While escpos is imported, the script's own module makes
+# temporary directories (as a print worker's thread could at that moment): they must be
+# real ones, not the escpos cache.
+_LOAD = """
+import importlib, json, logging, os, sys, tempfile
+from tillpoint.printer import _escpos
+mine = [h for h in logging.getLogger().handlers]
+made = []
+real_import = importlib.import_module
+def import_module(name, *a, **k):
+    if name == "escpos.printer":
+        made.extend([tempfile.mkdtemp(), tempfile.mkdtemp(prefix="x")])
+    return real_import(name, *a, **k)
+importlib.import_module = import_module
+first = _escpos.load()
+again = _escpos.load()
+after = tempfile.mkdtemp()
+print(json.dumps({
+    "same": first is again and first is sys.modules["escpos"],
+    "profiles": len(first.capabilities.CAPABILITIES["profiles"]),
+    "handlers_kept": logging.getLogger().handlers == mine,
+    "env": os.environ.get("ESCPOS_CAPABILITIES_PICKLE_DIR"),
+    "pickle_dir": first.capabilities.pickle_dir,
+    "made": made,
+    "after": after,
+}))
+"""
+
+_A_HANDLER = "import logging; logging.getLogger().addHandler(logging.NullHandler())\n"
+
+
+def _first_load(
+    tmp_path: Path, env: dict[str, str], *, handler: bool = False
+) -> tuple[dict[str, Any], str]:
+    """Run `_LOAD` with TMPDIR an empty directory of its own; its report and stderr."""
+    temp = tmp_path / "tmp"
+    temp.mkdir(exist_ok=True)
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("ESCPOS_", "TILLPOINT_"))}
+    base.pop("XDG_CACHE_HOME", None)
+    script = (
+        "import logging; logging.getLogger().addHandler(logging.NullHandler())\n" if handler else ""
+    ) + _LOAD
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**base, "TMPDIR": str(temp), **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stdout.splitlines()
+    assert len(lines) == 1, run.stdout  # nothing but the report: escpos printed nothing
+    return json.loads(lines[0]), run.stderr
+
+
+def _temp_dirs(tmp_path: Path) -> set[str]:
+    return {str(p) for p in (tmp_path / "tmp").iterdir()}
+
+
+def test_the_first_load_pickles_into_the_cache_and_leaves_no_temporary_directory(
+    tmp_path: Path,
+) -> None:
+    """One import: the database pickled into `TILLPOINT_CACHE_DIR/escpos` (its lock file
+    the user's alone), no temporary directory made for it (escpos made one per process,
+    a CLI call's, for ever), the environment and `tempfile.mkdtemp` as they were, and
+    every other caller's temporary directory a real one, made meanwhile or after."""
+    cache = tmp_path / "cache"
+    report, _ = _first_load(tmp_path, {"TILLPOINT_CACHE_DIR": str(cache)})
+    assert (report["same"], report["profiles"] > 30, report["handlers_kept"]) == (True,) * 3
+    assert report["pickle_dir"] == str(cache / "escpos") and report["env"] is None
+    assert list((cache / "escpos").glob("*.capabilities.pickle"))
+    assert (cache / "escpos" / ".lock").stat().st_mode & 0o777 == 0o600
+    assert _temp_dirs(tmp_path) == {*report["made"], report["after"]}
+    assert len(_temp_dirs(tmp_path)) == 3
+
+
+def test_the_cache_is_under_xdg_cache_home_else_the_homes_cache(tmp_path: Path) -> None:
+    xdg, _ = _first_load(tmp_path, {"XDG_CACHE_HOME": str(tmp_path / "xdg")})
+    assert xdg["pickle_dir"] == str(tmp_path / "xdg" / "tillpoint" / "escpos")
+    home, _ = _first_load(tmp_path, {"HOME": str(tmp_path / "home")})
+    assert home["pickle_dir"] == str(tmp_path / "home" / ".cache" / "tillpoint" / "escpos")
+
+
+def test_a_cache_that_cannot_be_made_leaves_escpos_one_temporary_directory(
+    tmp_path: Path,
+) -> None:
+    """`TILLPOINT_CACHE_DIR` a file (a read-only home likewise): python-escpos pickles into
+    a temporary directory as it would alone; the import still works."""
+    (tmp_path / "file").write_text("")
+    report, _ = _first_load(tmp_path, {"TILLPOINT_CACHE_DIR": str(tmp_path / "file")})
+    assert report["same"] and report["env"] is None
+    assert report["pickle_dir"] not in {*report["made"], report["after"]}
+    assert _temp_dirs(tmp_path) == {report["pickle_dir"], *report["made"], report["after"]}
+
+
+def test_a_pickle_directory_the_user_set_is_used_and_kept(tmp_path: Path) -> None:
+    own = tmp_path / "own"
+    own.mkdir()
+    report, _ = _first_load(
+        tmp_path,
+        {
+            "TILLPOINT_CACHE_DIR": str(tmp_path / "cache"),
+            "ESCPOS_CAPABILITIES_PICKLE_DIR": str(own),
+        },
+    )
+    assert report["pickle_dir"] == report["env"] == str(own)
+    assert list(own.glob("*.capabilities.pickle"))
+    assert _temp_dirs(tmp_path) == {*report["made"], report["after"]}
+
+
+def test_the_root_logger_keeps_its_handlers_and_gets_none_of_escpos(tmp_path: Path) -> None:
+    """escpos calls `logging.basicConfig()`: a handler on the root logger would write every
+    library's warnings to stderr in the agent's own format's place."""
+    env = {"TILLPOINT_CACHE_DIR": str(tmp_path / "cache")}
+    assert _first_load(tmp_path, env)[0]["handlers_kept"]
+    assert _first_load(tmp_path, env, handler=True)[0]["handlers_kept"]
+
+
+def test_what_escpos_prints_on_loading_goes_to_stderr_not_stdout(tmp_path: Path) -> None:
+    """A database that does not load: escpos `print()`s its complaint; a `--json` reader
+    must not get it on stdout."""
+    empty = tmp_path / "capabilities.json"
+    empty.write_text("")
+    report, err = _first_load(
+        tmp_path,
+        {"TILLPOINT_CACHE_DIR": str(tmp_path / "cache"), "ESCPOS_CAPABILITIES_FILE": str(empty)},
+    )
+    assert report["profiles"] == 1 and "could not be loaded" in err
