@@ -515,6 +515,19 @@ def test_a_profile_or_code_table_that_does_not_exist_is_a_configuration_error() 
         _profile(profile="TM-U220")
 
 
+def test_a_generic_profile_without_the_code_table_is_named_as_configured() -> None:
+    """A generic profile's slot is python-escpos's "default" one; the error named that
+    profile, which the retailer never configured (review 56)."""
+    with pytest.raises(
+        PrinterConfigError,
+        match=r"^printer profile 'generic-58mm' has no ISO8859-5 code table; set codepage_table",
+    ):
+        _profile(profile="generic-58mm", codepage="iso8859_5")
+    assert (
+        _profile(profile="generic-58mm", codepage="iso8859_5", codepage_table=7).codepage_table == 7
+    )
+
+
 def test_the_escpos_profile_carries_the_resolved_media_code_page_columns_and_features() -> None:
     """What python-escpos renders with is this profile, not its base's database entry:
     two profiles on one base (the generic ones on "default") keep their own, and the
