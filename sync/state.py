@@ -100,7 +100,7 @@ def sync_status(ledger_conn: sqlite3.Connection) -> dict[str, Any]:
             try:
                 item = json.loads(raw)
                 errors.append((str(item["at"]), str(item["message"])))
-            except (ValueError, KeyError):
+            except (ValueError, KeyError, TypeError):  # not an object of both: as it is
                 errors.append(("", raw))
     aside_error = (
         f"{set_aside} transaction(s) set aside by the hub (newest: {newest_aside});"
@@ -122,7 +122,7 @@ def sync_status(ledger_conn: sqlite3.Connection) -> dict[str, Any]:
         "lastErrorAt": last_error_at,
         "lastContactAt": values.get("last_contact_at", ""),
         "hubAddress": values.get("hub_address", ""),
-        "hubAckedThroughSeq": int(values.get("acked_through", "0") or 0),
+        "hubAckedThroughSeq": _count(values.get("acked_through", "0")),
         "setAsideTransactions": set_aside,  # Status field 19, deprecated: = setAside
         # Status fields 40, 41: transactions the hub refused to store are never a success
         "setAside": set_aside,
@@ -135,12 +135,17 @@ def sync_status(ledger_conn: sqlite3.Connection) -> dict[str, Any]:
             out["lastRefusedSnapshot"] = json.loads(values["refused"])
     # Status fields 49, 50: the sales and refunds numbered again (`ledger.renumber`: the
     # hub held their seq with another transaction of this device) and the last one
-    renumbered = values.get("renumbered", "0")
-    out["renumberedTransactions"] = int(renumbered) if renumbered.isdigit() else 0
+    out["renumberedTransactions"] = _count(values.get("renumbered", "0"))
     if values.get("renumbered_last"):
         with contextlib.suppress(ValueError):
             out["lastRenumbered"] = json.loads(values["renumbered_last"])
     return out
+
+
+def _count(value: str) -> int:
+    """A recorded count or seq; 0 for one that does not read (a damaged ledger, a hand
+    edit): `status` is how support looks at such a till, it must not fail on it."""
+    return int(value) if value.isascii() and value.isdigit() else 0
 
 
 def _enrolled(conn: sqlite3.Connection) -> bool:

@@ -182,6 +182,29 @@ def test_an_error_value_that_is_no_json_is_said_as_it_is_and_counts_oldest(
     assert sync_status(ledger)["lastError"] == ""
 
 
+@pytest.mark.parametrize("raw", ["null", '"fixed"', "[1, 2]", "5", '{"message": "m"}'])
+def test_an_error_value_that_is_json_but_no_error_is_said_as_it_is(
+    ledger: sqlite3.Connection, raw: str
+) -> None:
+    """Until review 56 a value that read as JSON but not as an object of a message and a
+    time (a hand edit, a damaged ledger) made `tillpoint status` an internal error
+    (TypeError): support could not see the till at all."""
+    put(ledger, {"error:pull": raw})
+    status = sync_status(ledger)
+    assert (status["lastError"], status["lastErrorAt"]) == (raw, "")
+
+
+@pytest.mark.parametrize("raw", ["x", "", "-1", "٣"])
+def test_a_hub_mark_or_count_that_does_not_read_is_zero(
+    ledger: sqlite3.Connection, raw: str
+) -> None:
+    """`hubAckedThroughSeq` failed `status` on a value that is no number (ValueError, an
+    internal error; review 56); `renumberedTransactions` already read such a one as 0."""
+    put(ledger, {"acked_through": raw, "renumbered": raw})
+    status = sync_status(ledger)
+    assert (status["hubAckedThroughSeq"], status["renumberedTransactions"]) == (0, 0)
+
+
 def test_the_recorded_times_mode_and_hub_mark_are_said(ledger: sqlite3.Connection) -> None:
     put(
         ledger,
