@@ -655,6 +655,42 @@ def test_the_first_load_pickles_into_the_cache_and_leaves_no_temporary_directory
     assert (cache / "escpos" / ".lock").stat().st_mode & 0o777 == 0o600
     assert _temp_dirs(tmp_path) == {*report["made"], report["after"]}
     assert len(_temp_dirs(tmp_path)) == 3
+    # every later process (each CLI call) reads the same cache, and makes no directory
+    again, _ = _first_load(tmp_path, {"TILLPOINT_CACHE_DIR": str(cache)})
+    assert again["pickle_dir"] == str(cache / "escpos")
+    assert len(_temp_dirs(tmp_path)) == 6
+
+
+# Two threads' first `load()` at once (the print worker's and a request's): the one that
+# waited for the lock returns what the other imported. The waiting thread is seen at the
+# lock (its frame on the `with` line) before the holder lets it in: no timing.
+_TWO_THREADS = """
+import inspect, sys, threading, time, types
+from tillpoint.printer import _escpos
+source, first = inspect.getsourcelines(_escpos.load)
+at_lock = first + next(i for i, line in enumerate(source) if "with _lock:" in line)
+imported = types.ModuleType("escpos")
+got = []
+with _escpos._lock:
+    waiter = threading.Thread(target=lambda: got.append(_escpos.load()))
+    waiter.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        frame = sys._current_frames().get(waiter.ident)
+        if frame is not None and frame.f_code.co_name == "load" and frame.f_lineno == at_lock:
+            break
+        time.sleep(0.01)
+    _escpos._loaded = imported
+waiter.join(60)
+print(got == [imported])
+"""
+
+
+def test_a_load_that_waited_for_another_threads_returns_what_that_one_imported() -> None:
+    run = subprocess.run(
+        [sys.executable, "-c", _TWO_THREADS], capture_output=True, text=True, timeout=120
+    )
+    assert (run.returncode, run.stdout) == (0, "True\n"), run.stderr[-2000:]
 
 
 def test_the_cache_is_under_xdg_cache_home_else_the_homes_cache(tmp_path: Path) -> None:
