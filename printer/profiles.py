@@ -132,7 +132,7 @@ def resolve_profile(config: PrinterConfig) -> Profile:
         base = "default"
         columns, width_px, dpi, table = b.columns, b.width_px, b.dpi, b.codepage_table
         if codec != "cp866" and config.codepage_table is None:
-            table = _table_in("default", codec)
+            table = _table_in("default", codec, shown=name)
         features: dict[str, Any] = dict(_ALL_FEATURES)
     else:
         profiles = _escpos_profiles()
@@ -177,7 +177,9 @@ def resolve_profile(config: PrinterConfig) -> Profile:
     )
 
 
-def _table_in(profile: str, codec: str) -> int:
+def _table_in(profile: str, codec: str, shown: str | None = None) -> int:
+    """The ESC t slot of `codec` in python-escpos's `profile`; the error names `shown`, the
+    profile configured (a generic one is looked up in escpos's "default")."""
     pages: dict[str, str] = _escpos_profiles()[profile].get("codePages", {})
     wanted = {codec.upper(), codec.upper().replace("_", "-")}
     for slot, page in pages.items():
@@ -188,6 +190,6 @@ def _table_in(profile: str, codec: str) -> int:
         if page.upper() in wanted or page_codec == codec:
             return int(slot)
     raise PrinterConfigError(
-        f"printer profile {profile!r} has no {codec.upper()} code table; "
+        f"printer profile {shown or profile!r} has no {codec.upper()} code table; "
         f"set codepage_table to the printer's ESC t slot for it"
     )

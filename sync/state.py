@@ -77,19 +77,22 @@ def sync_status(ledger_conn: sqlite3.Connection) -> dict[str, Any]:
 
     mode: ONLINE when the sync loop's last exchange with the hub worked (as last
     recorded; lastContactAt says when), OFFLINE otherwise or with no hub.
-    lastError: the newest outstanding problem (a failed area clears when it works again).
+    lastError: the newest outstanding problem (a failed area clears when it works again;
+    the set-aside transactions, which do not, at their newest one's time).
+    syncError: the set-aside transactions first, else lastError.
     """
     values: dict[str, str] = {}
     set_aside = 0
-    newest_aside = ""
+    newest_aside = newest_aside_at = ""
     if _has_tables(ledger_conn):
         values = {str(k): str(v) for k, v in ledger_conn.execute("SELECT * FROM sync_state")}
         set_aside = int(ledger_conn.execute("SELECT count(*) FROM sync_set_aside").fetchone()[0])
         row = ledger_conn.execute(
-            "SELECT seq, outcome, reason FROM sync_set_aside ORDER BY at DESC, seq DESC LIMIT 1"
+            "SELECT seq, outcome, reason, at FROM sync_set_aside ORDER BY at DESC, seq DESC LIMIT 1"
         ).fetchone()
         if row is not None:
             newest_aside = f"seq {row[0]} {row[1]}" + (f": {row[2]}" if row[2] else "")
+            newest_aside_at = str(row[3])
     errors = []
     for area in ERROR_AREAS:
         raw = values.get(f"error:{area}")
@@ -97,9 +100,8 @@ def sync_status(ledger_conn: sqlite3.Connection) -> dict[str, Any]:
             try:
                 item = json.loads(raw)
                 errors.append((str(item["at"]), str(item["message"])))
-            except (ValueError, KeyError):
+            except (ValueError, KeyError, TypeError):  # not an object of both: as it is
                 errors.append(("", raw))
-    errors.sort()
     aside_error = (
         f"{set_aside} transaction(s) set aside by the hub (newest: {newest_aside});"
         " see sync_set_aside in ledger.db"
@@ -107,7 +109,10 @@ def sync_status(ledger_conn: sqlite3.Connection) -> dict[str, Any]:
         else ""
     )
     if set_aside:
-        errors.append(("", aside_error))
+        # among the others at its newest row's time: it stays until a person reviews it,
+        # and as the last error for good it hid a later outage's cause (review 56)
+        errors.append((newest_aside_at, aside_error))
+    errors.sort()
     last_error_at, last_error = errors[-1] if errors else ("", "")
     out: dict[str, Any] = {
         "mode": values.get("mode", "OFFLINE"),
@@ -117,7 +122,7 @@ def sync_status(ledger_conn: sqlite3.Connection) -> dict[str, Any]:
         "lastErrorAt": last_error_at,
         "lastContactAt": values.get("last_contact_at", ""),
         "hubAddress": values.get("hub_address", ""),
-        "hubAckedThroughSeq": int(values.get("acked_through", "0") or 0),
+        "hubAckedThroughSeq": _count(values.get("acked_through", "0")),
         "setAsideTransactions": set_aside,  # Status field 19, deprecated: = setAside
         # Status fields 40, 41: transactions the hub refused to store are never a success
         "setAside": set_aside,
@@ -130,12 +135,17 @@ def sync_status(ledger_conn: sqlite3.Connection) -> dict[str, Any]:
             out["lastRefusedSnapshot"] = json.loads(values["refused"])
     # Status fields 49, 50: the sales and refunds numbered again (`ledger.renumber`: the
     # hub held their seq with another transaction of this device) and the last one
-    renumbered = values.get("renumbered", "0")
-    out["renumberedTransactions"] = int(renumbered) if renumbered.isdigit() else 0
+    out["renumberedTransactions"] = _count(values.get("renumbered", "0"))
     if values.get("renumbered_last"):
         with contextlib.suppress(ValueError):
             out["lastRenumbered"] = json.loads(values["renumbered_last"])
     return out
+
+
+def _count(value: str) -> int:
+    """A recorded count or seq; 0 for one that does not read (a damaged ledger, a hand
+    edit): `status` is how support looks at such a till, it must not fail on it."""
+    return int(value) if value.isascii() and value.isdigit() else 0
 
 
 def _enrolled(conn: sqlite3.Connection) -> bool:
