@@ -131,7 +131,7 @@ def load() -> ModuleType:
             tempfile.mkdtemp = real_mkdtemp
             if env_before is None:  # read at import; do not leak it into child processes
                 os.environ.pop("ESCPOS_CAPABILITIES_PICKLE_DIR", None)
-            for handler in root.handlers:
+            for handler in list(root.handlers):  # a copy: removing while iterating skips one
                 if handler not in handlers_before:
                     root.removeHandler(handler)
         _loaded = sys.modules["escpos"]

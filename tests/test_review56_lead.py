@@ -92,3 +92,27 @@ def test_the_virtual_printer_tells_an_uncut_job_as_maybe_a_cutterless_printers()
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_every_root_handler_the_escpos_import_adds_is_removed() -> None:
+    """`_escpos.load` removed the root logger's new handlers while iterating over that
+    same list, so of two new ones the second stayed (mut56b's note): python-escpos 3.1
+    adds one (`basicConfig`), a release adding two would have left a handler writing
+    every log record of `tillpoint run` to standard error a second time. A fresh
+    interpreter imports the real python-escpos, with two handlers added after it."""
+    code = """
+import logging
+from tillpoint.printer import _escpos
+real = _escpos._import_all
+def import_and_add_two():
+    real()
+    logging.getLogger().addHandler(logging.StreamHandler())
+    logging.getLogger().addHandler(logging.StreamHandler())
+_escpos._import_all = import_and_add_two
+_escpos.load()
+print(len(logging.getLogger().handlers))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip() == "0", (done.stdout, done.stderr)
