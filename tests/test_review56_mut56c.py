@@ -462,3 +462,27 @@ def test_a_process_that_ends_without_stopping_its_hub_server_still_ends(tmp_path
                           capture_output=True, timeout=120, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) > 0
+
+
+def test_a_port_taken_between_the_probe_and_grpcs_bind_is_refused_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`hub serve` asks whether its address is free, then grpcio binds it: another program
+    that took the port in between (the probe's window: the probe answers "free" here) is
+    still a start refused with why, and no hub that says it serves on a port it does not
+    hold."""
+    from tillpoint.sync import hub_server
+
+    monkeypatch.setattr(hub_server, "bind_refusal", lambda listen: None)  # the window
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data(), start=False)
+    try:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            with pytest.raises(TillpointError) as refused:
+                hub.server.start(f"127.0.0.1:{port}")
+        assert refused.value.message.startswith(f"the hub cannot listen on 127.0.0.1:{port}: ")
+        assert hub.server.serving is False
+    finally:
+        hub.server.stop(grace=0)
