@@ -27,6 +27,7 @@ from tillpoint.agent.errors import InputError, StorageError, TillpointError
 from tillpoint.sync.hub_server import MAX_CHUNK, HubConfig, HubDir, HubServer
 from tillpoint.sync.hub_store import TxIn
 from tillpoint.sync.loopback import LoopbackHub, import_doc, sample_master_data, wait_for
+from tillpoint.v1 import tillpoint_pb2 as pb
 
 from .conftest import ManualClock
 
@@ -486,3 +487,83 @@ def test_a_port_taken_between_the_probe_and_grpcs_bind_is_refused_in_one_line(
         assert hub.server.serving is False
     finally:
         hub.server.stop(grace=0)
+
+
+def test_a_port_another_hub_of_this_process_serves_is_refused_in_the_window_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One hub a port: a hub binds its port alone (no port sharing), so that a second
+    `HubServer` given the port of a first one (the probe's window again) is refused, and
+    the tills of the first never reach the second."""
+    from tillpoint.sync import hub_server
+
+    first = LoopbackHub(tmp_path / "first", data=sample_master_data())
+    try:
+        monkeypatch.setattr(hub_server, "bind_refusal", lambda listen: None)  # the window
+        second = LoopbackHub(tmp_path / "second", data=sample_master_data(), start=False)
+        try:
+            with pytest.raises(TillpointError, match="the hub cannot listen on"):
+                second.server.start(first.address)
+            assert second.server.serving is False
+        finally:
+            second.stop()
+    finally:
+        first.stop()
+
+
+def test_a_hub_server_refused_for_its_keys_leaves_its_store_closed(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """A hub directory with some of its keys but not all (a restore that missed files) is
+    refused with the words of the keys; the store the server opened first is closed
+    again: PostgreSQL's connections are given back, not held for the life of the program
+    that tried (a SQLite store opens nothing until it is read)."""
+    from tillpoint.sync.pki import EnrollmentError
+
+    hub = HubDir(tmp_path / "hub", pg_url)
+    hub.open_store(migrate=True).close()
+    hub.keys.root.mkdir(parents=True)
+    hub.keys.ca_key.write_bytes(b"a key restored alone")
+    with pytest.raises(EnrollmentError, match="some of the hub's keys but not all"):
+        HubServer(hub)
+    wait_for(lambda: connections_to(pg_url) == 0)
+
+
+def batch_of_size(size: int) -> pb.TransactionBatch:
+    """A push of exactly `size` bytes on the wire, claimed for a device not the caller's."""
+
+    def batch(n: int) -> pb.TransactionBatch:
+        tx = pb.Transaction(device_id="till-2", seq=1, kind=pb.CHECKOUT, request_json="x" * n)
+        return pb.TransactionBatch(device_id="till-2", transactions=[tx])
+
+    n = size - batch(0).ByteSize()
+    while batch(n).ByteSize() > size:  # the length prefixes grow with it
+        n -= 1
+    assert batch(n).ByteSize() == size
+    return batch(n)
+
+
+def test_the_hub_reads_a_push_up_to_16_mib_and_refuses_a_larger_one_unread(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §10: a push of one receipt of 10,000 lines can be more than gRPC's usual
+    4 MiB: the hub reads a message up to 16 MiB (here answered PERMISSION_DENIED: it
+    names another device, so nothing is stored), and gRPC refuses a larger one
+    (RESOURCE_EXHAUSTED) before the hub reads it."""
+    import grpc
+
+    from .test_hub_security import identity, stub
+
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    try:
+        me = identity(hub, "till-1", enroll=True)
+        s = stub(hub, key=me.key_pem, cert=me.cert_pem)
+        for size, code in (
+            ((16 << 20) - 1024, grpc.StatusCode.PERMISSION_DENIED),
+            ((16 << 20) + 1024, grpc.StatusCode.RESOURCE_EXHAUSTED),
+        ):
+            with pytest.raises(grpc.RpcError) as err:
+                s.PushTransactions(batch_of_size(size), timeout=60)
+            assert err.value.code() == code, (size, err.value.details())
+    finally:
+        hub.stop()
