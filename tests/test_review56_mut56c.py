@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -25,7 +26,8 @@ from typing import Any
 import pytest
 from tillpoint.agent.errors import InputError, StorageError, TillpointError
 from tillpoint.sync.hub_server import MAX_CHUNK, HubConfig, HubDir, HubServer
-from tillpoint.sync.hub_store import TxIn
+from tillpoint.sync.hub_sqlite import SqliteHubStore
+from tillpoint.sync.hub_store import Publication, TxIn
 from tillpoint.sync.loopback import LoopbackHub, import_doc, sample_master_data, wait_for
 from tillpoint.v1 import tillpoint_pb2 as pb
 
@@ -527,6 +529,56 @@ def test_a_hub_server_refused_for_its_keys_leaves_its_store_closed(
     with pytest.raises(EnrollmentError, match="some of the hub's keys but not all"):
         HubServer(hub)
     wait_for(lambda: connections_to(pg_url) == 0)
+
+
+class ReadsFailing(SqliteHubStore):
+    """The real SQLite store, whose reads of the latest version fail while `failing` is
+    set, with SQLite's own error (a disk's I/O error, a lock held past the store's 30 s
+    wait: neither can be made on demand here). SQLite's reads pass its errors on as they
+    are, where PostgreSQL's name them (StorageError)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.failing = threading.Event()
+
+    def latest(self) -> Publication | None:
+        if self.failing.is_set():
+            raise sqlite3.OperationalError("disk I/O error")
+        return super().latest()
+
+
+def test_the_watcher_outlives_a_read_its_store_failed_and_tells_the_next_version(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The watcher tells the tills of the versions `hub publish` makes, refreshes the
+    balances and prunes. A read of the SQLite store that failed with SQLite's own error
+    ended its thread for good (a traceback on stderr): the hub served on, and until a
+    restart no till heard of a new version (they priced with yesterday's offers until
+    their 30 s poll, every time), no balance was refreshed, nothing was pruned. Now the
+    round is logged as an error and the next round tries again. Failed before the fix."""
+    hub_dir = HubDir(tmp_path / "hub", "")
+    hub_dir.init()
+    store = ReadsFailing(hub_dir.sqlite_path)
+    import_doc(store, sample_master_data())
+    store.publish(datetime.now(UTC), LONG_TTL_S)
+    config = HubConfig(heartbeat_s=1.0, watch_interval_s=0.02, publish_every_s=0)
+    server = HubServer(hub_dir, config, store=store)
+    caplog.set_level(logging.INFO, logger="tillpoint.hub")
+    server.start()
+    try:
+        store.failing.set()
+        wait_for(lambda: "hub watcher: disk I/O error" in caplog.text, timeout=30)
+        store.failing.clear()
+        other = hub_dir.open_store()  # `tillpoint hub publish`
+        try:
+            assert other.publish(datetime.now(UTC), LONG_TTL_S).version == 2
+        finally:
+            other.close()
+        wait_for(lambda: server.notifier.latest is not None
+                 and server.notifier.latest.version == 2, timeout=30)  # fmt: skip
+    finally:
+        server.stop(grace=0)
+        store.close()
 
 
 def batch_of_size(size: int) -> pb.TransactionBatch:
