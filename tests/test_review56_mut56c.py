@@ -343,6 +343,11 @@ def full_file(hub: LoopbackHub, version: int) -> Path:
     return hub.dir.snapshots / f"v{version:010d}-full.snap"
 
 
+def built(hub: LoopbackHub, version: int) -> bool:
+    """Whether the full snapshot of `version` is built whole (its `.json` is written last)."""
+    return full_file(hub, version).with_suffix(".json").is_file()
+
+
 def test_a_hub_builds_its_latest_full_snapshot_at_start_and_after_another_process_publishes(
     tmp_path: Path, hub_clock: ManualClock
 ) -> None:
@@ -352,7 +357,7 @@ def test_a_hub_builds_its_latest_full_snapshot_at_start_and_after_another_proces
     built by the watcher's next round."""
     hub = manual_hub(tmp_path / "hub", hub_clock, watch_interval_s=3600)
     try:
-        wait_for(lambda: full_file(hub, 1).is_file(), timeout=30)
+        wait_for(lambda: built(hub, 1), timeout=30)
     finally:
         hub.stop()
     config = HubConfig(heartbeat_s=1.0, watch_interval_s=0.02, publish_every_s=3600)
@@ -368,7 +373,7 @@ def test_a_hub_builds_its_latest_full_snapshot_at_start_and_after_another_proces
             other.close()
         wait_for(lambda: hub.server.notifier.latest is not None
                  and hub.server.notifier.latest.version == 1)  # fmt: skip
-        wait_for(lambda: full_file(hub, 1).is_file(), timeout=30)
+        wait_for(lambda: built(hub, 1), timeout=30)
     finally:
         hub.stop()
 
@@ -650,7 +655,7 @@ def test_a_full_snapshot_whose_build_failed_is_built_again_by_the_running_hub(
     caplog.set_level(logging.INFO, logger="tillpoint.hub")
     hub.start()
     try:
-        wait_for(lambda: full_file(hub, 1).is_file(), timeout=30)
+        wait_for(lambda: built(hub, 1), timeout=30)
         assert "building the full snapshot of version 1 failed: the disk is full" in caplog.text
     finally:
         hub.stop()
@@ -666,7 +671,7 @@ def test_snapshot_files_deleted_by_hand_are_pruned_quietly_with_their_other_half
     hub = LoopbackHub(tmp_path / "hub", config, data=sample_master_data())
     caplog.set_level(logging.INFO, logger="tillpoint.hub")
     try:
-        wait_for(lambda: full_file(hub, 1).is_file(), timeout=30)
+        wait_for(lambda: built(hub, 1), timeout=30)
         full_file(hub, 1).with_suffix(".json").unlink()
         import_doc(hub.store, {"customers": [{"id": "c-9", "firstName": "Вера"}]})
         assert hub.publish() == 2
@@ -675,7 +680,7 @@ def test_snapshot_files_deleted_by_hand_are_pruned_quietly_with_their_other_half
         import_doc(hub.store, {"customers": [{"id": "c-8", "firstName": "Лев"}]})
         assert hub.publish() == 3
         wait_for(lambda: not full_file(hub, 2).with_suffix(".json").exists(), timeout=30)
-        wait_for(lambda: full_file(hub, 3).is_file(), timeout=30)
+        wait_for(lambda: built(hub, 3), timeout=30)
         assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
     finally:
         hub.stop()
@@ -692,7 +697,7 @@ def test_a_builder_with_nothing_new_asked_waits_without_working(
     hub = manual_hub(tmp_path / "hub", hub_clock)
     try:
         builder = hub.server.builder
-        wait_for(lambda: full_file(hub, 1).is_file(), timeout=30)
+        wait_for(lambda: built(hub, 1), timeout=30)
         rounds = Rounds(hub.server)
         calls = [0]
         real = builder._prune
@@ -706,5 +711,23 @@ def test_a_builder_with_nothing_new_asked_waits_without_working(
         before = calls[0]
         rounds.wait(5)  # the watcher asks for version 1 each round
         assert calls[0] == before
+    finally:
+        hub.stop()
+
+
+def test_a_hub_whose_snapshot_file_was_deleted_by_hand_starts_and_builds_it_again(
+    tmp_path: Path,
+) -> None:
+    """A `.snap` deleted by hand while its `.json` stayed (a disk cleaned of its largest
+    files): at the next start the hub drops the `.json` as well and builds the snapshot
+    again, rather than failing to start on the file it was about to delete."""
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    try:
+        wait_for(lambda: built(hub, 1), timeout=30)
+        hub.stop()
+        full_file(hub, 1).unlink()
+        hub.restart()
+        wait_for(lambda: built(hub, 1), timeout=30)
+        assert built(hub, 1) and full_file(hub, 1).is_file()
     finally:
         hub.stop()
