@@ -1600,6 +1600,13 @@ class HubServer:
                     self.prune_versions(stop)
             except TillpointError as exc:
                 log.warning("hub watcher: %s", exc.message)
+            except Exception as exc:
+                # Any other error of a round (SQLite's reads pass its own on: "disk I/O
+                # error", "database is locked" past the store's wait) ended the thread for
+                # good: the hub served on, told its tills of no version `hub publish` made,
+                # refreshed and pruned nothing until a restart (review 56). The next round
+                # tries again, as the snapshot builder does.
+                log.error("hub watcher: %s (tried again next round)", one_line(str(exc)))
 
     def prune_versions(self, stop: threading.Event | None = None) -> int:
         """Forget the versions older than `delta_retention_s` (docs/CONTRACT.md §3): a
