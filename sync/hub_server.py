@@ -1427,6 +1427,15 @@ def _kind_name(kind: int) -> str:
 MIN_PING_INTERVAL_MS = 10_000
 
 
+def _say_again(said: str, level: int, text: str) -> str:
+    """A failed watcher round, logged at `level` when its words change and at DEBUG when
+    the next round fails the same way (as the till's sync logs a retry, review 56): a
+    PostgreSQL outage or a failing disk wrote the same line twice a second for as long as
+    it lasted. Returns what was said."""
+    log.log(logging.DEBUG if text == said else level, "hub watcher: %s", text)
+    return text
+
+
 class HubServer:
     """A running hub: gRPC over mTLS, the version watcher and the balance publisher."""
 
@@ -1568,6 +1577,7 @@ class HubServer:
         every = self.config.publish_every_s
         next_try = 0.0  # (monotonic) a refresh that found nothing to publish waits `every`
         pruned_at = -1  # the latest version when the versions were last pruned
+        said = ""  # the failure last logged: the same again is DEBUG (a round each 0.5 s)
         while not stop.wait(self.config.watch_interval_s):
             self.certificate.check()  # a look once a day (`certificate_reminder_s`)
             try:
@@ -1598,15 +1608,19 @@ class HubServer:
                 if latest is not None and latest.version != pruned_at and not stop.is_set():
                     pruned_at = latest.version
                     self.prune_versions(stop)
+                if said:
+                    log.info("hub watcher: working again (last failure: %s)", said)
+                    said = ""
             except TillpointError as exc:
-                log.warning("hub watcher: %s", exc.message)
+                said = _say_again(said, logging.WARNING, exc.message)
             except Exception as exc:
                 # Any other error of a round (SQLite's reads pass its own on: "disk I/O
                 # error", "database is locked" past the store's wait) ended the thread for
                 # good: the hub served on, told its tills of no version `hub publish` made,
                 # refreshed and pruned nothing until a restart (review 56). The next round
                 # tries again, as the snapshot builder does.
-                log.error("hub watcher: %s (tried again next round)", one_line(str(exc)))
+                text = f"{one_line(str(exc))} (tried again next round)"
+                said = _say_again(said, logging.ERROR, text)
 
     def prune_versions(self, stop: threading.Event | None = None) -> int:
         """Forget the versions older than `delta_retention_s` (docs/CONTRACT.md §3): a

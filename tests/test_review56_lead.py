@@ -10,13 +10,24 @@ when the list's *core* marks and tests/test_layers.py's core disagree.
 
 from __future__ import annotations
 
+import logging
 import re
 import socket
+import sqlite3
 import subprocess
 import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from tillpoint.agent.errors import StorageError
+from tillpoint.sync.hub_server import HubConfig, HubDir, HubServer
+from tillpoint.sync.hub_store import Publication
+from tillpoint.sync.loopback import import_doc, sample_master_data, wait_for
 
 from .conftest import REPO
 from .test_layers import CORE
+from .test_review56_mut56c import LONG_TTL_S, ReadsFailing
 
 ARCHITECTURE = REPO / "docs" / "ARCHITECTURE.md"
 PACKAGES = ("agent", "sync", "printer")
@@ -116,3 +127,62 @@ print(len(logging.getLogger().handlers))
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert done.stdout.strip() == "0", (done.stdout, done.stderr)
+
+
+class FailingReads(ReadsFailing):
+    """mut56c's store whose reads of the latest version fail while `failing` is set,
+    failing with the error given, and counting the reads (the watcher's rounds)."""
+
+    def __init__(self, path: Path, error: Exception) -> None:
+        super().__init__(path)
+        self.error = error
+        self.reads = 0
+
+    def latest(self) -> Publication | None:
+        self.reads += 1
+        if self.failing.is_set():
+            raise self.error
+        return super().latest()
+
+
+@pytest.mark.parametrize(
+    ("error", "level"),
+    [
+        (sqlite3.OperationalError("disk I/O error"), logging.ERROR),
+        (StorageError("the hub's database is unavailable"), logging.WARNING),
+    ],
+    ids=["sqlite", "named"],
+)
+def test_a_watcher_failing_round_after_round_says_it_once_and_says_when_it_works_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, error: Exception, level: int
+) -> None:
+    """mut56c's watcher, which now outlives any failed round, logged the failure at every
+    round: twice a second (`watch_interval_s` 0.5) for as long as a PostgreSQL outage or
+    a failing disk lasted. Now the words once at their level, the same words again at
+    DEBUG (as the till's sync logs a retry), and one INFO line when a round works again."""
+    hub_dir = HubDir(tmp_path / "hub", "")
+    hub_dir.init()
+    store = FailingReads(hub_dir.sqlite_path, error)
+    import_doc(store, sample_master_data())
+    store.publish(datetime.now(UTC), LONG_TTL_S)
+    server = HubServer(
+        hub_dir, HubConfig(heartbeat_s=1.0, watch_interval_s=0.02, publish_every_s=0), store=store
+    )
+    caplog.set_level(logging.DEBUG, logger="tillpoint.hub")
+    server.start()
+    try:
+        store.failing.set()
+        failed_from = store.reads
+        wait_for(lambda: store.reads >= failed_from + 10, timeout=30)
+        store.failing.clear()
+        wait_for(lambda: "hub watcher: working again" in caplog.text, timeout=30)
+    finally:
+        server.stop(grace=0)
+        store.close()
+    said = [r for r in caplog.records if r.getMessage().startswith("hub watcher:")]
+    loud = [r for r in said if r.levelno > logging.INFO]
+    assert [r.levelno for r in loud] == [level], [r.getMessage() for r in loud]
+    assert str(error) in loud[0].getMessage()
+    assert sum(r.levelno == logging.DEBUG for r in said) >= 8  # the rounds that failed again
+    again = [r for r in said if r.levelno == logging.INFO]
+    assert len(again) == 1 and str(error) in again[0].getMessage()
