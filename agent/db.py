@@ -544,6 +544,37 @@ def write_transaction(
         raise _storage_error(conn, unwritten, exc) from None
 
 
+@contextlib.contextmanager
+def read_transaction(conn: sqlite3.Connection, what: str) -> Iterator[sqlite3.Connection]:
+    """One read transaction (a deferred `BEGIN`: one view of the file for every read
+    inside) on an autocommit connection. SQLite's own errors ("disk I/O error", "database
+    is locked" past the busy timeout, a damaged page) come out as one StorageError naming
+    `what`, as `write_transaction`'s do: raw, a gRPC call of the hub reading its SQLite
+    store answered UNKNOWN, as if the hub had answered, where its writes and every error
+    of its PostgreSQL store answer UNAVAILABLE (review 56)."""
+    try:
+        conn.execute("BEGIN")
+    except sqlite3.Error as exc:
+        raise _storage_error(conn, f"the {what} is unavailable", exc) from None
+    unread = f"the {what} could not be read"
+    try:
+        yield conn
+    except sqlite3.Error as exc:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise _storage_error(conn, unread, exc) from None
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    try:
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise _storage_error(conn, unread, exc) from None
+
+
 def connect(
     path: Path, *, readonly: bool = False, create: bool = True, checked: bool = False
 ) -> sqlite3.Connection:

@@ -13,7 +13,7 @@ import sqlite3
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
+from contextlib import AbstractContextManager, nullcontext, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from sqlite_utils import Database
 from tillpoint.agent.db import (
     MigrationSet,
     migrate,
+    read_transaction,
     refuse_foreign,
     refuse_foreign_wal,
     refuse_not_sqlite,
@@ -379,14 +380,8 @@ class SqliteHubStore(SqlHubStore):
     def _write(self) -> AbstractContextManager[sqlite3.Connection]:
         return write_transaction(self._conn(), "hub database")
 
-    @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        conn = self._conn()
-        conn.execute("BEGIN")
-        try:
-            yield conn
-        finally:
-            conn.execute("COMMIT")
+    def _read(self) -> AbstractContextManager[sqlite3.Connection]:
+        return read_transaction(self._conn(), "hub database")
 
     def write_tx(self) -> AbstractContextManager[HubTx]:
         return self._writing()

@@ -16,14 +16,17 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
+import grpc
 import pytest
 from tillpoint.agent.errors import StorageError
 from tillpoint.sync.hub_server import HubConfig, HubDir, HubServer
 from tillpoint.sync.hub_store import Publication
-from tillpoint.sync.loopback import import_doc, sample_master_data, wait_for
+from tillpoint.sync.loopback import LoopbackHub, import_doc, sample_master_data, wait_for
+from tillpoint.v1 import tillpoint_pb2 as pb
 
 from .conftest import REPO
 from .test_layers import CORE
@@ -186,3 +189,50 @@ def test_a_watcher_failing_round_after_round_says_it_once_and_says_when_it_works
     assert sum(r.levelno == logging.DEBUG for r in said) >= 8  # the rounds that failed again
     again = [r for r in said if r.levelno == logging.INFO]
     assert len(again) == 1 and str(error) in again[0].getMessage()
+
+
+@pytest.mark.parametrize("table", ["publications", ""], ids=["publications", "every-table"])
+def test_a_read_the_hub_s_sqlite_store_fails_is_unavailable_to_the_till_not_unknown(
+    tmp_path: Path, table: str
+) -> None:
+    """mut56c's note: the SQLite hub store's writes turn SQLite's errors into a
+    StorageError, its reads did not. A read that failed (a disk's I/O error, a lock held
+    past the busy timeout, a damaged page) reached the till as UNKNOWN "Exception calling
+    application: …", as if the hub had answered, where the same failure of the
+    PostgreSQL store is UNAVAILABLE (review 20: `a_lost_database_is_unavailable_not_unknown`)
+    and the till prices OFFLINE. The reads fail in SQLite itself: an authorizer on the
+    store's real connections denies reading `table` (every table: the device's check at
+    the call's start; `publications`: inside the pull)."""
+    from .test_hub_security import TIMEOUT, identity, stub
+
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data(), start=False)
+    failing = threading.Event()
+
+    def authorize(action: int, name: str | None, *_: object) -> int:
+        denied = action == sqlite3.SQLITE_READ and (not table or name == table)
+        return sqlite3.SQLITE_DENY if failing.is_set() and denied else sqlite3.SQLITE_OK
+
+    store = hub.server.store
+    opened = store._conn
+
+    def guarded() -> sqlite3.Connection:
+        conn = opened()
+        conn.set_authorizer(authorize)  # set again each time: SQLite re-prepares then
+        return conn
+
+    store._conn = guarded
+    hub.start()
+    try:
+        me = identity(hub, "till-1", enroll=True)
+        s = stub(hub, key=me.key_pem, cert=me.cert_pem)
+        ask = pb.PullSnapshotRequest(device_id="till-1")
+        assert list(s.PullSnapshot(ask, timeout=TIMEOUT))  # the store reads
+        failing.set()
+        with pytest.raises(grpc.RpcError) as err:
+            list(s.PullSnapshot(ask, timeout=TIMEOUT))
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+        assert "hub database" in (err.value.details() or ""), err.value.details()
+        assert "is prohibited" in (err.value.details() or ""), err.value.details()
+    finally:
+        failing.clear()
+        hub.stop()
