@@ -77,3 +77,27 @@ def test_a_caller_without_the_token_has_its_bytes_never_read(guarded: grpc.Chann
         quote(b"\xff\xff\xff", metadata=(("authorization", f"Bearer {TOKEN}"),), timeout=TIMEOUT)
     assert bad.value.code() is grpc.StatusCode.INVALID_ARGUMENT
 
+
+def test_a_method_nobody_serves_is_refused_without_the_token_as_any_other(
+    guarded: grpc.Channel,
+) -> None:
+    """CONTRACT §12 (token auth): every call without the token is UNAUTHENTICATED, one the
+    till does not serve too, as the HTTP door's unknown path is 401 (review 36, spec36f).
+    It was UNIMPLEMENTED "Method not found!": a caller with no token could tell the
+    methods the till serves from the rest by probing, what refusing reflection without the
+    token keeps from it, and a POS whose client names a method this release lacks was
+    told that before its missing token. With the token it is UNIMPLEMENTED, as before.
+    Failed before the fix."""
+    for method in ("/tillpoint.v1.PosAgent/Nope", "/nobody.Service/Call"):
+        unary = guarded.unary_unary(method)
+        with pytest.raises(grpc.RpcError) as refused:
+            unary(b"", timeout=TIMEOUT)
+        _refused_without_the_token(refused.value)
+        streaming = guarded.stream_stream(method)
+        with pytest.raises(grpc.RpcError) as refused:
+            wrong = (("authorization", "Bearer no"),)
+            next(streaming(iter([b""]), metadata=wrong, timeout=TIMEOUT))
+        _refused_without_the_token(refused.value)
+        with pytest.raises(grpc.RpcError) as unknown:
+            unary(b"", metadata=(("authorization", f"Bearer {TOKEN}"),), timeout=TIMEOUT)
+        assert unknown.value.code() is grpc.StatusCode.UNIMPLEMENTED
