@@ -10,11 +10,20 @@ docs/DECISIONS.md, "Review 56 (mut56a)", lists the mutants."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tillpoint.agent import systemd
 from tillpoint.agent.service import Agent
 
 from .conftest import grpc_served
@@ -101,3 +110,263 @@ def test_a_method_nobody_serves_is_refused_without_the_token_as_any_other(
         with pytest.raises(grpc.RpcError) as unknown:
             unary(b"", metadata=(("authorization", f"Bearer {TOKEN}"),), timeout=TIMEOUT)
         assert unknown.value.code() is grpc.StatusCode.UNIMPLEMENTED
+
+
+# ---------------------------------------------------------------- systemd: sd_notify
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
+    """The datagram socket systemd listens on (`NOTIFY_SOCKET`), bound in tmp_path."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(tmp_path / "notify.sock"))
+        sock.settimeout(30)
+        yield sock
+
+
+def test_notify_sends_to_a_path_or_an_abstract_socket_and_says_whether_it_could(
+    notify_socket: socket.socket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`NOTIFY_SOCKET` is a path or, with a leading `@`, a name in the abstract namespace
+    (systemd's own is `/run/systemd/notify`; a container's manager may pass `@…`): the
+    message reaches either and `notify` says True; a socket nobody listens on is False,
+    never an exception (`run` goes on), and no `NOTIFY_SOCKET` at all is False."""
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+    assert systemd.notify("STATUS=path") is True
+    assert notify_socket.recv(100) == b"STATUS=path"
+    name = f"tillpoint-mut56a-{uuid.uuid4().hex}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as abstract:
+        abstract.bind("\0" + name)
+        abstract.settimeout(30)
+        monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+        assert systemd.notify("READY=1") is True
+        assert abstract.recv(100) == b"READY=1"
+    monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)  # closed: nobody listens any more
+    assert systemd.notify("READY=1") is False
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "nobody.sock"))
+    assert systemd.notify("READY=1") is False
+    monkeypatch.setenv("NOTIFY_SOCKET", "")
+    assert systemd.notify("READY=1") is False
+    monkeypatch.delenv("NOTIFY_SOCKET")
+    assert systemd.notify("READY=1") is False
+
+
+def test_the_watchdog_pings_for_its_own_pid_only_until_the_stop(
+    notify_socket: socket.socket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`WATCHDOG_PID` names the process systemd watches: this one is pinged for (as when
+    none is named), another one's is not (a child that inherited the environment must not
+    ping for the service's main process: with `NotifyAccess=main` systemd would drop its
+    pings, and with `all` a hung main process would be kept alive by a healthy child).
+    The pings stop when the stop event is set."""
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+    monkeypatch.setenv("WATCHDOG_USEC", "100000")  # a ping every 50 ms
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid() + 1))
+    assert systemd.start_watchdog(threading.Event()) is None
+    monkeypatch.delenv("WATCHDOG_USEC")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    assert systemd.start_watchdog(threading.Event()) is None  # systemd watches nothing
+    monkeypatch.setenv("WATCHDOG_USEC", "100000")
+    stop = threading.Event()
+    thread = systemd.start_watchdog(stop)
+    assert thread is not None and thread.name == "sd-watchdog" and thread.daemon
+    try:
+        for _ in range(3):
+            assert notify_socket.recv(100) == b"WATCHDOG=1"
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive()
+
+
+# A process whose relay thread is stuck in its `stop` (a log line to a stderr nobody
+# reads blocks the same way), then signalled 70,000 times (the pipe holds ~64 KiB):
+# a handler that blocked on the full pipe would hang the main thread for good.
+_SIGNALLED_OVER_AND_OVER = r"""
+import faulthandler, logging, os, signal, threading
+from tillpoint.agent import systemd
+
+faulthandler.dump_traceback_later(60, exit=True)  # a hung main thread: exit 1
+stuck, asked = threading.Event(), threading.Event()
+
+def stop():
+    asked.set()
+    stuck.wait()
+
+systemd.on_signals(stop, logging.getLogger("child"))
+os.kill(os.getpid(), signal.SIGTERM)
+assert asked.wait(30), "the first SIGTERM never reached stop"
+for _ in range(70_000):
+    os.kill(os.getpid(), signal.SIGINT)
+print("alive", flush=True)
+"""
+
+
+def test_a_handler_never_blocks_on_a_full_signal_pipe() -> None:
+    """The handler writes the signal's number to a pipe its relay thread reads: the
+    write end is non-blocking, so once ~64 KiB of signals wait unread (the relay stuck
+    in a slow `stop`) a signal is dropped (a stop is owed already) rather than the main
+    thread, where Python runs the handler, waiting for ever."""
+    done = subprocess.run(
+        [sys.executable, "-c", _SIGNALLED_OVER_AND_OVER],
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "alive"), done.stderr[-3000:]
+
+
+# ---------------------------------------------------------------- grpc_health
+
+
+class Readiness:
+    """What a server's `ready(wait_s)` says (`value`, or raises `failure`), and each
+    `wait_s` it was given."""
+
+    def __init__(self) -> None:
+        self.value = True
+        self.failure: Exception | None = None
+        self.waits: list[float | None] = []
+        self.gate = threading.Event()  # cleared: a reading waits here (a store that hangs)
+        self.gate.set()
+        self.waiting = threading.Event()  # a reading waits at the gate
+
+    def __call__(self, wait_s: float | None) -> bool:
+        self.waits.append(wait_s)
+        if not self.gate.is_set():
+            self.waiting.set()
+            self.gate.wait()
+        if self.failure is not None:
+            raise self.failure
+        return self.value
+
+
+class HealthServed:
+    """A real gRPC server on 127.0.0.1 serving a `ReadinessHealth` for the name "svc",
+    its follower thread named uniquely (to be found among the process's threads)."""
+
+    def __init__(self, every_s: float = 0.05) -> None:
+        from concurrent import futures
+
+        from tillpoint.agent.grpc_health import ReadinessHealth
+
+        self.readiness = Readiness()
+        self.thread_name = f"health-mut56a-{uuid.uuid4().hex[:8]}"
+        self.health = ReadinessHealth(
+            ("svc",), self.readiness, every_s=every_s, thread_name=self.thread_name
+        )
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        self.stub = health_pb2_grpc.HealthStub(self.channel)
+
+    def followers(self) -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == self.thread_name]
+
+    def close(self) -> None:
+        self.health.stop_following()
+        self.channel.close()
+        self.server.stop(0).wait()
+
+
+@pytest.fixture
+def served_health() -> Iterator[HealthServed]:
+    served = HealthServed()
+    yield served
+    served.close()
+
+
+def _until(check: Callable[[], bool], within_s: float = 30.0) -> bool:
+    """Polls `check` until it holds (a deadline a loaded machine meets)."""
+    deadline = time.monotonic() + within_s
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_each_reading_is_given_the_time_it_may_take(served_health: HealthServed) -> None:
+    """`ready(wait_s)`: a Check's reading may take the call's time left, a Watch's first
+    reading that but at most `read_s` (2 s), a Watch with no deadline (what
+    `grpc_health_probe -watch` and a POS's client-side health checking open) 2 s too,
+    and the follower's 2 s. The hub's reading waits that long for its database: a Watch
+    whose first answer waited without a bound held its worker as long as PostgreSQL
+    hung."""
+    readiness, stub = served_health.readiness, served_health.stub
+    ask = health_pb2.HealthCheckRequest(service="svc")
+    assert stub.Check(ask, timeout=20).status == SERVING
+    (waited,) = readiness.waits
+    assert waited is not None and 2.0 < waited <= 20.0
+    for timeout in (20.0, None, 1.5):
+        readiness.waits.clear()
+        stream = stub.Watch(ask, timeout=timeout)
+        try:
+            assert next(stream).status == SERVING
+            assert _until(lambda: len(readiness.waits) >= 2)  # the first, then the follower's
+        finally:
+            stream.cancel()
+        first, *later = readiness.waits
+        if timeout == 1.5:  # the call's time left (gRPC's deadline is not to the microsecond)
+            assert first is not None and 0 < first < 1.9, first
+        else:
+            assert first == 2.0, (timeout, first)
+        assert all(wait == 2.0 for wait in later), later
+
+
+def test_the_follower_runs_while_a_watch_is_open_and_streams_each_change(
+    served_health: HealthServed, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No thread reads the readiness while nobody watches; the first Watch starts one,
+    which streams each change of readiness (a reading that failed is NOT_SERVING, logged)
+    and ends when the last stream closes; a new Watch starts it again. A follower that
+    never ended read a till's agent every second for the process's life after one probe."""
+    served, readiness = served_health, served_health.readiness
+    assert served.followers() == []
+    for _ in range(2):
+        stream = served.stub.Watch(health_pb2.HealthCheckRequest(service="svc"), timeout=60)
+        try:
+            assert next(stream).status == SERVING
+            assert len(served.followers()) == 1
+            readiness.value = False
+            assert next(stream).status == NOT_SERVING
+            readiness.value = True
+            assert next(stream).status == SERVING
+            readiness.failure = RuntimeError("the store went away")
+            assert next(stream).status == NOT_SERVING
+            readiness.failure = None
+            assert next(stream).status == SERVING
+        finally:
+            stream.cancel()
+        assert _until(lambda: served.followers() == []), "the follower outlived the last Watch"
+    assert "health: readiness unavailable" in caplog.text
+
+
+def test_stop_following_with_no_follower_says_it_has_ended_at_once() -> None:
+    """True: nothing reads the readiness any more (`run` closes the agent next)."""
+    from tillpoint.agent.grpc_health import ReadinessHealth
+
+    health = ReadinessHealth(("svc",), Readiness())
+    assert health.stop_following() is True
+
+
+def test_stop_following_says_whether_the_follower_has_ended(served_health: HealthServed) -> None:
+    """`stop_following` is False while the follower is still inside a reading that outlasts
+    `timeout_s` (a store that hangs), True once it has ended: what it reads may be closed
+    only then (review 42)."""
+    served, readiness = served_health, served_health.readiness
+    stream = served.stub.Watch(health_pb2.HealthCheckRequest(service="svc"), timeout=60)
+    try:
+        assert next(stream).status == SERVING
+        readiness.gate.clear()
+        assert readiness.waiting.wait(30)  # the follower's next reading hangs
+        assert served.health.stop_following(timeout_s=0.1) is False
+        assert next(stream).status == NOT_SERVING  # the shutdown is told meanwhile
+        readiness.gate.set()
+        assert served.health.stop_following(timeout_s=30) is True
+        assert served.followers() == []
+    finally:
+        readiness.gate.set()
+        stream.cancel()
