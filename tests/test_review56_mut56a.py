@@ -10,10 +10,15 @@ docs/DECISIONS.md, "Review 56 (mut56a)", lists the mutants."""
 
 from __future__ import annotations
 
+import grp
+import json
 import os
+import pwd
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -26,7 +31,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tillpoint.agent import systemd
 from tillpoint.agent.service import Agent
 
-from .conftest import grpc_served
+from .conftest import grpc_served, snapshot
+from .test_privileges import SYSTEM_PYTHON, owners, tillpoint
 
 TIMEOUT = 10
 TOKEN = "s3cret-token"
@@ -299,7 +305,7 @@ def test_each_reading_is_given_the_time_it_may_take(served_health: HealthServed)
     ask = health_pb2.HealthCheckRequest(service="svc")
     assert stub.Check(ask, timeout=20).status == SERVING
     (waited,) = readiness.waits
-    assert waited is not None and 2.0 < waited <= 20.0
+    assert waited is not None and 15.0 < waited < 25.0  # about 20 (gRPC rounds deadlines)
     for timeout in (20.0, None, 1.5):
         readiness.waits.clear()
         stream = stub.Watch(ask, timeout=timeout)
@@ -370,3 +376,115 @@ def test_stop_following_says_whether_the_follower_has_ended(served_health: Healt
     finally:
         readiness.gate.set()
         stream.cancel()
+
+
+def test_a_watch_of_another_name_or_after_the_shutdown_reads_nothing(
+    served_health: HealthServed,
+) -> None:
+    """A Watch of a name the server does not serve is grpcio's SERVICE_UNKNOWN, and once
+    the graceful shutdown has begun every Watch is NOT_SERVING: neither reads the
+    readiness nor starts a follower (a probe of a wrong name read a till's agent every
+    second while its stream stayed open)."""
+    served, readiness = served_health, served_health.readiness
+    served.health.set_ready(True)  # as `build_server` does before it serves
+    unknown = served.stub.Watch(health_pb2.HealthCheckRequest(service="nobody"), timeout=60)
+    try:
+        assert next(unknown).status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        assert readiness.waits == [] and served.followers() == []
+    finally:
+        unknown.cancel()
+    served.health.enter_graceful_shutdown()
+    for name in ("", "svc"):
+        late = served.stub.Watch(health_pb2.HealthCheckRequest(service=name), timeout=60)
+        try:
+            assert next(late).status == NOT_SERVING
+            assert readiness.waits == [] and served.followers() == []
+        finally:
+            late.cancel()
+        assert (
+            served.stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=20).status
+            == NOT_SERVING
+        )
+    assert readiness.waits == []
+
+
+# ---------------------------------------------------------------- privileges: root's commands
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory every user can reach (pytest's tmp_path is root's only), as
+    tests/test_privileges.py's."""
+    path = Path(tempfile.mkdtemp(prefix="tillpoint-mut56a-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+as_root = pytest.mark.skipif(
+    os.geteuid() != 0 or not SYSTEM_PYTHON.exists() or sys.version_info[:2] != (3, 11),
+    reason="needs root, /usr/bin/python3.11 and a 3.11 venv (as tests/test_privileges.py)",
+)
+
+
+@as_root
+@pytest.mark.parametrize("owner", [1, 4242], ids=["daemon-uid-1", "a-uid-with-no-name"])
+def test_root_on_a_directory_of_uid_1_or_of_a_uid_with_no_name_becomes_its_owner(
+    shared_dir: Path, owner: int
+) -> None:
+    """Only uid 0's own directory is kept as root's: uid 1 (`daemon`) is another user.
+    A uid with no name in the user database (a directory restored from another machine,
+    a user since removed) has no groups to take: the command drops every group, takes the
+    directory's group and its uid, and runs (an `initgroups` with no name was an internal
+    error's traceback, exit 1)."""
+    data = shared_dir / "data"
+    data.mkdir(mode=0o750)
+    os.chown(data, owner, owner)
+    run = tillpoint("--data-dir", data, "status", "--json")
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["deviceId"] == "till-1"
+    assert {"cache.db", "ledger.db"} <= {p.name for p in data.iterdir()}
+    assert owners(data) == {owner}  # nothing of root's inside
+
+
+@as_root
+def test_root_on_a_directory_of_a_user_takes_that_users_other_groups_too(shared_dir: Path) -> None:
+    """The owner's supplementary groups come with the switch (`dialout` and `lp` reach a
+    printer on an installed till): `snapshot load` as root on the data directory of
+    `postgres`, a member of `ssl-cert`, reads a snapshot that only `ssl-cert` may read,
+    as `postgres` itself would (with no groups but its own it was "Permission denied")."""
+    try:
+        user, group = pwd.getpwnam("postgres"), grp.getgrnam("ssl-cert")
+    except KeyError:
+        pytest.skip("needs the user postgres and the group ssl-cert")
+    if "postgres" not in group.gr_mem:
+        pytest.skip("needs postgres in the group ssl-cert")
+    data = shared_dir / "data"
+    data.mkdir(mode=0o750)
+    os.chown(data, user.pw_uid, user.pw_gid)
+    snap = shared_dir / "snap.json"
+    snap.write_text(json.dumps(snapshot(), ensure_ascii=False), encoding="utf-8")
+    os.chown(snap, 0, group.gr_gid)
+    snap.chmod(0o640)
+    run = tillpoint("--data-dir", data, "snapshot", "load", snap)
+    assert run.returncode == 0, run.stderr
+    assert owners(data) == {user.pw_uid}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (the check is root's only)")
+def test_root_on_a_data_directory_it_cannot_read_is_told_in_one_line(tmp_path: Path) -> None:
+    """A data directory that is a symbolic link to itself (or any name `stat` refuses
+    other than a missing one) is an input error naming it and the system's words, exit 2,
+    before anything is opened."""
+    from tillpoint.agent.errors import InputError
+    from tillpoint.agent.privileges import check_data_dir, run_as_owner
+
+    loop = tmp_path / "data"
+    loop.symlink_to(loop)
+    check_data_dir(loop)  # not a directory under a file: the opener's to say, here root's
+    with pytest.raises(InputError) as refused:
+        run_as_owner(loop)
+    assert str(refused.value) == (
+        f"cannot read the data directory {loop}: Too many levels of symbolic links"
+    )
+    run_as_owner(tmp_path / "new")  # a missing one: made later, root's own
