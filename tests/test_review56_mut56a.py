@@ -335,7 +335,8 @@ def test_the_follower_runs_while_a_watch_is_open_and_streams_each_change(
         stream = served.stub.Watch(health_pb2.HealthCheckRequest(service="svc"), timeout=60)
         try:
             assert next(stream).status == SERVING
-            assert len(served.followers()) == 1
+            (follower,) = served.followers()
+            assert follower.daemon  # a process's exit never waits for it
             readiness.value = False
             assert next(stream).status == NOT_SERVING
             readiness.value = True
@@ -348,6 +349,30 @@ def test_the_follower_runs_while_a_watch_is_open_and_streams_each_change(
             stream.cancel()
         assert _until(lambda: served.followers() == []), "the follower outlived the last Watch"
     assert "health: readiness unavailable" in caplog.text
+
+
+def test_a_watch_still_open_hears_changes_after_another_closed(
+    served_health: HealthServed,
+) -> None:
+    """The follower counts the open streams: one of two closing leaves the other
+    followed (a count taken down by more than one stream a close ended the follower with
+    a load balancer's stream still open, which then never heard NOT_SERVING)."""
+    served, readiness = served_health, served_health.readiness
+    ask = health_pb2.HealthCheckRequest(service="svc")
+    kept, closed = (served.stub.Watch(ask, timeout=60) for _ in range(2))
+    try:
+        assert next(kept).status == SERVING and next(closed).status == SERVING
+        closed.cancel()
+        # the server has run the closed stream's callback (its table of streams says so)
+        table = served.health._send_response_callbacks  # type: ignore[attr-defined]
+        assert _until(lambda: len(table.get("svc", ())) == 1)
+        for value, status in ((False, NOT_SERVING), (True, SERVING), (False, NOT_SERVING)):
+            readiness.value = value
+            assert next(kept).status == status
+        assert len(served.followers()) == 1
+    finally:
+        closed.cancel()
+        kept.cancel()
 
 
 def test_stop_following_with_no_follower_says_it_has_ended_at_once() -> None:
@@ -406,6 +431,29 @@ def test_a_watch_of_another_name_or_after_the_shutdown_reads_nothing(
             == NOT_SERVING
         )
     assert readiness.waits == []
+
+
+def test_a_watch_stream_that_ended_is_sent_nothing_more() -> None:
+    """A readiness change whose `set` took the list of streams just before one of them
+    closed tells it after its end: that stream sends nothing after its end (None, as
+    grpcio's). The sender here stands for grpcio's callback of the stream."""
+    from tillpoint.agent.grpc_health import _Watcher
+
+    status = [SERVING]
+    sent: list[object] = []
+    watcher = _Watcher(lambda: status[0], sent.append)
+    watcher.tell()
+    watcher.tell()  # the same status: nothing new to send
+    status[0] = NOT_SERVING
+    watcher.tell()
+    watcher.close()
+    status[0] = SERVING
+    watcher.tell()
+    assert sent == [
+        health_pb2.HealthCheckResponse(status=SERVING),
+        health_pb2.HealthCheckResponse(status=NOT_SERVING),
+        None,
+    ]
 
 
 # ---------------------------------------------------------------- privileges: root's commands
