@@ -31,7 +31,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tillpoint.agent import systemd
 from tillpoint.agent.service import Agent
 
-from .conftest import grpc_served, snapshot
+from .conftest import CLI, grpc_served, snapshot
 from .test_privileges import SYSTEM_PYTHON, owners, tillpoint
 
 TIMEOUT = 10
@@ -536,3 +536,38 @@ def test_root_on_a_data_directory_it_cannot_read_is_told_in_one_line(tmp_path: P
         f"cannot read the data directory {loop}: Too many levels of symbolic links"
     )
     run_as_owner(tmp_path / "new")  # a missing one: made later, root's own
+
+
+# ---------------------------------------------------------------- advice: a fraction's words
+
+WEEKDAY_OFFER = {
+    "id": "o-wd",
+    "campaignId": "c-1",
+    "kind": "PERCENT_OFF",
+    "skus": ["4601234000017"],
+    "value": "10",
+    "validFrom": "2026-01-01T00:00:00Z",
+    "validTo": "2027-01-01T00:00:00Z",
+}
+
+
+def test_a_fraction_in_an_offers_weekdays_is_told_a_whole_number_not_days(cli: CLI) -> None:
+    """CONTRACT §3: an offer's `weekdays` lists ISO weekdays (Monday 1 … Sunday 7), it
+    counts no days. `"weekdays": 1.5` was told "write a whole number of days" (the name
+    ends like `activationDelayDays`), while `"weekdays": [1.5]` was told "write a whole
+    number" (review 39, rev39h, listed `weekdays` among the plain whole numbers; the
+    unit's ending was looked at first). Failed before the fix."""
+    from tillpoint.agent.advice import whole_number_advice
+
+    for place in ("offers[0].weekdays", "offers[0].weekdays[1]", "customers[0].favoriteWeekday"):
+        assert whole_number_advice(place) == "write a whole number", place
+    for place, unit in (("program.activationDelayDays", "days"), ("holdTtlSeconds", "seconds")):
+        assert whole_number_advice(place) == f"write a whole number of {unit}"
+    for weekdays in (1.5, [1, 1.5]):
+        snap = snapshot(offers=[dict(WEEKDAY_OFFER, weekdays=weekdays)])
+        run = cli("snapshot", "load", snap)
+        where = "offers[0].weekdays" + ("" if weekdays == 1.5 else "[1]")
+        assert run.code == 2 and run.err == (
+            f"tillpoint: {where}: the number 1.5 has a decimal point: write a whole number\n"
+        ), run.err
+    assert cli("status", "--json").json()["cacheVersion"] == 0  # nothing was loaded
