@@ -175,13 +175,16 @@ def test_the_watchdog_pings_for_its_own_pid_only_until_the_stop(
     monkeypatch.setenv("WATCHDOG_USEC", "100000")
     stop = threading.Event()
     thread = systemd.start_watchdog(stop)
-    assert thread is not None and thread.name == "sd-watchdog" and thread.daemon
     try:
+        assert thread is not None and thread.name == "sd-watchdog"
+        # a process's exit never waits for it: one ending without the stop set would
+        # hang, still pinging systemd that it is alive
+        assert thread.daemon
         for _ in range(3):
             assert notify_socket.recv(100) == b"WATCHDOG=1"
     finally:
         stop.set()
-        thread.join(30)
+    thread.join(30)
     assert not thread.is_alive()
 
 
