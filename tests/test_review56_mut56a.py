@@ -4,8 +4,10 @@ and the hub (`agent/grpc_health.py`), sd_notify, the watchdog and the signals
 (`agent/systemd.py`), a root command on an installed data directory (`agent/privileges.py`)
 and the words a fraction in an integer field is told (`agent/advice.py`). Each test pins a
 rule a surviving mutant (or a hand-made one the tool cannot make) broke and no test held,
-with real parts: real gRPC servers on 127.0.0.1, a real `NOTIFY_SOCKET` datagram socket,
-real `tillpoint run` processes and real signals, real uid changes in child processes.
+or one of the two faults the review fixed (a method nobody serves answered without the
+token; an offer's `weekdays` told "of days"). Real parts: real gRPC servers on 127.0.0.1,
+a real `NOTIFY_SOCKET` datagram socket, real signals to a child process, real `tillpoint`
+commands run as root that switch to another uid, the CLI's own `snapshot load`.
 docs/DECISIONS.md, "Review 56 (mut56a)", lists the mutants."""
 
 from __future__ import annotations
@@ -79,10 +81,13 @@ def test_a_health_watch_without_the_token_is_refused_and_with_it_streams(
         stream.cancel()
 
 
-def test_a_caller_without_the_token_has_its_bytes_never_read(guarded: grpc.Channel) -> None:
-    """Bytes that are no `Receipt` (or one too large, 4 MiB and a byte) sent with no
-    token: UNAUTHENTICATED, as any call without it, never INVALID_ARGUMENT, which only
-    reading them could say (the refusal drops the request's decoder)."""
+def test_bytes_that_are_no_request_sent_without_the_token_are_unauthenticated(
+    guarded: grpc.Channel,
+) -> None:
+    """Bytes that are no `Receipt` (not protobuf; a field cut short) sent with no token:
+    UNAUTHENTICATED, as any call without it, never INVALID_ARGUMENT, which would tell a
+    caller without the token what the call expects (the refusal drops the request's
+    decoder); with the token they are INVALID_ARGUMENT."""
     quote = guarded.unary_unary("/tillpoint.v1.PosAgent/Quote")
     for body in (b"\xff\xff\xff", b"\x0a" + b"\x80" * 12):
         with pytest.raises(grpc.RpcError) as refused:
