@@ -328,6 +328,8 @@ def test_each_reading_is_given_the_time_it_may_take(served_health: HealthServed)
         else:
             assert first == 2.0, (timeout, first)
         assert all(wait == 2.0 for wait in later), later
+        # this stream's follower gone before the next stream's first reading is looked at
+        assert _until(lambda: served_health.followers() == [])
 
 
 def test_the_follower_runs_while_a_watch_is_open_and_streams_each_change(
