@@ -34,6 +34,11 @@ def whole_number_advice(place: str, *, decimals: bool = False) -> str:
         # review 39 (rev39j)
         return "write a whole number"
     name = re.split(r"[.\[]", place)[-1].lower() if place else ""
+    if name in _PLAIN_WHOLE:
+        # before the units' endings: an offer's `weekdays` (ISO weekday numbers) was told
+        # "a whole number of days" for its ending, its items [i] "a whole number" (review
+        # 56, mut56a)
+        return "write a whole number"
     for ending, what in (("percent", "a percent"), ("multiplier", "a multiplier")):
         if name.endswith(ending):
             return DECIMAL_ADVICE if decimals else f"write a whole number ({what}, not money)"

@@ -3,7 +3,8 @@
 A server bound beyond loopback answers anyone who can reach the till, so `[server] token`
 is then required (agent/config.py) and every call must carry the metadata
 ``authorization: Bearer <token>`` (the scheme in any case); any other call is refused
-with UNAUTHENTICATED before the service, the health service or reflection runs.
+with UNAUTHENTICATED before the service, the health service or reflection runs, and so
+is a call of a method nobody serves (the HTTP door's unknown path is 401 too).
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ def _refuse(_request: Any, context: grpc.ServicerContext) -> Any:
     context.abort(grpc.StatusCode.UNAUTHENTICATED, _REFUSAL)
 
 
+# any kind of call: a stream-stream handler runs at once, reads nothing and answers nothing
+_REFUSED: grpc.RpcMethodHandler[Any, Any] = grpc.stream_stream_rpc_method_handler(_refuse)
+
+
 class RequireToken(_Interceptor):
     def __init__(self, token: str) -> None:
         self.token = token.encode()
@@ -37,8 +42,12 @@ class RequireToken(_Interceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(handler_call_details)
-        if handler is None or self.authorised(handler_call_details.invocation_metadata):
+        if self.authorised(handler_call_details.invocation_metadata):
             return handler
+        if handler is None:
+            # a method nobody serves: UNAUTHENTICATED as any other call, not UNIMPLEMENTED,
+            # which told a caller without the token the methods served (review 56, mut56a)
+            return _REFUSED
         kind = next(
             name
             for name in ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
