@@ -521,27 +521,12 @@ def write_transaction(
     refusal and know that nothing was stored. `wait=False`: another writer's transaction
     is not waited for (`begin_write`), refused busy at once.
     """
-    try:
-        begin_write(conn, wait=wait)
-    except sqlite3.Error as exc:
-        raise _storage_error(conn, f"the {what} is busy or unavailable", exc) from None
-    unwritten = f"the {what} could not be written, nothing was stored"
-    try:
-        yield conn
-    except sqlite3.Error as exc:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise _storage_error(conn, unwritten, exc) from None
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    try:
-        conn.execute("COMMIT")
-    except sqlite3.Error as exc:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise _storage_error(conn, unwritten, exc) from None
+    yield from _transaction(
+        conn,
+        lambda: begin_write(conn, wait=wait),
+        f"the {what} is busy or unavailable",
+        f"the {what} could not be written, nothing was stored",
+    )
 
 
 @contextlib.contextmanager
@@ -552,17 +537,29 @@ def read_transaction(conn: sqlite3.Connection, what: str) -> Iterator[sqlite3.Co
     `what`, as `write_transaction`'s do: raw, a gRPC call of the hub reading its SQLite
     store answered UNKNOWN, as if the hub had answered, where its writes and every error
     of its PostgreSQL store answer UNAVAILABLE (review 56)."""
+    yield from _transaction(
+        conn,
+        lambda: conn.execute("BEGIN"),
+        f"the {what} is unavailable",
+        f"the {what} could not be read",
+    )
+
+
+def _transaction(
+    conn: sqlite3.Connection, begin: Callable[[], object], unbegun: str, failed: str
+) -> Iterator[sqlite3.Connection]:
+    """The body of `write_transaction` and `read_transaction`: begun, yielded, committed;
+    anything raised inside rolls back, SQLite's own errors said as a StorageError (a
+    rollback that fails after one, on a failing disk, does not hide it)."""
     try:
-        conn.execute("BEGIN")
+        begin()
     except sqlite3.Error as exc:
-        raise _storage_error(conn, f"the {what} is unavailable", exc) from None
-    unread = f"the {what} could not be read"
+        raise _storage_error(conn, unbegun, exc) from None
     try:
         yield conn
     except sqlite3.Error as exc:
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-        raise _storage_error(conn, unread, exc) from None
+        _roll_back(conn)
+        raise _storage_error(conn, failed, exc) from None
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
@@ -570,9 +567,14 @@ def read_transaction(conn: sqlite3.Connection, what: str) -> Iterator[sqlite3.Co
     try:
         conn.execute("COMMIT")
     except sqlite3.Error as exc:
+        _roll_back(conn)
+        raise _storage_error(conn, failed, exc) from None
+
+
+def _roll_back(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
         with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
-        raise _storage_error(conn, unread, exc) from None
 
 
 def connect(
