@@ -151,6 +151,15 @@ class OneShotFormatter(logging.Formatter):
         return f"tillpoint: {word}: {one_line(record.getMessage())}"
 
 
+def say_once(logger: logging.Logger, last: str, level: int, text: str) -> str:
+    """`text` at `level` when it is not `last` (what this retry said before), else at
+    DEBUG: a retry that fails the same way (the till's pull and push during an outage,
+    the hub's watcher round every 0.5 s) wrote the same line for as long as it lasted.
+    Returns `text`, the next `last`."""
+    logger.log(logging.DEBUG if text == last else level, "%s", text)
+    return text
+
+
 def setup_one_shot() -> None:
     """The logs of a one-shot command (`tillpoint checkout`, `sync now`, …), run as its
     own process: its warnings on stderr as its own lines are (`tillpoint: warning: …`, one

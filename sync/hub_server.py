@@ -45,6 +45,7 @@ from tillpoint.agent.errors import InputError, StorageError, TillpointError, one
 from tillpoint.agent.files import write_whole
 from tillpoint.agent.grpc_decode import RefuseUndecodable
 from tillpoint.agent.grpc_health import ReadinessHealth
+from tillpoint.agent.logs import say_once
 from tillpoint.agent.models import _timestamp, coupon_code
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
@@ -1427,15 +1428,6 @@ def _kind_name(kind: int) -> str:
 MIN_PING_INTERVAL_MS = 10_000
 
 
-def _say_again(said: str, level: int, text: str) -> str:
-    """A failed watcher round, logged at `level` when its words change and at DEBUG when
-    the next round fails the same way (as the till's sync logs a retry, review 56): a
-    PostgreSQL outage or a failing disk wrote the same line twice a second for as long as
-    it lasted. Returns what was said."""
-    log.log(logging.DEBUG if text == said else level, "hub watcher: %s", text)
-    return text
-
-
 class HubServer:
     """A running hub: gRPC over mTLS, the version watcher and the balance publisher."""
 
@@ -1609,18 +1601,19 @@ class HubServer:
                     pruned_at = latest.version
                     self.prune_versions(stop)
                 if said:
-                    log.info("hub watcher: working again (last failure: %s)", said)
+                    failure = said.removeprefix("hub watcher: ")
+                    log.info("hub watcher: working again (last failure: %s)", failure)
                     said = ""
             except TillpointError as exc:
-                said = _say_again(said, logging.WARNING, exc.message)
+                said = say_once(log, said, logging.WARNING, f"hub watcher: {exc.message}")
             except Exception as exc:
                 # Any other error of a round (SQLite's reads pass its own on: "disk I/O
                 # error", "database is locked" past the store's wait) ended the thread for
                 # good: the hub served on, told its tills of no version `hub publish` made,
                 # refreshed and pruned nothing until a restart (review 56). The next round
                 # tries again, as the snapshot builder does.
-                text = f"{one_line(str(exc))} (tried again next round)"
-                said = _say_again(said, logging.ERROR, text)
+                text = f"hub watcher: {one_line(str(exc))} (tried again next round)"
+                said = say_once(log, said, logging.ERROR, text)
 
     def prune_versions(self, stop: threading.Event | None = None) -> int:
         """Forget the versions older than `delta_retention_s` (docs/CONTRACT.md §3): a

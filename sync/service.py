@@ -36,6 +36,7 @@ import grpc
 from tillpoint.agent.config import Settings
 from tillpoint.agent.errors import InputError, TillpointError
 from tillpoint.agent.ledger import open_ledger
+from tillpoint.agent.logs import say_once
 from tillpoint.v1 import tillpoint_pb2 as pb
 
 from . import check_device, state
@@ -342,9 +343,7 @@ class SyncService:
         OFFLINE, which `_persist_mode` writes once; a pull that failed on the till's side
         (a full disk, a damaged cache) wrote the same ERROR at every retry. `status`
         keeps saying it."""
-        said = logging.DEBUG if self._said.get(kind) == text else level
-        self._said[kind] = text
-        log.log(said, "%s", text)
+        self._said[kind] = say_once(log, self._said.get(kind, ""), level, text)
 
     def _persist_mode(self) -> None:
         mode = "ONLINE" if self.link.online else "OFFLINE"
