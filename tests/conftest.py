@@ -333,18 +333,34 @@ def server(agent: Agent) -> Iterator[HttpServer]:
     srv.stop()
 
 
-def post_json(server: HttpServer, path: str, body: Any, timeout: float = 10) -> tuple[int, Any]:
-    """POST `body` as JSON (its text as UTF-8, not escaped) to `server`, on a connection
-    of its own; the answer's status and its JSON."""
+def http_post(port: int, path: str, body: Any, timeout: float = 60) -> tuple[int, bytes]:
+    """POST `body` as JSON (its text as UTF-8, not escaped) to 127.0.0.1:`port`, on a
+    connection of its own, as a POS does; the answer's status and its bytes."""
     import http.client
 
-    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        connection.request("POST", path, json.dumps(body, ensure_ascii=False).encode())
+        connection.request(
+            "POST",
+            path,
+            json.dumps(body, ensure_ascii=False).encode(),
+            {"Content-Type": "application/json"},
+        )
         answer = connection.getresponse()
-        return answer.status, json.loads(answer.read())
+        return answer.status, answer.read()
     finally:
         connection.close()
+
+
+def post_to(port: int, path: str, body: Any, timeout: float = 60) -> tuple[int, Any]:
+    """`http_post`, the answer's JSON read (an empty answer as None)."""
+    status, raw = http_post(port, path, body, timeout)
+    return status, json.loads(raw or b"null")
+
+
+def post_json(server: HttpServer, path: str, body: Any, timeout: float = 10) -> tuple[int, Any]:
+    """`post_to` the in-process `server`."""
+    return post_to(server.port, path, body, timeout)
 
 
 @dataclass

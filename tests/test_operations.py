@@ -5,7 +5,6 @@ truth, never "internal error" for something an administrator can mend."""
 from __future__ import annotations
 
 import contextlib
-import http.client
 import io
 import json
 import logging
@@ -29,16 +28,7 @@ from tillpoint.printer.config import DisplayConfig, PrinterConfig, ScannerConfig
 from tillpoint.printer.service import Devices
 
 from .conftest import CLI, free_port, receipt, snapshot
-
-
-def _post(port: int, path: str, body: Any) -> tuple[int, dict[str, Any]]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
-        answer = conn.getresponse()
-        return answer.status, json.loads(answer.read())
-    finally:
-        conn.close()
+from .conftest import post_to as _post
 
 
 def _get(url: str) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from .conftest import CLI, free_port, snapshot
+from .conftest import http_post as _post
 from .test_review23_cli23 import (  # the fixture: `tillpoint run` on a data dir
     forwarded_problems,
     serve,  # noqa: F401
@@ -82,21 +83,6 @@ def test_an_open_hold_takes_its_points_out_of_the_expiring_batches_too(cli: CLI)
 
 
 # ---------------------------------------------------------------- one receipt, two doors
-
-
-def _post(port: int, path: str, body: Any) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request(
-            "POST",
-            path,
-            json.dumps(body, ensure_ascii=False).encode(),
-            {"Content-Type": "application/json"},
-        )
-        answer = conn.getresponse()
-        return answer.status, answer.read()
-    finally:
-        conn.close()
 
 
 @pytest.fixture

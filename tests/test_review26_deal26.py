@@ -3,8 +3,6 @@ explain), through the CLI with `--json` and HTTP on a real server."""
 
 from __future__ import annotations
 
-import http.client
-import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +13,7 @@ from tillpoint.agent.results import receipt_from_json
 from tillpoint.sync.loopback import LoopbackHub, Till, sample_master_data, wait_for
 from tillpoint.sync.pull import Puller, cache_version
 
-from .conftest import CLI, receipt, snapshot
+from .conftest import CLI, post_to, receipt, snapshot
 
 MILK, BREAD, CHEESE = "4601234000017", "4601234000024", "4601234000055"
 
@@ -188,15 +186,9 @@ def test_a_code_that_wins_after_the_hub_refused_another_is_authorised_too(
 
 
 def _post(port: int, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
-        response = conn.getresponse()
-        answer: dict[str, Any] = json.loads(response.read())
-        assert response.status == 200, answer
-        return answer
-    finally:
-        conn.close()
+    status, answer = post_to(port, path, body)
+    assert status == 200, answer
+    return dict(answer)
 
 
 def test_windows_weekdays_and_the_favourite_day_over_http_at_their_edges(

@@ -24,8 +24,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -43,6 +41,7 @@ from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
 from .conftest import PassThroughHub, answered, enrolled_till, free_port
+from .conftest import post_to as _post
 
 CARD = "2770000000017"  # c-1: 1200 points at the hub
 DEVICE = "till-1"
@@ -266,17 +265,6 @@ def test_sigkill_while_the_hub_places_the_hold_leaves_no_hold_at_the_hub(
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
             p.wait(timeout=30)
-
-
-def _post(port: int, path: str, body: Any) -> tuple[int, Any]:
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(), method="POST"
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=30) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 def test_a_refund_of_a_receipt_only_held_or_cancelled_says_what_it_is(

@@ -23,8 +23,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,7 @@ from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
 from .conftest import CLI, ean13, free_port, posagent_stub, receipt, snapshot
+from .conftest import post_to as _post
 
 TIMEOUT = 10
 EXE = Path(sys.executable).parent / "tillpoint"
@@ -89,21 +88,6 @@ def http_port(agent: Agent) -> Iterator[int]:
         yield srv.port
     finally:
         srv.stop()
-
-
-def _post(port: int, path: str, body: Any) -> tuple[int, Any]:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}",
-        data=json.dumps(body, ensure_ascii=False).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as refused:
-        with refused:
-            return refused.code, json.loads(refused.read())
 
 
 def _http_refusal(port: int, call: str, card: str) -> tuple[int, str, str]:

@@ -19,6 +19,7 @@ from tillpoint.agent.errors import StorageError
 from tillpoint.agent.http_api import HttpServer
 from tillpoint.agent.service import Agent
 
+from .conftest import post_to as _post
 from .conftest import receipt, snapshot
 
 # ---------------------------------------- 1. storageError: what a stored sale is
@@ -33,20 +34,6 @@ def _refund(refund_id: str, receipt_id: str) -> dict[str, Any]:
         "at": "2026-11-24T12:00:00+03:00",
         "lines": [{"sku": SKU, "qty": "1"}],
     }
-
-
-def _post(port: int, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 def _healthz(port: int) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from tillpoint.sync.hub_server import HubConfig, HubServer, HubServicer
 from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data, wait_for
 
 from .conftest import ANSWERED_S, CLI, ManualClock, enrolled_till, free_port
+from .conftest import post_to as _post
 from .test_printer_queue import NOW, add_job, coupons, payload, worker
 from .test_review35_left35 import ANNA, SURE_ONLINE, cancelled_while_away, owed_releases
 
@@ -309,16 +310,6 @@ def _expired_while_away(hub: LoopbackHub, data: Path, receipt_id: str) -> dict[s
     conn.close()
     assert row == ("EXPIRED", 1), row
     return body
-
-
-def _post(port: int, path: str, body: dict[str, Any]) -> tuple[int, Any]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
-        answer = conn.getresponse()
-        return answer.status, json.loads(answer.read() or b"null")
-    finally:
-        conn.close()
 
 
 def _serving(port: int, proc: subprocess.Popen[bytes], within_s: float = 60.0) -> None:

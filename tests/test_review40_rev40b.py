@@ -53,6 +53,9 @@ from .conftest import (
     free_port,
     held_back_timings,
 )
+from .conftest import (
+    post_to as post,
+)
 from .test_review33_hold33 import (
     ANNA,
     BIG,
@@ -259,16 +262,6 @@ def receipt_json(rid: str) -> dict[str, Any]:
         "lines": BIG,
         "redeemPoints": -1,
     }
-
-
-def post(port: int, path: str, body: Any, timeout: float = 30) -> tuple[int, Any]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
-        answer = conn.getresponse()
-        return answer.status, json.loads(answer.read() or b"null")
-    finally:
-        conn.close()
 
 
 class RunTill:

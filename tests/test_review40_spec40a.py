@@ -22,9 +22,7 @@ The default run walks a few seeds (a few seconds); the long random run is `slow`
 
 from __future__ import annotations
 
-import json
 import random
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
@@ -38,6 +36,7 @@ from tillpoint.agent.http_api import HttpServer
 from tillpoint.agent.service import Agent
 
 from .conftest import CLI, ean13
+from .conftest import post_to as post
 
 # ------------------------------------------------------------------ arithmetic (§2)
 
@@ -754,20 +753,6 @@ def make_receipt(rng: random.Random, rid: str, at: datetime) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ the doors
-
-
-def post(port: int, path: str, body: dict[str, Any]) -> tuple[int, Any]:
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}",
-        data=json.dumps(body, ensure_ascii=False).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 @pytest.fixture

@@ -61,6 +61,7 @@ from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 
 from .conftest import PROGRAM, free_port
+from .conftest import http_post as _post
 from .test_review35_shape35 import clean_env
 
 __all__ = ["clean_env"]  # the fixture, used by name below
@@ -876,16 +877,6 @@ def _cli(data: Path, *argv: str) -> bytes:
                           capture_output=True, timeout=120, check=False)  # fmt: skip
     assert done.returncode == 0 and done.stderr == b"", (argv, done)
     return done.stdout
-
-
-def _post(port: int, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        conn.request("POST", path, json.dumps(body).encode(), {"Content-Type": "application/json"})
-        answer = conn.getresponse()
-        return answer.status, answer.read()
-    finally:
-        conn.close()
 
 
 @contextlib.contextmanager
