@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tillpoint.sync.hub_server import SnapshotBuilder
-from tillpoint.sync.loopback import LoopbackHub, wait_for
+from tillpoint.sync.hub_server import HubConfig, SnapshotBuilder
+from tillpoint.sync.loopback import LoopbackHub, sample_master_data, wait_for
 
 from .conftest import ManualClock
 from .test_review54_mut54a import enrolled, pulled
@@ -174,3 +174,25 @@ def test_a_file_deleted_under_the_running_hub_is_logged_as_gone_and_built_again(
     assert [(r.levelno, r.getMessage()) for r in gone] == [
         (logging.WARNING, "snapshot file v0000000001-full.snap is gone: building it again")
     ]
+
+
+def test_a_hub_started_before_its_first_version_builds_nothing_then_builds_it_at_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hub served before its first `hub publish` (a new chain's set-up) builds nothing
+    and logs no error; version 1's full snapshot is built as soon as it is published, not
+    at the builder's next retry 30 s later (a builder that thought version 1 asked for
+    from its start tried it at once, logged "building the full snapshot of version 1
+    failed", and slept its retry over the real request: every new till waited)."""
+    caplog.set_level(logging.INFO, logger="tillpoint.hub")
+    config = HubConfig(heartbeat_s=1.0, watch_interval_s=0.1, publish_every_s=0)
+    hub = LoopbackHub(tmp_path / "hub", config, data=sample_master_data(), publish=False)
+    builder = hub.server.builder
+    try:
+        time.sleep(1.0)  # the watcher's rounds and the builder's thread, with nothing to build
+        assert hub.publish() == 1
+        wait_for(lambda: builder.full_ready(1), timeout=15)
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+        assert sorted(p.name for p in hub.dir.snapshots.glob("*.snap")) == ["v0000000001-full.snap"]
+    finally:
+        hub.stop()
