@@ -76,10 +76,11 @@ def test_the_prune_says_versions_pruned_only_when_it_forgot_some(
 
 
 class HeldBuilds:
-    """A gate on `builder._build`: each build waits in it until `release()`; `inside`
-    is the (version, base) of the builds waiting now, `most` the most at once."""
+    """A gate on `builder._build`: each build (each full one with `fulls_only`) waits in
+    it until `release()`; `inside` is the (version, base) of the builds waiting now,
+    `most` the most at once."""
 
-    def __init__(self, builder: SnapshotBuilder) -> None:
+    def __init__(self, builder: SnapshotBuilder, *, fulls_only: bool = False) -> None:
         self._open = threading.Event()
         self._lock = threading.Lock()
         self.inside: list[tuple[int, int]] = []
@@ -87,6 +88,8 @@ class HeldBuilds:
         real = builder._build
 
         def held(version: int, base: int) -> Any:
+            if fulls_only and base:
+                return real(version, base)
             with self._lock:
                 self.inside.append((version, base))
                 self.most = max(self.most, len(self.inside))
@@ -196,3 +199,29 @@ def test_a_hub_started_before_its_first_version_builds_nothing_then_builds_it_at
         assert sorted(p.name for p in hub.dir.snapshots.glob("*.snap")) == ["v0000000001-full.snap"]
     finally:
         hub.stop()
+
+
+def test_a_new_till_gets_the_newest_full_snapshot_built_not_a_delta_s_version(
+    hub: LoopbackHub,
+) -> None:
+    """docs/PROTOCOL.md (PullSnapshot), `SnapshotBuilder.choose`: while the newest full
+    snapshot is being built, a till with no cache gets the newest *full* one already
+    built (version 2 here) after `newest_wait_s`. The delta to the newest version, built
+    meanwhile for a till at 2, is no full snapshot: a choice that counted it (review 54
+    left it, "the same answer") sent the new till to wait for the newest full one's
+    build, minutes at chain scale, as if none were built."""
+    builder = hub.server.builder
+    builder.full_wait_s, builder.newest_wait_s = 30.0, 0.2
+    assert hub.publish() == 2
+    wait_for(lambda: builder.full_ready(2), timeout=30)
+    gate = HeldBuilds(builder, fulls_only=True)
+    try:
+        assert hub.publish() == 3
+        wait_for(lambda: gate.inside == [(3, 0)], timeout=20)  # the newest full one held
+        s = enrolled(hub)
+        assert versions_of(pulled(s, have=2)) == {(3, 2)}  # a delta: built, not held
+        assert versions_of(pulled(s)) == {(2, 0)}  # the newest full one built
+        assert builder.full_ready(3) is None
+    finally:
+        gate.release()
+    assert versions_of(pulled(s)) == {(3, 0)}
