@@ -225,3 +225,28 @@ def test_a_new_till_gets_the_newest_full_snapshot_built_not_a_delta_s_version(
     finally:
         gate.release()
     assert versions_of(pulled(s)) == {(3, 0)}
+
+
+def test_a_pull_waiting_for_a_full_snapshot_is_served_once_built_not_at_the_wait_s_end(
+    hub: LoopbackHub,
+) -> None:
+    """`SnapshotBuilder.wait_full`: a pull waiting for the newest full snapshot (no
+    other built) is served as soon as its build ends, however long its wait could last
+    (60 s here for the newest, 120 s in all); a wait that did not see the build end sat
+    out its whole time (review 54's test waits 0.2 s for the newest, then 30 s, within
+    its pull's deadline of 30 s: such a wait still passed it)."""
+    builder = hub.server.builder
+    wait_for(lambda: builder.full_ready(1), timeout=30)
+    builder.full_wait_s, builder.newest_wait_s = 120.0, 60.0
+    gate = HeldBuilds(builder)
+    with builder._cond:
+        builder._ready.clear()  # as if nothing were built yet
+    opener = threading.Timer(1.0, gate.release)
+    try:
+        assert hub.publish() == 2
+        wait_for(lambda: gate.inside == [(2, 0)], timeout=20)  # the background build
+        opener.start()
+        assert versions_of(pulled(enrolled(hub))) == {(2, 0)}  # a deadline of 30 s
+    finally:
+        gate.release()
+        opener.cancel()
