@@ -250,3 +250,25 @@ def test_a_pull_waiting_for_a_full_snapshot_is_served_once_built_not_at_the_wait
     finally:
         gate.release()
         opener.cancel()
+
+
+def test_a_hub_asked_to_keep_no_full_snapshot_keeps_the_newest_one(tmp_path: Path) -> None:
+    """`HubConfig.keep_versions` (a hub made in code; `hub serve` keeps 3) under 1 keeps
+    one full snapshot file, the newest: the one every new till is served. Taken as 0, the
+    prune kept every file for good (a chain's disk filled a version at a time); taken as
+    2, one more than asked."""
+    config = HubConfig(keep_versions=0, heartbeat_s=1.0, watch_interval_s=0.1, publish_every_s=0)
+    hub = LoopbackHub(tmp_path / "hub", config, data=sample_master_data())
+    builder = hub.server.builder
+    try:
+        wait_for(lambda: builder.full_ready(1), timeout=30)
+        for version in (2, 3):
+            assert hub.publish() == version
+            wait_for(lambda v=version: builder.full_ready(v), timeout=30)
+        wait_for(lambda: len(list(hub.dir.snapshots.glob("*.snap"))) == 1, timeout=30)
+        assert sorted(p.name for p in hub.dir.snapshots.glob("v*")) == [
+            "v0000000003-full.json",
+            "v0000000003-full.snap",
+        ]
+    finally:
+        hub.stop()
