@@ -20,12 +20,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from tillpoint.sync.hub_server import HubConfig, SnapshotBuilder
 from tillpoint.sync.loopback import LoopbackHub, sample_master_data, wait_for
+from tillpoint.v1 import tillpoint_pb2 as pb
 
 from .conftest import ManualClock
-from .test_review54_mut54a import enrolled, pulled
+from .test_review54_mut54a import enrolled, pulled, refusal
 from .test_review56_mut56c import DAY, LONG_TTL_S, manual_hub
 
 PRUNED = "versions before {} pruned: a till on one gets a full snapshot"
@@ -272,3 +274,30 @@ def test_a_hub_asked_to_keep_no_full_snapshot_keeps_the_newest_one(tmp_path: Pat
         ]
     finally:
         hub.stop()
+
+
+def test_a_pull_with_no_full_snapshot_built_waits_full_wait_s_in_all_then_aborted(
+    hub: LoopbackHub,
+) -> None:
+    """`HubConfig.full_wait_s`: a pull that needs a full snapshot while none is built
+    waits that long *in all* (its first part for the newest one, `newest_wait_s`,
+    included), then ABORTED "being built" (the till retries with its backoff; its
+    first-chunk deadline is 120 s, the hub's 60 s stays well under it). Here 10 s in
+    all, 8 of them the first part, and a pull deadline of 20 s: a second part of
+    `full_wait_s + newest_wait_s` (18 s, 26 in all) went unseen (the other tests wait
+    0.4 s or less in all)."""
+    builder = hub.server.builder
+    wait_for(lambda: builder.full_ready(1), timeout=30)
+    builder.full_wait_s, builder.newest_wait_s = 10.0, 8.0
+    gate = HeldBuilds(builder)
+    with builder._cond:
+        builder._ready.clear()  # as if nothing were built yet
+    try:
+        assert hub.publish() == 2
+        wait_for(lambda: gate.inside == [(2, 0)], timeout=20)
+        request = pb.PullSnapshotRequest(device_id="till-1")
+        code, details = refusal(lambda: list(enrolled(hub).PullSnapshot(request, timeout=20.0)))
+        assert code == grpc.StatusCode.ABORTED
+        assert details == "the full snapshot of version 2 is being built; try again shortly"
+    finally:
+        gate.release()
