@@ -12,6 +12,7 @@ snapshot files on disk; a build is held, where a test needs it in flight, by a g
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -301,3 +302,26 @@ def test_a_pull_with_no_full_snapshot_built_waits_full_wait_s_in_all_then_aborte
         assert details == "the full snapshot of version 2 is being built; try again shortly"
     finally:
         gate.release()
+
+
+def test_a_damaged_file_two_pulls_found_is_dropped_once_and_built_again(
+    hub: LoopbackHub,
+) -> None:
+    """`SnapshotBuilder.damaged`: a full snapshot file rotted on the hub's disk (same
+    size, other bytes) is found by every pull that read it; the first one's report
+    deletes the file, the second's (two tills pulled at once) finds nothing left to
+    delete and is quiet, as the next pull builds the file again with the bytes signed.
+    Without `missing_ok` the second pull's report raised FileNotFoundError inside its
+    stream: the till got UNKNOWN "Exception iterating responses", not DATA_LOSS "pull
+    again". The second report is made here as the second pull makes it."""
+    builder = hub.server.builder
+    snap = wait_for(lambda: builder.full_ready(1), timeout=30)
+    data = bytearray(snap.path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    snap.path.write_bytes(bytes(data))
+    builder.damaged(snap)
+    builder.damaged(snap)  # the other pull that read the same file
+    assert not snap.path.exists() and not snap.path.with_suffix(".json").exists()
+    again = builder.bundle(1, 0)
+    assert hashlib.sha256(again.path.read_bytes()).digest() == snap.sha256
+    assert versions_of(pulled(enrolled(hub))) == {(1, 0)}
