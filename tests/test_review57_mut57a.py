@@ -325,3 +325,40 @@ def test_a_damaged_file_two_pulls_found_is_dropped_once_and_built_again(
     again = builder.bundle(1, 0)
     assert hashlib.sha256(again.path.read_bytes()).digest() == snap.sha256
     assert versions_of(pulled(enrolled(hub))) == {(1, 0)}
+
+
+def test_a_till_on_a_pruned_version_is_served_the_newest_not_its_own_version_s_file(
+    tmp_path: Path,
+) -> None:
+    """docs/PROTOCOL.md §8: a till whose version is below the delta floor gets a full
+    snapshot, as a till with none. Its own version's full file may still be on the
+    hub's disk (the newest three are kept): it is no answer (its version is pruned, and
+    the till has it). While the newest is built, the pull waits for it and is served it;
+    a choice that counted the till's own version among the built ones answered ABORTED
+    "version 2 is gone" at once (the till then retried after its backoff)."""
+    clock = ManualClock(datetime.now(UTC) - timedelta(days=50))
+    hub = manual_hub(tmp_path / "hub", clock)
+    builder = hub.server.builder
+    opener: threading.Timer | None = None
+    gate: HeldBuilds | None = None
+    try:
+        clock.advance(DAY)
+        assert hub.publish(LONG_TTL_S) == 2
+        wait_for(lambda: builder.full_ready(2), timeout=30)
+        gate = HeldBuilds(builder, fulls_only=True)
+        clock.advance(DAY)
+        assert hub.publish(LONG_TTL_S) == 3
+        wait_for(lambda: gate is not None and gate.inside == [(3, 0)], timeout=20)
+        clock.advance(40 * DAY)
+        assert hub.server.prune_versions() == 3  # versions 1 and 2 forgotten
+        assert builder.full_ready(2) is not None  # its file still kept
+        builder.full_wait_s, builder.newest_wait_s = 30.0, 0.2
+        opener = threading.Timer(1.0, gate.release)
+        opener.start()
+        assert versions_of(pulled(enrolled(hub), have=2)) == {(3, 0)}
+    finally:
+        if gate is not None:
+            gate.release()
+        if opener is not None:
+            opener.cancel()
+        hub.stop()
