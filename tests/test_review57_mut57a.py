@@ -366,3 +366,13 @@ def test_a_till_on_a_pruned_version_is_served_the_newest_not_its_own_version_s_f
         if opener is not None:
             opener.cancel()
         hub.stop()
+
+
+def test_the_builders_lock_file_is_the_hub_owner_s_alone(hub: LoopbackHub) -> None:
+    """`builders.lock` in the snapshot directory (every builder of every process holds
+    it shared while it builds; the leftovers of a crash are deleted under it alone) is
+    made 0600 (the owner's alone): a lock file others could open is a lock others could
+    hold, and the hub's leftovers were never cleaned (its mode ±1 went unseen)."""
+    wait_for(lambda: hub.server.builder.full_ready(1), timeout=30)
+    lock = hub.dir.snapshots / "builders.lock"
+    assert lock.stat().st_mode & 0o777 == 0o600
