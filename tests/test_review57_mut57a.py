@@ -142,12 +142,17 @@ def test_deltas_are_built_two_at_a_time_each_from_its_own_base(hub: LoopbackHub)
         wait_for(lambda: gate.waiting() == 2, timeout=20)
         time.sleep(1.0)  # the third pull's time to get in, were there room for it
         assert gate.waiting() == 2
+        # each build under its own lock file, the hub owner's alone, while it runs
+        locks = list(hub.dir.snapshots.glob("v*.lock"))
+        assert len(locks) == 2
+        assert {p.stat().st_mode & 0o777 for p in locks} == {0o600}
     finally:
         gate.release()
         for t in pulls:
             t.join(60)
     assert got == {1: {(4, 1)}, 2: {(4, 2)}, 3: {(4, 3)}}
     assert gate.most == 2
+    assert list(hub.dir.snapshots.glob("v*.lock")) == []  # deleted by their holders
 
 
 def test_a_files_build_time_is_the_time_it_took(hub: LoopbackHub) -> None:
