@@ -1467,7 +1467,6 @@ class HubServer:
         self._stop = threading.Event()
         self._stopped = False  # `stop` ran: a `start` begins again what it ended
         self._watcher: threading.Thread | None = None
-        self._floor = 0  # the delta floor this server last saw (logged when it rises)
         self.port = 0
         self._served_not_after: datetime | None = None
         self.certificate = pki.CertificateReminder(
@@ -1623,13 +1622,18 @@ class HubServer:
         keep = self.config.delta_retention_s
         if not keep:
             return self.store.delta_floor()
+        # The floor before, read from the store: what this prune forgot is the versions
+        # from it (1 at least: versions start at 1) to below the new floor. The floor's
+        # first rise (to 1) forgot nothing, and a server started again after a prune finds
+        # the floor where it was: "versions before N pruned" said there was false (review
+        # 57, mut57a).
+        before = max(self.store.delta_floor(), 1)
         # a stop ends it between two steps: the store is closed next (review 36, rev36e)
         floor = self.store.prune_versions(
             self.clock() - timedelta(seconds=keep), stop=(stop or self._stop).is_set
         )
-        if floor != self._floor:
+        if floor > before:
             log.info("versions before %d pruned: a till on one gets a full snapshot", floor)
-            self._floor = floor
         return floor
 
     def refresh_balances(self) -> Publication | None:
