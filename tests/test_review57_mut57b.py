@@ -10,21 +10,32 @@ lists the mutants."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import sqlite3
 import stat
 import threading
+import time
+from concurrent import futures
 from datetime import UTC, datetime
 from pathlib import Path
 
+import grpc
+import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from tillpoint.sync import pki
+from tillpoint.sync import client, hub_server, pki
+from tillpoint.sync.client import HubLink
 from tillpoint.sync.hub_sqlite import BUSY_TIMEOUT_MS, SqliteHubStore
+from tillpoint.sync.loopback import LoopbackHub
+from tillpoint.v1 import tillpoint_pb2 as pb
+from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
-from .conftest import CLI
+from .conftest import CLI, ChannelStates
 
 LONG_S = 60.0  # a wait on a loaded machine's thread: generous, never the verdict
+CONNECT_S = 30.0  # a loaded machine's handshake
 
 
 # ---------------------------------------------------------------- the hub's keys (pki.py)
@@ -161,6 +172,164 @@ def test_secrets_are_written_0600_and_the_rest_0644(tmp_path: Path, cli: CLI) ->
     }
 
 
+def test_a_hubs_names_are_in_its_certificate_once_each(tmp_path: Path, cli: CLI) -> None:
+    """`--host` given twice, or naming what the certificate names already (`localhost`),
+    adds each name once, at `hub init` and at each renewal (`_san`'s check, its `or` made
+    `and`, let every repeat through and survived); an empty `--host` is refused in one
+    line, exit 2."""
+    hub_dir = tmp_path / "hub"
+    empty = cli("hub", "init", "--hub-dir", hub_dir, "--host", "")
+    assert empty.code == 2 and empty.err.count("\n") == 1, empty.err
+    hosts = ["--host", "hub.example", "--host", "hub.example", "--host", "localhost"]
+    keys = made_hub(cli, hub_dir, *hosts)
+    for _ in range(2):
+        san = certificate(keys.server_cert.read_bytes()).extensions.get_extension_for_class(
+            x509.SubjectAlternativeName
+        )
+        dns = san.value.get_values_for_type(x509.DNSName)
+        assert len(dns) == len(set(dns)), dns
+        assert {"tillpoint-hub", "localhost", "hub.example"} <= set(dns)
+        renewed = cli("hub", "init", "--hub-dir", hub_dir, "--renew-server", *hosts)
+        assert renewed.code == 0, renewed.err
+
+
+# ---------------------------------------------------------------- the channel (client.py)
+
+
+def reply_of(size: int) -> pb.ListTransactionsReply:
+    """A ListTransactionsReply whose encoded size is exactly `size` bytes."""
+    card = size
+    while True:
+        reply = pb.ListTransactionsReply(transactions=[pb.StoredTransaction(card="x" * card)])
+        if reply.ByteSize() == size:
+            return reply
+        card -= reply.ByteSize() - size
+
+
+class OneAnswer(pb_grpc.HubServicer):  # type: ignore[misc]
+    """A hub's stand-in that answers ListTransactions with a reply of a given size (the
+    reference hub sends no message above its 1 MiB chunks: the size is the test's)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def ListTransactions(
+        self, request: pb.ListTransactionsRequest, context: grpc.ServicerContext
+    ) -> pb.ListTransactionsReply:
+        return reply_of(self.size)
+
+
+def test_the_till_takes_a_hub_message_of_4_mib_and_refuses_one_byte_more(
+    tmp_path: Path,
+) -> None:
+    """The link reads a message of the hub up to 4 MiB (4,194,304 bytes, as encoded), as
+    its channel's `grpc.max_receive_message_length` says; one byte more is
+    RESOURCE_EXHAUSTED, which the till counts as the hub being away. Served over mTLS
+    with the hub's own keys, read through the till's own link."""
+    hub = LoopbackHub(tmp_path / "hub", start=False)
+    enrollment = hub.enroll("till-1", tmp_path / "till")
+    key, cert, ca = hub.dir.keys.server_credentials_material()
+    creds = grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=True
+    )
+    servicer = OneAnswer(4 * 1024 * 1024)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    pb_grpc.add_HubServicer_to_server(servicer, server)
+    port = server.add_secure_port("127.0.0.1:0", creds)
+    server.start()
+    link = HubLink(f"127.0.0.1:{port}", enrollment)
+    try:
+        ask = pb.ListTransactionsRequest(device_id="till-1")
+        taken = link.stub.ListTransactions(ask, timeout=CONNECT_S)
+        assert taken.ByteSize() == 4_194_304
+        servicer.size += 1
+        with pytest.raises(grpc.RpcError) as refused:
+            link.stub.ListTransactions(ask, timeout=CONNECT_S)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value
+        assert "4194305" in (refused.value.details() or ""), refused.value.details()
+    finally:
+        link.close()
+        server.stop(0).wait()
+
+
+class SilentProxy:
+    """A TCP forwarder to the hub; `silence()`: from then on it passes nothing either way
+    and keeps the connections open (a link whose packets are dropped: a cable pulled
+    between switches, a NAT that forgot the connection), so no end of the connection is
+    ever seen."""
+
+    def __init__(self, port: int) -> None:
+        self.upstream = port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.silent = threading.Event()
+        self.sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                near, _ = self.listener.accept()
+            except OSError:
+                return
+            self.sockets.append(near)
+            if self.silent.is_set():
+                continue  # held open, never answered
+            far = socket.create_connection(("127.0.0.1", self.upstream))
+            self.sockets.append(far)
+            for a, b in ((near, far), (far, near)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                if not self.silent.is_set():
+                    dst.sendall(data)
+
+    def silence(self) -> None:
+        self.silent.set()
+
+    def close(self) -> None:
+        for s in self.sockets:
+            s.close()
+
+
+def test_a_quiet_link_whose_hub_went_silent_is_noticed_by_its_pings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A till with no call under way still pings its hub (keepalive without calls, with
+    no bound on pings without data between), and a ping the hub does not answer within
+    the keepalive timeout ends the connection: a link gone silent after it had been quiet
+    a while leaves READY, and the channel connects again, rather than every call on the
+    dead connection waiting out its deadline. Shipped: a ping each 20 s, 10 s for its
+    answer; here 1 s and 3 s (the hub's accepted interval scaled with them), and the
+    verdict has 30 s. Fails before the fix: grpcio 1.85 timed that ping by gRPC's own ping
+    timeout, 1 minute, not `grpc.keepalive_timeout_ms` (the link was noticed dead 60 s
+    after the ping, up to 80 s as shipped). With pings only while a call is under way,
+    or only the first ping of a quiet link, it was never noticed."""
+    monkeypatch.setattr(client, "KEEPALIVE_MS", 1_000)
+    monkeypatch.setattr(client, "KEEPALIVE_TIMEOUT_MS", 3_000, raising=False)
+    monkeypatch.setattr(hub_server, "MIN_PING_INTERVAL_MS", 500)
+    hub = LoopbackHub(tmp_path / "hub")
+    proxy = SilentProxy(hub.port)
+    link = HubLink(f"127.0.0.1:{proxy.port}", hub.enroll("till-1", tmp_path / "till"))
+    states = ChannelStates(link.channel)
+    try:
+        assert states.wait_ready(CONNECT_S), states.states
+        time.sleep(3.5)  # pings answered, nothing else on the link
+        assert states.since_ready() == [grpc.ChannelConnectivity.READY], states.states
+        proxy.silence()
+        deadline = time.monotonic() + 30.0
+        while len(states.since_ready()) == 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(states.since_ready()) > 1, states.states
+    finally:
+        states.close()
+        link.close()
+        proxy.close()
+        hub.stop()
+
+
 # ---------------------------------------------------------------- the SQLite hub store
 
 
@@ -236,3 +405,37 @@ def test_a_hub_write_waits_for_another_writer_of_its_file_rather_than_failing(
     finally:
         other.close()
         store.close()
+
+
+def test_a_close_says_how_many_live_threads_connections_it_left_and_only_then(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`close` closes its own thread's connection and those of threads that ended, and
+    leaves a live thread's to it (closed under its statement: a segmentation fault,
+    review 42), saying so at INFO, for the support engineer reading a stop's log; a
+    close that left none says nothing (the `if` negated said "0 connection(s)" at every
+    stop and nothing when it did leave one)."""
+    store = SqliteHubStore(tmp_path / "hub.db")
+    asked, done = threading.Event(), threading.Event()
+
+    def hold_one() -> None:
+        store._conn()
+        asked.set()
+        done.wait(LONG_S)
+
+    worker = threading.Thread(target=hold_one)
+    worker.start()
+    try:
+        assert asked.wait(LONG_S)
+        with caplog.at_level("INFO", logger="tillpoint.hub"):
+            store.close()
+        said = [r.getMessage() for r in caplog.records if r.name == "tillpoint.hub"]
+        assert said == ["hub database: 1 connection(s) of threads still running left to them"], said
+    finally:
+        done.set()
+        worker.join(LONG_S)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="tillpoint.hub"):
+        store._conn()
+        store.close()
+    assert [r for r in caplog.records if r.name == "tillpoint.hub"] == []
