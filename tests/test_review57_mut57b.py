@@ -439,3 +439,36 @@ def test_a_close_says_how_many_live_threads_connections_it_left_and_only_then(
         store._conn()
         store.close()
     assert [r for r in caplog.records if r.name == "tillpoint.hub"] == []
+
+
+def test_a_hub_read_is_served_while_another_writer_holds_the_files_write_lock(
+    tmp_path: Path,
+) -> None:
+    """A till's pull or a snapshot build reads beside a writer (WAL, a deferred `BEGIN`):
+    while another connection holds the write lock, the store's read is answered at once
+    with what was committed, never made to wait for the lock (a read begun as a write
+    waited the writer's whole transaction, then "database is locked" after 30 s)."""
+    path = tmp_path / "hub.db"
+    store = SqliteHubStore(path)
+    store.publish(datetime.now(UTC), 60.0)
+    other = sqlite3.connect(path, isolation_level=None)
+    seen: list[object] = []
+
+    def read() -> None:
+        try:
+            latest = store.latest()
+            seen.append(latest.version if latest else None)
+        except Exception as exc:  # the verdict is read below
+            seen.append(exc)
+
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("DELETE FROM publications")  # not committed: the reader sees 1
+        reader = threading.Thread(target=read)
+        reader.start()
+        reader.join(LONG_S)
+        assert seen == [1], seen
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+        store.close()
