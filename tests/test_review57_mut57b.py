@@ -25,9 +25,11 @@ import grpc
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
+from tillpoint.agent.errors import ForeignDatabase
 from tillpoint.sync import client, hub_server, pki
 from tillpoint.sync.client import HubLink
-from tillpoint.sync.hub_sqlite import BUSY_TIMEOUT_MS, SqliteHubStore
+from tillpoint.sync.hub_sqlite import BUSY_TIMEOUT_MS, MAX_PROBLEMS, SqliteHubStore
+from tillpoint.sync.hub_store import ImportRefused, ImportReport, ImportRow, RowProblem
 from tillpoint.sync.loopback import LoopbackHub
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
@@ -472,3 +474,135 @@ def test_a_hub_read_is_served_while_another_writer_holds_the_files_write_lock(
         other.execute("ROLLBACK")
         other.close()
         store.close()
+
+
+def test_a_thread_that_closes_the_store_and_uses_it_again_keeps_none_of_its_old_connections(
+    tmp_path: Path,
+) -> None:
+    """A thread that closes the store and reads it again, three times over (`HubServer`'s
+    stop and start from one thread), holds its newest connection only: the ones `close`
+    closed are let go of at its next read, not kept aside as if still inside a read
+    (`_reading` of a closed connection made True kept one more each time, for the
+    thread's life)."""
+    store = SqliteHubStore(tmp_path / "hub.db")
+    try:
+        for _ in range(3):
+            assert store.latest() is None
+            store.close()
+        assert store.latest() is None
+        assert getattr(store._local, "stale", []) == []
+    finally:
+        store.close()
+
+
+def customer(key: str, where: str) -> ImportRow:
+    return ImportRow("customer", key, {"id": key, "name": key}, where)
+
+
+def test_an_import_tells_its_first_ten_problems_and_counts_the_rest(tmp_path: Path) -> None:
+    """`hub import` of a file with twelve bad rows names the first ten, in the file's
+    order, and says "(and 2 more)"; a row after the first problem is still checked (a
+    key given twice is one more problem) but nothing is written: the draft stays empty."""
+    store = SqliteHubStore(tmp_path / "hub.db")
+    try:
+        rows: list[ImportRow | RowProblem] = [customer("c-0", "line 1")]
+        rows += [RowProblem(f"line {n}", "not JSON") for n in range(2, 12)]
+        rows += [customer("c-0", "line 12"), customer("c-5", "line 13")]
+        rows += [RowProblem("line 14", "not JSON")]
+        with pytest.raises(ImportRefused) as refused:
+            store.import_rows(iter(rows))
+        assert MAX_PROBLEMS == 10
+        assert refused.value.problems == [f"line {n}: not JSON" for n in range(2, 12)]
+        assert refused.value.message.endswith("line 11: not JSON (and 2 more)")
+        assert store.draft_size() == 0
+        with pytest.raises(ImportRefused) as twice:
+            store.import_rows(iter([customer("c-1", "line 1"), customer("c-1", "line 2")]))
+        assert twice.value.problems == ["line 2: customer 'c-1' appears twice (also at line 1)"]
+        assert twice.value.message.endswith("(also at line 1)"), twice.value.message
+        assert store.draft_size() == 0
+    finally:
+        store.close()
+
+
+def test_an_import_reports_its_rows_by_kind_and_its_removals(tmp_path: Path) -> None:
+    """What `hub import` says it took: every row, the rows by kind, and the removals (a
+    row with no document) apart; each row is in the draft."""
+    store = SqliteHubStore(tmp_path / "hub.db")
+    try:
+        rows: list[ImportRow | RowProblem] = [
+            customer("c-1", "line 1"),
+            customer("c-2", "line 2"),
+            ImportRow("customer", "c-3", None, "line 3"),
+            customer("c-4", "line 4"),
+        ]
+        report = store.import_rows(iter(rows))
+        assert report == ImportReport(rows=4, by_kind={"customer": 3}, removed=1)
+        assert store.draft_size() == 4
+        given = ImportRow("customer", "c-5", None, "line 1", text='{"id":"c-5","name":"x"}')
+        assert store.import_rows(iter([given])).removed == 0
+        with sqlite3.connect(tmp_path / "hub.db") as conn:
+            docs = dict(conn.execute("SELECT key, doc FROM draft WHERE kind = 'customer'"))
+        assert docs == {
+            "c-1": '{"id":"c-1","name":"c-1"}',
+            "c-2": '{"id":"c-2","name":"c-2"}',
+            "c-3": None,
+            "c-4": '{"id":"c-4","name":"c-4"}',
+            "c-5": '{"id":"c-5","name":"x"}',
+        }
+    finally:
+        store.close()
+
+
+def test_an_import_of_cards_of_unknown_customers_names_ten_and_counts_the_rest(
+    tmp_path: Path,
+) -> None:
+    """Eleven cards whose customer is neither in the import nor published: the first
+    ten named, "(and 1 more)", nothing written; a card whose customer comes in the same
+    import is taken."""
+    store = SqliteHubStore(tmp_path / "hub.db")
+    try:
+        cards: list[ImportRow | RowProblem] = [
+            ImportRow(
+                "card", f"card-{n:02}", {"id": f"card-{n:02}", "customerId": "nobody"}, f"line {n}"
+            )
+            for n in range(1, 12)
+        ]
+        with pytest.raises(ImportRefused) as refused:
+            store.import_rows(iter(cards))
+        assert len(refused.value.problems) == 10
+        assert refused.value.problems[0] == (
+            "line 1: card card-01 belongs to customer 'nobody', who is not known"
+        )
+        assert refused.value.message.endswith("(and 1 more)"), refused.value.message
+        assert store.draft_size() == 0
+        known = [customer("nobody", "line 1"), cards[0]]
+        assert store.import_rows(iter(known)).rows == 2
+    finally:
+        store.close()
+
+
+def test_a_hub_store_in_a_new_directory_is_made_and_another_programs_file_refused(
+    tmp_path: Path,
+) -> None:
+    """`--store` naming a file two directories down that do not exist yet: they are
+    made. Another program's SQLite file, still open with its last writes in its `-wal`
+    or closed, is refused in the hub's words (a hub database, and where a hub's store
+    is named), left as it was."""
+    deep = SqliteHubStore(tmp_path / "a" / "b" / "hub.db")
+    deep.close()
+    theirs = tmp_path / "other.db"
+    other = sqlite3.connect(theirs, isolation_level=None)
+    try:
+        other.execute("PRAGMA journal_mode = WAL")
+        other.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+        other.execute("INSERT INTO orders VALUES (1)")
+        assert theirs.with_name("other.db-wal").stat().st_size > 0
+        with pytest.raises(ForeignDatabase) as refused:
+            SqliteHubStore(theirs)
+        assert "not a tillpoint hub database" in refused.value.message, refused.value.message
+        assert other.execute("SELECT count(*) FROM orders").fetchone() == (1,)
+    finally:
+        other.close()
+    with pytest.raises(ForeignDatabase) as checkpointed:  # its -wal gone with its close
+        SqliteHubStore(theirs)
+    assert "not a tillpoint hub database" in checkpointed.value.message
