@@ -68,6 +68,13 @@ def describe(exc: grpc.RpcError) -> str:
 # The till pings the hub every 20 s when the link is quiet, so a dead link is noticed
 # within 30 s; the hub must accept pings that often (hub_server.MIN_PING_INTERVAL_MS).
 KEEPALIVE_MS = 20_000
+# A ping the hub has not answered in 10 s ends the connection (the channel then connects
+# again). Given as `grpc.keepalive_timeout_ms` and as gRPC's own ping timeout
+# (`grpc.http2.ping_timeout_ms`, 1 minute unless set): grpcio 1.85 times a quiet link's
+# keepalive ping by the latter, so a link gone silent (a NAT that forgot it, a cable
+# pulled past the switch) was noticed after up to 80 s, every call on it waiting out its
+# deadline meanwhile (review 57, mut57b).
+KEEPALIVE_TIMEOUT_MS = 10_000
 # A channel that failed to connect tries again after 0.3 s, growing to 3 s (gRPC's
 # default: 1 s to 120 s). Each connection attempt is given 3 s for its TCP connect, TLS
 # and the hub's HTTP/2 SETTINGS frame (gRPC core: max(`grpc.min_reconnect_backoff_ms`,
@@ -106,7 +113,8 @@ class HubLink:
             options=[
                 ("grpc.ssl_target_name_override", HUB_TLS_NAME),
                 ("grpc.keepalive_time_ms", KEEPALIVE_MS),
-                ("grpc.keepalive_timeout_ms", 10_000),
+                ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+                ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.max_pings_without_data", 0),
                 ("grpc.initial_reconnect_backoff_ms", RECONNECT_MIN_MS),
