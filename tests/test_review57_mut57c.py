@@ -226,3 +226,36 @@ def test_each_device_is_listed_with_its_own_record(store: Any) -> None:
     store.ingest("till-b", "", [sale("till-b", 3, "c-1", 0)], t2)
     assert store.last_uploads(["till-a", "till-b"]) == {"till-b": utc_text(t2)}
     assert (store.applied_through("till-a"), store.applied_through("till-b")) == (0, 3)
+
+
+def test_postgresql_lists_the_devices_in_code_point_order_whatever_its_collation(
+    pg_cluster: Any,
+) -> None:
+    """`devices()` (`hub status`) lists by device id in code point order, as SQLite and
+    the set-aside list do, on a database whose default collation is not "C" (a cluster
+    `initdb` made with the machine's locale; here ICU's root collation, which sorts
+    "till_c" first and "TILL-B" after "till-a"): `devices.device_id` has no collation of
+    its own (the tables of migration 1 that have one are the ledger's)."""
+    import uuid
+
+    import psycopg
+    from tillpoint.sync.hub_postgres import PostgresHubStore
+
+    name = f"hub_icu_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_cluster.url, autocommit=True, connect_timeout=10) as conn:
+        try:
+            conn.execute(
+                f'CREATE DATABASE "{name}" TEMPLATE template0 LOCALE_PROVIDER icu'
+                " ICU_LOCALE 'und' LOCALE 'C'".encode()
+            )
+        except psycopg.Error as e:  # a server built without ICU
+            pytest.skip(f"no ICU collation: {e}")
+    store = PostgresHubStore(pg_cluster.url.rsplit("/", 1)[0] + f"/{name}", migrate_schema=True)
+    try:
+        ids = ["till-a", "till_c", "TILL-B", "Till-0"]
+        for n, device in enumerate(ids):
+            store.enroll(device, f"fp-{n}", NOW)
+        assert [d.device_id for d in store.devices()] == sorted(ids)
+        assert sorted(ids) == ["TILL-B", "Till-0", "till-a", "till_c"]
+    finally:
+        store.close()
