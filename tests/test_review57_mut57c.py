@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from tillpoint.agent.errors import InputError
 from tillpoint.agent.ledger import utc_text
+from tillpoint.sync import hub_sql
 from tillpoint.sync.hub_store import DeviceRecord, ImportRefused, LedgerEntry, StoredTx, TxIn
 from tillpoint.sync.loopback import import_doc, sample_master_data
 
@@ -259,3 +260,24 @@ def test_postgresql_lists_the_devices_in_code_point_order_whatever_its_collation
         assert sorted(ids) == ["TILL-B", "Till-0", "till-a", "till_c"]
     finally:
         store.close()
+
+
+# ---------------------------------------------------------------- the prune's floor (§3)
+
+
+def test_a_prune_stopped_between_steps_or_with_nothing_to_do_says_its_floor(
+    store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`prune_versions` returns the floor as far as it got: stopped after its first step
+    (steps of 2 versions here: floor 0 → 2 of a target 5), and when the floor is at its
+    target already (nothing to do). Of the seven `floor`→`ceil` swaps review 54 left
+    unrun, those of these two returns survived every test (a NameError)."""
+    monkeypatch.setattr(hub_sql, "PRUNE_STEP", 2)
+    for n in range(1, 5):
+        assert store.publish(NOW + timedelta(hours=n), WEEK).version == n + 1
+    later = NOW + timedelta(days=1)
+    assert store.prune_versions(later, stop=lambda: True) == 2
+    assert store.delta_floor() == 2
+    assert store.prune_versions(later) == 5
+    assert store.prune_versions(later) == 5  # at its target: the floor as it is
+    assert store.delta_floor() == 5
