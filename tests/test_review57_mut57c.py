@@ -9,7 +9,7 @@ docs/DECISIONS.md, "Review 57 (mut57c)", lists the mutants."""
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -281,3 +281,23 @@ def test_a_prune_stopped_between_steps_or_with_nothing_to_do_says_its_floor(
     assert store.prune_versions(later) == 5
     assert store.prune_versions(later) == 5  # at its target: the floor as it is
     assert store.delta_floor() == 5
+
+
+# ---------------------------------------------------------------- coupons (§13)
+
+
+def test_a_codes_first_use_is_its_device_and_receipt(store: Any) -> None:
+    """`coupon_first_use` is (device, receipt): a code a sale listed twice is no conflict
+    with itself; a late coupon step of the sold receipt is answered its own code as held
+    (only the code its sale did not use is refused); another till's use is a conflict
+    naming both receipts."""
+    used = {"coupons": [{"code": "K-1", "status": "APPLIED"}] * 2}
+    store.ingest("till-a", "", [sale("till-a", 1, "c-1", 0, receipt="r-1", result=used)], NOW)
+    assert store.coupon_conflicts() == []
+    now = datetime.now(UTC)
+    assert store.hold_coupons("till-a", "r-1", "c-1", ["K-1", "K-2"], now, 600.0) == ["K-2"]
+    assert store.hold_coupons("till-b", "r-1", "c-1", ["K-1"], now, 600.0) == ["K-1"]
+    once = {"coupons": [{"code": "K-1", "status": "APPLIED"}]}
+    store.ingest("till-b", "", [sale("till-b", 1, "c-2", 0, receipt="r-9", result=once)], NOW)
+    [seen] = store.coupon_conflicts()
+    assert "till-a" in json.dumps(seen) and "till-b" in json.dumps(seen)
