@@ -1138,8 +1138,11 @@ class SqlHubStore(HubRules):
         return None if row is None else DeviceRecord(*row)
 
     def devices(self) -> list[DeviceRecord]:
+        # in code point order on every engine (PostgreSQL's `devices.device_id` has the
+        # database's collation: a cluster made with the machine's locale sorted otherwise)
+        order = self.tx_class.dialect.code_points("device_id")
         with self._single() as conn:
-            rows = self.tx_class(conn).execute(f"{_DEVICE_ROWS} ORDER BY device_id").fetchall()
+            rows = self.tx_class(conn).execute(f"{_DEVICE_ROWS} ORDER BY {order}").fetchall()
         return [DeviceRecord(*row) for row in rows]
 
     def revoke(self, device_id: str, now: datetime) -> bool:
