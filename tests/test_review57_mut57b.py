@@ -35,6 +35,7 @@ from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
 from .conftest import CLI, ChannelStates
+from .test_review24_hub24 import Proxy
 
 LONG_S = 60.0  # a wait on a loaded machine's thread: generous, never the verdict
 CONNECT_S = 30.0  # a loaded machine's handshake
@@ -254,46 +255,20 @@ def test_the_till_takes_a_hub_message_of_4_mib_and_refuses_one_byte_more(
         server.stop(0).wait()
 
 
-class SilentProxy:
-    """A TCP forwarder to the hub; `silence()`: from then on it passes nothing either way
-    and keeps the connections open (a link whose packets are dropped: a cable pulled
-    between switches, a NAT that forgot the connection), so no end of the connection is
-    ever seen."""
-
-    def __init__(self, port: int) -> None:
-        self.upstream = port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self.listener.getsockname()[1])
-        self.silent = threading.Event()
-        self.sockets: list[socket.socket] = [self.listener]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                near, _ = self.listener.accept()
-            except OSError:
-                return
-            self.sockets.append(near)
-            if self.silent.is_set():
-                continue  # held open, never answered
-            far = socket.create_connection(("127.0.0.1", self.upstream))
-            self.sockets.append(far)
-            for a, b in ((near, far), (far, near)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+class SilentProxy(Proxy):
+    """Review 24's TCP forwarder to the hub; `silence()`: from then on it passes nothing
+    either way and keeps the connections open (a link whose packets are dropped: a cable
+    pulled between switches, a NAT that forgot the connection), so no end of the
+    connection is ever seen."""
 
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         with contextlib.suppress(OSError):
             while data := src.recv(65536):
-                if not self.silent.is_set():
+                if not self.frozen:
                     dst.sendall(data)
 
     def silence(self) -> None:
-        self.silent.set()
-
-    def close(self) -> None:
-        for s in self.sockets:
-            s.close()
+        self.freeze()
 
 
 def test_a_quiet_link_whose_hub_went_silent_is_noticed_by_its_pings(

@@ -17,21 +17,12 @@ from tillpoint.agent.errors import InputError
 from tillpoint.agent.ledger import utc_text
 from tillpoint.sync import hub_sql
 from tillpoint.sync.hub_store import DeviceRecord, ImportRefused, LedgerEntry, StoredTx, TxIn
-from tillpoint.sync.loopback import import_doc, sample_master_data
+from tillpoint.sync.loopback import import_doc
 
 from .test_review54_mut54c import CARD_1, NOW, WEEK, sale
+from .test_review54_mut54c import store as store  # a fixture: the sample published as version 1
 
 CARD_2 = "2770000000024"  # c-2's (the sample's)
-
-
-@pytest.fixture()
-def store(hub_store_factory: Any) -> Any:
-    """A hub store with the sample's master data published as version 1 (c-1: 1200
-    points, c-2: 300), once on SQLite and once on PostgreSQL."""
-    store = hub_store_factory()
-    import_doc(store, sample_master_data())
-    store.publish(NOW, WEEK)
-    return store
 
 
 def pending_sale(seq: int, receipt: str, *, refunds: str = "") -> TxIn:
