@@ -4,7 +4,9 @@ docs/CONTRACT.md §3, §9, docs/PROTOCOL.md's snapshot files). What the tests al
 there did not hold, pinned here (docs/DECISIONS.md, "Review 57 (mut57d)"): the payload is
 written in batches of 8192 lines, and no test had a snapshot of more than a batch, so
 nothing held that a file of many batches, with a section ending exactly at a batch's end,
-is the same bytes as one written at once, whole, and signed as it is on disk.
+is the same bytes as one written at once, whole, and signed as it is on disk; and that a
+hub under the packaged service's umask (0077) writes its snapshot files for its owner
+alone (they hold every customer's row), none widened by a mode of its own.
 Real parts: the reference hub (`LoopbackHub`: its SQLite store, its keys, a gRPC server
 on a free loopback port), the snapshot file the hub built on disk, a real till pulling
 it over mTLS and applying it to its own SQLite cache.
@@ -14,7 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,3 +94,31 @@ def test_a_snapshot_of_many_batches_is_the_bytes_signed_whole_and_applied(
             conn.close()
     finally:
         till.stop()
+
+
+def test_a_hub_under_the_services_umask_writes_its_snapshot_files_for_its_owner_alone(
+    tmp_path: Path,
+) -> None:
+    """A snapshot file holds every customer's row (names, birthdays, balances), as the
+    hub's database does. packaging/tillpoint-hub.service runs the hub with UMask=0077 in
+    a 0700 state directory: the full snapshot, a delta, their records and the locks are
+    then 0600, none given a wider mode of the hub's own (as `write_whole`'s 0644 default
+    would be if it were a chmod)."""
+    old = os.umask(0o077)
+    try:
+        hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+        try:
+            builder = hub.server.builder
+            wait_for(lambda: builder.full_ready(1), timeout=60)
+            builder.bundle(1, 0)
+            assert hub.publish() == 2
+            builder.bundle(2, 1)
+            modes = {
+                p.name: stat.S_IMODE(p.stat().st_mode) for p in builder.dir.iterdir() if p.is_file()
+            }
+        finally:
+            hub.stop()
+    finally:
+        os.umask(old)
+    assert {"v0000000001-full.snap", "v0000000002-from-0000000001.json"} <= set(modes)
+    assert {name for name, mode in modes.items() if mode != 0o600} == set()
