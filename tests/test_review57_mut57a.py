@@ -113,6 +113,17 @@ class HeldBuilds:
         self._open.set()
 
 
+def nothing_built(builder: SnapshotBuilder, full_wait_s: float, newest_wait_s: float) -> HeldBuilds:
+    """`builder` waiting `full_wait_s` in all (`newest_wait_s` of it for the newest) for a
+    full snapshot, as if none were built yet, each new build held at the gate returned."""
+    wait_for(lambda: builder.full_ready(1), timeout=30)
+    builder.full_wait_s, builder.newest_wait_s = full_wait_s, newest_wait_s
+    gate = HeldBuilds(builder)
+    with builder._cond:
+        builder._ready.clear()  # as if nothing were built yet
+    return gate
+
+
 def versions_of(chunks: list[Any]) -> set[tuple[int, int]]:
     return {(c.version, c.base_version) for c in chunks}
 
@@ -247,12 +258,7 @@ def test_a_pull_waiting_for_a_full_snapshot_is_served_once_built_not_at_the_wait
     (60 s here for the newest, 120 s in all); a wait that did not see the build end sat
     out its whole time (review 54's test waits 0.2 s for the newest, then 30 s, within
     its pull's deadline of 30 s: such a wait still passed it)."""
-    builder = hub.server.builder
-    wait_for(lambda: builder.full_ready(1), timeout=30)
-    builder.full_wait_s, builder.newest_wait_s = 120.0, 60.0
-    gate = HeldBuilds(builder)
-    with builder._cond:
-        builder._ready.clear()  # as if nothing were built yet
+    gate = nothing_built(hub.server.builder, 120.0, 60.0)
     opener = threading.Timer(1.0, gate.release)
     try:
         assert hub.publish() == 2
@@ -296,12 +302,7 @@ def test_a_pull_with_no_full_snapshot_built_waits_full_wait_s_in_all_then_aborte
     all, 8 of them the first part, and a pull deadline of 20 s: a second part of
     `full_wait_s + newest_wait_s` (18 s, 26 in all) went unseen (the other tests wait
     0.4 s or less in all)."""
-    builder = hub.server.builder
-    wait_for(lambda: builder.full_ready(1), timeout=30)
-    builder.full_wait_s, builder.newest_wait_s = 10.0, 8.0
-    gate = HeldBuilds(builder)
-    with builder._cond:
-        builder._ready.clear()  # as if nothing were built yet
+    gate = nothing_built(hub.server.builder, 10.0, 8.0)
     try:
         assert hub.publish() == 2
         wait_for(lambda: gate.inside == [(2, 0)], timeout=20)
