@@ -1427,6 +1427,15 @@ def _kind_name(kind: int) -> str:
 # (sync.client.KEEPALIVE_MS), so a ping a little early is never a strike.
 MIN_PING_INTERVAL_MS = 10_000
 
+# The hub pings each till's connection every 30 s, and a ping not answered within 10 s
+# ends the connection: a till gone without a word (its power cut, a cable pulled past the
+# store's switch, a NAT that forgot the connection) gives back the worker its Subscribe
+# stream held within about 40 s and a heartbeat, not at `stream_max_s` (300 s; session
+# 58). Given as `grpc.keepalive_timeout_ms` and as gRPC's own ping timeout, which grpcio
+# times a ping by (sync.client.KEEPALIVE_TIMEOUT_MS says why).
+KEEPALIVE_MS = 30_000
+KEEPALIVE_TIMEOUT_MS = 10_000
+
 
 class HubServer:
     """A running hub: gRPC over mTLS, the version watcher and the balance publisher."""
@@ -1516,6 +1525,9 @@ class HubServer:
             self._executor,
             interceptors=[RefuseUndecodable()],  # bytes that are no request: INVALID_ARGUMENT
             options=[
+                ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+                ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+                ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
                 ("grpc.keepalive_permit_without_calls", 1),
                 # gRPC's name for the server's "minimum interval between received pings
                 # without data" (GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS):

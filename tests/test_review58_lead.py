@@ -1,0 +1,101 @@
+"""Session 58 (lead): the hub watches its tills' links, as the tills watch theirs.
+
+A till that vanishes without a word (its power cut, a cable pulled past the store's
+switch, a NAT that forgot the connection) leaves its Subscribe stream open on the hub,
+and that stream holds one of the hub's `max_workers` threads. Until this session the hub
+sent no keep-alive pings of its own, so the thread was held until `stream_max_s` (300 s)
+ended the stream: after a store's network flapped, every till of it held two threads
+for five minutes, and a hub near its `--workers` made the live tills' pushes wait. Real
+parts: the reference hub over mTLS on loopback, review 24's TCP forwarder gone silent
+(review 57's `SilentProxy`), the till's own `HubLink`. docs/DECISIONS.md, "Session 58
+(lead)"."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from tillpoint.sync import hub_server
+from tillpoint.sync.client import HubLink
+from tillpoint.sync.hub_server import HubConfig
+from tillpoint.sync.loopback import LoopbackHub, sample_master_data
+from tillpoint.v1 import tillpoint_pb2 as pb
+
+from .conftest import ChannelStates
+from .test_review57_mut57b import SilentProxy
+
+CONNECT_S = 30.0  # a loaded machine's handshake
+# The live till's call may wait this long for the hub's one worker: the dead till's
+# stream, noticed by pings 1 s apart answered within 3 s, ends well within it; held
+# until `stream_max_s` (300 s), it never does.
+ANSWER_S = 45.0
+
+
+@pytest.fixture
+def pinging(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hub's pings each 1 s, 3 s for an answer (shipped: 30 s and 10 s)."""
+    monkeypatch.setattr(hub_server, "KEEPALIVE_MS", 1_000)
+    monkeypatch.setattr(hub_server, "KEEPALIVE_TIMEOUT_MS", 3_000)
+
+
+def one_worker_hub(root: Path) -> LoopbackHub:
+    """A hub with a single worker thread: whoever holds it, every other call waits."""
+    config = HubConfig(heartbeat_s=1.0, watch_interval_s=0.1, publish_every_s=0, max_workers=1)
+    return LoopbackHub(root, config)
+
+
+def test_a_till_gone_silent_gives_back_the_hub_thread_its_stream_held(
+    tmp_path: Path, pinging: None
+) -> None:
+    """A till's Subscribe stream holds the hub's one worker; its link goes silent (nothing
+    passes either way, no end of the connection is ever seen by the hub). The hub's ping
+    goes unanswered, the hub ends the connection, the stream ends at its next heartbeat,
+    and another till's call is served. Fails before the fix: the hub sent no pings, the
+    stream ran on to `stream_max_s` and the live till's call ran out of its 45 s."""
+    hub = one_worker_hub(tmp_path / "hub")
+    proxy = SilentProxy(hub.port)
+    gone = HubLink(f"127.0.0.1:{proxy.port}", hub.enroll("till-gone", tmp_path / "gone"))
+    live = HubLink(hub.address, hub.enroll("till-live", tmp_path / "live"))
+    try:
+        stream = gone.stub.Subscribe(pb.SubscribeRequest(device_id="till-gone"), timeout=600)
+        assert next(stream).heartbeat_s == 1  # the stream is open: it holds the worker
+        proxy.silence()
+        reply = live.stub.ListTransactions(
+            pb.ListTransactionsRequest(device_id="till-live"), timeout=ANSWER_S
+        )
+        assert list(reply.transactions) == []
+        stream.cancel()
+    finally:
+        gone.close()
+        live.close()
+        proxy.close()
+        hub.stop()
+
+
+def test_the_hubs_pings_never_cost_a_live_till_its_connection(
+    tmp_path: Path, pinging: None
+) -> None:
+    """A live till answers the hub's pings, sent each second here over a link with
+    nothing else on it (the stream's heartbeat is a minute): its channel stays READY and
+    its stream brings the next version the hub publishes. A till that took the hub's pings
+    without data between for abuse would answer GOAWAY "too_many_pings" and connect again
+    and again."""
+    config = HubConfig(heartbeat_s=60.0, watch_interval_s=0.1, publish_every_s=0)
+    hub = LoopbackHub(tmp_path / "hub", config, data=sample_master_data(), publish=False)
+    link = HubLink(hub.address, hub.enroll("till-1", tmp_path / "till"))
+    states = ChannelStates(link.channel)
+    try:
+        assert states.wait_ready(CONNECT_S), states.states
+        stream = link.stub.Subscribe(pb.SubscribeRequest(device_id="till-1"), timeout=600)
+        assert next(stream).latest_version == 0
+        time.sleep(6.0)  # six of the hub's pings, nothing else on the link
+        version = hub.publish()
+        assert next(stream).latest_version == version
+        stream.cancel()
+        assert states.since_ready() == [grpc.ChannelConnectivity.READY], states.states
+    finally:
+        states.close()
+        link.close()
+        hub.stop()
