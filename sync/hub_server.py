@@ -796,15 +796,28 @@ class Notifier:
                 self.latest = pub
                 self._cond.notify_all()
 
-    def wait_newer(self, version: int, timeout: float) -> Publication | None:
+    def wait_newer(
+        self, version: int, timeout: float, ended: Callable[[], bool] = lambda: False
+    ) -> Publication | None:
+        """The newest publication, once it is above `version`, the hub stops, `ended()`
+        (the caller's stream is over: see `wake`) or `timeout` passes."""
         with self._cond:
             self._cond.wait_for(
                 lambda: (
-                    self.stopping or (self.latest is not None and self.latest.version > version)
+                    self.stopping
+                    or (self.latest is not None and self.latest.version > version)
+                    or ended()
                 ),
                 timeout=timeout,
             )
             return self.latest
+
+    def wake(self) -> None:
+        """Waiters look again at what they wait for: a stream whose call ended (the till
+        cancelled it, or the hub's pings dropped its connection) stops waiting for its
+        heartbeat, and gives back its worker at once; the others wait on."""
+        with self._cond:
+            self._cond.notify_all()
 
     def stop(self) -> None:
         with self._cond:
@@ -1057,9 +1070,16 @@ class HubServicer(pb_grpc.HubServicer):
 
         pub = self.notifier.latest
         sent = pub.version if pub else 0
+        # the call's end (a cancel, a connection dropped) wakes its wait below at once,
+        # rather than at its next heartbeat (session 58)
+        context.add_callback(self.notifier.wake)
         yield note(pub)
         while context.is_active() and not self.notifier.stopping and time.monotonic() < ends:
-            pub = self.notifier.wait_newer(sent, timeout=min(heartbeat, ends - time.monotonic()))
+            pub = self.notifier.wait_newer(
+                sent,
+                timeout=min(heartbeat, ends - time.monotonic()),
+                ended=lambda: not context.is_active(),
+            )
             if self.notifier.stopping or not context.is_active():
                 return
             # a device revoked (or enrolled again) meanwhile: the stream ends, as a new
@@ -1430,7 +1450,7 @@ MIN_PING_INTERVAL_MS = 10_000
 # The hub pings each till's connection every 30 s, and a ping not answered within 10 s
 # ends the connection: a till gone without a word (its power cut, a cable pulled past the
 # store's switch, a NAT that forgot the connection) gives back the worker its Subscribe
-# stream held within about 40 s and a heartbeat, not at `stream_max_s` (300 s; session
+# stream held within about 40 s, not at `stream_max_s` (300 s; session
 # 58). Given as `grpc.keepalive_timeout_ms` and as gRPC's own ping timeout, which grpcio
 # times a ping by (sync.client.KEEPALIVE_TIMEOUT_MS says why).
 KEEPALIVE_MS = 30_000

@@ -20,7 +20,7 @@ import pytest
 from tillpoint.sync import hub_server
 from tillpoint.sync.client import HubLink
 from tillpoint.sync.hub_server import HubConfig
-from tillpoint.sync.loopback import LoopbackHub, sample_master_data
+from tillpoint.sync.loopback import LoopbackHub, sample_master_data, wait_for
 from tillpoint.v1 import tillpoint_pb2 as pb
 
 from .conftest import ChannelStates
@@ -51,7 +51,7 @@ def test_a_till_gone_silent_gives_back_the_hub_thread_its_stream_held(
 ) -> None:
     """A till's Subscribe stream holds the hub's one worker; its link goes silent (nothing
     passes either way, no end of the connection is ever seen by the hub). The hub's ping
-    goes unanswered, the hub ends the connection, the stream ends at its next heartbeat,
+    goes unanswered, the hub ends the connection, the stream's wait ends with it,
     and another till's call is served. Fails before the fix: the hub sent no pings, the
     stream ran on to `stream_max_s` and the live till's call ran out of its 45 s."""
     hub = one_worker_hub(tmp_path / "hub")
@@ -98,4 +98,39 @@ def test_the_hubs_pings_never_cost_a_live_till_its_connection(
     finally:
         states.close()
         link.close()
+        hub.stop()
+
+
+def waiting_for_news(hub: LoopbackHub) -> None:
+    """Until a Subscribe stream's thread waits for a newer version (threading's own list
+    of a condition's waiters): a call cancelled before (its first message still being
+    sent) ends at once in gRPC itself, and would prove nothing."""
+    waiters = hub.server.notifier._cond._waiters  # type: ignore[attr-defined]
+    assert wait_for(lambda: len(waiters) == 1, timeout=ANSWER_S)
+
+
+def test_a_stream_whose_connection_ended_gives_back_its_thread_before_its_heartbeat(
+    tmp_path: Path,
+) -> None:
+    """A till that cancels its stream (its agent stopping) or whose connection the hub's
+    pings ended: the stream's wait for a newer version ends with the call, not at the
+    next heartbeat. Here a heartbeat of ten minutes and a hub of one worker: another
+    till's call is answered. Fails before: the stream's thread slept out the heartbeat
+    (15 s as shipped) before it saw its call gone, and the call ran out of its 45 s."""
+    config = HubConfig(heartbeat_s=600.0, watch_interval_s=0.1, publish_every_s=0, max_workers=1)
+    hub = LoopbackHub(tmp_path / "hub", config)
+    gone = HubLink(hub.address, hub.enroll("till-gone", tmp_path / "gone"))
+    live = HubLink(hub.address, hub.enroll("till-live", tmp_path / "live"))
+    try:
+        stream = gone.stub.Subscribe(pb.SubscribeRequest(device_id="till-gone"), timeout=900)
+        assert next(stream).heartbeat_s == 600  # the stream is open: it holds the worker
+        waiting_for_news(hub)
+        stream.cancel()
+        reply = live.stub.ListTransactions(
+            pb.ListTransactionsRequest(device_id="till-live"), timeout=ANSWER_S
+        )
+        assert list(reply.transactions) == []
+    finally:
+        gone.close()
+        live.close()
         hub.stop()
