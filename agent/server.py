@@ -48,6 +48,13 @@ SERVICE_NAME = "tillpoint.v1.PosAgent"
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 REFLECTION_THREADS = 2  # reflection streams served at once; more wait their turn
 MIN_PING_INTERVAL_MS = 10_000  # the shortest keepalive interval a POS may ping at
+# The agent pings each client's connection every 30 s, and a ping not answered in 10 s
+# ends it (as the hub does its tills'): a client gone without a word (a reflection tool
+# on a laptop that left the store's network) gives back the thread its stream held, and
+# a connection beyond loopback is not kept for ever. Given as `grpc.keepalive_timeout_ms`
+# and as gRPC's own ping timeout, which grpcio times a ping by (session 58).
+KEEPALIVE_MS = 30_000
+KEEPALIVE_TIMEOUT_MS = 10_000
 # What gRPC reads of one request before refusing it itself (RESOURCE_EXHAUSTED): past the
 # 4 MiB a request may be, so the agent refuses those as bad input (INVALID_ARGUMENT).
 TRANSPORT_MAX_BYTES = 16 << 20
@@ -209,6 +216,9 @@ def build_server(
             # minutes between pings, two strikes) dropped it with GOAWAY "too_many_pings"
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
+            ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+            ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+            ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
             ("grpc.http2.max_pings_without_data", 0),
             # one agent a port: gRPC's default SO_REUSEPORT let a second `tillpoint run`
             # bind the same port and take half the POS's calls to its own data directory

@@ -12,16 +12,21 @@ parts: the reference hub over mTLS on loopback, review 24's TCP forwarder gone s
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from tillpoint.agent import server
+from tillpoint.agent.service import Agent
 from tillpoint.sync import hub_server
 from tillpoint.sync.client import HubLink
 from tillpoint.sync.hub_server import HubConfig
 from tillpoint.sync.loopback import LoopbackHub, sample_master_data, wait_for
 from tillpoint.v1 import tillpoint_pb2 as pb
+from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
 from .conftest import ChannelStates
 from .test_review57_mut57b import SilentProxy
@@ -31,6 +36,8 @@ CONNECT_S = 30.0  # a loaded machine's handshake
 # stream, noticed by pings 1 s apart answered within 3 s, ends well within it; held
 # until `stream_max_s` (300 s), it never does.
 ANSWER_S = 45.0
+REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+LIST_SERVICES = b"\x3a\x00"  # a ServerReflectionRequest: list_services ""
 
 
 @pytest.fixture
@@ -134,3 +141,75 @@ def test_a_stream_whose_connection_ended_gives_back_its_thread_before_its_heartb
         gone.close()
         live.close()
         hub.stop()
+
+
+# ---------------------------------------------------------------- the till's own door
+
+
+def held_open(first: bytes, done: threading.Event) -> Iterator[bytes]:
+    """A reflection tool's requests: one, then the stream held open (a GUI tool left
+    connected) until `done`."""
+    yield first
+    done.wait(600)
+
+
+def test_reflection_tools_gone_silent_give_back_the_agents_reflection_threads(
+    agent: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two reflection streams (the agent serves `REFLECTION_THREADS`, 2, at once) from
+    tools on another machine whose links then go silent (a laptop that left the store's
+    Wi-Fi): the agent's pings go unanswered, it drops both connections, and a third tool
+    is answered. Here pings each 1 s, 3 s for an answer (shipped: 30 s and 10 s, as the
+    hub's). Fails before: the agent sent no pings, nothing ever ended the two streams,
+    and reflection was refused to every tool until the till restarted."""
+    monkeypatch.setattr(server, "KEEPALIVE_MS", 1_000)
+    monkeypatch.setattr(server, "KEEPALIVE_TIMEOUT_MS", 3_000)
+    grpc_server, port, health = server.build_server(agent, "127.0.0.1:0")
+    grpc_server.start()
+    done = threading.Event()
+    proxies = [SilentProxy(port) for _ in range(server.REFLECTION_THREADS)]
+    channels = [grpc.insecure_channel(f"127.0.0.1:{p.port}") for p in proxies]
+    streams = [
+        channel.stream_stream(REFLECTION)(held_open(LIST_SERVICES, done)) for channel in channels
+    ]
+    try:
+        for stream in streams:  # kept: a call's object collected cancels the call
+            assert b"tillpoint.v1.PosAgent" in next(stream)
+        for proxy in proxies:
+            proxy.silence()
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            (answer,) = channel.stream_stream(REFLECTION)(iter([LIST_SERVICES]), timeout=ANSWER_S)
+        assert b"tillpoint.v1.PosAgent" in answer
+    finally:
+        done.set()
+        for channel in channels:
+            channel.close()
+        for proxy in proxies:
+            proxy.close()
+        health.stop_following()
+        grpc_server.stop(0).wait()
+
+
+def test_the_agents_pings_never_cost_an_idle_pos_its_connection(
+    agent: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A POS whose channel sits idle between customers answers the agent's pings (each
+    second here, no call under way): the channel stays READY, and the next sale's call
+    is answered on it."""
+    monkeypatch.setattr(server, "KEEPALIVE_MS", 1_000)
+    monkeypatch.setattr(server, "KEEPALIVE_TIMEOUT_MS", 3_000)
+    grpc_server, port, health = server.build_server(agent, "127.0.0.1:0")
+    grpc_server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    states = ChannelStates(channel)
+    try:
+        assert states.wait_ready(CONNECT_S), states.states
+        time.sleep(6.0)  # six of the agent's pings, nothing else on the link
+        status = pb_grpc.PosAgentStub(channel).Status(pb.StatusRequest(), timeout=ANSWER_S)
+        assert status.cache_version == 1
+        assert states.since_ready() == [grpc.ChannelConnectivity.READY], states.states
+    finally:
+        states.close()
+        channel.close()
+        health.stop_following()
+        grpc_server.stop(0).wait()
