@@ -1,11 +1,14 @@
-"""Session 58 (lead): the hub watches its tills' links, as the tills watch theirs.
+"""Session 58 (lead): the hub watches its tills' links, as the tills watch theirs, and
+the till's own gRPC server watches its clients' links.
 
 A till that vanishes without a word (its power cut, a cable pulled past the store's
 switch, a NAT that forgot the connection) leaves its Subscribe stream open on the hub,
 and that stream holds one of the hub's `max_workers` threads. Until this session the hub
 sent no keep-alive pings of its own, so the thread was held until `stream_max_s` (300 s)
 ended the stream: after a store's network flapped, every till of it held two threads
-for five minutes, and a hub near its `--workers` made the live tills' pushes wait. Real
+for five minutes, and a hub near its `--workers` made the live tills' pushes wait. The
+till's gRPC server sent none either: two reflection tools that left the network held its
+two reflection threads for good. Real
 parts: the reference hub over mTLS on loopback, review 24's TCP forwarder gone silent
 (review 57's `SilentProxy`), the till's own `HubLink`. docs/DECISIONS.md, "Session 58
 (lead)"."""
