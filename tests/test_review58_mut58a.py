@@ -1,0 +1,341 @@
+"""Review 58 (mut58a): mutation testing of the till's SQLite files (`agent/db.py`):
+`connect`'s pragmas, `begin_write` and its deadline, `Checkpointer`, the cache's
+generations, the migrations runner, the refusals of foreign or damaged files, the phone
+key and the storage errors' hints. Each test pins a rule a surviving mutant broke and no
+test held (docs/DECISIONS.md, "Review 58 (mut58a)", lists the mutants). Real parts: real
+SQLite files in tmp_path, a second real connection holding a write lock, the real
+checkpoint thread watched through the ledger file's size, real subprocesses where the
+rule is a process's (its exit).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from tillpoint.agent.db import (
+    HUB_STORE_HINT,
+    Checkpointer,
+    LiveCache,
+    begin_write,
+    cache_migrations,
+    cache_switch_lock,
+    connect,
+    migrate,
+    open_cache,
+    refuse_foreign,
+    remove_replaced_plain_wal,
+    switch_cache,
+    write_transaction,
+    writes_until,
+)
+from tillpoint.agent.errors import ForeignDatabase
+from tillpoint.agent.ledger import open_ledger
+
+# ---------------------------------------- connect: every connection's pragmas
+
+
+def _pragmas(conn: sqlite3.Connection) -> dict[str, object]:
+    return {
+        name: conn.execute(f"PRAGMA {name}").fetchone()[0]
+        for name in ("journal_mode", "synchronous", "busy_timeout", "foreign_keys")
+    }
+
+
+# What every connection of a till runs with (CONTRACT §5's "one SQLite transaction
+# (`synchronous=FULL`)", §9's "SQLite's 5 s busy timeout"): 2 is FULL.
+TILL_PRAGMAS = {"journal_mode": "wal", "synchronous": 2, "busy_timeout": 5000, "foreign_keys": 1}
+
+
+def test_every_connection_of_a_till_is_wal_full_sync_with_the_5_s_busy_timeout(
+    tmp_path: Path,
+) -> None:
+    """The ledger's, the cache's (plain and a generation's), a read-only one, the
+    checkpointer's second connection (`checked`) and one that may not create its file:
+    each in WAL, `synchronous=FULL`, a 5 s busy timeout (5000 ±1 survived: no test read
+    it) and foreign keys on; and a data directory whose parents are missing is made."""
+    data_dir = tmp_path / "a" / "b" / "data"
+    ledger = open_ledger(data_dir)
+    cache = open_cache(data_dir)
+    try:
+        opened = {
+            "ledger": ledger,
+            "cache": cache,
+            "read-only": connect(data_dir / "ledger.db", readonly=True),
+            "checked": connect(data_dir / "ledger.db", checked=True),
+            "existing": connect(data_dir / "cache.db", create=False),
+        }
+        for what, conn in opened.items():
+            assert _pragmas(conn) == TILL_PRAGMAS, what
+            if conn not in (ledger, cache):
+                conn.close()
+    finally:
+        ledger.close()
+        cache.close()
+
+
+# ---------------------------------------- begin_write: the deadline cuts a long own wait
+
+# A connection's own busy timeout far above anything a loaded machine takes to fail at
+# once: a write that waits it instead of the deadline's is told apart by minutes, not ms.
+LONG_OWN_MS = 60_000
+
+
+@pytest.fixture
+def held_ledger(tmp_path: Path) -> Iterator[tuple[sqlite3.Connection, sqlite3.Connection]]:
+    """(holder, waiter): the holder has the file's write lock (`BEGIN IMMEDIATE`); the
+    waiter's own busy timeout is `LONG_OWN_MS`."""
+    path = tmp_path / "ledger.db"
+    holder, waiter = connect(path), connect(path)
+    waiter.execute(f"PRAGMA busy_timeout = {LONG_OWN_MS}")
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        yield holder, waiter
+    finally:
+        if holder.in_transaction:
+            holder.execute("ROLLBACK")
+        holder.close()
+        waiter.close()
+
+
+@pytest.mark.parametrize("left_s", [-1.0, 0.3], ids=["passed", "shorter"])
+def test_a_deadline_shorter_than_the_connections_own_wait_is_the_one_waited(
+    held_ledger: tuple[sqlite3.Connection, sqlite3.Connection], left_s: float
+) -> None:
+    """CONTRACT §9 (`sync now --timeout S`: its ledger writes wait no later than it).
+    Review 38's test gave the waiter 400 ms of its own, so a `begin_write` that waited
+    its own timeout instead of what was left of the deadline (`wait and until is None`
+    as `or`; `until - monotonic()` as `+`) passed within its 2 s margin. Here the
+    connection's own is a minute: a deadline passed fails at once, a deadline 0.3 s
+    away after it (30 s of margin), and the connection's own wait is set back."""
+    _, waiter = held_ledger
+    started = time.monotonic()
+    with (
+        pytest.raises(sqlite3.OperationalError, match="database is locked"),
+        writes_until(time.monotonic() + left_s),
+    ):
+        begin_write(waiter)
+    waited = time.monotonic() - started
+    assert max(0.0, left_s) <= waited + 0.02 and waited < 30, waited
+    assert waiter.execute("PRAGMA busy_timeout").fetchone()[0] == LONG_OWN_MS
+    assert not waiter.in_transaction
+
+
+def _in_write_transaction(conn: sqlite3.Connection) -> bool:
+    with write_transaction(conn, "ledger"):
+        return conn.in_transaction
+
+
+def _released_after(holder: sqlite3.Connection, seconds: float) -> threading.Timer:
+    """The holder's write lock let go `seconds` from now, on a timer thread."""
+    timer = threading.Timer(seconds, lambda: holder.execute("ROLLBACK"))
+    timer.start()
+    return timer
+
+
+def _in_begun_write(conn: sqlite3.Connection) -> bool:
+    begin_write(conn)
+    try:
+        return conn.in_transaction
+    finally:
+        conn.execute("ROLLBACK")
+
+
+@pytest.mark.parametrize("write", [_in_begun_write, _in_write_transaction])
+def test_a_write_waits_for_another_writer_unless_told_not_to(
+    held_ledger: tuple[sqlite3.Connection, sqlite3.Connection],
+    write: Callable[[sqlite3.Connection], bool],
+) -> None:
+    """A checkout's commit (`write_transaction(ledger, "ledger")`), a push's answer and
+    `sync_state` (`begin_write(conn)`) wait for another process's write by default: their
+    `wait=True` defaults made False survived (the checkout would answer "the ledger is
+    busy or unavailable" at once beside a `sync now`). The holder lets go after 0.5 s;
+    the waiter has a minute."""
+    holder, waiter = held_ledger
+    timer = _released_after(holder, 0.5)
+    try:
+        assert write(waiter)
+    finally:
+        timer.join()
+
+
+# ---------------------------------------- Checkpointer: after `every_commits` commits
+
+
+def _ledger_writer(path: Path) -> Callable[[], None]:
+    """One commit of a 4 KB row to `path` with SQLite's inline checkpoint off (the agent's
+    ledger connection): the file itself grows only when a checkpoint copies the WAL in."""
+    conn = connect(path)
+    conn.execute("PRAGMA wal_autocheckpoint = 0")
+    conn.execute("CREATE TABLE IF NOT EXISTS t (x TEXT)")
+
+    def commit() -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO t VALUES (?)", ("x" * 4000,))
+        conn.execute("COMMIT")
+
+    return commit
+
+
+def _grows(path: Path, size: int, within_s: float) -> bool:
+    """Whether the file at `path` grows past `size` within `within_s` (polled)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if path.stat().st_size > size:
+            return True
+        time.sleep(0.02)
+    return path.stat().st_size > size
+
+
+def test_the_checkpointer_checkpoints_at_every_tenth_commit_and_not_before(
+    tmp_path: Path,
+) -> None:
+    """With `every_s` an hour, only the commit count wakes the thread: two rounds of ten
+    commits, each checkpointed at its tenth and not at its ninth. Review 44's test gave
+    `every_s=0.05`, so a count that never reached `every_commits` (`+=` as `-=`, `+= 0`,
+    `>=` as `>`, the count begun or reset at -1) or reached it early (`+= 2`, the
+    condition negated, reset at 1) still checkpointed within the test's wait. No
+    checkpoint is a WAL that grows until the last connection closes (review 44: the
+    sale path's p99); one early is a sale's commit waiting for the file's fsync more
+    often. The "not before" wait is 1 s: the rule holds however slow the machine is."""
+    path = tmp_path / "ledger.db"
+    commit = _ledger_writer(path)
+    checkpoints = Checkpointer(path, every_commits=10, every_s=3600.0)
+    try:
+        for round_ in (1, 2):
+            size = path.stat().st_size
+            for _ in range(9):
+                commit()
+                checkpoints.committed()
+            assert not _grows(path, size, 1.0), f"round {round_}: checkpointed before the 10th"
+            commit()
+            checkpoints.committed()
+            assert _grows(path, size, 60.0), f"round {round_}: no checkpoint at the 10th"
+    finally:
+        checkpoints.close()
+
+
+def test_a_process_that_never_closes_its_checkpointer_still_exits(tmp_path: Path) -> None:
+    """The checkpoint thread is a daemon: a command that fails before it closes its agent
+    (`daemon=True` made False survived) must not hang at its exit, its thread waiting
+    `every_s` for ever."""
+    script = textwrap.dedent(
+        f"""
+        from pathlib import Path
+        from tillpoint.agent.db import Checkpointer, connect
+        path = Path({str(tmp_path / "ledger.db")!r})
+        connect(path).execute("CREATE TABLE t (x)")
+        Checkpointer(path, every_s=3600.0).committed()
+        print("left")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (done.returncode, done.stdout) == (0, "left\n"), done.stderr
+
+
+# ---------------------------------------- generations: the plain cache's leftovers
+
+
+def test_a_reader_closed_last_on_a_replaced_plain_cache_removes_its_wal_and_shm(
+    tmp_path: Path,
+) -> None:
+    """A fresh till's plain ``cache.db``, switched to a generation by another process
+    (`snapshot load`) while the agent's `LiveCache` still has it open, and the switch's
+    clean-up of its -wal and -shm skipped (the data directory's switch lock held: a
+    `reset` at work): the reader's `close`, the plain file's last connection, removes
+    them (its `path.name == CACHE` negated survived: they stayed beside the generation
+    until the next full snapshot)."""
+    live = LiveCache(tmp_path)
+    assert live.connection().execute("SELECT count(*) FROM meta").fetchone() == (0,)
+    wal, shm = tmp_path / "cache.db-wal", tmp_path / "cache.db-shm"
+    generation = tmp_path / "cache-1-0123abcd.db"
+    conn = connect(generation)
+    migrate(conn, cache_migrations)
+    conn.close()
+    plain = connect(tmp_path / "cache.db")
+    plain.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # as a full apply does before it
+    plain.close()
+    with cache_switch_lock(tmp_path, 0) as taken:
+        assert taken
+        switch_cache(tmp_path, generation)
+        remove_replaced_plain_wal(tmp_path)  # what the switching apply does after it
+    assert wal.exists() and shm.exists()
+    live.close()
+    assert not wal.exists() and not shm.exists()
+
+
+# ---------------------------------------- refuse_foreign: what the refusal names
+
+DATA_DIR_HINT = (
+    "name a data directory of tillpoint's own"
+    " (--data-dir, TILLPOINT_DATA_DIR or data_dir in the configuration names it)"
+)
+
+
+def _foreign_file(path: Path, tables: int) -> Path:
+    """Another program's SQLite file at `path`: `tables` tables t1, t2, … and no
+    tillpoint schema step."""
+    conn = sqlite3.connect(path)
+    for n in range(1, tables + 1):
+        conn.execute(f"CREATE TABLE t{n} (x)")
+    conn.commit()
+    conn.close()
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "hub", "what", "where"),
+    [
+        ("ledger.db", False, "ledger", DATA_DIR_HINT),
+        ("cache.db", False, "cache", DATA_DIR_HINT),
+        ("cache-7-0123abcd.db", False, "cache", DATA_DIR_HINT),
+        ("store.db", False, "database", "check the path"),
+        ("ledger.db", True, "hub database", HUB_STORE_HINT),
+    ],
+    ids=["ledger", "cache", "generation", "other", "hub"],
+)
+def test_another_programs_file_is_named_as_the_file_it_was_taken_for(
+    tmp_path: Path, name: str, hub: bool, what: str, where: str
+) -> None:
+    """CONTRACT §10: "…/ledger.db is another program's SQLite database (its tables:
+    orders), not a tillpoint ledger: it is left as it was; name a data directory of
+    tillpoint's own (…)". The kind (ledger, cache, a generation's cache, a database of
+    another name, the hub's store) and the way out were held by no test (`name ==
+    "ledger.db" or …` negated and each `==` as `!=` survived)."""
+    path = _foreign_file(tmp_path / name, 1)
+    conn = sqlite3.connect(path)
+    with pytest.raises(ForeignDatabase) as refused:
+        refuse_foreign(conn, path, hub=hub)
+    assert refused.value.message == (
+        f"{path} is another program's SQLite database (its tables: t1), not a tillpoint"
+        f" {what}: it is left as it was; {where}"
+    )
+    with pytest.raises(sqlite3.ProgrammingError):  # closed by the refusal
+        conn.execute("SELECT 1")
+
+
+@pytest.mark.parametrize(
+    ("tables", "shown"),
+    [
+        (5, "t1, t2, t3, t4, t5"),
+        (6, "t1, t2, t3, t4, t5 and 1 more"),
+        (8, "t1, t2, t3, t4, t5 and 3 more"),
+    ],
+)
+def test_a_refusal_names_five_tables_and_counts_the_rest(
+    tmp_path: Path, tables: int, shown: str
+) -> None:
+    """Five names, then "and N more" (the 5s ±1, `> 5` as `>=`, `len - 5` as `+`:
+    survived). The names sort as text: t1…t8 in order."""
+    path = _foreign_file(tmp_path / "ledger.db", tables)
+    with pytest.raises(ForeignDatabase, match=rf"\(its tables: {shown}\), not a tillpoint ledger"):
+        connect(path)
