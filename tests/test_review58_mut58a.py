@@ -339,3 +339,143 @@ def test_a_refusal_names_five_tables_and_counts_the_rest(
     path = _foreign_file(tmp_path / "ledger.db", tables)
     with pytest.raises(ForeignDatabase, match=rf"\(its tables: {shown}\), not a tillpoint ledger"):
         connect(path)
+
+
+# ---------------------------------------- the storage errors' hints: their words and bounds
+
+
+def test_a_write_refused_for_room_says_which_room(tmp_path: Path) -> None:
+    """`no_space_hint` on a file system with room (tmp_path): ENOSPC is a file system full
+    "(no room for a file)" (its inodes, root's reserve), EDQUOT the user's quota, EFBIG
+    the size a file may have, any other errno nothing; each names the nearest directory
+    that exists (a file to be made in one still missing)."""
+    import errno
+
+    from tillpoint.agent.db import no_space_hint
+
+    path = tmp_path / "missing" / "export.json"
+
+    def said(code: int) -> str:
+        return no_space_hint(path, OSError(code, "refused"))
+
+    assert said(errno.ENOSPC) == f"; the file system of {tmp_path} is full (no room for a file)"
+    assert said(errno.EDQUOT) == f"; the disk quota of this user on {tmp_path} is used up"
+    assert said(errno.EFBIG).startswith(f"; {path} ")
+    assert said(errno.EACCES) == said(errno.EIO) == ""
+
+
+_LIMITS = textwrap.dedent(
+    """
+    import os, resource, sys
+    from pathlib import Path
+    from tillpoint.agent.db import file_size_limit_hint, files_size_limit_hint, too_large_hint
+
+    d = Path(sys.argv[1])
+    print(repr(too_large_hint(d / "a.db")))  # no limit set
+    soft = 1 << 20
+    for name, size in (("under.db", soft - 65560), ("at.db", soft - 65559)):
+        with open(d / name, "wb") as f:
+            f.truncate(size)  # sparse: sizes, not bytes written
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, resource.RLIM_INFINITY))
+    print(repr(files_size_limit_hint(d / "missing.db", d / "under.db")))
+    print(repr(files_size_limit_hint(d / "missing.db", d / "under.db", d / "at.db")))
+    print(repr(file_size_limit_hint(d / "at.db")))
+    for soft in (1023, 1024, 2048):
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, resource.RLIM_INFINITY))
+        print(repr(too_large_hint(d / "b.db")))
+    """
+)
+
+
+def test_the_file_size_limit_is_named_within_a_wal_frame_of_it(tmp_path: Path) -> None:
+    """Review 39 (ops39), 40 (rev40c): SQLite says "disk I/O error" for a write past the
+    process's file size limit (`ulimit -f`); the hint names the file within a WAL frame
+    (64 KiB and its 24-byte header: 65,560 bytes) of the limit, and not one a byte
+    further off (`>` as `>=`, `+` as `-`, 65536 and 24 ±1 survived), and says the limit
+    in KiB from 1024 bytes up, in bytes below (`>=` as `>`, 1024 ±1 survived); with no
+    limit set, a file too large is its file system's bound. In a subprocess: the limit is
+    the process's."""
+    done = subprocess.run(
+        [sys.executable, "-c", _LIMITS, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+    def limit(path: Path, size: str) -> str:
+        return repr(
+            f"; {path} reached this process's file size limit ({size}: `ulimit -f`, or"
+            " LimitFSIZE= in its systemd unit; the disk has room)"
+        )
+
+    at = tmp_path / "at.db"
+    assert done.stdout.splitlines() == [
+        repr(f"; {tmp_path / 'a.db'} is as large as its file system allows a file to be"),
+        repr(""),
+        limit(at, "1024 KiB"),
+        limit(at, "1024 KiB"),
+        limit(tmp_path / "b.db", "1023 bytes"),
+        limit(tmp_path / "b.db", "1 KiB"),
+        limit(tmp_path / "b.db", "2 KiB"),
+    ]
+
+
+_NEARLY_FULL = textwrap.dedent(
+    """
+    import os, sys
+    from pathlib import Path
+    from tillpoint.agent.db import full_disk_hint
+
+    d = Path(sys.argv[1])
+
+    def free() -> int:
+        fs = os.statvfs(d)
+        return fs.f_bavail * fs.f_frsize
+
+    def leave(kib: int) -> None:  # fill the disk until `kib` KiB are left
+        with open(d / "fill", "ab") as fill:
+            fill.write(b"f" * (free() - kib * 1024))
+
+    for kib in (1536, 768):
+        leave(kib)
+        print(free() // 1024)
+        print(repr(full_disk_hint(d / "sub" / "ledger.db")))  # its directory not made yet
+        print(repr(full_disk_hint(d / "fill")))  # a file: its directory is named
+    """
+)
+
+
+def test_a_file_system_is_said_full_below_one_mib_free(tmp_path: Path) -> None:
+    """`full_disk_hint` on a real file system with 1.5 MiB free says nothing, with 768 KiB
+    free says "; the file system of DIR is full (768 KiB free)" (the bound `1 << 20` as
+    `1 << 21` or `1 << 19`, `f_blocks == 0` as `!=`, the directory named as the file's
+    or its parent's: survived), for a path whose directory does not exist yet (a new
+    till's ledger) and for a file. A tmpfs of 4 MiB in a mount namespace of the test's
+    own, as review 55's full-disk test (skipped where none can be made)."""
+    import shutil
+
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare here: cannot make a small file system")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    script = 'mount -t tmpfs -o size=4m tmpfs "$0" || exit 90\nexec "$1" -c "$2" "$0"'
+    for unshare in (["unshare", "--mount"], ["unshare", "--mount", "--map-root-user"]):
+        probe = subprocess.run([*unshare, "true"], capture_output=True, timeout=30, check=False)
+        if probe.returncode == 0:
+            break
+    else:
+        pytest.skip("no mount namespace here (unshare refused): cannot make a small disk")
+    run = subprocess.run(
+        [*unshare, "sh", "-c", script, str(disk), sys.executable, _NEARLY_FULL],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if run.returncode == 90:
+        pytest.skip(f"cannot mount a tmpfs here: {run.stderr[-300:]}")
+    assert run.returncode == 0, run.stderr[-2000:]
+    full = repr(f"; the file system of {disk} is full (768 KiB free)")
+    assert run.stdout.splitlines() == ["1536", "''", "''", "768", full, full]
