@@ -242,37 +242,6 @@ def test_a_process_that_never_closes_its_checkpointer_still_exits(tmp_path: Path
     assert (done.returncode, done.stdout) == (0, "left\n"), done.stderr
 
 
-# ---------------------------------------- generations: the plain cache's leftovers
-
-
-def test_a_reader_closed_last_on_a_replaced_plain_cache_removes_its_wal_and_shm(
-    tmp_path: Path,
-) -> None:
-    """A fresh till's plain ``cache.db``, switched to a generation by another process
-    (`snapshot load`) while the agent's `LiveCache` still has it open, and the switch's
-    clean-up of its -wal and -shm skipped (the data directory's switch lock held: a
-    `reset` at work): the reader's `close`, the plain file's last connection, removes
-    them (its `path.name == CACHE` negated survived: they stayed beside the generation
-    until the next full snapshot)."""
-    live = LiveCache(tmp_path)
-    assert live.connection().execute("SELECT count(*) FROM meta").fetchone() == (0,)
-    wal, shm = tmp_path / "cache.db-wal", tmp_path / "cache.db-shm"
-    generation = tmp_path / "cache-1-0123abcd.db"
-    conn = connect(generation)
-    migrate(conn, cache_migrations)
-    conn.close()
-    plain = connect(tmp_path / "cache.db")
-    plain.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # as a full apply does before it
-    plain.close()
-    with cache_switch_lock(tmp_path, 0) as taken:
-        assert taken
-        switch_cache(tmp_path, generation)
-        remove_replaced_plain_wal(tmp_path)  # what the switching apply does after it
-    assert wal.exists() and shm.exists()
-    live.close()
-    assert not wal.exists() and not shm.exists()
-
-
 # ---------------------------------------- refuse_foreign: what the refusal names
 
 DATA_DIR_HINT = (
@@ -479,3 +448,129 @@ def test_a_file_system_is_said_full_below_one_mib_free(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr[-2000:]
     full = repr(f"; the file system of {disk} is full (768 KiB free)")
     assert run.stdout.splitlines() == ["1536", "''", "''", "768", full, full]
+
+
+# ---------------------------------------- LiveCache: moved once, said once, a fallback never made
+
+
+def _plain_cache_switched_under_a_held_lock(data_dir: Path) -> tuple[Path, Path]:
+    """A fresh till's plain ``cache.db`` (its -wal emptied, as a full apply empties it)
+    switched to a new generation while the data directory's switch lock is held (a
+    `reset` at work), so the switch's clean-up leaves the plain file's -wal and -shm.
+    Returns them."""
+    plain = connect(data_dir / "cache.db")
+    plain.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    plain.close()
+    generation = data_dir / "cache-1-0123abcd.db"
+    conn = connect(generation)
+    migrate(conn, cache_migrations)
+    conn.close()
+    with cache_switch_lock(data_dir, 0) as taken:
+        assert taken
+        switch_cache(data_dir, generation)
+        remove_replaced_plain_wal(data_dir)  # what the switching apply does after it
+    wal, shm = data_dir / "cache.db-wal", data_dir / "cache.db-shm"
+    assert wal.exists() and shm.exists()
+    return wal, shm
+
+
+def test_a_reader_that_moves_off_a_replaced_plain_cache_removes_its_wal_and_shm(
+    tmp_path: Path,
+) -> None:
+    """The agent's `LiveCache` on a plain ``cache.db`` another process switched: its next
+    read moves to the generation and removes the plain file's -wal and -shm (`replaced.name
+    == CACHE` negated survived); until a switch, every read is the same connection
+    (`now != identity and …` as `or` survived: a new connection, and its open and
+    migration check, on every read of a till's day)."""
+    live = LiveCache(tmp_path)
+    first = live.connection()
+    assert live.connection() is first and live.connection() is first
+    wal, shm = _plain_cache_switched_under_a_held_lock(tmp_path)
+    moved = live.connection()
+    assert moved is not first and live.path.name == "cache-1-0123abcd.db"
+    assert not wal.exists() and not shm.exists()
+    assert live.connection() is moved
+    live.close()
+
+
+def test_a_reader_closed_last_on_a_replaced_plain_cache_removes_its_wal_and_shm(
+    tmp_path: Path,
+) -> None:
+    """The same reader closed before its next read, the plain file's last connection: its
+    `close` removes them (its `path.name == CACHE` negated, or `==` as `!=`, survived:
+    they stayed beside the generation until the next full snapshot)."""
+    live = LiveCache(tmp_path)
+    assert live.connection().execute("SELECT count(*) FROM meta").fetchone() == (0,)
+    wal, shm = _plain_cache_switched_under_a_held_lock(tmp_path)
+    live.close()
+    assert not wal.exists() and not shm.exists()
+
+
+def _till_with_a_generation(data_dir: Path) -> Path:
+    """A till's data directory after its first full snapshot: the generation's path."""
+    from tillpoint.agent.db import cache_file
+    from tillpoint.agent.service import Agent
+
+    from .conftest import snapshot
+
+    agent = Agent(data_dir, "till-1")
+    agent.load_snapshot(snapshot())
+    agent.close()
+    return cache_file(data_dir)
+
+
+def test_each_refused_generation_is_said_once_among_several(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two generations a later release wrote (an upgrade in place), switched in turn, each
+    refused by readers given the one they read as `fallback`: each is said once in the log
+    however many readers refuse it, the first too when the second came between (the memo
+    cleared at each refusal, `len >= 16` negated, survived: said again; `in` negated: never
+    said)."""
+    from .test_cache_generations import switch_in_a_later_generation
+
+    fallback = _till_with_a_generation(tmp_path)
+    readers = []
+    with caplog.at_level("WARNING", logger="tillpoint"):
+        first = switch_in_a_later_generation(tmp_path, "cache-2-0badcafe.db")
+        readers += [LiveCache(tmp_path, fallback=fallback) for _ in range(2)]
+        switch_cache(tmp_path, fallback)  # the next is copied from the current one
+        switch_in_a_later_generation(tmp_path, "cache-3-0badcafe.db")
+        readers += [LiveCache(tmp_path, fallback=fallback) for _ in range(2)]
+        switch_cache(tmp_path, first)
+        readers += [LiveCache(tmp_path, fallback=fallback) for _ in range(2)]
+    for reader in readers:
+        assert reader.path == fallback
+        reader.close()
+    warned = [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage()]
+    assert len(warned) == 2, warned
+
+
+def test_a_fallback_that_is_gone_is_never_made_empty(tmp_path: Path) -> None:
+    """A reader whose current generation is refused and whose `fallback` was removed
+    meanwhile raises the refusal; it does not make an empty cache under the fallback's
+    name to price from (`create=False` made True survived: an empty cache, every card
+    unknown)."""
+    from tillpoint.agent.errors import LaterRelease
+
+    from .test_cache_generations import switch_in_a_later_generation
+
+    fallback = _till_with_a_generation(tmp_path)
+    switch_in_a_later_generation(tmp_path, "cache-2-0badcafe.db")
+    gone = fallback.with_name("cache-1-00000000.db")
+    with pytest.raises(LaterRelease, match="m099_from_a_later_release"):
+        LiveCache(tmp_path, fallback=gone)
+    assert not gone.exists()
+
+
+def test_a_generation_that_cannot_be_opened_says_why_at_once(tmp_path: Path) -> None:
+    """Resolving the link again is for a switch, or a generation gone (`_switched`): one
+    that is there but cannot be opened (here a directory under its name) fails at once
+    with SQLite's words, not after five tries with "it keeps being replaced"
+    (`not path.exists()` as `path.exists()` survived)."""
+    from tillpoint.agent.errors import StorageError
+
+    tmp_path.joinpath("cache-1-0123abcd.db").mkdir()
+    tmp_path.joinpath("cache.db").symlink_to("cache-1-0123abcd.db")
+    with pytest.raises(StorageError, match="unable to open database file"):
+        open_cache(tmp_path)
