@@ -574,3 +574,72 @@ def test_a_generation_that_cannot_be_opened_says_why_at_once(tmp_path: Path) -> 
     tmp_path.joinpath("cache.db").symlink_to("cache-1-0123abcd.db")
     with pytest.raises(StorageError, match="unable to open database file"):
         open_cache(tmp_path)
+
+
+# ---------------------------------------- migrations: a later release's file, another program's
+
+
+def _stepped_on_by_a_later_release(path: Path, migration_set: str) -> None:
+    """A schema step this release does not know recorded in `path` (a later release ran
+    on it, then this one was started again: a rollback)."""
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "INSERT INTO _sqlite_migrations (migration_set, name, applied_at)"
+        " VALUES (?, 'm099_from_a_later_release', '2027-01-01')",
+        (migration_set,),
+    )
+    conn.commit()
+    conn.close()
+
+
+@pytest.mark.parametrize("file", ["ledger", "cache"])
+def test_a_file_a_later_release_wrote_says_the_way_back_of_its_kind(
+    tmp_path: Path, file: str
+) -> None:
+    """A rollback's ledger says to restore the data directory saved before the upgrade
+    (it holds the till's sales); a rollback's cache says it may be deleted (a copy of the
+    hub's data). Which kind says which was held by no test (`self.file == "cache"` as
+    `!=`, and the hub's `where` the other way round, survived: the ledger's owner told
+    to delete the cache, the cache's to restore a backup)."""
+    from tillpoint.agent.errors import LaterRelease
+
+    opener, name, way_back = {
+        "ledger": (
+            open_ledger,
+            "ledger.db",
+            "run that release, or restore the data directory saved before it was installed",
+        ),
+        "cache": (
+            open_cache,
+            "cache.db",
+            "run that release, or delete cache.db and the cache-*.db files of the data"
+            " directory (a copy of the hub's data: the next snapshot rebuilds it)",
+        ),
+    }[file]
+    opener(tmp_path).close()
+    _stepped_on_by_a_later_release(tmp_path / name, f"tillpoint.{file}")
+    with pytest.raises(LaterRelease) as refused:
+        opener(tmp_path)
+    assert refused.value.message == (
+        f"the {file} was written by another tillpoint release (schema steps"
+        f" m099_from_a_later_release (tillpoint.{file}) are unknown to this one): {way_back}"
+    )
+
+
+def test_another_programs_file_migrated_by_a_connection_of_its_own_is_named_by_its_path(
+    tmp_path: Path,
+) -> None:
+    """`migrate` on a connection `connect` did not make (the hub's store opens its own):
+    another program's file is refused by its path, as a database of no kind of
+    tillpoint's ("this file" for the path, the path's column ±1, `hub=` for the cache's
+    set: survived), and left as it was."""
+    path = _foreign_file(tmp_path / "orders.db", 1)
+    before = path.read_bytes()
+    conn = sqlite3.connect(path, isolation_level=None)
+    with pytest.raises(ForeignDatabase) as refused:
+        migrate(conn, cache_migrations)
+    assert refused.value.message == (
+        f"{path} is another program's SQLite database (its tables: t1), not a tillpoint"
+        " database: it is left as it was; check the path"
+    )
+    assert path.read_bytes() == before
