@@ -105,25 +105,31 @@ def held_ledger(tmp_path: Path) -> Iterator[tuple[sqlite3.Connection, sqlite3.Co
         waiter.close()
 
 
-@pytest.mark.parametrize("left_s", [-1.0, 0.3], ids=["passed", "shorter"])
+@pytest.mark.parametrize(
+    ("left_s", "wait"),
+    [(-1.0, True), (0.3, True), (60.0, False)],
+    ids=["passed", "shorter", "no-wait-beside-a-deadline"],
+)
 def test_a_deadline_shorter_than_the_connections_own_wait_is_the_one_waited(
-    held_ledger: tuple[sqlite3.Connection, sqlite3.Connection], left_s: float
+    held_ledger: tuple[sqlite3.Connection, sqlite3.Connection], left_s: float, wait: bool
 ) -> None:
     """CONTRACT §9 (`sync now --timeout S`: its ledger writes wait no later than it).
     Review 38's test gave the waiter 400 ms of its own, so a `begin_write` that waited
     its own timeout instead of what was left of the deadline (`wait and until is None`
-    as `or`; `until - monotonic()` as `+`) passed within its 2 s margin. Here the
+    as `or`; `until - monotonic()` as `+`), or waited the deadline where told not to wait
+    (`wait and until is not None` as `or`), passed within its 2 s margin. Here the
     connection's own is a minute: a deadline passed fails at once, a deadline 0.3 s
-    away after it (30 s of margin), and the connection's own wait is set back."""
+    away after it, `wait=False` at once beside a deadline a minute away (30 s of margin
+    each), and the connection's own wait is set back."""
     _, waiter = held_ledger
     started = time.monotonic()
     with (
         pytest.raises(sqlite3.OperationalError, match="database is locked"),
         writes_until(time.monotonic() + left_s),
     ):
-        begin_write(waiter)
+        begin_write(waiter, wait=wait)
     waited = time.monotonic() - started
-    assert max(0.0, left_s) <= waited + 0.02 and waited < 30, waited
+    assert (max(0.0, left_s) if wait else 0.0) <= waited + 0.02 and waited < 30, waited
     assert waiter.execute("PRAGMA busy_timeout").fetchone()[0] == LONG_OWN_MS
     assert not waiter.in_transaction
 
