@@ -649,3 +649,59 @@ def test_another_programs_file_migrated_by_a_connection_of_its_own_is_named_by_i
         " database: it is left as it was; check the path"
     )
     assert path.read_bytes() == before
+
+
+# ---------------------------------------- the phone key: made once, the same after a restart
+
+_PHONE_KEY = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from tillpoint.agent.db import phone_secret
+
+    print(phone_secret(Path(sys.argv[1])).hex())
+    """
+)
+
+
+def test_the_phone_key_is_made_once_in_a_new_directory_and_read_the_same_after(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Identification by phone hashes the number with the till's key (CONTRACT §4): a key
+    that changed across restarts finds no phone. Made by one process in a data directory
+    whose parents do not exist yet (`parents=True` made False survived), 32 bytes, 0600
+    (its mode ±1 survived), and read the same by the next process; a temporary file a
+    killed maker left is removed and said, and nothing is said when there is none
+    (the condition negated survived: "removed a temporary file" at every start)."""
+    import logging
+    import os
+
+    from tillpoint.agent.db import phone_secret
+
+    data_dir = tmp_path / "new" / "till"
+
+    def made_in_a_process() -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", _PHONE_KEY, str(data_dir)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    first = made_in_a_process()
+    assert len(bytes.fromhex(first)) == 32
+    assert (data_dir / "phone.key").stat().st_mode & 0o777 == 0o600
+    assert made_in_a_process() == first
+    with caplog.at_level(logging.INFO, logger="tillpoint"):
+        assert phone_secret(data_dir).hex() == first
+        assert not [r for r in caplog.records if "temporary file" in r.getMessage()]
+        left = data_dir / "phone.key.0badcafe.tmp"  # `create_once`'s temporary name
+        left.write_bytes(b"a key half written")
+        os.utime(left, (time.time() - 3600, time.time() - 3600))
+        assert phone_secret(data_dir).hex() == first
+    assert not left.exists()
+    said = [r.getMessage() for r in caplog.records if "temporary file" in r.getMessage()]
+    assert len(said) == 1 and str(data_dir / "phone.key") in said[0], said
