@@ -204,13 +204,13 @@ def test_the_checkpointer_checkpoints_at_every_tenth_commit_and_not_before(
     tmp_path: Path,
 ) -> None:
     """With `every_s` an hour, only the commit count wakes the thread: two rounds of ten
-    commits, each checkpointed at its tenth and not at its ninth. Review 44's test gave
-    `every_s=0.05`, so a count that never reached `every_commits` (`+=` as `-=`, `+= 0`,
-    `>=` as `>`, the count begun or reset at -1) or reached it early (`+= 2`, the
-    condition negated, reset at 1) still checkpointed within the test's wait. No
-    checkpoint is a WAL that grows until the last connection closes (review 44: the
-    sale path's p99); one early is a sale's commit waiting for the file's fsync more
-    often. The "not before" wait is 1 s: the rule holds however slow the machine is."""
+    commits, each checkpointed at its tenth and not at its ninth. test_storage's test
+    gives `every_s=0.05`, so a count that never reached `every_commits` (`+=` as `-=`,
+    `+= 0`, `>=` as `>`, the count begun or reset at -1) or reached it early (`+= 2`,
+    the condition negated, begun or reset at 1) still checkpointed within its wait. No
+    checkpoint is a ledger WAL that grows for as long as `run` runs; one early is more
+    checkpoints (writes and fsyncs of the ledger file) than asked. The "not before" wait
+    is 1 s: the rule holds however slow the machine is."""
     path = tmp_path / "ledger.db"
     commit = _ledger_writer(path)
     checkpoints = Checkpointer(path, every_commits=10, every_s=3600.0)
@@ -413,7 +413,7 @@ _NEARLY_FULL = textwrap.dedent(
         with open(d / "fill", "ab") as fill:
             fill.write(b"f" * (free() - kib * 1024))
 
-    for kib in (1536, 768):
+    for kib in (1536, 1024, 768):
         leave(kib)
         print(free() // 1024)
         print(repr(full_disk_hint(d / "sub" / "ledger.db")))  # its directory not made yet
@@ -423,10 +423,11 @@ _NEARLY_FULL = textwrap.dedent(
 
 
 def test_a_file_system_is_said_full_below_one_mib_free(tmp_path: Path) -> None:
-    """`full_disk_hint` on a real file system with 1.5 MiB free says nothing, with 768 KiB
-    free says "; the file system of DIR is full (768 KiB free)" (the bound `1 << 20` as
-    `1 << 21` or `1 << 19`, `f_blocks == 0` as `!=`, the directory named as the file's
-    or its parent's: survived), for a path whose directory does not exist yet (a new
+    """`full_disk_hint` on a real file system with 1.5 MiB or exactly 1 MiB free says
+    nothing, with 768 KiB free says "; the file system of DIR is full (768 KiB free)"
+    (CONTRACT §12: "less than 1 MiB left"; the bound `1 << 20` as `1 << 21` or `1 << 19`,
+    `>=` as `>`, `f_blocks == 0` as `!=`, the directory named as the file's or its
+    parent's: survived), for a path whose directory does not exist yet (a new
     till's ledger) and for a file. A tmpfs of 4 MiB in a mount namespace of the test's
     own, as review 55's full-disk test (skipped where none can be made)."""
     import shutil
@@ -453,7 +454,7 @@ def test_a_file_system_is_said_full_below_one_mib_free(tmp_path: Path) -> None:
         pytest.skip(f"cannot mount a tmpfs here: {run.stderr[-300:]}")
     assert run.returncode == 0, run.stderr[-2000:]
     full = repr(f"; the file system of {disk} is full (768 KiB free)")
-    assert run.stdout.splitlines() == ["1536", "''", "''", "768", full, full]
+    assert run.stdout.splitlines() == ["1536", "''", "''", "1024", "''", "''", "768", full, full]
 
 
 # ---------------------------------------- LiveCache: moved once, said once, a fallback never made
@@ -705,3 +706,96 @@ def test_the_phone_key_is_made_once_in_a_new_directory_and_read_the_same_after(
     assert not left.exists()
     said = [r.getMessage() for r in caplog.records if "temporary file" in r.getMessage()]
     assert len(said) == 1 and str(data_dir / "phone.key") in said[0], said
+
+
+# ---------------------------------------- transactions and connections that may not write
+
+
+def test_a_write_transaction_left_by_any_error_is_rolled_back_and_the_next_one_works(
+    tmp_path: Path,
+) -> None:
+    """An exception that is not SQLite's (a bug, a cancellation) inside a write: all of it
+    rolled back, the connection out of the transaction (its `if conn.in_transaction`
+    negated survived: the transaction stayed open, its rows pending, and every later
+    write of the agent's ledger failed "cannot start a transaction within a
+    transaction")."""
+    conn = connect(tmp_path / "ledger.db")
+    conn.execute("CREATE TABLE t (x)")
+    with pytest.raises(ValueError, match="a bug"), write_transaction(conn, "ledger"):
+        conn.execute("INSERT INTO t VALUES (1)")
+        raise ValueError("a bug")
+    assert not conn.in_transaction
+    with write_transaction(conn, "ledger"):
+        conn.execute("INSERT INTO t VALUES (2)")
+    assert conn.execute("SELECT x FROM t").fetchall() == [(2,)]
+    conn.close()
+
+
+def test_a_connection_that_may_not_create_or_write_neither_creates_nor_writes(
+    tmp_path: Path,
+) -> None:
+    """`readonly=True` and `create=False` open by URI with SQLite's `mode=ro` / `mode=rw`:
+    a missing file is refused and not made, a read-only one refuses a write (`readonly or
+    not create` as `and` survived: each opened the file read-write, made if missing)."""
+    from tillpoint.agent.errors import StorageError
+
+    missing = tmp_path / "cache-1-0123abcd.db"
+    for options in ({"readonly": True}, {"create": False}):
+        with pytest.raises(StorageError) as refused:
+            connect(missing, **options)
+        # nothing more on a disk with room, no file size limit, this user's directory
+        # (`files_size_limit_hint`'s "" as None survived: "…database fileNone")
+        assert refused.value.message == f"cannot open {missing}: unable to open database file"
+        assert not missing.exists(), options
+    open_ledger(tmp_path).close()
+    reader = connect(tmp_path / "ledger.db", readonly=True)
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        reader.execute("CREATE TABLE t (x)")
+    reader.close()
+
+
+def test_another_programs_ledger_left_with_its_wal_is_named_a_ledger(tmp_path: Path) -> None:
+    """Another program's WAL file with its -wal still there (it stopped before its last
+    checkpoint, or still has it open), met as a till's ``ledger.db``: refused over a
+    read-only look as a ledger with the data directory's way out (`hub=False` made True
+    survived: "not a tillpoint hub database: … name the hub's own store"), its file and
+    -wal as they were."""
+    path = tmp_path / "ledger.db"
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("PRAGMA journal_mode = WAL")
+    other.execute("PRAGMA wal_autocheckpoint = 0")
+    other.execute("CREATE TABLE orders (x)")
+    wal = tmp_path / "ledger.db-wal"
+    before = (path.read_bytes(), wal.read_bytes())
+    assert before[1]
+    try:
+        with pytest.raises(ForeignDatabase) as refused:
+            connect(path)
+        assert refused.value.message == (
+            f"{path} is another program's SQLite database (its tables: orders), not a"
+            f" tillpoint ledger: it is left as it was; {DATA_DIR_HINT}"
+        )
+        assert (path.read_bytes(), wal.read_bytes()) == before
+    finally:
+        other.close()
+
+
+@pytest.mark.parametrize("opener", [open_ledger, open_cache], ids=["ledger", "cache"])
+def test_a_file_at_the_current_schema_opens_while_another_process_writes_it(
+    tmp_path: Path, opener: Callable[[Path], sqlite3.Connection]
+) -> None:
+    """`migrate`'s usual case is one SELECT and no lock: a CLI command opens the ledger or
+    the cache while `run` holds its write lock (a commit, a snapshot's apply). Steps of
+    the set counted as those of other sets (`of == self.name` as `!=` survived) sent
+    every open for the write lock: 5 s, then "cannot migrate the database schema …:
+    database is locked"."""
+    opener(tmp_path).close()
+    holder = connect(tmp_path / ("ledger.db" if opener is open_ledger else "cache.db"))
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        opened = opener(tmp_path)
+        assert opened.execute("SELECT count(*) FROM _sqlite_migrations").fetchone()[0] > 0
+        opened.close()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
