@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tillpoint.agent.db import (
@@ -799,3 +800,31 @@ def test_a_file_at_the_current_schema_opens_while_another_process_writes_it(
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+
+
+def test_a_migration_that_fails_leaves_its_connection_out_of_the_transaction(
+    tmp_path: Path,
+) -> None:
+    """A step that fails rolls back every step of the run and the record, and leaves the
+    connection usable: no transaction open, so no write lock held for other processes
+    until the caller closes it (`migrate`'s `if conn.in_transaction` negated survived:
+    its callers close the connection, which hid it)."""
+    from tillpoint.agent.db import MigrationSet
+
+    steps = MigrationSet("review58.failing", "review58 test file")
+
+    @steps()
+    def m001_table(db: Any) -> None:
+        db.execute("CREATE TABLE t (x)")
+
+    @steps()
+    def m002_fails(db: Any) -> None:
+        raise ValueError("a step that fails")
+
+    conn = connect(tmp_path / "steps.db")
+    with pytest.raises(ValueError, match="a step that fails"):
+        migrate(conn, steps)
+    assert not conn.in_transaction
+    tables = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    assert tables == []
+    conn.close()
