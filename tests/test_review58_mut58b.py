@@ -22,6 +22,10 @@ from typing import Any
 
 import pytest
 from tillpoint.agent.cli import main
+from tillpoint.agent.errors import InputError
+from tillpoint.sync.hub_import import read_file
+from tillpoint.sync.hub_rules import canon
+from tillpoint.sync.hub_store import ImportRow, RowProblem
 
 SKUS = [f"460123400{n:04d}" for n in range(400)]  # 6 KiB of SKUs: past the first 4 KiB
 
@@ -101,3 +105,400 @@ def test_a_long_first_row_refused_as_one_document_is_hinted_json_lines(
     assert code == 2
     assert "Extra data at line 2 column 1" in err
     assert "the text is JSON Lines (one row a line): give --format jsonl" in err
+
+
+# ------------------------------------------------------- what a line is read as, and where
+
+
+def read_rows(tmp_path: Path, name: str, data: bytes, **kw: Any) -> list[tuple[str, ...]]:
+    """The rows of a real import file `name` holding `data`, as `hub import` reads them:
+    (kind, key, canonical text or "-" for a removal, where), or ("problem", where, words)."""
+    path = tmp_path / name
+    path.write_bytes(data)
+    out: list[tuple[str, ...]] = []
+    for row in read_file(path, **kw):
+        if isinstance(row, RowProblem):
+            out.append(("problem", row.where, row.message))
+        else:
+            text = row.text if row.text is not None else canon(row.doc)
+            out.append((row.kind, row.key, "-" if text is None else text, row.where))
+    return out
+
+
+def problems(rows: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    return [row[1:] for row in rows if row[0] == "problem"]
+
+
+def test_each_wrong_json_lines_line_is_named_with_its_line_and_words(tmp_path: Path) -> None:
+    """docs/CONTRACT.md §10: a bad row is refused with its line and what is wrong; the
+    rows around it are read (the import is refused as a whole by the store)."""
+    lines = [
+        b'{"customer": {"id": "c-1", "balancePoints": 5}}',  # 1: good
+        b"",  # 2: blank, skipped
+        b'{"customers": [{"id": "c-2"}]}',  # 3: a section's name
+        b'{"client": {"id": "c-3"}}',  # 4: no kind
+        b'{"customer": {"id": "c-4"}, "card": {"number": "1"}}',  # 5: two kinds
+        b"[1, 2]",  # 6: no object
+        b'{"customer": [1]}',  # 7: a row that is no object
+        b'{"customer": {"id": "c-5", "balancePoints": 1.5}}',  # 8: a fraction
+        b'{"customer": {"id": "c-6",}}',  # 9: not JSON
+        b'{"section": "customers"}',  # 10: a snapshot's line, no snapshot
+        b'{"removed": {"customers": ["c-7"], "tills": ["t"]}}',  # 11: a removal, and a bad one
+        b'{"card": {"number": "2770000000017", "customerId": "c-1"}}',  # 12: good
+    ]
+    rows = read_rows(tmp_path, "rows.jsonl", b"\n".join(lines) + b"\n")
+    assert rows[0] == ("customer", "c-1", '{"balancePoints":5,"id":"c-1"}', "line 1")
+    assert problems(rows) == [
+        ("line 3", 'write one row per line as {"customer": {...}}'),
+        ("line 4", "'client' is not a known kind of row"),
+        ("line 5", 'expected one object like {"customer": {...}}'),
+        ("line 6", "expected a JSON object"),
+        ("line 7", "expected a JSON object"),
+        (
+            "line 8",
+            "customer.balancePoints: the number 1.5 has a fraction: write a whole number of points",
+        ),
+        (
+            "line 9",
+            "not valid JSON (Expecting property name enclosed in double quotes"
+            " at line 9 column 27)",
+        ),
+        ("line 10", "'section' is not a known kind of row"),
+        ("line 11.tills", "is not a known section"),
+    ]
+    assert ("customer", "c-7", "-", "line 11.customers[0]") in rows
+    assert rows[-1] == (
+        "card",
+        "2770000000017",
+        '{"customerId":"c-1","number":"2770000000017"}',
+        "line 12",
+    )
+
+
+# --------------------------------------------------------- the values that reach the hub
+
+BIG = 2**63 - 1  # int64's largest: the hub adds a customer's figures up (§3)
+LATER = "2027-01-01T00:00:00Z"
+
+
+def customer(cid: str, balance: int, pending: list[int], expiring: list[int]) -> dict[str, Any]:
+    return {
+        "id": cid,
+        "balancePoints": balance,
+        "pending": [{"points": p, "activatesAt": LATER} for p in pending],
+        "expiring": [{"points": p, "expiresAt": LATER} for p in expiring],
+    }
+
+
+def snapshot_jsonl(sections: dict[str, list[dict[str, Any]]]) -> bytes:
+    """A JSON Lines snapshot (its sections' runs read by the bulk path)."""
+    out = [{"format": "tillpoint.snapshot/jsonl", "version": 1}]
+    for name, rows in sections.items():
+        out += [{"section": name}, *rows]
+    return jsonl(*out)
+
+
+POINTS_CASES = [  # (balance, pending, expiring, refused)
+    (BIG, [], [], False),  # the balance alone: the model's check
+    (BIG - 10, [10], [], False),  # exactly int64's largest
+    (BIG - 10, [11], [], True),  # one past it: pending points alone, no expiring part
+    (BIG, [5, -10], [], True),  # the parts may join in any order: +5 first
+    (-BIG - 1 + 5, [-6], [], True),  # below the smallest
+    (-BIG - 1 + 5, [-5, 3], [], False),
+    (0, [], [BIG - 1, 1], False),  # the expiring parts sum to exactly the largest
+    (0, [], [BIG, 1], True),  # expiring parts alone, no pending part
+]
+
+
+@pytest.mark.parametrize(("balance", "pending", "expiring", "refused"), POINTS_CASES)
+def test_a_customers_points_must_add_up_within_int64_in_either_form(
+    balance: int, pending: list[int], expiring: list[int], refused: bool, tmp_path: Path
+) -> None:
+    """docs/CONTRACT.md §3: `hub import` refuses a customer whose balancePoints and pending
+    points, or whose expiring points, add up past int64; at the limit it is taken. The
+    same in a JSON Lines snapshot (the bulk path) and in rows of `{"customer": ...}`."""
+    row = customer("c-1", balance, pending, expiring)
+    for name, data in (
+        ("bulk.jsonl", snapshot_jsonl({"customers": [row]})),
+        ("rows.jsonl", jsonl({"customer": row})),
+    ):
+        found = read_rows(tmp_path, name, data)
+        assert len(found) == 1, found
+        if not refused:
+            assert found[0][:2] == ("customer", "c-1") and json.loads(found[0][2]) == {
+                k: v for k, v in row.items() if v or k == "balancePoints"
+            }
+            continue
+        which = "the expiring points" if expiring else "balancePoints and the pending points"
+        assert found[0][0] == "problem" and found[0][2] == (
+            f"customer c-1: {which} add up past a signed 64-bit integer"
+        ), found
+
+
+@pytest.mark.parametrize(
+    ("number", "refused"),
+    [
+        ("2770000000017", None),
+        (
+            "2770000000018",
+            "card number 2770000000018 has a wrong EAN-13 check digit: tills would refuse it",
+        ),
+        ("277000000001", None),  # 12 digits: no EAN-13 to check
+        ("27700000000179", None),  # 14 digits
+        ("277000000001a", "card number '277000000001a' must be digits only (as a till reads it)"),
+        ("２７７０", "card number '２７７０' must be digits only (as a till reads it)"),
+    ],
+)
+def test_a_card_number_is_checked_as_a_till_reads_it_in_either_form(
+    number: str, refused: str | None, tmp_path: Path
+) -> None:
+    """docs/CONTRACT.md §4: a card the hub would publish and every till refuse is refused
+    at the import; a number of other lengths than 13 has no check digit to check."""
+    row = {"number": number, "customerId": "c-1"}
+    for name, data in (
+        ("bulk.jsonl", snapshot_jsonl({"cards": [row]})),
+        ("rows.jsonl", jsonl({"card": row})),
+    ):
+        found = read_rows(tmp_path, name, data)
+        if refused is None:
+            assert found == [
+                (
+                    "card",
+                    number,
+                    json.dumps({"customerId": "c-1", "number": number}, separators=(",", ":")),
+                    found[0][3],
+                )
+            ]
+        else:
+            assert found == [("problem", found[0][1], refused)], found
+
+
+def test_the_programs_whole_figures_and_tiers_are_checked_and_kept_as_numbers(
+    tmp_path: Path,
+) -> None:
+    """docs/CONTRACT.md §3: `maxRedeemPercent` and `birthdayMultiplier` are whole numbers,
+    stored as JSON numbers; a tier given twice is refused; the program keeps every value,
+    its defaults too, under the key "" (one program)."""
+
+    def program(fields: dict[str, Any]) -> list[tuple[str, ...]]:
+        return read_rows(tmp_path, "p.json", json.dumps({"program": fields}).encode())
+
+    assert program({"maxRedeemPercent": "12.5"}) == [
+        ("problem", "program", "maxRedeemPercent must be a whole number (got 12.5)")
+    ]
+    assert program({"birthdayMultiplier": "1.5"}) == [
+        ("problem", "program", "birthdayMultiplier must be a whole number (got 1.5)")
+    ]
+    assert program({"birthdayMultiplier": "x"}) == [
+        ("problem", "program", 'birthdayMultiplier must be a whole number such as "30"')
+    ]
+    tiers = [{"code": "g", "accrualPercent": "1"}, {"code": "g", "accrualPercent": "2"}]
+    assert program({"tiers": tiers}) == [("problem", "program", "tier 'g' appears twice")]
+    ((kind, key, text, where),) = program({"maxRedeemPercent": "20", "birthdayMultiplier": 2})
+    assert (kind, key, where) == ("program", "", "program")
+    doc = json.loads(text)
+    assert doc["maxRedeemPercent"] == 20 and doc["birthdayMultiplier"] == 2
+    assert doc["offlineRedeemLimitPoints"] == 500 and doc["currency"] == "RUB"  # defaults kept
+
+
+def test_removals_are_read_key_by_key_and_a_bad_list_is_named(tmp_path: Path) -> None:
+    """docs/CONTRACT.md §3: `removed` holds a list of keys a section; a `null` list removes
+    nothing, a coupon's key is its normal form, each problem names its place."""
+    removed = {
+        "customers": ["c-1", "c-2"],
+        "cards": None,
+        "coupons": ["ab-12 cd", "--"],
+        "offers": "o-1",
+        "products": ["4601234000017", ""],
+        "tills": ["t-1"],
+    }
+    rows = read_rows(tmp_path, "r.json", json.dumps({"removed": removed}).encode())
+    assert rows == [
+        ("customer", "c-1", "-", "removed.customers[0]"),
+        ("customer", "c-2", "-", "removed.customers[1]"),
+        ("coupon", "AB12CD", "-", "removed.coupons[0]"),
+        ("problem", "removed.coupons[1]", "a coupon code needs letters or digits"),
+        ("problem", "removed.offers", "expected a list of keys"),
+        ("problem", "removed.products", "expected a list of keys"),
+        ("problem", "removed.tills", "is not a known section"),
+    ]
+    line = json.dumps({"removed": removed}).encode() + b"\n"
+    assert [r[-1] for r in read_rows(tmp_path, "r.jsonl", line)][:2] == [
+        "line 1.customers[0]",
+        "line 1.customers[1]",
+    ]
+    assert read_rows(tmp_path, "r.json", b'{"removed": ["c-1"]}') == [
+        ("problem", "removed", "expected an object of key lists")
+    ]
+
+
+def test_a_section_named_twice_in_one_object_is_refused_a_key_twice_in_a_row_is_not(
+    tmp_path: Path,
+) -> None:
+    """docs/CONTRACT.md §3: the reader kept the last of two `customers` lists, and the
+    rows of the first were silently not imported; a row's own key given twice is taken
+    as JSON readers take it (the last), as is a header field's."""
+    for text, section in (
+        (b'{"customers": [{"id": "a"}], "customers": [{"id": "b"}]}', "customers"),
+        (b'{"program": {}, "program": {}}', "program"),
+        (b'{"removed": {"cards": ["1"]}, "removed": {}}', "removed"),
+        (b'{"removed": {"cards": ["1"], "cards": ["2"]}}', "cards"),
+    ):
+        with pytest.raises(InputError) as refused:
+            read_rows(tmp_path, "twice.json", text)
+        assert str(refused.value) == (
+            f"import: {section} is given twice in one object: merge them into one"
+        )
+    text = b'{"version": 1, "version": 2, "customers": [{"id": "a", "id": "b"}]}'
+    assert read_rows(tmp_path, "once.json", text) == [
+        ("customer", "b", '{"balancePoints":0,"id":"b"}', "customers[0]")
+    ]
+
+
+# ------------------------------------------------ where each row is said to be, and chunks
+
+
+def test_every_row_of_a_long_file_is_placed_on_its_own_line_across_chunks(
+    tmp_path: Path,
+) -> None:
+    """An error names the file's line (a million-line export: which one?). Lines are read
+    2,000 at a time, a section's run in one call: every row's place is its line, blank
+    lines counted, over chunks, sections and a row whose text holds "section"."""
+    lines: list[bytes] = [json.dumps({"format": "tillpoint.snapshot/jsonl"}).encode()]
+    want: dict[str, int] = {}
+    for section, kind, key in (
+        ("customers", "customer", "id"),
+        ("products", "product", "sku"),
+        ("customers", "customer", "id"),
+    ):
+        lines.append(json.dumps({"section": section}).encode())
+        for n in range(1700):
+            if n % 401 == 7:
+                lines.append(b"   ")
+            name = f"{section}-{len(lines) + 1}"
+            row: dict[str, Any] = {key: name}
+            if kind == "product":
+                row.update(name="section", category="section")
+            elif n == 999:
+                row["id"] = "section"
+                name = "section"
+            lines.append(json.dumps(row).encode())
+            want[name] = len(lines)
+    rows = read_rows(tmp_path, "long.jsonl", b"\n".join(lines) + b"\n")
+    assert not problems(rows)
+    assert {key: int(where.removeprefix("line ")) for _, key, _, where in rows} == want
+    assert len(rows) == len(want) + 1  # "section" twice: both rows read
+
+
+def test_a_bad_row_is_named_by_its_line_past_the_first_chunk(tmp_path: Path) -> None:
+    """Both forms: a snapshot's run (refused by the bulk path, then read line by line)
+    and `{"<kind>": ...}` rows; the rows before it and after are read."""
+    header = json.dumps({"format": "tillpoint.snapshot/jsonl"}).encode()
+    body = [json.dumps({"id": f"c-{n}"}).encode() for n in range(4500)]
+    body[3000] = b'{"id": "c-bad", "balancePoints": "many"}'  # line 3003
+    data = b"\n".join([header, b'{"section": "customers"}', *body]) + b"\n"
+    rows = read_rows(tmp_path, "s.jsonl", data)
+    assert problems(rows) == [("line 3003", rows[3000][2])]
+    assert "balancePoints" in rows[3000][2]
+    assert rows[2999][3] == "line 3002" and rows[3001][3] == "line 3004"
+    assert rows[-1] == ("customer", "c-4499", '{"balancePoints":0,"id":"c-4499"}', "line 4502")
+    plain = [json.dumps({"customer": json.loads(line)}).encode() for line in body]
+    rows = read_rows(tmp_path, "r.jsonl", b"\n".join(plain) + b"\n")
+    assert [r[1] for r in rows if r[0] == "problem"] == ["line 3001"]
+    assert rows[-1][3] == "line 4500" and len(rows) == 4500
+
+
+# ------------------------------------------------------ PostgreSQL's COPY text, read back
+
+ODD_KEY = "odd\tkey\\with\nbreaks\r"
+
+
+def unescape_copy(field: bytes) -> str | None:
+    """A field of COPY's text format as PostgreSQL reads it (`\\N` is NULL)."""
+    if field == b"\\N":
+        return None
+    out, i = [], 0
+    while i < len(field):
+        if field[i : i + 1] == b"\\":
+            out.append({b"t": b"\t", b"n": b"\n", b"r": b"\r", b"\\": b"\\"}[field[i + 1 : i + 2]])
+            i += 2
+        else:
+            out.append(field[i : i + 1])
+            i += 1
+    return b"".join(out).decode()
+
+
+def copy_rows(data: bytes) -> list[tuple[str, str, str | None]]:
+    lines = data.split(b"\n")
+    assert lines.pop() == b""  # every line ends with its newline
+    out = []
+    for line in lines:
+        kind, key, doc = line.split(b"\t")
+        out.append((kind.decode(), unescape_copy(key) or "", unescape_copy(doc)))
+    return out
+
+
+def test_the_copy_blocks_are_the_rows_in_copy_text_with_their_tallies(tmp_path: Path) -> None:
+    """PostgreSQL's fast import loads `ImportFile.copy_blocks` as they are: read back as
+    PostgreSQL reads COPY text, they are the file's rows, in order, tabs, newlines and
+    backslashes in keys and texts intact, a removal's doc NULL, the program apart (the
+    last one), and their counts the rows'."""
+    customers = [{"id": ODD_KEY, "firstName": 'Анна "\\ tab\t'}, {"id": "c-2", "balancePoints": 7}]
+    cards = [{"number": "2770000000017", "customerId": ODD_KEY}]
+    header = {
+        "format": "tillpoint.snapshot/jsonl",
+        "program": {"currency": "EUR"},
+        "removed": {"offers": ["gone\\1", "gone\t2"]},
+    }
+    snap = jsonl(header, {"section": "customers"}, *customers, {"section": "cards"}, *cards)
+    plain = jsonl(
+        {"program": {"currency": "USD"}},
+        *({"customer": c} for c in customers),
+        {"removed": {"offers": ["gone\\1"]}},
+        {"program": {"currency": "EUR"}},
+        *({"card": c} for c in cards),
+    )
+    document = json.dumps(
+        {
+            "program": {"currency": "EUR"},
+            "customers": customers,
+            "cards": cards,
+            "removed": {"offers": ["gone\\1", "gone\t2"]},
+        }
+    ).encode()
+    for name, data in (("s.jsonl", snap), ("p.jsonl", plain), ("d.json", document)):
+        path = tmp_path / name
+        path.write_bytes(data)
+        source = read_file(path)
+        rows = [r for r in source if isinstance(r, ImportRow)]
+        texts = [(r.kind, r.key, r.text if r.text is not None else canon(r.doc)) for r in rows]
+        blocks = list(source.copy_blocks())
+        assert not any(b.problem for b in blocks)
+        data_rows = copy_rows(b"".join(b.data for b in blocks))
+        assert data_rows == [t for t in texts if t[0] != "program"], name
+        programs = [b.program for b in blocks if b.program is not None]
+        assert programs[-1] == ("", [t[2] for t in texts if t[0] == "program"][-1])
+        assert json.loads(programs[-1][1] or "")["currency"] == "EUR"
+        counts: dict[str, int] = {}
+        for b in blocks:
+            for kind, count in b.counts.items():
+                counts[kind] = counts.get(kind, 0) + count
+        want = {"customer": 2, "card": 1, "program": 1 if name != "p.jsonl" else 2}
+        assert counts == want, name
+        assert sum(b.removed for b in blocks) == (1 if name == "p.jsonl" else 2)
+        assert sum(b.rows for b in blocks) == len(rows)
+
+
+def test_a_block_with_a_bad_row_says_so_and_carries_nothing(tmp_path: Path) -> None:
+    """The fast import falls back to reading row by row, which names the problem."""
+    for name, data in (
+        ("s.jsonl", snapshot_jsonl({"customers": [{"id": "c-1"}, {"id": "c-2", "tier": 5}]})),
+        ("p.jsonl", jsonl({"customer": {"id": "c-1"}}, {"customer": {"id": 5}})),
+        ("d.json", json.dumps({"customers": [{"id": "c-1"}, {"id": 5}]}).encode()),
+    ):
+        path = tmp_path / name
+        path.write_bytes(data)
+        blocks = list(read_file(path).copy_blocks())
+        # (a file of rows: its first line is a block of its own)
+        assert [b.problem for b in blocks] == [False] * (name == "p.jsonl") + [True], name
+        assert (blocks[-1].data, blocks[-1].counts, blocks[-1].program) == (b"", {}, None)
