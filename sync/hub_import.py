@@ -351,11 +351,13 @@ def _line_too_long(number: int) -> InputError:
     )
 
 
-def _bounded_lines(stream: IO[bytes], number: int, count: int = CHUNK_LINES) -> list[bytes]:
-    """Up to `count` lines of `stream` (each with its newline), the first being line
-    `number` of the file, none read past `ROW_MAX_BYTES` (InputError naming it)."""
+def _bounded_lines(stream: IO[bytes], number: int, count: int | None = None) -> list[bytes]:
+    """Up to `count` lines of `stream` (each with its newline; `CHUNK_LINES`, read at each
+    call: a default argument's, fixed at import, left the tests that set it small reading
+    one chunk, review 58, mut58b), the first being line `number` of the file, none read
+    past `ROW_MAX_BYTES` (InputError naming it)."""
     read = limits.bounded_lines(stream.readline, _line_too_long, number, bound=ROW_MAX_BYTES)
-    return list(islice(read, count))
+    return list(islice(read, CHUNK_LINES if count is None else count))
 
 
 def _line_rows(

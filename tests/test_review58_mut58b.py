@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from tillpoint.agent.cli import main
 from tillpoint.agent.errors import InputError
+from tillpoint.sync import hub_import as hub_import_module
 from tillpoint.sync.hub_import import read_file
 from tillpoint.sync.hub_rules import canon
 from tillpoint.sync.hub_store import ImportRow, RowProblem
@@ -502,3 +503,111 @@ def test_a_block_with_a_bad_row_says_so_and_carries_nothing(tmp_path: Path) -> N
         # (a file of rows: its first line is a block of its own)
         assert [b.problem for b in blocks] == [False] * (name == "p.jsonl") + [True], name
         assert (blocks[-1].data, blocks[-1].counts, blocks[-1].program) == (b"", {}, None)
+
+
+# ---------------------------------------------------------------- the readers and forms
+
+
+def test_the_progress_goes_up_to_the_files_size_in_either_form(tmp_path: Path) -> None:
+    """The progress bar's figures (bytes): a JSON document's at every 1,000 rows, a JSON
+    Lines file's after each 2,000 lines, never past the file's size, ending at it."""
+    customers = [{"id": f"c-{n}"} for n in range(2500)]
+    document = tmp_path / "d.json"
+    document.write_bytes(json.dumps({"customers": customers}).encode())
+    lines = tmp_path / "r.jsonl"
+    lines.write_bytes(jsonl(*({"customer": c} for c in customers)))
+    for path in (document, lines):
+        seen: list[tuple[int, int]] = []
+        total = path.stat().st_size
+        assert len(list(read_file(path, progress=lambda d, t, s=seen: s.append((d, t))))) == 2500
+        assert {t for _, t in seen} == {total}
+        if path is document:
+            assert [d for d, _ in seen] == [total * 1000 // 2500, total * 2000 // 2500, total]
+        else:
+            first = len(path.read_bytes().split(b"\n")[0]) + 1
+            chunk = sum(len(x) + 1 for x in path.read_bytes().split(b"\n")[1:2001])
+            assert [d for d, _ in seen] == [first + chunk, total, total]
+
+
+def test_a_file_is_named_and_its_form_told_by_its_name(tmp_path: Path) -> None:
+    """docs/CONTRACT.md §10: `.jsonl` and `.ndjson` (any case) are JSON Lines, any other
+    name one JSON document; a file that is not there or cannot be read is named; a form
+    other than json or jsonl is refused. The rows are read again on each iteration (a
+    store may read them twice)."""
+    rows = jsonl({"customer": {"id": "c-1"}})
+    for name in ("a.JSONL", "b.ndjson", "c.NdJson"):
+        assert [r[1] for r in read_rows(tmp_path, name, rows)] == ["c-1"]
+    with pytest.raises(InputError, match="not a known section"):
+        read_rows(tmp_path, "d.json", rows)
+    assert [r[1] for r in read_rows(tmp_path, "e.txt", rows, fmt="jsonl")] == ["c-1"]
+    with pytest.raises(InputError) as refused:
+        read_file(tmp_path / "e.txt", "csv")
+    assert str(refused.value) == "unknown import format 'csv': json or jsonl"
+    with pytest.raises(InputError) as refused:
+        read_file(tmp_path / "gone.jsonl")
+    assert str(refused.value) == f"{tmp_path / 'gone.jsonl'}: no such file"
+    with pytest.raises(InputError) as refused:
+        read_file(tmp_path)
+    assert str(refused.value) == f"{tmp_path}: cannot read it (Is a directory)"
+    source = read_file(tmp_path / "b.ndjson")
+    assert list(source) == list(source) and len(list(source)) == 1
+
+
+@pytest.mark.parametrize(
+    ("head", "form"),
+    [
+        (b'{"program": {"currency": "EUR"}}\n', "jsonl"),
+        (b'{"removed": {"customers": ["c-8"]}}\n', "jsonl"),
+        (b'\xef\xbb\xbf\n  \r\n{"removed": {"customers": ["c-8"]}}\n', "jsonl"),
+        (
+            b'\xef\xbb\xbf{"format" : "tillpoint.snapshot/jsonl"}\n{"section": "customers"}\n',
+            "jsonl",
+        ),
+        (b'{\n  "program": {"currency": "EUR"}\n}\n', "json"),
+        (b'{"program": {"currency": "EUR"}, "customers": []}\n', "json"),
+        (b'{"customers": [{"id": "c-9"}]}\n', "json"),
+    ],
+)
+def test_standard_input_is_told_json_lines_by_its_first_line_that_is_not_blank(
+    head: bytes,
+    form: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """docs/CONTRACT.md §10: a snapshot header, or one whole row `{"<kind>": ...}` (the
+    program and `removed` too), is JSON Lines; a document, however laid out, is one. The
+    copy of standard input is gone afterwards, the import taken or refused."""
+    if form == "jsonl" and b"section" not in head:
+        data = head + b'{"customer": {"id": "c-9"}}\n'
+    elif form == "jsonl":
+        data = head + b'{"id": "c-9"}\n'
+    else:
+        data = head
+    code, out, err = hub_import(tmp_path, capsys, monkeypatch, "-", stdin=data)
+    assert code == 0, err
+    assert out["rows"] >= 1
+    code, _, err = hub_import(tmp_path, capsys, monkeypatch, "-", stdin=data + b"}\n")
+    assert code == 2
+    if form == "jsonl":
+        assert err.startswith("tillpoint: import refused, nothing was imported: line "), err
+    else:
+        assert err.startswith("tillpoint: import: not valid JSON (Extra data at line"), err
+    assert list((tmp_path / "hub").glob(".import-stdin-*")) == []
+
+
+def test_chunk_lines_set_small_reads_the_file_in_that_many_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`CHUNK_LINES` was a default argument's value, fixed at import: the tests that set
+    it small (`test_hub_import_parallel`, `_bulk`, `_fast`: "many chunks, sections inside
+    them") read every file in one chunk, and the parallel reader's chunk read again from
+    a wrong guess was never run. Seen by the progress, reported after each chunk."""
+    monkeypatch.setattr(hub_import_module, "CHUNK_LINES", 3)
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(jsonl(*({"customer": {"id": f"c-{n}"}} for n in range(11))))
+    lines = path.read_bytes().splitlines(keepends=True)
+    seen: list[int] = []
+    assert len(list(read_file(path, progress=lambda done, _: seen.append(done)))) == 11
+    ends = [4, 7, 10, 11, 11]  # the first line, then three at a time; the end again
+    assert seen == [sum(map(len, lines[:n])) for n in ends]
