@@ -17,6 +17,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +32,10 @@ from tillpoint.agent.errors import InputError
 from tillpoint.sync import hub_import as hub_import_module
 from tillpoint.sync.hub_import import read_file
 from tillpoint.sync.hub_rules import canon
+from tillpoint.sync.hub_sqlite import SqliteHubStore
 from tillpoint.sync.hub_store import SECTIONS, ImportRow, RowProblem
 
+TILLPOINT = str(Path(sys.executable).with_name("tillpoint"))
 SKUS = [f"460123400{n:04d}" for n in range(400)]  # 6 KiB of SKUs: past the first 4 KiB
 
 
@@ -646,3 +654,64 @@ def test_a_run_of_good_rows_is_read_in_one_call_not_line_by_line(
     assert len(blocks) == 1 and blocks[0].rows == len(rows)  # (the header: no rows)
     monkeypatch.setattr(hub_import_module, "BULK", {})
     assert read_rows(tmp_path, "s.jsonl", path.read_bytes()) == rows
+
+
+# --------------------------------------------- standard input's copy, stops and clean-up
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_stopped_import_from_standard_input_exits_as_the_signal_says_and_leaves_no_copy(
+    sig: int, tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    """docs/CONTRACT.md §10: SIGTERM (a job runner's `timeout`) or SIGHUP (the terminal
+    closed) while `hub import -` reads ends it as the signal would, 128 + its number (what
+    a job runner reads as "stopped by SIGTERM"), with no traceback, its copy of standard
+    input removed and nothing imported (review 28 tested SIGTERM's copy alone)."""
+    hub = tmp_path / "hub"
+    env = {**os.environ, "TILLPOINT_DATA_DIR": str(tmp_path / "data")}
+    proc = subprocess.Popen(
+        [TILLPOINT, "hub", "import", "-", "--hub-dir", str(hub), "--json"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    procs.append(proc)
+    assert proc.stdin is not None
+    proc.stdin.write(b'{"customer": {"id": "c-1", "balancePoints": 10}}\n')
+    proc.stdin.flush()
+    deadline = time.monotonic() + 60
+    while not list(hub.glob(".import-stdin-*")) and time.monotonic() < deadline:
+        assert proc.poll() is None
+        time.sleep(0.05)
+    copy = list(hub.glob(".import-stdin-*"))
+    assert copy, "the copy was never made"  # (a signal before it is locked waits: review 55)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig, err
+    assert b"Traceback" not in err and out == b"", err
+    assert list(hub.glob(".import-stdin-*")) == []
+    with closing(SqliteHubStore(hub / "hub.db")) as store:
+        assert store.draft_size() == 0
+
+
+def test_the_signal_handlers_are_put_back_after_an_import_from_standard_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`hub import -` handles SIGTERM and SIGHUP while it runs (to remove its copy), then
+    puts back the handlers it found (a process that runs the CLI keeps its own)."""
+
+    def mine(signum: int, frame: object) -> None:
+        raise AssertionError("not called")
+
+    before = {s: signal.signal(s, mine) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        code, out, err = hub_import(
+            tmp_path, capsys, monkeypatch, "-", stdin=jsonl({"customer": {"id": "c-1"}})
+        )
+        assert code == 0 and out["byKind"] == {"customer": 1}, err
+        assert signal.getsignal(signal.SIGTERM) is mine
+        assert signal.getsignal(signal.SIGHUP) is mine
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
