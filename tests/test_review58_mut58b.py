@@ -715,3 +715,76 @@ def test_the_signal_handlers_are_put_back_after_an_import_from_standard_input(
     finally:
         for s, handler in before.items():
             signal.signal(s, handler)
+
+
+# ------------------------------------------------------------------------------ the words
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+DIGITS = b"9" * 5000
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        (
+            b'{"customers": [{"id": "a"}, {"id": "b", "balancePoints": 1.5}]}',
+            "customers[1].balancePoints: the number 1.5 has a fraction:"
+            " write a whole number of points",
+        ),
+        (b'{"customers": [' + DEEP + b"]}", "not valid JSON (nested too deeply)"),
+        (
+            b'{"customers": [{"id": "a", "balancePoints": ' + DIGITS + b"}]}",
+            "not valid JSON (a number with too many digits)",
+        ),
+        (b'{"customers": [{"id": "\xe9"}]}', "not valid JSON (not UTF-8 text)"),
+        (
+            b'{"customers": [{"id": "a"}]',
+            "not valid JSON (Expecting ',' delimiter at line 1 column 28)",
+        ),
+        (b'{"customers": [], "tills": []}', "tills is not a known section"),
+        (
+            b'{"format": "tillpoint-signed-snapshot/1"}',
+            "the file is a signed snapshot (what 'hub export' writes for 'snapshot load'),"
+            " not master data",
+        ),
+        (
+            b'{"format": "tillpoint-enrollment/1"}',
+            "the file is an enrolment bundle (a till's secret: keep it for 'sync install'),"
+            " not master data",
+        ),
+        (b"  [1]", "not an import file: it does not start with a JSON object's {"),
+    ],
+)
+def test_a_json_document_refused_is_said_in_one_line(
+    text: bytes, said: str, tmp_path: Path
+) -> None:
+    """docs/CONTRACT.md §10: what is wrong with a JSON document, in the agent's words,
+    the field of a fraction named; nothing read from it."""
+    with pytest.raises(InputError) as refused:
+        read_rows(tmp_path, "d.json", text)
+    assert str(refused.value) == f"import: {said}"
+
+
+def test_a_json_lines_line_refused_is_named_by_its_line_and_the_rest_read(tmp_path: Path) -> None:
+    """The same words for a line of JSON Lines, after its line; `null` sections and fields
+    of a JSON document are left out (docs/CONTRACT.md §3)."""
+    good = b'{"customer": {"id": "a"}}\n'
+    for bad, said in (
+        (b'{"customer": ' + DEEP + b"}", "not valid JSON (nested too deeply)"),
+        (
+            b'{"customer": {"id": "a", "balancePoints": ' + DIGITS + b"}}",
+            "not valid JSON (a number with too many digits)",
+        ),
+        (b'{"customer": {"id": "\xe9"}}', "not valid JSON (not UTF-8 text)"),
+    ):
+        rows = read_rows(tmp_path, "r.jsonl", good + bad + b"\n" + good)
+        assert problems(rows) == [("line 2", said)]
+        assert [r[3] for r in rows if r[0] == "customer"] == ["line 1", "line 3"]
+    text = b'{"customers": null, "program": null, "cards": [{"number": "2770000000017",'
+    text += b' "customerId": "a", "status": null}]}'
+    assert read_rows(tmp_path, "n.json", text) == [
+        ("card", "2770000000017", '{"customerId":"a","number":"2770000000017"}', "cards[0]")
+    ]
+    assert read_rows(tmp_path, "l.json", b'{"customers": {"id": "a"}}') == [
+        ("problem", "customers", "expected a list")
+    ]
