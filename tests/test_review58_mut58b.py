@@ -637,8 +637,10 @@ def test_a_run_of_good_rows_is_read_in_one_call_not_line_by_line(
     slower. (`_line_rows` is watched, not replaced: it reads what it reads.)"""
     kind = SECTIONS[section]
     probes = hub_import_module._PROBES[kind]
+    after = "cards" if section == "products" else "products"  # a second section's run
+    more = hub_import_module._PROBES[SECTIONS[after]]
     path = tmp_path / "s.jsonl"
-    path.write_bytes(snapshot_jsonl({section: probes * 3}))
+    path.write_bytes(snapshot_jsonl({section: probes * 3, after: more}))
     read_one_by_one: list[int] = []
     real = hub_import_module._line_rows
 
@@ -649,8 +651,9 @@ def test_a_run_of_good_rows_is_read_in_one_call_not_line_by_line(
     monkeypatch.setattr(hub_import_module, "_line_rows", watched)
     rows = read_rows(tmp_path, "s.jsonl", path.read_bytes())
     blocks = list(read_file(path).copy_blocks())
-    assert read_one_by_one == [1, 2, 1, 2]  # the header and the section's line, twice
-    assert len(rows) == 3 * len(probes) and not problems(rows)
+    sections = [1, 2, 3 + 3 * len(probes)]  # the header and the sections' lines
+    assert read_one_by_one == sections * 2  # (rows, then blocks)
+    assert len(rows) == 3 * len(probes) + len(more) and not problems(rows)
     assert len(blocks) == 1 and blocks[0].rows == len(rows)  # (the header: no rows)
     monkeypatch.setattr(hub_import_module, "BULK", {})
     assert read_rows(tmp_path, "s.jsonl", path.read_bytes()) == rows
