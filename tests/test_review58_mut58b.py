@@ -791,3 +791,27 @@ def test_a_json_lines_line_refused_is_named_by_its_line_and_the_rest_read(tmp_pa
     assert read_rows(tmp_path, "l.json", b'{"customers": {"id": "a"}}') == [
         ("problem", "customers", "expected a list")
     ]
+
+
+def test_a_kind_whose_probe_the_bulk_path_reads_otherwise_is_left_line_by_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At start-up each kind's probe rows are read both ways; a kind the bulk path reads
+    otherwise (say under another pydantic) is left to the line-by-line path. A lax number
+    (`"favoriteWeekday": "3"`, which the line path takes and the strict bulk path refuses)
+    stands for such a difference."""
+    monkeypatch.setitem(
+        hub_import_module._PROBES, "customer", [{"id": "c-1", "favoriteWeekday": "3"}]
+    )
+    assert sorted(hub_import_module._bulk_checked()) == [
+        "card",
+        "category",
+        "coupon",
+        "offer",
+        "product",
+    ]
+
+
+@pytest.mark.parametrize("text", [b"", b"\n", b"  \n\n", b"\xef\xbb\xbf"])
+def test_an_empty_json_lines_file_holds_no_rows(text: bytes, tmp_path: Path) -> None:
+    assert read_rows(tmp_path, "e.jsonl", text) == []
