@@ -815,3 +815,23 @@ def test_a_kind_whose_probe_the_bulk_path_reads_otherwise_is_left_line_by_line(
 @pytest.mark.parametrize("text", [b"", b"\n", b"  \n\n", b"\xef\xbb\xbf"])
 def test_an_empty_json_lines_file_holds_no_rows(text: bytes, tmp_path: Path) -> None:
     assert read_rows(tmp_path, "e.jsonl", text) == []
+
+
+def test_a_block_holds_the_rows_read_line_by_line_beside_a_bulk_run(tmp_path: Path) -> None:
+    """A run the bulk path refuses and the line path takes (a lax `"3"` for a number) and a
+    run the bulk path reads, in one chunk: the block's COPY text has both, in order."""
+    data = snapshot_jsonl(
+        {
+            "customers": [{"id": "c-1", "favoriteWeekday": "3"}, {"id": "c-2"}],
+            "cards": [{"number": "2770000000017", "customerId": "c-1"}],
+        }
+    )
+    path = tmp_path / "lax.jsonl"
+    path.write_bytes(data)
+    (block,) = read_file(path).copy_blocks()
+    assert copy_rows(block.data) == [
+        ("customer", "c-1", '{"balancePoints":0,"favoriteWeekday":3,"id":"c-1"}'),
+        ("customer", "c-2", '{"balancePoints":0,"id":"c-2"}'),
+        ("card", "2770000000017", '{"customerId":"c-1","number":"2770000000017"}'),
+    ]
+    assert (block.rows, block.counts) == (3, {"customer": 2, "card": 1})
