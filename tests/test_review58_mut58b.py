@@ -835,3 +835,27 @@ def test_a_block_holds_the_rows_read_line_by_line_beside_a_bulk_run(tmp_path: Pa
         ("card", "2770000000017", '{"customerId":"c-1","number":"2770000000017"}'),
     ]
     assert (block.rows, block.counts) == (3, {"customer": 2, "card": 1})
+
+
+def test_worker_processes_read_only_when_more_than_one_is_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One worker is the reading process itself (docs/PERFORMANCE.md: a pool of processes
+    costs their start and the rows sent back); two read the chunks in processes, the same
+    rows in the file's order. (`_read_jsonl_parallel` is watched, not replaced.)"""
+    monkeypatch.setattr(hub_import_module, "CHUNK_LINES", 50)
+    data = snapshot_jsonl({"customers": [{"id": f"c-{n}"} for n in range(120)]})
+    calls: list[int] = []
+    real = hub_import_module._read_jsonl_parallel
+
+    def watched(stream: Any, total: int, progress: Any, workers: int, *args: Any) -> Any:
+        calls.append(workers)
+        return real(stream, total, progress, workers, *args)
+
+    monkeypatch.setattr(hub_import_module, "_read_jsonl_parallel", watched)
+    read = {
+        workers: list(hub_import_module.read_jsonl(io.BytesIO(data), len(data), None, workers))
+        for workers in (1, 2)
+    }
+    assert calls == [2]
+    assert read[1] == read[2] and len(read[1]) == 120
