@@ -859,3 +859,11 @@ def test_worker_processes_read_only_when_more_than_one_is_asked(
     }
     assert calls == [2]
     assert read[1] == read[2] and len(read[1]) == 120
+
+
+def test_a_snapshots_row_before_any_section_line_is_named(tmp_path: Path) -> None:
+    data = jsonl({"format": "tillpoint.snapshot/jsonl"}, {"id": "c-1"}, {"section": "x"})
+    assert problems(read_rows(tmp_path, "s.jsonl", data)) == [
+        ("line 2", 'a row before any {"section": ...} line'),
+        ("line 3", "unknown section 'x'"),
+    ]
