@@ -31,6 +31,7 @@ import json
 import logging
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -313,8 +314,9 @@ def _jsonl_hint(raw: bytes) -> str:
     line a header or a row, `sniff_format`'s test): a file whose name does not say so
     (`hub import /dev/stdin`, `rows.txt`) is read as one document, and "Extra data at line
     2 column 1" alone did not say that `--format jsonl` reads it (review 42, polish42).
-    The first line is found as `hub import -` finds it, within its first `HEAD_BYTES`."""
-    if sniff_format(_first_line(io.BytesIO(raw[:HEAD_BYTES]))) != "jsonl":
+    The first line is found as `hub import -` finds it (`_first_line`, within
+    `ROW_MAX_BYTES`)."""
+    if sniff_format(_first_line(io.BytesIO(raw), ROW_MAX_BYTES)) != "jsonl":
         return ""
     return "; the text is JSON Lines (one row a line): give --format jsonl, or name it .jsonl"
 
@@ -349,11 +351,13 @@ def _line_too_long(number: int) -> InputError:
     )
 
 
-def _bounded_lines(stream: IO[bytes], number: int, count: int = CHUNK_LINES) -> list[bytes]:
-    """Up to `count` lines of `stream` (each with its newline), the first being line
-    `number` of the file, none read past `ROW_MAX_BYTES` (InputError naming it)."""
+def _bounded_lines(stream: IO[bytes], number: int, count: int | None = None) -> list[bytes]:
+    """Up to `count` lines of `stream` (each with its newline; `CHUNK_LINES`, read at each
+    call: a default argument's, fixed at import, left the tests that set it small reading
+    one chunk, review 58, mut58b), the first being line `number` of the file, none read
+    past `ROW_MAX_BYTES` (InputError naming it)."""
     read = limits.bounded_lines(stream.readline, _line_too_long, number, bound=ROW_MAX_BYTES)
-    return list(islice(read, count))
+    return list(islice(read, CHUNK_LINES if count is None else count))
 
 
 def _line_rows(
@@ -867,6 +871,10 @@ def read_file(path: Path, fmt: str | None = None, progress: Progress | None = No
     return ImportFile(path, fmt, total, progress)
 
 
+# A first line's first key, when it is plainly written (no escape in it).
+_FIRST_KEY = re.compile(rb'\{[ \t\r\n]*"([^"\\]*)"')
+
+
 def sniff_format(first_line: bytes) -> str:
     """The form of an import read from standard input, which has no name to tell it by:
     "jsonl" when its first line is a JSON Lines snapshot's header or, whole on its own, a
@@ -875,6 +883,9 @@ def sniff_format(first_line: bytes) -> str:
     line = first_line.removeprefix(BOM).strip()
     if SNAPSHOT_JSONL.encode() in line.replace(b" ", b""):
         return "jsonl"
+    first_key = _FIRST_KEY.match(line)
+    if first_key and first_key[1].decode(errors="replace") not in (*MODELS, "removed"):
+        return "json"  # `{"customers": [...`: a document, not parsed twice (`jq -c`'s line)
     try:
         doc = json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
@@ -884,10 +895,12 @@ def sniff_format(first_line: bytes) -> str:
     return "json"
 
 
-def _first_line(stream: IO[bytes]) -> bytes:
+def _first_line(stream: IO[bytes], bound: int = HEAD_BYTES) -> bytes:
     """The first line that is not blank (JSON Lines may begin with blank lines, which
-    `read_jsonl` skips), within `HEAD_BYTES`."""
-    left = HEAD_BYTES
+    `read_jsonl` skips), within `bound` bytes: `ROW_MAX_BYTES` to tell JSON Lines by it,
+    as its first row may be as long as any (`hub import -` read 4 KiB of it, and an
+    offer of 400 SKUs first was refused as one JSON document, review 58, mut58b)."""
+    left = bound
     line = b""
     while left > 0:
         line = stream.readline(left)
@@ -962,7 +975,7 @@ def read_stdin(
             path = Path(spool.name)
             if fmt is None:
                 with path.open("rb") as head:
-                    fmt = sniff_format(_first_line(head))
+                    fmt = sniff_format(_first_line(head, ROW_MAX_BYTES))
             yield ImportFile(path, fmt, path.stat().st_size, progress)
 
 
