@@ -81,26 +81,30 @@ def test_a_calls_lock_waits_end_before_its_deadline(
 # ------------------------------------------------- another program's database (§10)
 
 
-def test_another_programs_database_is_named_by_its_first_five_tables(pg_url: str) -> None:
+@pytest.mark.parametrize(
+    ("count", "shown"),
+    [
+        (5, "(its tables: t1, t2, t3, t4, t5),"),
+        (6, "(its tables: t1, t2, t3, t4, t5 and 1 more),"),
+        (7, "(its tables: t1, t2, t3, t4, t5 and 2 more),"),
+    ],
+)
+def test_another_programs_database_is_named_by_its_first_five_tables(
+    pg_url: str, count: int, shown: str
+) -> None:
     """The refusal names five of its tables in name order and counts the rest; nothing is
-    written into it."""
-    names = ["t7", "t1", "t5", "t3", "t6", "t2", "t4"]
+    written into it (`hub migrate`, and a hub's open)."""
+    names = [f"t{i}" for i in range(count, 0, -1)]  # made in reverse order
     run_sql(pg_url, *(f"CREATE TABLE {name} (id INTEGER)" for name in names))
-    with pytest.raises(ForeignDatabase) as refused:
-        migrate(pg_url)
-    assert "(its tables: t1, t2, t3, t4, t5 and 2 more)" in str(refused.value)
+    for attempt in (lambda: migrate(pg_url), lambda: PostgresHubStore(pg_url)):
+        with pytest.raises(ForeignDatabase) as refused:
+            attempt()
+        assert shown in str(refused.value)
     with psycopg.connect(pg_url, autocommit=True, connect_timeout=10) as conn:
         left = conn.execute(
             "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
         ).fetchone()
-    assert left == (7,)
-
-
-def test_another_programs_database_of_five_tables_is_named_whole(pg_url: str) -> None:
-    run_sql(pg_url, *(f"CREATE TABLE t{i} (id INTEGER)" for i in range(1, 6)))
-    with pytest.raises(ForeignDatabase) as refused:
-        PostgresHubStore(pg_url)
-    assert "(its tables: t1, t2, t3, t4, t5)," in str(refused.value)
+    assert left == (count,)
 
 
 def test_a_migration_that_stopped_before_its_first_step_is_tillpoints_own(pg_url: str) -> None:
@@ -135,3 +139,321 @@ def test_another_programs_migrations_of_tillpoints_columns_are_refused(pg_url: s
     with psycopg.connect(pg_url, autocommit=True, connect_timeout=10) as conn:
         rows = conn.execute("SELECT version, name FROM schema_migrations").fetchall()
     assert rows == [(1, "create_users")]
+
+
+# ------------------------------------------------- a database that cannot be reached (§9)
+
+
+def database_name(url: str) -> str:
+    return url.rsplit("/", 1)[1]
+
+
+def cut_off(cluster: Any, url: str) -> None:
+    """The database takes no new connection and its sessions are ended (as a restart,
+    or a failover, leaves a hub's pool), until `let_in`."""
+    name = database_name(url)
+    run_sql(
+        cluster.url,
+        f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false',
+        f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'",
+    )
+
+
+def let_in(cluster: Any, url: str) -> None:
+    run_sql(cluster.url, f'ALTER DATABASE "{database_name(url)}" ALLOW_CONNECTIONS true')
+
+
+def test_a_database_that_takes_no_connection_is_unavailable_with_its_reason(
+    pg_cluster: Any, pg_url: str
+) -> None:
+    """Every connection of the pool ended and no new one taken: a call fails as
+    unavailable with PostgreSQL's reason (the probe's connection attempt), not after the
+    pool's 30 s with "couldn't get a connection", and not as "could not be written";
+    once the database takes connections again the same store serves."""
+    from tillpoint.agent.errors import StorageError
+    from tillpoint.sync.loopback import wait_for
+
+    store = PostgresHubStore(pg_url, migrate_schema=True, pool_size=2)
+    try:
+        assert store.devices() == []
+        cut_off(pg_cluster, pg_url)
+        try:
+            for _ in range(2):  # the probe's answer, then the one it keeps a moment
+                with pytest.raises(StorageError) as failed:
+                    store.devices()
+                line = str(failed.value)
+                assert line.startswith("the hub database is unavailable: "), line
+                assert "not currently accepting connections" in line, line
+        finally:
+            let_in(pg_cluster, pg_url)
+        assert wait_for(lambda: _serves(store), 60, 0.2)
+    finally:
+        store.close()
+
+
+def _serves(store: PostgresHubStore) -> bool:
+    from tillpoint.agent.errors import StorageError
+
+    try:
+        return store.devices() == []
+    except StorageError:
+        return False
+
+
+def test_a_till_hears_a_database_that_takes_no_connection_as_unavailable(
+    pg_cluster: Any, pg_url: str, tmp_path: Any
+) -> None:
+    """The same over gRPC, a real hub on the store: a till's call is answered
+    UNAVAILABLE (it tries again; UNKNOWN would set its sale aside) with the reason, and
+    answered again once the database is back."""
+    import grpc
+    from tillpoint.sync.client import HubLink
+    from tillpoint.sync.loopback import LoopbackHub, sample_master_data, wait_for
+    from tillpoint.v1 import tillpoint_pb2 as pb
+
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data(), store=pg_url)
+    try:
+        link = HubLink(hub.address, hub.enroll("till-a", tmp_path / "till-a"))
+
+        def call() -> str:
+            try:
+                link.stub.ListTransactions(
+                    pb.ListTransactionsRequest(device_id="till-a", since_seq=0, limit=1),
+                    timeout=20,
+                )
+                return "OK"
+            except grpc.RpcError as exc:
+                return f"{exc.code().name}: {exc.details()}"
+
+        assert call() == "OK"
+        cut_off(pg_cluster, pg_url)
+        try:
+            said = call()
+            assert said.startswith("UNAVAILABLE: the hub database is unavailable: "), said
+            assert "not currently accepting connections" in said, said
+        finally:
+            let_in(pg_cluster, pg_url)
+        assert wait_for(lambda: call() == "OK", 60, 0.2)
+        link.close()
+    finally:
+        hub.stop()
+
+
+# ------------------------------------------------- one connection for an RPC's statements
+
+
+def backend_pid(store: PostgresHubStore) -> int:
+    with store.read_tx() as tx:
+        row = tx.conn.execute("SELECT pg_backend_pid()").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def checkouts(store: PostgresHubStore) -> int:
+    """How many connections the store's pool has handed out since the last asking (the
+    pool's own count, `requests_num`)."""
+    return int(store.pool.pop_stats().get("requests_num", 0))
+
+
+def test_a_pinned_block_is_one_checkout_of_the_pool_and_keeps_its_connection(
+    pg_url: str,
+) -> None:
+    """`pinned`: an RPC's statements take one connection of the pool, not one each, and
+    a `pinned` within it (the device's record read inside the RPC's block) is the outer
+    block's connection, which the outer block keeps after the inner one ends."""
+    store = PostgresHubStore(pg_url, migrate_schema=True, pool_size=2)
+    try:
+        checkouts(store)
+        with store.pinned(20):
+            outer = backend_pid(store)
+            with store.pinned(20):
+                assert backend_pid(store) == outer
+            assert backend_pid(store) == outer
+            assert store.devices() == []
+        assert checkouts(store) == 1
+        backend_pid(store)
+        backend_pid(store)
+        assert checkouts(store) == 2  # unpinned: one each
+    finally:
+        store.close()
+
+
+# ------------------------------------------------- the settings that lose an acknowledged commit
+
+
+def test_each_setting_that_can_lose_an_acknowledged_commit_is_named_and_no_other(
+    pg_cluster: Any, pg_url: str
+) -> None:
+    """`durability_notes` (said at `hub serve`): the run's cluster runs with fsync and
+    synchronous_commit off (tests/conftest's throwaway one): both named, in that order;
+    a database with synchronous_commit on gets fsync's alone."""
+    store = PostgresHubStore(pg_url, migrate_schema=True)
+    try:
+        notes = store.durability_notes()
+        assert [note.split(" = off")[0] for note in notes] == [
+            "the hub database runs with synchronous_commit",
+            "the hub database runs with fsync",
+        ], notes
+    finally:
+        store.close()
+    run_sql(pg_cluster.url, f'ALTER DATABASE "{database_name(pg_url)}" SET synchronous_commit = on')
+    store = PostgresHubStore(pg_url)
+    try:
+        notes = store.durability_notes()
+        assert len(notes) == 1 and notes[0].startswith("the hub database runs with fsync = off")
+    finally:
+        store.close()
+
+
+# ------------------------------------------------- an ingest never waits for another device's
+
+
+def test_an_ingest_prunes_its_own_devices_old_answers_and_waits_for_no_other(
+    pg_store: PostgresHubStore,
+) -> None:
+    """On PostgreSQL an ingest prunes only its own device's old push answers (under its
+    device's lock): till-b's ingest, still open, does not make till-a's wait on till-c's
+    old answer (pruning every device's, as SQLite's one writer does, made each ingest
+    wait for the one before it, and failed this one after its 2 s). till-c's old answer
+    is pruned by till-c's own next ingest."""
+    import threading
+
+    from tillpoint.agent.errors import StorageError
+
+    old, now, cut = "2026-10-01T00:00:00Z", "2026-12-07T00:00:00Z", "2026-11-07T00:00:00Z"
+    with pg_store.write_tx() as tx:
+        tx.save_batch_answer("till-c", "b-old", "sha-c", "{}", old, "2026-09-01T00:00:00Z")
+    outcome: dict[str, Any] = {}
+
+    def till_a() -> None:
+        try:
+            with pg_store.pinned(2.0), pg_store.write_tx() as tx:
+                tx.save_batch_answer("till-a", "b-1", "sha-a", "{}", now, cut)
+            outcome["a"] = "stored"
+        except StorageError as exc:
+            outcome["a"] = exc.message
+
+    with pg_store.write_tx() as tx:  # till-b's ingest, open while till-a's runs
+        tx.save_batch_answer("till-b", "b-1", "sha-b", "{}", now, cut)
+        tx.flush()
+        tx.conn.execute("SELECT 1").fetchone()  # its statements run: its row locks held
+        thread = threading.Thread(target=till_a)
+        thread.start()
+        thread.join(60)
+    assert outcome == {"a": "stored"}
+    with pg_store.read_tx() as tx:
+        assert tx.batch_answer("till-c", "b-old") == ("sha-c", "{}")
+    with pg_store.write_tx() as tx:
+        tx.save_batch_answer("till-c", "b-1", "sha-c2", "{}", now, cut)
+    with pg_store.read_tx() as tx:
+        assert tx.batch_answer("till-c", "b-old") is None
+
+
+# ------------------------------------------------- the live inputs in one statement (§9, §11)
+
+
+def test_the_one_statement_live_inputs_are_the_rules_own(pg_store: PostgresHubStore) -> None:
+    """PostgreSQL reads what `HubRules.live` counts in one statement (`_LIVE_INPUTS`, an
+    authorisation's first step), its ledger mark by `hub_ledger_mark`: the same version,
+    customer, program, cards, moves and mark as the rules' own reads through a PgTx
+    (`HubRules.live_inputs`, `PgTx.ledger_mark`), for a customer with a sale, one with a
+    card's UNKNOWN sale and nothing else, and a customer the hub does not know. A mark
+    read otherwise than the claim's (`hub_claim_hold`) made every claim start again."""
+    from tillpoint.sync.hub_rules import HubRules
+    from tillpoint.sync.loopback import import_doc, sample_master_data
+
+    from .test_review54_mut54c import CARD_1, NOW, WEEK, sale
+    from .test_review57_mut57c import CARD_2
+
+    import_doc(pg_store, sample_master_data())
+    pg_store.publish(NOW, WEEK)
+    pg_store.ingest(
+        "till-a",
+        "",
+        [
+            sale("till-a", 1, "c-1", -100, card=CARD_1),
+            sale("till-a", 2, "", 7, card=CARD_2),
+        ],
+        NOW,
+    )
+    for customer in ("c-1", "c-2", "c-nobody"):
+        fast = pg_store.live_inputs(customer)
+        assert fast == HubRules.live_inputs(pg_store, customer), customer
+    c1 = pg_store.live_inputs("c-1")
+    assert c1.customer is not None and c1.cards and c1.moves and c1.mark
+    assert pg_store.live_inputs("c-nobody").customer is None
+
+
+def test_a_claim_in_one_statement_answers_its_grant_the_balance_and_its_hold(
+    pg_store: PostgresHubStore,
+) -> None:
+    """`claim_hold` (`hub_claim_hold`, an authorisation's one round trip) answers what it
+    granted, the live balance before it, and the hold's id (one point is a hold), ""
+    when nothing was granted; None when the customer's ledger mark moved (the caller
+    reads again); Superseded, nothing written, for a call that came before the
+    receipt's hold was placed. A None for
+    every claim sent each authorisation round the loop and then the locked path, the
+    same grants at three times the statements."""
+    from datetime import UTC, datetime, timedelta
+
+    from tillpoint.agent.ledger import utc_text
+    from tillpoint.sync.hub_rules import Superseded
+    from tillpoint.sync.loopback import import_doc, sample_master_data
+
+    from .test_review54_mut54c import NOW, WEEK
+
+    import_doc(pg_store, sample_master_data())
+    pg_store.publish(NOW, WEEK)
+    inputs = pg_store.live_inputs("c-1")  # 1200 points
+    now = datetime.now(UTC)
+    stamps = (utc_text(now), utc_text(now + timedelta(seconds=600)))
+
+    def claim(receipt: str, points: int, mark: str = inputs.mark) -> Any:
+        return pg_store.claim_hold(
+            "till-a", receipt, "c-1", points, 1200, inputs.cards, mark, f"h-{receipt}", *stamps
+        )
+
+    assert claim("r-0", 1) == (1, 1200, "h-r-0")  # one point is a hold
+    assert claim("r-1", 300) == (300, 1199, "h-r-1")
+    assert claim("r-2", 2000) == (899, 899, "h-r-2")
+    assert claim("r-3", 10) == (0, 0, "")
+    assert claim("r-4", 10, mark="moved") is None
+    assert pg_store.balance("c-1", now).held == 1200
+    # a call that came before r-1's hold was placed (its arrival a second earlier)
+    before = (utc_text(now - timedelta(seconds=1)), stamps[1])
+    with pytest.raises(Superseded):
+        pg_store.claim_hold(
+            "till-a", "r-1", "c-1", 5, 1200, inputs.cards, inputs.mark, "h-x", *before
+        )
+    assert pg_store.balance("c-1", now).held == 1200
+
+
+def test_a_call_that_finds_every_connection_taken_waits_its_own_time_only(
+    pg_url: str,
+) -> None:
+    """The pool's connections all in use (one here) and the database there: a call with
+    1.5 s left (an RPC's) waits for a connection that long, then is told the database
+    is unavailable, instead of waiting on until one comes back."""
+    import threading
+
+    from tillpoint.agent.errors import StorageError
+
+    store = PostgresHubStore(pg_url, migrate_schema=True, pool_size=1)
+    held, done = threading.Event(), threading.Event()
+
+    def busy() -> None:
+        with store.pinned():
+            held.set()
+            done.wait(120)
+
+    holder = threading.Thread(target=busy)
+    holder.start()
+    try:
+        assert held.wait(60)
+        with pytest.raises(StorageError) as failed, store.pinned(1.5):
+            pass
+        assert str(failed.value).startswith("the hub database is unavailable: "), failed.value
+    finally:
+        done.set()
+        holder.join(60)
+        store.close()
