@@ -305,6 +305,46 @@ def test_each_setting_that_can_lose_an_acknowledged_commit_is_named_and_no_other
         store.close()
 
 
+# ------------------------------------------------- the store's URL in the words (§10)
+
+
+@pytest.mark.parametrize(
+    ("store", "shown"),
+    [
+        ("postgresql://postgres:s3cret@127.0.0.1:{port}/{db}", "postgres:***@127.0.0.1"),
+        ("postgresql://:s3cret@127.0.0.1:{port}/{db}", "postgresql://:***@127.0.0.1"),
+        ("postgresql://127.0.0.1:{port}/{db}?password=s3cret", "?password=***"),
+        (
+            "postgres://127.0.0.1:{port}/{db}?sslmode=disable&password=s3cret&user=postgres",
+            "&password=***&user=postgres",
+        ),
+    ],
+)
+def test_a_store_urls_password_is_never_said(pg_cluster: Any, store: str, shown: str) -> None:
+    """libpq takes a password in the URL's user part or as a `password=` parameter of
+    its query; a hub command's one-line error (here `hub migrate` of a database that
+    does not exist, or of a role that does not; exit 1) names the store with the
+    password masked either way. The query's password, and the user part's of an empty
+    user name, were printed as written (on the operator's terminal and in the hub's
+    log)."""
+    import subprocess
+
+    from .test_review38_rev38c import EXE
+
+    url = store.format(port=pg_cluster.port, db="no_such_hub")
+    done = subprocess.run(
+        [EXE, "hub", "migrate", "--store", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "s3cret" not in done.stderr, done.stderr
+    assert shown in done.stderr and "connection failed: " in done.stderr, done.stderr
+
+
 # ------------------------------------------------- an ingest never waits for another device's
 
 
