@@ -497,3 +497,70 @@ def test_a_call_that_finds_every_connection_taken_waits_its_own_time_only(
         done.set()
         holder.join(60)
         store.close()
+
+
+# ------------------------------------------------- the advisory locks of a write (§9, §11)
+
+
+def second_writer(store: PostgresHubStore, lock: Any) -> str:
+    """What a second write transaction taking `lock(tx)` meets, with 1.5 s to wait (an
+    RPC's time): "went through", or the store's word for a lock it waited out."""
+    from tillpoint.agent.errors import StorageError
+
+    try:
+        with store.pinned(1.5), store.write_tx() as tx:
+            lock(tx)
+        return "went through"
+    except StorageError as exc:
+        return exc.message
+
+
+def while_held(store: PostgresHubStore, lock: Any, other: Any) -> str:
+    """`second_writer(store, other)` in a thread of its own while this thread's write
+    transaction holds `lock(tx)`; the first ends only once the second has its answer."""
+    import threading
+
+    said: list[str] = []
+    with store.write_tx() as tx:
+        lock(tx)
+        tx.conn.execute("SELECT 1").fetchone()  # the pipeline's statements run: held
+        thread = threading.Thread(target=lambda: said.append(second_writer(store, other)))
+        thread.start()
+        thread.join(60)
+    assert said, "the second writer gave no answer within 60 s"
+    return said[0]
+
+
+BUSY = "the hub database is busy (a lock held by another session outlasted this call's time)"
+
+
+def test_a_customers_lock_is_held_to_the_end_of_its_transaction(
+    pg_store: PostgresHubStore,
+) -> None:
+    """`lock_customers` (the locked authorisation, the hold accounting of a customer one
+    transaction at a time): a second writer of c-1 waits for the first's transaction
+    (here past its 1.5 s: told busy, nothing stored); a writer of c-2 does not; an empty
+    list locks nothing. With the statement skipped for a list of customers, two
+    authorisations of one card counted its points each for itself."""
+    c1: Any = lambda tx: tx.lock_customers(["c-1"])  # noqa: E731
+    assert while_held(pg_store, c1, c1).startswith(BUSY)
+    assert while_held(pg_store, c1, lambda tx: tx.lock_customers(["c-2", "c-3"])) == "went through"
+    assert while_held(pg_store, c1, lambda tx: tx.lock_customers([])) == "went through"
+    both: Any = lambda tx: tx.lock_customers(["c-0", "c-1"])  # noqa: E731
+    assert while_held(pg_store, c1, both).startswith(BUSY)
+
+
+def test_a_receipts_and_its_customers_locks_of_a_settling_ingest_are_held(
+    pg_store: PostgresHubStore,
+) -> None:
+    """`lock_settling` (an ingest's: its receipts' locks, then its customers'): a late
+    authorisation of a sold receipt (`lock_receipt`) waits for the ingest that sells
+    it, and so does a writer of its customer; another device's receipt of the same id
+    does not."""
+    settle: Any = lambda tx: tx.lock_settling(["c-1"], "till-a", [], ["r-1"])  # noqa: E731
+    assert while_held(pg_store, settle, lambda tx: tx.lock_receipt("till-a", "r-1")).startswith(
+        BUSY
+    )
+    assert while_held(pg_store, settle, lambda tx: tx.lock_customers(["c-1"])).startswith(BUSY)
+    other: Any = lambda tx: tx.lock_receipt("till-b", "r-1")  # noqa: E731
+    assert while_held(pg_store, settle, other) == "went through"
