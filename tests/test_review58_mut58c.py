@@ -473,7 +473,7 @@ def test_a_call_that_finds_every_connection_taken_waits_its_own_time_only(
 ) -> None:
     """The pool's connections all in use (one here) and the database there: a call with
     1.5 s left (an RPC's) waits for a connection that long, then is told the database
-    is unavailable, instead of waiting on until one comes back."""
+    is unavailable, instead of waiting on until one comes back (here after 60 s)."""
     import threading
 
     from tillpoint.agent.errors import StorageError
@@ -481,10 +481,10 @@ def test_a_call_that_finds_every_connection_taken_waits_its_own_time_only(
     store = PostgresHubStore(pg_url, migrate_schema=True, pool_size=1)
     held, done = threading.Event(), threading.Event()
 
-    def busy() -> None:
+    def busy() -> None:  # the connection given back after 60 s at most
         with store.pinned():
             held.set()
-            done.wait(120)
+            done.wait(60)
 
     holder = threading.Thread(target=busy)
     holder.start()
@@ -564,3 +564,26 @@ def test_a_receipts_and_its_customers_locks_of_a_settling_ingest_are_held(
     assert while_held(pg_store, settle, lambda tx: tx.lock_customers(["c-1"])).startswith(BUSY)
     other: Any = lambda tx: tx.lock_receipt("till-b", "r-1")  # noqa: E731
     assert while_held(pg_store, settle, other) == "went through"
+
+
+# ------------------------------------------------- a refused import, whole (§3)
+
+
+def test_a_refused_import_counts_its_bad_rows_and_its_keys_twice_together(
+    pg_store: PostgresHubStore,
+) -> None:
+    """`hub import` (the staged path) with eleven bad lines and a key twice: the first
+    ten problems by line, "(and 2 more)" for the eleventh and the second key's; nothing
+    of it is in the draft."""
+    from tillpoint.sync.hub_store import ImportRefused, ImportRow, RowProblem
+
+    rows: list[Any] = [ImportRow("customer", "c-9", {"id": "c-9"}, "line 1")]
+    rows += [RowProblem(f"line {n}", "not JSON") for n in range(2, 13)]
+    rows.append(ImportRow("customer", "c-9", {"id": "c-9"}, "line 13"))
+    with pytest.raises(ImportRefused) as refused:
+        pg_store.import_rows(iter(rows))
+    assert len(refused.value.problems) == 10
+    assert refused.value.problems[0] == "line 2: not JSON"
+    assert str(refused.value).endswith("line 11: not JSON (and 2 more)"), refused.value
+    with pg_store.read_tx() as tx:
+        assert tx.conn.execute("SELECT count(*) FROM draft").fetchone() == (0,)
