@@ -587,3 +587,35 @@ def test_a_refused_import_counts_its_bad_rows_and_its_keys_twice_together(
     assert str(refused.value).endswith("line 11: not JSON (and 2 more)"), refused.value
     with pg_store.read_tx() as tx:
         assert tx.conn.execute("SELECT count(*) FROM draft").fetchone() == (0,)
+
+
+# ------------------------------------------------- the store's kind and its open (§10)
+
+
+@pytest.mark.parametrize(
+    ("store", "postgres"),
+    [
+        ("postgresql://hub.example/hub", True),
+        ("postgres://hub.example/hub", True),
+        ("/var/lib/tillpoint-hub/hub.db", False),
+        ("hub-postgresql://x", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_only_a_postgresql_url_is_a_postgresql_store(store: str | None, postgres: bool) -> None:
+    """`is_postgres_url` (`HubDir.on_postgres`): the two schemes libpq takes, at the
+    start; a file path (a SQLite store), another scheme, nothing, are not."""
+    assert hub_postgres.is_postgres_url(store) is postgres
+
+
+def test_a_store_opened_with_its_open_lock_logs_no_warning(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The open lock taken (the usual open): the store's log says nothing; the warning
+    is for an open lock that could not be taken (docs/HUB.md, Migrations)."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="tillpoint.sync.hub_postgres"):
+        PostgresHubStore(pg_url, migrate_schema=True).close()
+    assert [r.getMessage() for r in caplog.records if r.name == hub_postgres.log.name] == []
