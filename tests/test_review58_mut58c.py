@@ -619,3 +619,15 @@ def test_a_store_opened_with_its_open_lock_logs_no_warning(
     with caplog.at_level(logging.INFO, logger="tillpoint.sync.hub_postgres"):
         PostgresHubStore(pg_url, migrate_schema=True).close()
     assert [r.getMessage() for r in caplog.records if r.name == hub_postgres.log.name] == []
+
+
+def test_an_empty_database_is_schema_0_and_a_hub_says_to_migrate_it(pg_url: str) -> None:
+    """A new, empty database (no `schema_migrations` yet): schema 0; a hub's open is
+    refused with the command to run, and leaves it empty."""
+    from tillpoint.agent.errors import StorageError
+
+    assert hub_postgres.schema_version(pg_url) == 0
+    with pytest.raises(StorageError) as refused:
+        PostgresHubStore(pg_url)
+    assert f"has schema 0, this hub needs {hub_postgres.SCHEMA_VERSION}: run" in str(refused.value)
+    assert hub_postgres.schema_version(pg_url) == 0
