@@ -631,3 +631,13 @@ def test_an_empty_database_is_schema_0_and_a_hub_says_to_migrate_it(pg_url: str)
         PostgresHubStore(pg_url)
     assert f"has schema 0, this hub needs {hub_postgres.SCHEMA_VERSION}: run" in str(refused.value)
     assert hub_postgres.schema_version(pg_url) == 0
+
+
+def test_postgresqls_message_is_one_line_without_the_statements_text() -> None:
+    """`_line`: libpq's message on one line, without the statement PostgreSQL quotes
+    after it ("LINE 1: …" and a caret)."""
+    said = 'ERROR:  relation "draft" does not exist\nLINE 1: SELECT 1 FROM draft\n  ^'
+    assert hub_postgres._line(Exception(said)) == 'ERROR: relation "draft" does not exist'
+    assert hub_postgres._line(Exception("connection failed:\n  refused")) == (
+        "connection failed: refused"
+    )
