@@ -593,7 +593,11 @@ def _line(exc: BaseException) -> str:
 
 
 def _redacted(url: str) -> str:
-    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+    """`url` with its password masked wherever libpq takes one: the user part's
+    (``user:***@``, the user name empty or not) and a ``password=`` parameter's of the
+    query (review 58, mut58c: both were said as written)."""
+    url = re.sub(r"://([^:/@]*):[^@]*@", r"://\1:***@", url)
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", url)
 
 
 def migrate(url: str) -> list[int]:
