@@ -546,18 +546,13 @@ _FULL = textwrap.dedent(
 )
 
 
-def test_a_full_disk_leaves_the_old_file_whole_and_no_temporary_file(tmp_path: Path) -> None:
-    """A real full disk: a tmpfs of 256 KiB, mounted in a mount namespace of this test's
-    own (skipped where none can be made). `write_whole` of 1,000,000 bytes over an export
-    fails with ENOSPC, the old export whole under its name and no `export.json.tmp` left;
-    the disk filled, `create_once` of a phone key fails with ENOSPC and leaves neither the
-    key nor its temporary file (the next start would find a key cut short, or a copy of
-    the key lying about)."""
+def on_a_small_disk(directory: Path, size: str, code: str) -> subprocess.CompletedProcess[str]:
+    """Python's `code` run with a tmpfs of `size` mounted on `directory` (its argv[1]), in
+    a mount namespace of its own, asserted to exit 0; the test is skipped where no such
+    namespace or tmpfs can be made."""
     if shutil.which("unshare") is None:
         pytest.skip("no unshare here: cannot make a small file system")
-    full = tmp_path / "full"
-    full.mkdir()
-    script = 'mount -t tmpfs -o size=256k tmpfs "$0" || exit 90\nexec "$1" -c "$2" "$0"'
+    script = f'mount -t tmpfs -o size={size} tmpfs "$0" || exit 90\nexec "$1" -c "$2" "$0"'
     for unshare in (["unshare", "--mount"], ["unshare", "--mount", "--map-root-user"]):
         probe = subprocess.run([*unshare, "true"], capture_output=True, timeout=30, check=False)
         if probe.returncode == 0:
@@ -565,7 +560,7 @@ def test_a_full_disk_leaves_the_old_file_whole_and_no_temporary_file(tmp_path: P
     else:
         pytest.skip("no mount namespace here (unshare refused): cannot make a small disk")
     run = subprocess.run(
-        [*unshare, "sh", "-c", script, str(full), sys.executable, _FULL],
+        [*unshare, "sh", "-c", script, str(directory), sys.executable, code],
         capture_output=True,
         text=True,
         timeout=120,
@@ -574,6 +569,19 @@ def test_a_full_disk_leaves_the_old_file_whole_and_no_temporary_file(tmp_path: P
     if run.returncode == 90:
         pytest.skip(f"cannot mount a tmpfs here: {run.stderr[-300:]}")
     assert run.returncode == 0, run.stderr[-2000:]
+    return run
+
+
+def test_a_full_disk_leaves_the_old_file_whole_and_no_temporary_file(tmp_path: Path) -> None:
+    """A real full disk: a tmpfs of 256 KiB, mounted in a mount namespace of this test's
+    own (skipped where none can be made). `write_whole` of 1,000,000 bytes over an export
+    fails with ENOSPC, the old export whole under its name and no `export.json.tmp` left;
+    the disk filled, `create_once` of a phone key fails with ENOSPC and leaves neither the
+    key nor its temporary file (the next start would find a key cut short, or a copy of
+    the key lying about)."""
+    full = tmp_path / "full"
+    full.mkdir()
+    run = on_a_small_disk(full, "256k", _FULL)
     assert run.stdout.splitlines() == [
         "export ENOSPC b'the old export'",
         "key ENOSPC",

@@ -40,6 +40,8 @@ from tillpoint.agent.db import (
 from tillpoint.agent.errors import ForeignDatabase
 from tillpoint.agent.ledger import open_ledger
 
+from .test_review55_mut55c import on_a_small_disk
+
 # ---------------------------------------- connect: every connection's pragmas
 
 
@@ -431,29 +433,9 @@ def test_a_file_system_is_said_full_below_one_mib_free(tmp_path: Path) -> None:
     parent's: survived), for a path whose directory does not exist yet (a new
     till's ledger) and for a file. A tmpfs of 4 MiB in a mount namespace of the test's
     own, as review 55's full-disk test (skipped where none can be made)."""
-    import shutil
-
-    if shutil.which("unshare") is None:
-        pytest.skip("no unshare here: cannot make a small file system")
     disk = tmp_path / "disk"
     disk.mkdir()
-    script = 'mount -t tmpfs -o size=4m tmpfs "$0" || exit 90\nexec "$1" -c "$2" "$0"'
-    for unshare in (["unshare", "--mount"], ["unshare", "--mount", "--map-root-user"]):
-        probe = subprocess.run([*unshare, "true"], capture_output=True, timeout=30, check=False)
-        if probe.returncode == 0:
-            break
-    else:
-        pytest.skip("no mount namespace here (unshare refused): cannot make a small disk")
-    run = subprocess.run(
-        [*unshare, "sh", "-c", script, str(disk), sys.executable, _NEARLY_FULL],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    if run.returncode == 90:
-        pytest.skip(f"cannot mount a tmpfs here: {run.stderr[-300:]}")
-    assert run.returncode == 0, run.stderr[-2000:]
+    run = on_a_small_disk(disk, "4m", _NEARLY_FULL)
     full = repr(f"; the file system of {disk} is full (768 KiB free)")
     assert run.stdout.splitlines() == ["1536", "''", "''", "1024", "''", "''", "768", full, full]
 
