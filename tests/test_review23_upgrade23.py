@@ -30,6 +30,8 @@ import pytest
 from tillpoint.agent.cli import main
 from tillpoint.sync.loopback import wait_for
 
+from .test_review58_mut58a import stepped_on_by_a_later_release
+
 HERE = Path(__file__).parent / "fixtures" / "upgrade"
 FIXTURES = sorted(f for f in HERE.glob("*.tar.gz") if "postgresql" not in f.name)
 OLDEST, NEWEST = FIXTURES[0], FIXTURES[-1]
@@ -429,14 +431,7 @@ def test_data_a_later_release_migrated_is_refused_with_exit_2(tmp_path: Path, wh
         if which == "ledger"
         else (Path(old.store), "tillpoint.hub")
     )
-    conn = sqlite3.connect(path)
-    conn.execute(
-        "INSERT INTO _sqlite_migrations (migration_set, name, applied_at)"
-        " VALUES (?, 'm099_from_a_later_release', '2027-01-01')",
-        (migration_set,),
-    )
-    conn.commit()
-    conn.close()
+    stepped_on_by_a_later_release(path, migration_set)
     before = path.read_bytes()
     calls = (
         [("status", "--json"), ("balance", "2770000000017"), ("confirm", "h1")]

@@ -569,7 +569,7 @@ def test_a_generation_that_cannot_be_opened_says_why_at_once(tmp_path: Path) -> 
 # ---------------------------------------- migrations: a later release's file, another program's
 
 
-def _stepped_on_by_a_later_release(path: Path, migration_set: str) -> None:
+def stepped_on_by_a_later_release(path: Path, migration_set: str) -> None:
     """A schema step this release does not know recorded in `path` (a later release ran
     on it, then this one was started again: a rollback)."""
     conn = sqlite3.connect(path)
@@ -607,7 +607,7 @@ def test_a_file_a_later_release_wrote_says_the_way_back_of_its_kind(
         ),
     }[file]
     opener(tmp_path).close()
-    _stepped_on_by_a_later_release(tmp_path / name, f"tillpoint.{file}")
+    stepped_on_by_a_later_release(tmp_path / name, f"tillpoint.{file}")
     with pytest.raises(LaterRelease) as refused:
         opener(tmp_path)
     assert refused.value.message == (
