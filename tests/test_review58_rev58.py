@@ -65,3 +65,16 @@ def test_hub_init_never_says_the_store_urls_password(tmp_path: Path) -> None:
     assert done.returncode == 1, done.stderr
     assert SECRET not in done.stdout + done.stderr, done.stdout + done.stderr
     assert "invalid percent-encoded token" in done.stderr, done.stderr
+
+
+def test_the_demos_refusal_of_a_mistyped_store_url_names_its_scheme_only(
+    tmp_path: Path,
+) -> None:
+    """`tillpoint demo --hub-store postgressql://…` (a typo in the scheme): exit 2, the
+    scheme named, the password not (the whole URL was echoed, password and all)."""
+    done = hub_command(
+        "demo", "--hub-store", f"postgressql://hub:{SECRET}@db.example/hub", cwd=tmp_path
+    )
+    assert done.returncode == 2, done.stderr
+    assert SECRET not in done.stdout + done.stderr, done.stdout + done.stderr
+    assert "'postgressql://…'" in done.stderr, done.stderr
