@@ -104,3 +104,19 @@ def test_a_one_line_document_naming_the_json_lines_format_is_still_one_document(
     code, out, err = hub_import(tmp_path, capsys, monkeypatch, "-", stdin=data)
     assert code == 0, err
     assert out["byKind"] == {"product": 101}
+
+
+def test_a_libpq_keyword_value_string_as_the_store_is_refused_not_made_a_sqlite_file(
+    tmp_path: Path,
+) -> None:
+    """`--store "host=db password=… dbname=hub"` (libpq's other form, `psql`'s habit): exit
+    2, told to give a postgresql:// URL, the password not said, and nothing made. It
+    was taken for a SQLite file's path: `hub init` made a new, empty hub in a file named
+    after the string, password and all, in the working directory, and said nothing."""
+    store = f"host=127.0.0.1 port=1 password={SECRET} dbname=hub"
+    hub_dir = tmp_path / "hub"
+    done = hub_command("hub", "init", "--hub-dir", str(hub_dir), "--store", store, cwd=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert SECRET not in done.stdout + done.stderr, done.stdout + done.stderr
+    assert "postgresql://" in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
