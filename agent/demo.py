@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import shutil
 import tempfile
 import threading
@@ -148,7 +149,11 @@ def _empty_hub_store(url: str) -> None:
     from tillpoint.sync.hub_postgres import PostgresHubStore, is_postgres_url
 
     if not is_postgres_url(url):
-        raise InputError(f"--hub-store must be a postgresql:// URL, not {url!r}")
+        # a mistyped scheme's URL ("postgressql://user:pw@…") is named by its scheme only,
+        # never its password (review 58, rev58), as `HubDir` names it
+        scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", url)
+        shown = f"'{scheme.group(1)}://…'" if scheme else repr(url)
+        raise InputError(f"--hub-store must be a postgresql:// URL, not {shown}")
     store = PostgresHubStore(url, migrate_schema=True)
     try:
         if store.latest() is not None or store.draft_size():

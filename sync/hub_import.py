@@ -881,11 +881,17 @@ def sniff_format(first_line: bytes) -> str:
     row `{"<kind>": {...}}` (a kind, `program` or `removed`: the last two mean the same in
     either form); else "json" (a document, however it is laid out)."""
     line = first_line.removeprefix(BOM).strip()
+    first_key = _FIRST_KEY.match(line)
+    key = first_key[1].decode(errors="replace") if first_key else None
+    if key in SECTIONS:
+        # `{"customers": [...`: a document (`jq -c`'s line), not parsed twice; its rows'
+        # text is not looked in for the header's format name, which a header, never
+        # begun by a section, holds (the whole line is read now: review 58, rev58)
+        return "json"
     if SNAPSHOT_JSONL.encode() in line.replace(b" ", b""):
         return "jsonl"
-    first_key = _FIRST_KEY.match(line)
-    if first_key and first_key[1].decode(errors="replace") not in (*MODELS, "removed"):
-        return "json"  # `{"customers": [...`: a document, not parsed twice (`jq -c`'s line)
+    if key is not None and key not in (*MODELS, "removed"):
+        return "json"  # a document begun by its header's keys (`version`, ...)
     try:
         doc = json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):

@@ -40,6 +40,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import unquote
 
 from tillpoint.agent.db import HUB_STORE_HINT
 from tillpoint.agent.errors import ForeignDatabase, LaterRelease, StorageError
@@ -586,10 +587,25 @@ def _need_driver() -> None:
         )
 
 
-def _line(exc: BaseException) -> str:
+def _line(exc: BaseException, url: str = "") -> str:
     """libpq's message on one line (it spans several), without the statement's text
-    PostgreSQL quotes after it ("LINE 1: INSERT INTO …", a caret under it)."""
-    return " ".join(str(exc).split("\nLINE ", 1)[0].split())
+    PostgreSQL quotes after it ("LINE 1: INSERT INTO …", a caret under it); with `url`,
+    the store's, its password masked there too: libpq quotes it as written when it cannot
+    read it ("invalid percent-encoded token: "Pa%ss"") and the whole URL when its IPv6
+    host is not closed (review 58, rev58)."""
+    text = " ".join(str(exc).split("\nLINE ", 1)[0].split())
+    if not url:
+        return text
+    text = _redacted(text)
+    for secret in sorted(_passwords(url), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def _passwords(url: str) -> set[str]:
+    """The passwords `url` holds where `_redacted` finds them, as written and decoded."""
+    found = re.findall(r"://[^:/@]*:([^@]*)@", url) + re.findall(r"[?&]password=([^&]*)", url)
+    return {form for text in found if text for form in (text, unquote(text)) if form}
 
 
 def _redacted(url: str) -> str:
@@ -645,7 +661,7 @@ def migrate(url: str) -> list[int]:
                     applied.append(number)
     except psycopg.Error as exc:
         raise StorageError(
-            f"cannot migrate the hub database {_redacted(url)}: {_line(exc)}"
+            f"cannot migrate the hub database {_redacted(url)}: {_line(exc, url)}"
         ) from None
     return applied
 
@@ -712,7 +728,9 @@ def schema_version(url: str) -> int:
             found = row.fetchone()
             return 0 if found is None else int(found[0])
     except psycopg.Error as exc:
-        raise StorageError(f"cannot open the hub database {_redacted(url)}: {_line(exc)}") from None
+        raise StorageError(
+            f"cannot open the hub database {_redacted(url)}: {_line(exc, url)}"
+        ) from None
 
 
 class PostgresHubStore(SqlHubStore):
@@ -774,7 +792,7 @@ class PostgresHubStore(SqlHubStore):
             self.pool.open(wait=True, timeout=POOL_TIMEOUT_S)
         except PoolTimeout as exc:
             self._release_open_lock()
-            raise StorageError(f"cannot connect to {_redacted(url)}: {_line(exc)}") from None
+            raise StorageError(f"cannot connect to {_redacted(url)}: {_line(exc, url)}") from None
         threading.Thread(target=self._keep_open_lock, name="hub-open-lock", daemon=True).start()
 
     def _keep_open_lock(self) -> None:
@@ -821,7 +839,8 @@ class PostgresHubStore(SqlHubStore):
                 keepalives_idle=30,  # a dead link found as the pool's are, not in 2 hours
             )
         except psycopg.Error as exc:
-            self._open_lock_why = f"the hub database's open-lock connection failed: {_line(exc)}"
+            why = _line(exc, self.url)
+            self._open_lock_why = f"the hub database's open-lock connection failed: {why}"
             if not wait:  # the database away: its calls say so, this every 30 s would not
                 log.info("%s", self._open_lock_why)
             return None
@@ -840,7 +859,8 @@ class PostgresHubStore(SqlHubStore):
                     conn.close()
                     return None
         except psycopg.Error as exc:
-            self._open_lock_why = f"the hub database's open lock was not taken: {_line(exc)}"
+            why = _line(exc, self.url)
+            self._open_lock_why = f"the hub database's open lock was not taken: {why}"
             if not wait:
                 log.warning("%s", self._open_lock_why)
             conn.close()
@@ -863,7 +883,7 @@ class PostgresHubStore(SqlHubStore):
             finally:
                 self.pool.putconn(conn)
         except PoolTimeout as exc:
-            raise StorageError(f"the hub database is unavailable: {_line(exc)}") from None
+            raise StorageError(f"the hub database is unavailable: {_line(exc, self.url)}") from None
         except PoolClosed:  # used after `close` (a thread that outlived it): not "written"
             raise StorageError(CLOSED) from None
         except psycopg.errors.LockNotAvailable as exc:  # lock_timeout: the call's time, or 30 s
@@ -961,7 +981,7 @@ class PostgresHubStore(SqlHubStore):
             psycopg.connect(self.url, autocommit=True, connect_timeout=PROBE_CONNECT_S).close()
             why = None
         except psycopg.Error as exc:
-            why = _line(exc)
+            why = _line(exc, self.url)
         finally:  # whatever happened, the waiters get an answer and the next one may try
             with self._probe_lock:
                 self._unreachable = why

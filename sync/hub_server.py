@@ -168,6 +168,16 @@ class HubConfig:
                 raise ValueError(f"{name} must be a finite number {least} (got {value})")
 
 
+# The first words of a libpq "keyword=value" connection string, which `--store` does not
+# take (a URL only): its commonest keywords (a file path begun so is no one's).
+LIBPQ_KEYWORDS = frozenset(
+    {
+        *("host", "hostaddr", "port", "dbname", "user", "password", "passfile", "service"),
+        *("sslmode", "connect_timeout", "application_name", "options", "target_session_attrs"),
+    }
+)
+
+
 class HubDir:
     """A hub's directory: ``keys/``, ``snapshots/`` and, with the default store, ``hub.db``.
 
@@ -183,6 +193,15 @@ class HubDir:
         if store is None:
             store = os.environ.get("TILLPOINT_HUB_STORE", "")
         self.store_url = store.strip()
+        keyword = re.match(r"^([a-z_]+)\s*=", self.store_url)
+        if keyword is not None and keyword.group(1) in LIBPQ_KEYWORDS:
+            # libpq's other form ("host=db password=… dbname=hub", psql's habit) became a
+            # new, empty SQLite hub in a file named after it, password and all (review 58,
+            # rev58); nothing of it is echoed
+            raise InputError(
+                "the hub store is a libpq 'keyword=value' string: give it as a URL,"
+                " postgresql://USER:PASSWORD@HOST:PORT/DBNAME (the password %-encoded)"
+            )
         scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", self.store_url)
         if scheme is not None and not is_postgres_url(self.store_url):
             # A mistyped URL ("postgressql://", "postgresql+psycopg://") became a SQLite
