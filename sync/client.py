@@ -75,6 +75,14 @@ KEEPALIVE_MS = 20_000
 # pulled past the switch) was noticed after up to 80 s, every call on it waiting out its
 # deadline meanwhile (review 57, mut57b).
 KEEPALIVE_TIMEOUT_MS = 10_000
+# That timeout holds for every ping the till sends, and a ping's answer comes behind all
+# the hub has already sent. gRPC's bandwidth probe (BDP) pings while a download runs: on a
+# slow link (100 KB/s: a 1 MiB chunk takes 10 s) its answer came too late, the connection
+# was ended, and a pull never finished, not even its first chunk (session 58: from review
+# 57's 10 s until then). So no probe: a download keeps the link busy, and the keep-alive
+# pings only a quiet one. The stream's window is fixed instead, 4 MiB, what the probe
+# grows it to on a fast link far away (the window bounds a download to window / RTT).
+WINDOW_BYTES = 4 << 20
 # A channel that failed to connect tries again after 0.3 s, growing to 3 s (gRPC's
 # default: 1 s to 120 s). Each connection attempt is given 3 s for its TCP connect, TLS
 # and the hub's HTTP/2 SETTINGS frame (gRPC core: max(`grpc.min_reconnect_backoff_ms`,
@@ -115,6 +123,8 @@ class HubLink:
                 ("grpc.keepalive_time_ms", KEEPALIVE_MS),
                 ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
                 ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+                ("grpc.http2.bdp_probe", 0),
+                ("grpc.http2.lookahead_bytes", WINDOW_BYTES),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.max_pings_without_data", 0),
                 ("grpc.initial_reconnect_backoff_ms", RECONNECT_MIN_MS),

@@ -15,16 +15,19 @@ parts: the reference hub over mTLS on loopback, review 24's TCP forwarder gone s
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from tillpoint.agent import server
 from tillpoint.agent.service import Agent
-from tillpoint.sync import hub_server
+from tillpoint.sync import client, hub_server
 from tillpoint.sync.client import HubLink
 from tillpoint.sync.hub_server import HubConfig
 from tillpoint.sync.loopback import LoopbackHub, sample_master_data, wait_for
@@ -32,9 +35,11 @@ from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
 from .conftest import ChannelStates
+from .test_review24_hub24 import Proxy
 from .test_review57_mut57b import SilentProxy
 
 CONNECT_S = 30.0  # a loaded machine's handshake
+YEARS_S = 10 * 365 * 86400.0  # a snapshot valid whatever day the test runs
 # The live till's call may wait this long for the hub's one worker: the dead till's
 # stream, noticed by pings 1 s apart answered within 3 s, ends well within it; held
 # until `stream_max_s` (300 s), it never does.
@@ -216,3 +221,59 @@ def test_the_agents_pings_never_cost_an_idle_pos_its_connection(
         channel.close()
         health.stop_following()
         grpc_server.stop(0).wait()
+
+
+# ---------------------------------------------------------------- a slow link's download
+
+
+class SlowProxy(Proxy):
+    """Review 24's TCP forwarder to the hub, passing what the hub sends at `rate` bytes a
+    second (a store's slow uplink), what the till sends at once."""
+
+    def __init__(self, port: int, rate: int) -> None:
+        self.rate = rate
+        super().__init__(port)
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:  # type: ignore[override]
+        from_hub = src.getpeername()[1] == self.upstream
+        with contextlib.suppress(OSError):
+            while data := src.recv(4096 if from_hub else 65536):
+                dst.sendall(data)
+                if from_hub:
+                    time.sleep(len(data) / self.rate)
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+
+def many_customers(count: int) -> dict[str, Any]:
+    data = sample_master_data()
+    data["customers"] += [
+        {"id": f"x-{i}", "firstName": "Анна", "tier": "base", "balancePoints": i}
+        for i in range(count)
+    ]
+    return data
+
+
+def test_a_pull_over_a_slow_link_is_not_taken_for_a_dead_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A till whose link to its hub passes 100 KB a second pulls a snapshot of about
+    0.75 MB (its first chunk whole takes some 7 s): it finishes, with the till's ping
+    timeout 3 s here (shipped: 10 s, with chunks of 1 MiB). Fails before: gRPC's
+    bandwidth probe pinged while the download ran, the answer came behind the data the
+    hub had sent, after the ping timeout, and the connection was ended every time before
+    the first chunk was whole ("ping timeout": the till never got the snapshot)."""
+    monkeypatch.setattr(client, "KEEPALIVE_TIMEOUT_MS", 3_000)
+    hub = LoopbackHub(tmp_path / "hub", data=many_customers(10_000), snapshot_ttl_s=YEARS_S)
+    proxy = SlowProxy(hub.port, 100_000)
+    link = HubLink(f"127.0.0.1:{proxy.port}", hub.enroll("till-1", tmp_path / "till"))
+    try:
+        chunks = list(
+            link.stub.PullSnapshot(pb.PullSnapshotRequest(device_id="till-1"), timeout=120)
+        )
+        assert sum(len(c.data) for c in chunks) == chunks[0].total_size > 600_000
+    finally:
+        link.close()
+        proxy.close()
+        hub.stop()
