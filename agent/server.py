@@ -48,13 +48,15 @@ SERVICE_NAME = "tillpoint.v1.PosAgent"
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 REFLECTION_THREADS = 2  # reflection streams served at once; more wait their turn
 MIN_PING_INTERVAL_MS = 10_000  # the shortest keepalive interval a POS may ping at
-# The agent pings each client's connection every 30 s, and a ping not answered in 10 s
-# ends it (as the hub does its tills'): a client gone without a word (a reflection tool
-# on a laptop that left the store's network) gives back the thread its stream held, and
-# a connection beyond loopback is not kept for ever. Given as `grpc.keepalive_timeout_ms`
-# and as gRPC's own ping timeout, which grpcio times a ping by (session 58).
+# The agent pings each client's connection every 30 s when it has read nothing from it,
+# and a ping not answered in a minute ends it (as the hub does its tills'; a minute, not
+# less, since a ping's answer comes behind a client's upload): a client gone without a
+# word (a reflection tool on a laptop that left the store's network) gives back the
+# thread its stream held, and a connection beyond loopback is not kept for ever. Given as
+# `grpc.keepalive_timeout_ms` and as gRPC's own ping timeout, which grpcio times a ping
+# by (session 58).
 KEEPALIVE_MS = 30_000
-KEEPALIVE_TIMEOUT_MS = 10_000
+KEEPALIVE_TIMEOUT_MS = 60_000
 # What gRPC reads of one request before refusing it itself (RESOURCE_EXHAUSTED): past the
 # 4 MiB a request may be, so the agent refuses those as bad input (INVALID_ARGUMENT).
 TRANSPORT_MAX_BYTES = 16 << 20

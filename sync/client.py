@@ -65,21 +65,22 @@ def describe(exc: grpc.RpcError) -> str:
     return f"hub call failed: {name}: {details}"
 
 
-# The till pings the hub every 20 s when the link is quiet, so a dead link is noticed
-# within 30 s; the hub must accept pings that often (hub_server.MIN_PING_INTERVAL_MS).
+# The till pings the hub when it has read nothing from it for 20 s, so a dead link is
+# noticed within 80 s; the hub must accept pings that often
+# (hub_server.MIN_PING_INTERVAL_MS).
 KEEPALIVE_MS = 20_000
-# A ping the hub has not answered in 10 s ends the connection (the channel then connects
-# again). Given as `grpc.keepalive_timeout_ms` and as gRPC's own ping timeout
-# (`grpc.http2.ping_timeout_ms`, 1 minute unless set): grpcio 1.85 times a quiet link's
-# keepalive ping by the latter, so a link gone silent (a NAT that forgot it, a cable
-# pulled past the switch) was noticed after up to 80 s, every call on it waiting out its
-# deadline meanwhile (review 57, mut57b).
-KEEPALIVE_TIMEOUT_MS = 10_000
-# That timeout holds for every ping the till sends, and a ping's answer comes behind all
-# the hub has already sent. gRPC's bandwidth probe (BDP) pings while a download runs: on a
-# slow link (100 KB/s: a 1 MiB chunk takes 10 s) its answer came too late, the connection
-# was ended, and a pull never finished, not even its first chunk (session 58: from review
-# 57's 10 s until then). So no probe: a download keeps the link busy, and the keep-alive
+# A ping the hub has not answered in a minute ends the connection (the channel then
+# connects again). Given as `grpc.keepalive_timeout_ms` and as gRPC's own ping timeout
+# (`grpc.http2.ping_timeout_ms`): grpcio 1.85 times a quiet link's keepalive ping by the
+# latter (review 57, mut57b). A minute, gRPC's default, and not less: the timeout holds
+# for every ping, and a ping's answer comes behind what is already under way. Review 57
+# made it 10 s (a silent link noticed within 30 s, not 80 s), and on a slow line (a store
+# on a backup link) a push of 800 KB at 20 KB/s was cut "ping timeout" every time, as was
+# a pull at 100 KB/s (session 58).
+KEEPALIVE_TIMEOUT_MS = 60_000
+# gRPC's bandwidth probe (BDP) pings while a download runs, and its answer comes behind
+# all the hub has sent: on a slow line past the timeout, and a pull never finished, not
+# even its first chunk. So no probe: a download keeps the link busy, and the keep-alive
 # pings only a quiet one. The stream's window is fixed instead, 4 MiB, what the probe
 # grows it to on a fast link far away (the window bounds a download to window / RTT).
 WINDOW_BYTES = 4 << 20

@@ -1466,14 +1466,17 @@ def _kind_name(kind: int) -> str:
 # (sync.client.KEEPALIVE_MS), so a ping a little early is never a strike.
 MIN_PING_INTERVAL_MS = 10_000
 
-# The hub pings each till's connection every 30 s, and a ping not answered within 10 s
-# ends the connection: a till gone without a word (its power cut, a cable pulled past the
-# store's switch, a NAT that forgot the connection) gives back the worker its Subscribe
-# stream held within about 40 s, not at `stream_max_s` (300 s; session
-# 58). Given as `grpc.keepalive_timeout_ms` and as gRPC's own ping timeout, which grpcio
-# times a ping by (sync.client.KEEPALIVE_TIMEOUT_MS says why).
+# The hub pings each till's connection every 30 s when it has read nothing from it, and a
+# ping not answered within a minute ends the connection: a till gone without a word (its
+# power cut, a cable pulled past the store's switch, a NAT that forgot the connection)
+# gives back the worker its Subscribe stream held within about 90 s, not at
+# `stream_max_s` (300 s; session 58). Given as `grpc.keepalive_timeout_ms` and as gRPC's
+# own ping timeout, which grpcio times a ping by (sync.client.KEEPALIVE_TIMEOUT_MS). A
+# minute, gRPC's default, not the till's 10 s: that timeout holds for every ping the hub
+# sends, its bandwidth probe's too, and a ping's answer comes behind a till's upload; at
+# 10 s a push of 2 MB over a 50 KB/s line was cut ("ping timeout") every time.
 KEEPALIVE_MS = 30_000
-KEEPALIVE_TIMEOUT_MS = 10_000
+KEEPALIVE_TIMEOUT_MS = 60_000
 
 
 class HubServer:

@@ -278,12 +278,13 @@ def test_a_quiet_link_whose_hub_went_silent_is_noticed_by_its_pings(
     no bound on pings without data between), and a ping the hub does not answer within
     the keepalive timeout ends the connection: a link gone silent after it had been quiet
     a while leaves READY, and the channel connects again, rather than every call on the
-    dead connection waiting out its deadline. Shipped: a ping each 20 s, 10 s for its
-    answer; here 1 s and 3 s (the hub's accepted interval scaled with them), and the
-    verdict has 30 s. Fails before the fix: grpcio 1.85 timed that ping by gRPC's own ping
-    timeout, 1 minute, not `grpc.keepalive_timeout_ms` (the link was noticed dead 60 s
-    after the ping, up to 80 s as shipped). With pings only while a call is under way,
-    or only the first ping of a quiet link, it was never noticed."""
+    dead connection waiting out its deadline. Shipped: a ping each 20 s, a minute for its
+    answer (10 s from review 57 to session 58, which cut slow lines' transfers); here 1 s
+    and 3 s (the hub's accepted interval scaled with them), and the verdict has 30 s.
+    Fails before review 57's fix: grpcio 1.85 times that ping by gRPC's own ping timeout,
+    not `grpc.keepalive_timeout_ms`, and the till set only the latter. With pings only
+    while a call is under way, or only the first ping of a quiet link, it was never
+    noticed."""
     monkeypatch.setattr(client, "KEEPALIVE_MS", 1_000)
     monkeypatch.setattr(client, "KEEPALIVE_TIMEOUT_MS", 3_000, raising=False)
     monkeypatch.setattr(hub_server, "MIN_PING_INTERVAL_MS", 500)

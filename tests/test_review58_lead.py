@@ -277,3 +277,44 @@ def test_a_pull_over_a_slow_link_is_not_taken_for_a_dead_link(
         link.close()
         proxy.close()
         hub.stop()
+
+
+class SlowUplink(SlowProxy):
+    """The forwarder passing what the till sends at `rate` bytes a second, the hub's
+    answers at once (a store's slow line, uploading)."""
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:  # type: ignore[override]
+        to_hub = dst.getpeername()[1] == self.upstream
+        with contextlib.suppress(OSError):
+            while data := src.recv(4096 if to_hub else 65536):
+                dst.sendall(data)
+                if to_hub:
+                    time.sleep(len(data) / self.rate)
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.mark.slow
+def test_a_push_over_a_slow_line_with_the_shipped_pings_arrives(tmp_path: Path) -> None:
+    """A till uploads a batch of 0.8 MB to its hub over a line passing 20 KB a second
+    (40 s), with the shipped keep-alive values of both ends: the hub answers it (here it
+    sets the bogus rows aside: the bytes' arrival is what is tested). Fails with review
+    57's 10 s ping timeout at the till: its keep-alive ping, sent after 20 s with nothing
+    read, waited behind its own upload and the connection was ended "ping timeout" at
+    30 s, every time; so did the hub's at 10 s."""
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    proxy = SlowUplink(hub.port, 20_000)
+    link = HubLink(f"127.0.0.1:{proxy.port}", hub.enroll("till-1", tmp_path / "till"))
+    rows = [
+        pb.Transaction(device_id="till-1", seq=i + 1, request_json="x" * 20_000) for i in range(40)
+    ]
+    try:
+        ack = link.stub.PushTransactions(
+            pb.TransactionBatch(device_id="till-1", transactions=rows), timeout=300
+        )
+        assert len(ack.results) == 40
+    finally:
+        link.close()
+        proxy.close()
+        hub.stop()
