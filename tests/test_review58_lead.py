@@ -227,19 +227,21 @@ def test_the_agents_pings_never_cost_an_idle_pos_its_connection(
 
 
 class SlowProxy(Proxy):
-    """Review 24's TCP forwarder to the hub, passing what the hub sends at `rate` bytes a
-    second (a store's slow uplink), what the till sends at once."""
+    """Review 24's TCP forwarder to the hub, passing one way at `rate` bytes a second (a
+    store's slow line): what the hub sends, or with `uplink` what the till sends; the
+    other way at once."""
 
-    def __init__(self, port: int, rate: int) -> None:
+    def __init__(self, port: int, rate: int, *, uplink: bool = False) -> None:
         self.rate = rate
+        self.uplink = uplink
         super().__init__(port)
 
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:  # type: ignore[override]
-        from_hub = src.getpeername()[1] == self.upstream
+        slowed = (dst if self.uplink else src).getpeername()[1] == self.upstream
         with contextlib.suppress(OSError):
-            while data := src.recv(4096 if from_hub else 65536):
+            while data := src.recv(4096 if slowed else 65536):
                 dst.sendall(data)
-                if from_hub:
+                if slowed:
                     time.sleep(len(data) / self.rate)
         for s in (src, dst):
             with contextlib.suppress(OSError):
@@ -279,22 +281,6 @@ def test_a_pull_over_a_slow_link_is_not_taken_for_a_dead_link(
         hub.stop()
 
 
-class SlowUplink(SlowProxy):
-    """The forwarder passing what the till sends at `rate` bytes a second, the hub's
-    answers at once (a store's slow line, uploading)."""
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:  # type: ignore[override]
-        to_hub = dst.getpeername()[1] == self.upstream
-        with contextlib.suppress(OSError):
-            while data := src.recv(4096 if to_hub else 65536):
-                dst.sendall(data)
-                if to_hub:
-                    time.sleep(len(data) / self.rate)
-        for s in (src, dst):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-
-
 @pytest.mark.slow
 def test_a_push_over_a_slow_line_with_the_shipped_pings_arrives(tmp_path: Path) -> None:
     """A till uploads a batch of 0.8 MB to its hub over a line passing 20 KB a second
@@ -304,7 +290,7 @@ def test_a_push_over_a_slow_line_with_the_shipped_pings_arrives(tmp_path: Path) 
     read, waited behind its own upload and the connection was ended "ping timeout" at
     30 s, every time; so did the hub's at 10 s."""
     hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
-    proxy = SlowUplink(hub.port, 20_000)
+    proxy = SlowProxy(hub.port, 20_000, uplink=True)
     link = HubLink(f"127.0.0.1:{proxy.port}", hub.enroll("till-1", tmp_path / "till"))
     rows = [
         pb.Transaction(device_id="till-1", seq=i + 1, request_json="x" * 20_000) for i in range(40)
