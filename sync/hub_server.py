@@ -1472,9 +1472,10 @@ MIN_PING_INTERVAL_MS = 10_000
 # gives back the worker its Subscribe stream held within about 90 s, not at
 # `stream_max_s` (300 s; session 58). Given as `grpc.keepalive_timeout_ms` and as gRPC's
 # own ping timeout, which grpcio times a ping by (sync.client.KEEPALIVE_TIMEOUT_MS). A
-# minute, gRPC's default, not the till's 10 s: that timeout holds for every ping the hub
-# sends, its bandwidth probe's too, and a ping's answer comes behind a till's upload; at
-# 10 s a push of 2 MB over a 50 KB/s line was cut ("ping timeout") every time.
+# minute, gRPC's default, not 10 s (the till's from review 57 to session 58): the timeout
+# holds for every ping the hub sends, its bandwidth probe's too, and a ping's answer comes
+# behind a till's upload; at 10 s a push of 2 MB over a 50 KB/s line was cut ("ping
+# timeout") every time.
 KEEPALIVE_MS = 30_000
 KEEPALIVE_TIMEOUT_MS = 60_000
 
