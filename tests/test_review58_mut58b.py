@@ -21,7 +21,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,8 @@ from tillpoint.sync.hub_import import read_file
 from tillpoint.sync.hub_rules import canon
 from tillpoint.sync.hub_sqlite import SqliteHubStore
 from tillpoint.sync.hub_store import SECTIONS, ImportRow, RowProblem
+
+from .test_review28_rev28 import import_stopped_while_copying
 
 TILLPOINT = str(Path(sys.executable).with_name("tillpoint"))
 SKUS = [f"460123400{n:04d}" for n in range(400)]  # 6 KiB of SKUs: past the first 4 KiB
@@ -672,26 +673,8 @@ def test_a_stopped_import_from_standard_input_exits_as_the_signal_says_and_leave
     input removed and nothing imported (review 28 tested SIGTERM's copy alone)."""
     hub = tmp_path / "hub"
     env = {**os.environ, "TILLPOINT_DATA_DIR": str(tmp_path / "data")}
-    proc = subprocess.Popen(
-        [TILLPOINT, "hub", "import", "-", "--hub-dir", str(hub), "--json"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-    )
-    procs.append(proc)
-    assert proc.stdin is not None
-    proc.stdin.write(b'{"customer": {"id": "c-1", "balancePoints": 10}}\n')
-    proc.stdin.flush()
-    deadline = time.monotonic() + 60
-    while not list(hub.glob(".import-stdin-*")) and time.monotonic() < deadline:
-        assert proc.poll() is None
-        time.sleep(0.05)
-    copy = list(hub.glob(".import-stdin-*"))
-    assert copy, "the copy was never made"  # (a signal before it is locked waits: review 55)
-    proc.send_signal(sig)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + sig, err
+    code, out, err = import_stopped_while_copying([TILLPOINT], hub, env, sig, procs)
+    assert code == 128 + sig, err
     assert b"Traceback" not in err and out == b"", err
     assert list(hub.glob(".import-stdin-*")) == []
     with closing(SqliteHubStore(hub / "hub.db")) as store:
