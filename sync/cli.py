@@ -123,7 +123,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         default=64,
         help="server threads; each connected till holds one (default %(default)s)",
     )
-    p.add_argument("--chunk-kib", type=int, default=1024, help=argparse.SUPPRESS)
+    # hub_server.CHUNK_BYTES in KiB (a test holds the two equal)
+    p.add_argument("--chunk-kib", type=int, default=256, help=argparse.SUPPRESS)
     p.add_argument(
         "--rate-kib",
         type=float,

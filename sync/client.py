@@ -81,9 +81,17 @@ KEEPALIVE_TIMEOUT_MS = 60_000
 # gRPC's bandwidth probe (BDP) pings while a download runs, and its answer comes behind
 # all the hub has sent: on a slow line past the timeout, and a pull never finished, not
 # even its first chunk. So no probe: a download keeps the link busy, and the keep-alive
-# pings only a quiet one. The stream's window is fixed instead, 4 MiB, what the probe
-# grows it to on a fast link far away (the window bounds a download to window / RTT).
-WINDOW_BYTES = 4 << 20
+# pings only a quiet one. The stream's window is fixed instead, at 1 MiB. The window is
+# also what the hub may have under way to a till, and the hub's own pings (session 58)
+# wait behind it: their answer must come within a minute (hub_server.
+# KEEPALIVE_TIMEOUT_MS), so the window, and a chunk more (gRPC grows the window to take a
+# whole message), must pass in well under that on the slowest line a pull is made for
+# (pull.SLOWEST_LINK, 32 KB/s): 1.25 MiB in 40 s. Session 58's 4 MiB (and 1 MiB chunks:
+# 160 s) had a pull of over ~3 MB at 32 KB/s cut "Socket closed" by the hub after 90 s,
+# every time, behind a forwarder or a TCP proxy that holds what the hub sends (session
+# 59). The window bounds a download to window / RTT: measured 8.4 MB/s at 100 ms (was
+# 22-25 MB/s), 67 Mbit/s, above a store's line.
+WINDOW_BYTES = 1 << 20
 # A channel that failed to connect tries again after 0.3 s, growing to 3 s (gRPC's
 # default: 1 s to 120 s). Each connection attempt is given 3 s for its TCP connect, TLS
 # and the hub's HTTP/2 SETTINGS frame (gRPC core: max(`grpc.min_reconnect_backoff_ms`,

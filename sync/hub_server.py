@@ -118,9 +118,17 @@ def _unwritten(what: str, path: Path, exc: OSError, remove: Path) -> StorageErro
     return StorageError(f"{what} {path} could not be written: {exc.strerror or exc}{hint}")
 
 
+# The bytes of each SnapshotChunk the hub sends (the protocol allows up to 1 MiB). A
+# quarter MiB, not the whole MiB (session 59): gRPC grows a till's window to take a whole
+# message, so a chunk adds to what the hub has under way to a slow till, which its pings
+# wait behind (sync.client.WINDOW_BYTES). A cut pull also loses at most this much (it
+# resumes at its last whole chunk).
+CHUNK_BYTES = 256 * 1024
+
+
 @dataclass(frozen=True)
 class HubConfig:
-    chunk_size: int = MAX_CHUNK  # bytes per SnapshotChunk (at most 1 MiB)
+    chunk_size: int = CHUNK_BYTES  # bytes per SnapshotChunk (at most MAX_CHUNK, 1 MiB)
     heartbeat_s: float = 15.0  # Subscribe sends the latest version at least this often
     stream_max_s: float = 300.0  # a Subscribe stream ends after this; the agent reopens it
     hold_ttl_s: float = 900.0  # an authorised redemption is held this long

@@ -78,8 +78,8 @@ SPACE_MARGIN = 64 * MIB
 EXPIRED_WORDS = " expired at "  # in `signing`'s refusal of an expired snapshot
 LIMIT_WORDS = " is above this till's limit of "  # in `_header_refusal`'s refusal
 # The slowest link a snapshot chunk is waited for (bytes a second, 256 kbit/s): a 1 MiB
-# chunk may take 32 s before the stream counts as stalled (a dead link is noticed sooner
-# by the channel's keepalive, 20 s + 10 s).
+# chunk may take 32 s before the stream counts as stalled (a dead link is noticed by the
+# channel's keepalive within 20 s + 60 s).
 SLOWEST_LINK = 32 * 1024
 LAYOUT = 3  # pull.part holds the payload alone; the signature covers its manifest (v3)
 
