@@ -28,7 +28,7 @@ import pytest
 from tillpoint.agent import forward
 from tillpoint.agent.forward import SERVING
 
-from .conftest import CLI, receipt, snapshot
+from .conftest import CLI, free_port, receipt, snapshot
 from .listeners import close_listener
 from .test_cli_forward import running  # noqa: F401 (a fixture: a real `tillpoint run`)
 
@@ -644,3 +644,311 @@ def test_a_checkout_whose_answer_a_stopped_agent_holds_is_retried_not_run_twice(
     fwd = cli("confirm", "k-2", "--fiscal", "F" * 65)
     local = cli("confirm", "k-2", "--fiscal", "F" * 65, "--local")
     assert fwd == local and fwd.code == 2 and "at most 64" in fwd.err, (fwd, local)
+
+
+# ---------------------------------------------------------------- the gRPC client
+
+
+class _Failing:
+    """A `PosAgent` servicer on a real gRPC server on loopback: each call is recorded (its
+    request's bytes, its metadata, the deadline's time left) and fails with `code` while
+    `fails` lasts, then answers (Status: a device id; Confirm, Balance, Cancel, Checkout:
+    the empty message)."""
+
+    def __init__(self, code: Any = None, fails: int = 0, details: str = "agent away") -> None:
+        import grpc
+        from tillpoint.v1 import tillpoint_pb2 as pb
+        from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
+
+        self.code, self.fails, self.details = code, fails, details
+        self.calls: list[tuple[str, bytes, dict[str, str], float | None]] = []
+        servicer = self
+
+        class Servicer(pb_grpc.PosAgentServicer):  # type: ignore[misc]
+            def Status(self, request: Any, context: Any) -> Any:
+                servicer.seen("Status", request, context)
+                return pb.Status(device_id="till-9", last_seq=2**40)
+
+            def Confirm(self, request: Any, context: Any) -> Any:
+                servicer.seen("Confirm", request, context)
+                return pb.CheckoutResult()
+
+            def Cancel(self, request: Any, context: Any) -> Any:
+                servicer.seen("Cancel", request, context)
+                return pb.CheckoutResult()
+
+            def Balance(self, request: Any, context: Any) -> Any:
+                servicer.seen("Balance", request, context)
+                return pb.Balance()
+
+            def Checkout(self, request: Any, context: Any) -> Any:
+                servicer.seen("Checkout", request, context)
+                return pb.CheckoutResult()
+
+        from concurrent import futures
+
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        pb_grpc.add_PosAgentServicer_to_server(Servicer(), self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def seen(self, method: str, request: Any, context: Any) -> None:
+        metadata = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
+        self.calls.append((method, request.SerializeToString(), metadata, context.time_remaining()))
+        if self.fails > 0:
+            self.fails -= 1
+            context.abort(self.code, self.details)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+def failing() -> Iterator[Callable[..., _Failing]]:
+    made: list[_Failing] = []
+
+    def make(*args: Any, **kwargs: Any) -> _Failing:
+        made.append(_Failing(*args, **kwargs))
+        return made[-1]
+
+    yield make
+    for one in made:
+        one.server.stop(0).wait()
+
+
+class _Edge:
+    """A `random.Random` whose `uniform(a, b)` is always `b` (or always `a`)."""
+
+    def __init__(self, high: bool) -> None:
+        self.high = high
+
+    def uniform(self, a: float, b: float) -> float:
+        return b if self.high else a
+
+
+@pytest.mark.parametrize("code_name", ["UNAVAILABLE", "DEADLINE_EXCEEDED"])
+def test_a_retryable_failure_is_sent_again_the_same_after_a_growing_wait(
+    failing: Callable[..., _Failing], code_name: str
+) -> None:
+    """UNAVAILABLE and DEADLINE_EXCEEDED: the same request sent again, at most `attempts`
+    in all; the n-th retry waits between half and all of min(cap, backoff × 2ⁿ⁻¹)."""
+    import grpc
+    from tillpoint.client import PosAgentClient
+
+    code = getattr(grpc.StatusCode, code_name)
+    for high, waits in [(True, [0.1, 0.2, 0.3, 0.3]), (False, [0.05, 0.1, 0.15, 0.15])]:
+        server = failing(code, fails=4)
+        slept: list[float] = []
+        with PosAgentClient(
+            server.address,
+            timeout=30,
+            attempts=5,
+            backoff=0.1,
+            backoff_cap=0.3,
+            rng=_Edge(high),  # type: ignore[arg-type]
+            sleep=slept.append,
+        ) as till:
+            assert till.confirm("k-1", "FD-1") == {
+                **till.confirm("k-1", "FD-1"),
+                "receiptId": "",
+            }
+            assert slept == pytest.approx(waits) and till.retries == 4
+        sent = {body for method, body, _, _ in server.calls}
+        assert len(server.calls) == 6 and len(sent) == 1  # one request, sent again whole
+
+
+@pytest.mark.parametrize(
+    "code_name",
+    ["INVALID_ARGUMENT", "FAILED_PRECONDITION", "NOT_FOUND", "INTERNAL", "RESOURCE_EXHAUSTED"],
+)
+def test_a_refusal_is_raised_at_once(failing: Callable[..., _Failing], code_name: str) -> None:
+    import grpc
+    from tillpoint.client import ClientError, PosAgentClient
+
+    server = failing(getattr(grpc.StatusCode, code_name), fails=1, details="no, and why")
+    slept: list[float] = []
+    with PosAgentClient(server.address, timeout=30, sleep=slept.append) as till:
+        with pytest.raises(ClientError) as refused:
+            till.status()
+        assert (refused.value.code.name, refused.value.message) == (code_name, "no, and why")
+        assert refused.value.attempts == 1 and str(refused.value) == f"{code_name}: no, and why"
+        assert slept == [] and till.retries == 0 and len(server.calls) == 1
+        assert till.status()["deviceId"] == "till-9"  # the next call goes on
+
+
+def test_the_last_attempt_is_the_last_and_says_how_many(failing: Callable[..., _Failing]) -> None:
+    """`attempts` in all (not one more, not one fewer); a failure without details says its
+    status' name; `retries` counts over the client's life."""
+    import grpc
+    from tillpoint.client import ClientError, PosAgentClient
+
+    server = failing(grpc.StatusCode.UNAVAILABLE, fails=100, details="")
+    slept: list[float] = []
+    with PosAgentClient(server.address, timeout=30, attempts=3, sleep=slept.append) as till:
+        for n in (1, 2):
+            with pytest.raises(ClientError) as failed:
+                till.status()
+            assert failed.value.code == grpc.StatusCode.UNAVAILABLE
+            assert failed.value.attempts == 3 and failed.value.message == "unavailable"
+            assert len(server.calls) == 3 * n and till.retries == 2 * n
+        assert len(slept) == 4
+    server.fails = 2
+    with PosAgentClient(server.address, timeout=30, attempts=3, sleep=slept.append) as till:
+        assert till.status()["deviceId"] == "till-9"  # the third attempt answers
+    once = failing(grpc.StatusCode.UNAVAILABLE, fails=1)
+    with PosAgentClient(once.address, timeout=30, attempts=1, sleep=slept.append) as till:
+        with pytest.raises(ClientError) as failed:
+            till.status()
+        assert failed.value.attempts == 1 and len(once.calls) == 1
+
+
+def test_every_call_has_its_deadline_and_the_token(failing: Callable[..., _Failing]) -> None:
+    """The client's `timeout` on every call, a call's own `timeout` instead when given;
+    the token as `authorization: Bearer …`, none without one; the request's fields: an
+    optional one left out when not given, int64 answers as ints, every field present."""
+    from tillpoint.client import PosAgentClient
+    from tillpoint.v1 import tillpoint_pb2 as pb
+
+    server = failing()
+    with PosAgentClient(server.address, timeout=30, token="s3cret") as till:
+        status = till.status()
+        assert status["lastSeq"] == 2**40 and status["outboxDepth"] == 0
+        assert status["deviceId"] == "till-9" and status["lastError"] == ""
+        till.status(timeout=600)
+        till.balance("2770000000017")
+        till.balance("2770000000017", at="2026-11-23T08:00:00Z")
+        till.confirm("k-1")
+        till.cancel("k-1")
+    with PosAgentClient(server.address, timeout=30) as till:
+        till.status()
+    left = [call[3] for call in server.calls]
+    assert all(t is not None for t in left)
+    assert 10 < left[0] <= 31 and 300 < left[1] <= 601 and 10 < left[-1] <= 31, left
+    tokens = [call[2].get("authorization") for call in server.calls]
+    assert tokens == ["Bearer s3cret"] * 6 + [None]
+    requests = {
+        n: (method, body) for n, (method, body, _, _) in enumerate(server.calls) if n in (2, 3, 4)
+    }
+    assert pb.BalanceRequest.FromString(requests[2][1]) == pb.BalanceRequest(card="2770000000017")
+    at = pb.BalanceRequest.FromString(requests[3][1])
+    assert at.HasField("at") and at.at == "2026-11-23T08:00:00Z"
+    confirm = pb.ConfirmRequest.FromString(requests[4][1])
+    assert confirm.receipt_id == "k-1" and not confirm.HasField("fiscal_document")
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"attempts": 0},
+        {"attempts": -1},
+        {"backoff": 0},
+        {"backoff": -0.1},
+        {"backoff": 0.5, "backoff_cap": 0.4},
+        {"timeout": 0},
+        {"timeout": -1},
+        {"timeout": float("nan")},
+        {"timeout": float("inf")},
+        {"timeout": 10**400},
+    ],
+    ids=repr,
+)
+def test_a_client_set_up_wrong_is_refused(settings: dict[str, Any]) -> None:
+    from tillpoint.client import PosAgentClient
+
+    with pytest.raises(ValueError):
+        PosAgentClient("127.0.0.1:1", **settings)
+
+
+def test_the_edges_of_the_settings_are_taken(failing: Callable[..., _Failing]) -> None:
+    """One attempt, a cap equal to the backoff, a tiny timeout: a client; a call's own
+    timeout of 0 or NaN is refused before anything is sent; a method this tillpoint.v1
+    lacks is UNIMPLEMENTED, nothing sent."""
+    import grpc
+    from tillpoint.client import ClientError, PosAgentClient
+
+    server = failing()
+    with PosAgentClient(
+        server.address, attempts=1, backoff=0.2, backoff_cap=0.2, timeout=1e-3
+    ) as till:
+        with PosAgentClient(server.address, timeout=30) as other:
+            for bad in (0, -1.0, float("nan")):
+                with pytest.raises(ValueError):
+                    other.status(timeout=bad)
+            with pytest.raises(ClientError) as missing:
+                other.call("Unheard", {})
+            assert missing.value.code == grpc.StatusCode.UNIMPLEMENTED
+            assert "PosAgent.Unheard" in missing.value.message
+            with pytest.raises(ClientError) as bad_json:
+                other.call("Status", {"nope": 1})
+            assert bad_json.value.code == grpc.StatusCode.INVALID_ARGUMENT
+            assert bad_json.value.message.startswith("StatusRequest: ")
+        assert till.attempts == 1 and server.calls == []
+
+
+def test_the_connection_window_is_the_timeout_in_whole_milliseconds() -> None:
+    """`grpc.min_reconnect_backoff_ms`: the client's timeout rounded up to a millisecond,
+    at least 100 ms, at most gRPC's largest (2³¹ − 1)."""
+    from tillpoint.agent.client import CHANNEL_OPTIONS, channel_options
+
+    def window(seconds: float) -> int:
+        options = channel_options(seconds)
+        assert options[: len(CHANNEL_OPTIONS)] == CHANNEL_OPTIONS
+        assert options[-1][0] == "grpc.min_reconnect_backoff_ms"
+        return options[-1][1]
+
+    assert [window(s) for s in (2.0, 0.1234, 0.1, 0.0999, 0.001)] == [2000, 124, 100, 100, 100]
+    assert window(10**7) == 2**31 - 1 and window(2**31 / 1000 - 0.001) == 2**31 - 1
+    assert window(2_147_483.5) == 2_147_483_500
+    assert dict(CHANNEL_OPTIONS) == {
+        "grpc.enable_retries": 0,
+        "grpc.initial_reconnect_backoff_ms": 100,
+        "grpc.max_reconnect_backoff_ms": 1000,
+    }
+
+
+def test_close_closes_the_clients_own_channel_only(failing: Callable[..., _Failing]) -> None:
+    import grpc
+    from tillpoint.client import ClientError, PosAgentClient
+
+    server = failing()
+    channel = grpc.insecure_channel(server.address)
+    try:
+        with PosAgentClient(server.address, channel=channel, timeout=30) as till:
+            till.status()
+        with PosAgentClient(server.address, channel=channel, timeout=30) as again:
+            assert again.status()["deviceId"] == "till-9"  # the caller's channel: open
+    finally:
+        channel.close()
+    own = PosAgentClient(server.address, timeout=30)
+    own.close()
+    with pytest.raises(ClientError) as closed:
+        own.status()
+    assert closed.value.code == grpc.StatusCode.CANCELLED
+
+
+def test_a_default_client_waits_out_the_units_restart() -> None:
+    """With its defaults a call to an agent that does not listen is tried 8 times and waits
+    at least 3.55 s in all (each wait at its shortest): the shipped unit starts a stopped
+    agent again after `RestartSec` (2 s), then it starts. Until review 59 the defaults, 4
+    attempts, gave up after 0.35-0.7 s of waits: a POS's checkout during a restart
+    failed UNAVAILABLE. The waits are recorded, not slept."""
+    import grpc
+    from tillpoint.client import ClientError, PosAgentClient
+
+    unit = (Path(__file__).parents[1] / "packaging" / "tillpoint.service").read_text()
+    restart_s = float(next(ln for ln in unit.splitlines() if ln.startswith("RestartSec="))[11:-1])
+    for high, total in [(False, 3.55), (True, 7.1)]:
+        slept: list[float] = []
+        till = PosAgentClient(
+            f"127.0.0.1:{free_port()}",
+            rng=_Edge(high),  # type: ignore[arg-type]
+            sleep=slept.append,
+        )
+        with till, pytest.raises(ClientError) as failed:
+            till.checkout(receipt("u-1"))
+        assert failed.value.code == grpc.StatusCode.UNAVAILABLE
+        assert failed.value.attempts == 8 and till.retries == 7
+        assert sum(slept) == pytest.approx(total)
+        assert max(slept) == pytest.approx(2.0 if high else 1.0)  # the cap, or half of it
+    assert restart_s == 2 and restart_s + 1.5 <= 3.55
