@@ -426,7 +426,7 @@ def test_the_last_of_two_spellings_of_the_data_directory_variable_counts(
 ) -> None:
     """As pydantic-settings reads the environment (rev38i): of `TILLPOINT_DATA_DIR` and
     `tillpoint_data_dir`, the one later in the environment; the variable's absence is
-    None, not an empty text."""
+    None, not an empty text; with neither, nor a configuration file, the default."""
     script = (
         "import sys\n"
         "from types import SimpleNamespace\n"
@@ -434,6 +434,27 @@ def test_the_last_of_two_spellings_of_the_data_directory_variable_counts(
         "print(data_dir_of(SimpleNamespace(data_dir=None, config=None)))\n"
         "print(_env('TILLPOINT_NOT_SET'))\n"
     )
+    # none of them, nor a configuration file: the default data directory (root's)
+    from tillpoint.agent.paths import default_data_dir
+
+    bare = {k: v for k, v in os.environ.items() if not k.upper().startswith("TILLPOINT_")}
+    run = subprocess.run(
+        [sys.executable, "-c", script], env=bare, capture_output=True, text=True, timeout=60
+    )
+    assert run.stdout.splitlines() == [str(default_data_dir()), "None"], run.stderr
+    # `--config` wins over TILLPOINT_CONFIG, as the configuration's own load has it
+    flag, named = tmp_path / "flag.toml", tmp_path / "named.toml"
+    flag.write_text(f'data_dir = "{tmp_path / "by-flag"}"\n', encoding="utf-8")
+    named.write_text(f'data_dir = "{tmp_path / "by-env"}"\n', encoding="utf-8")
+    script = script.replace("config=None", f"config={str(flag)!r}")
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**bare, "TILLPOINT_CONFIG": str(named)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.stdout.splitlines() == [str(tmp_path / "by-flag"), "None"], run.stderr
     env = {k: v for k, v in os.environ.items() if k.upper() != "TILLPOINT_DATA_DIR"}
     for first, second in [("TILLPOINT_DATA_DIR", "tillpoint_data_dir")] * 2:
         ordered = {first: str(tmp_path / "one"), second: str(tmp_path / "two")}
@@ -575,6 +596,11 @@ def test_whether_the_offers_print_is_the_running_agents_printer(
             (200, b"0123456789!"),
         ),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n", (200, b"")),
+        (  # sizes in hex: "10" is 16 bytes
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"10\r\n0123456789abcdef\r\n0\r\n\r\n",
+            (200, b"0123456789abcdef"),
+        ),
     ],
 )
 def test_an_answer_is_read_by_its_length_or_its_chunks(
@@ -879,6 +905,9 @@ def test_the_edges_of_the_settings_are_taken(failing: Callable[..., _Failing]) -
                 other.call("Unheard", {})
             assert missing.value.code == grpc.StatusCode.UNIMPLEMENTED
             assert "PosAgent.Unheard" in missing.value.message
+            with pytest.raises(ClientError) as no_method:  # the stub's, not an RPC's
+                other.call("__init__", {})
+            assert no_method.value.code == grpc.StatusCode.UNIMPLEMENTED
             with pytest.raises(ClientError) as bad_json:
                 other.call("Status", {"nope": 1})
             assert bad_json.value.code == grpc.StatusCode.INVALID_ARGUMENT
