@@ -16,7 +16,8 @@ Safety (docs/DECISIONS.md, "The CLI forwards to the running agent"):
   edge would word differently from the CLI (`balance --at`, empty or over-long texts);
 - a call that commits (checkout, hold, confirm, cancel, refund) whose request was sent
   but whose answer did not come is never run again locally: exit 1 and one line saying
-  to retry with the same receiptId (the agent's idempotency makes the retry safe);
+  to retry with the same receiptId (a refund: refundId; the agent's idempotency makes the
+  retry safe);
 - an error answer prints `tillpoint: <message>` and exits as the local run would
   (`errors.exit_code_of`: 2 for the refusals, 1 for the rest).
 
@@ -340,8 +341,11 @@ def forward(args: Any) -> int:
         replay()  # the local run reads the same standard input
         raise
     except Unanswered as exc:
+        # a refund is idempotent on its refundId (its receiptId is the sale's): a script
+        # told "the same receiptId" for a refund could send it again under a new refundId
+        key = "refundId" if args.command == "refund" else "receiptId"
         print(
-            f"tillpoint: the running agent did not answer ({exc}): retry with the same receiptId",
+            f"tillpoint: the running agent did not answer ({exc}): retry with the same {key}",
             file=sys.stderr,
         )
         return 1
