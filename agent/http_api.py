@@ -93,7 +93,7 @@ DRAIN_IDLE_S = 1.0  # ... and while bytes of it keep coming: a second without an
 CUT = "tillpoint_body_cut"
 MAX_HEAD_BYTES = 16 << 10  # a request head larger than this is answered 400 (h11's default)
 HEAD_TIMEOUT_S = 10.0  # a connection without a whole request head this long is closed
-CALL_TIMEOUT_S = 30.0  # an agent call still running then answers 503 (retry, same receiptId)
+CALL_TIMEOUT_S = 30.0  # an agent call still running then answers 503 (retry, same id)
 KEEP_ALIVE_S = 75  # idle keep-alive connections are closed after this
 # An answer whose bytes the client does not take for this long (it stopped reading: its
 # socket's buffers are full) ends the connection: the write waited for ever, the
@@ -282,6 +282,12 @@ class Call:
     method: str = "POST"
     # A read that takes no lock a commit holds (`Agent._read`): run on the loop when small.
     on_loop: bool = False
+
+
+def _same_id(call: Call) -> str:
+    """The field a retry must keep: a refund's own id, not its sale's `receiptId` (a retry
+    under the same receiptId and a new refundId is a second refund; review 59)."""
+    return "refundId" if call.rpc == "Refund" else "receiptId"
 
 
 CALLS = (
@@ -532,7 +538,7 @@ class Api:
             return error_body(
                 "UNAVAILABLE",
                 f"the agent did not answer within {CALL_TIMEOUT_S:.0f} s:"
-                " retry with the same receiptId",
+                f" retry with the same {_same_id(call)}",
             )
         except asyncio.CancelledError:
             if self.serving:
@@ -545,7 +551,7 @@ class Api:
             return error_body(
                 "UNAVAILABLE",
                 "the agent is stopping and this call did not finish in time:"
-                " retry with the same receiptId once it is back",
+                f" retry with the same {_same_id(call)} once it is back",
             )
         except Exception as exc:  # one readable line to the POS, the trace to the log
             log.exception("HTTP %s %s failed", call.method, call.path)

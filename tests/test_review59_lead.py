@@ -12,14 +12,21 @@ closed") and the pull resumed from its last whole chunk, to be cut again: a pull
 ~3 MB never finished in one go. Now the window is 1 MiB and the hub's chunks 256 KiB
 (`hub_server.CHUNK_BYTES`): 40 s at 32 KB/s. Real parts: the reference hub over mTLS on
 loopback, review 58's throttling forwarder `SlowProxy`, the till's own `HubLink` and
-`Puller`. docs/DECISIONS.md, "Session 59 (lead)"."""
+`Puller`. docs/DECISIONS.md, "Session 59 (lead)".
+
+And the local HTTP door's own 503s (a call not answered in time, the agent stopping)
+told a refund to retry "with the same receiptId" (mut59a's leftover): a refund's retry
+keeps its `refundId`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from tillpoint.agent import http_api
 from tillpoint.agent.cli import build_parser
+from tillpoint.agent.http_api import HttpServer
+from tillpoint.agent.service import Agent
 from tillpoint.sync import client, hub_server
 from tillpoint.sync.client import HubLink
 from tillpoint.sync.hub_server import HubConfig
@@ -27,6 +34,8 @@ from tillpoint.sync.loopback import LoopbackHub
 from tillpoint.sync.pull import SLOWEST_LINK, Puller, cache_version
 from tillpoint.v1 import tillpoint_pb2 as pb
 
+from .conftest import receipt
+from .test_http_api import Client, error_of
 from .test_review58_lead import YEARS_S, SlowProxy, many_customers
 
 # A snapshot of about 4.5 MB: the hub has most of it under way at once with the old
@@ -108,3 +117,31 @@ def test_the_window_and_the_chunks_keep_their_ratio() -> None:
     assert HubConfig().chunk_size == hub_server.CHUNK_BYTES
     args = build_parser().parse_args(["hub", "serve"])
     assert args.chunk_kib * 1024 == hub_server.CHUNK_BYTES
+
+
+def test_a_refund_not_answered_in_time_is_told_to_keep_its_refund_id(
+    agent: Agent, server: HttpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent busy past the HTTP door's call timeout: a refund's 503 says to retry
+    with the same refundId (a retry under its sale's receiptId and a new refundId is a
+    second refund), a checkout's with the same receiptId. Fails before: both said
+    receiptId."""
+    monkeypatch.setattr(http_api, "CALL_TIMEOUT_S", 0.5)
+    client = Client(server.port)
+    try:
+        assert client.post("/v1/checkout", receipt("r1")).status == 200
+        refund = {
+            "refundId": "f1",
+            "receiptId": "r1",
+            "at": "2026-11-24T10:00:00+03:00",
+            "lines": [{"sku": "4601234000017", "qty": "1"}],
+        }
+        with agent._lock:  # the agent busy elsewhere (a long snapshot switch, say)
+            refunded = error_of(client.post("/v1/refund", refund))
+            checked_out = error_of(client.post("/v1/checkout", receipt("r2")))
+        assert refunded[:2] == (503, "UNAVAILABLE")
+        assert refunded[2].endswith("retry with the same refundId"), refunded
+        assert checked_out[2].endswith("retry with the same receiptId"), checked_out
+        assert client.post("/v1/refund", refund).json()["refundId"] == "f1"  # the retry
+    finally:
+        client.close()
