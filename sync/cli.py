@@ -934,11 +934,23 @@ def _hub_balance(settings: Settings, args: argparse.Namespace) -> int:
     )
 
 
+SEQ_MAX = 2**63 - 1  # a seq and a limit are the protocol's int64 (ListTransactions)
+
+
+def _seq_and_limit(args: argparse.Namespace) -> None:
+    """`hub receipts` and `sync receipts`: --since and --limit in [0, 2^63 - 1]. One past it
+    was "internal error: OverflowError: Python int too large to convert to SQLite INTEGER"
+    (`hub receipts`) or "internal error: ValueError: Value out of range" (`sync receipts`),
+    exit 1, a script told to try again (review 59, mut59b)."""
+    for flag, value in (("--since", args.since), ("--limit", args.limit)):
+        if not 0 <= value <= SEQ_MAX:
+            raise InputError(f"{flag} must be 0 or more and at most {SEQ_MAX} (got {value})")
+
+
 def _hub_receipts(settings: Settings, args: argparse.Namespace) -> int:
     from .hub_server import list_transactions
 
-    if args.since < 0 or args.limit < 0:
-        raise InputError("--since and --limit must be 0 or more")
+    _seq_and_limit(args)
     with closing(_existing_hub(settings, args).open_store()) as store:
         reply = list_transactions(store, args.device, args.since, args.limit, args.receipt)
         enrolled = store.device(args.device) is not None
@@ -1392,8 +1404,7 @@ def _sync_receipts(settings: Settings, args: argparse.Namespace) -> int:
 
     from .hub_server import MAX_LIST
 
-    if args.since < 0 or args.limit < 0:
-        raise InputError("--since and --limit must be 0 or more")
+    _seq_and_limit(args)
     enrollment, link, timings = sync_link(settings)  # `run`'s rules for the hub
     timeout = timings.call_timeout_s
     reply = pb.ListTransactionsReply()
