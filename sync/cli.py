@@ -564,9 +564,18 @@ def _in_range(flag: str, value: float, low: float, high: float, *, above: bool =
     """`value` of option `flag` if it is a finite number in [low, high] ((low, high] with
     `above`); else InputError (exit 2, one line)."""
     if not math.isfinite(value) or value > high or value < low or (above and value == low):
-        lowest = f"above {low:g}" if above else f"at least {low:g}"
-        raise InputError(f"{flag} must be a number {lowest} and at most {high:g} (got {value})")
+        lowest = f"above {_bound(low)}" if above else f"at least {_bound(low)}"
+        raise InputError(
+            f"{flag} must be a number {lowest} and at most {_bound(high)} (got {value})"
+        )
     return value
+
+
+def _bound(x: float) -> str:
+    """A range's end as written: a whole number in full ("at most 2147483647" of
+    --min-version, "1099511627776" of --rate-kib: %g said 2.14748e+09, which is no number a
+    user can give, review 59, mut59b), else as %g."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 def _ttl_hours(value: float) -> float:
