@@ -11,6 +11,7 @@ past the protocol's int64 as "internal error" (exit 1), now exit 2 in one line.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -82,5 +83,167 @@ def test_sync_receipts_refuses_a_since_or_limit_past_int64_before_asking_the_hub
         code, out, err = run(capsys, *argv, flag, str(INT64_MAX))
         assert code == 0, err
         assert "of till-1 stored" in out
+    finally:
+        hub.stop()
+
+
+# ---------------------------------------------------------------- the flags' ranges
+
+
+def _serve_and_stop(tmp_path: Path, hub_dir: Path, *flags: str) -> None:
+    """`tillpoint hub serve FLAGS` as a real process on a random 127.0.0.1 port: it binds
+    (its port file written), then a SIGTERM ends it with exit 0."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tillpoint.sync.loopback import wait_for
+
+    port_file = tmp_path / "port"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
+    argv = ["hub", "serve", "--hub-dir", str(hub_dir), "--listen", "127.0.0.1:0"]
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("tillpoint")),
+            *argv,
+            "--port-file",
+            str(port_file),
+            *flags,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        wait_for(lambda: port_file.exists() or proc.poll() is not None, timeout=60)
+        assert proc.poll() is None, proc.communicate()[1]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+
+# (flag, a value refused, the range said)
+SERVE_REFUSED = [
+    ("--ttl-hours", "0", "above 0 and at most 87660"),
+    ("--ttl-hours", "87660.5", "above 0 and at most 87660"),
+    ("--hold-ttl", "0", "above 0 and at most 86400"),
+    ("--hold-ttl", "86400.5", "above 0 and at most 86400"),
+    ("--heartbeat", "0", "above 0 and at most 3600"),
+    ("--heartbeat", "3600.5", "above 0 and at most 3600"),
+    ("--publish-every", "-0.5", "at least 0 and at most 604800"),
+    ("--publish-every", "604800.5", "at least 0 and at most 604800"),
+    ("--keep-deltas-days", "-0.5", "at least 0 and at most 36600"),
+    ("--keep-deltas-days", "nan", "at least 0 and at most 36600"),
+    ("--workers", "0", "at least 1 and at most 10000"),
+    ("--workers", "10001", "at least 1 and at most 10000"),
+    ("--rate-kib", "-0.5", "at least 0 and at most 1099511627776"),
+    ("--rate-kib", "inf", "at least 0 and at most 1099511627776"),
+]
+
+
+def test_hub_serve_refuses_each_flag_out_of_its_range_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each of `hub serve`'s numbers refused (exit 2, its range said, nothing served) one
+    step past either end; --rate-kib's end in full, not %g's 1.09951e+12."""
+    hub_dir = str(tmp_path / "hub")
+    assert run(capsys, "hub", "init", "--hub-dir", hub_dir)[0] == 0
+    for flag, bad, rule in SERVE_REFUSED:
+        argv = ["hub", "serve", "--hub-dir", hub_dir, "--listen", "127.0.0.1:0", flag, bad]
+        code, out, err = run(capsys, *argv)
+        got = float(bad) if flag != "--workers" else int(bad)
+        assert (code, out, err) == (
+            2,
+            "",
+            f"tillpoint: {flag} must be a number {rule} (got {got})\n",
+        ), (flag, bad)
+
+
+def test_hub_serve_takes_each_flag_at_the_ends_of_its_range(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The other side of the ranges: 0 is "never" for --publish-every, "keep every
+    version" for --keep-deltas-days, "no limit" for --rate-kib; one worker serves; the
+    upper ends are taken as given."""
+    hub_dir = tmp_path / "hub"
+    assert run(capsys, "hub", "init", "--hub-dir", str(hub_dir))[0] == 0
+    _serve_and_stop(
+        tmp_path,
+        hub_dir,
+        *("--publish-every", "0", "--keep-deltas-days", "0", "--rate-kib", "0"),
+        *("--workers", "1", "--heartbeat", "3600", "--hold-ttl", "86400"),
+        *("--ttl-hours", "87660"),
+    )
+    _serve_and_stop(
+        tmp_path,
+        hub_dir,
+        *("--publish-every", "604800", "--keep-deltas-days", "36600"),
+        *("--workers", "10000", "--rate-kib", str(2**40)),
+    )
+
+
+def test_hub_publish_ranges_ttl_above_0_and_min_version_within_the_stores_integer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A TTL of 0 hours (a snapshot expired as published) is refused and nothing is
+    published; the smallest and the largest TTL and --min-version 2^31 - 1 are taken, the
+    version's end said in full (it was "at most 2.14748e+09")."""
+    hub_dir = str(tmp_path / "hub")
+    assert run(capsys, "hub", "init", "--hub-dir", hub_dir)[0] == 0
+    publish = ["hub", "publish", "--hub-dir", hub_dir, "--json"]
+    for bad in ("0", "-1", "nan", "inf", "87660.01"):
+        code, out, err = run(capsys, *publish, "--ttl-hours", bad)
+        assert (code, out) == (2, "")
+        assert err == (
+            "tillpoint: --ttl-hours must be a number above 0 and at most 87660"
+            f" (got {float(bad)})\n"
+        )
+    for bad in ("-1", str(2**31)):
+        code, out, err = run(capsys, *publish, "--min-version", bad)
+        assert (code, out) == (2, "")
+        assert err == (
+            "tillpoint: --min-version must be a number at least 0 and at most 2147483647"
+            f" (got {bad})\n"
+        )
+    code, doc, err = run(capsys, "hub", "status", "--hub-dir", hub_dir, "--json")
+    assert (code, doc["version"]) == (0, 0), err  # nothing published by a refusal
+    code, doc, err = run(capsys, *publish, "--ttl-hours", "87660")
+    assert code == 0, err
+    issued, expires = (datetime.fromisoformat(doc[k]) for k in ("issuedAt", "expiresAt"))
+    assert expires - issued == timedelta(hours=87660)
+    code, doc, err = run(capsys, *publish, "--ttl-hours", "1")
+    assert code == 0, err
+    issued, expires = (datetime.fromisoformat(doc[k]) for k in ("issuedAt", "expiresAt"))
+    assert (doc["version"], expires - issued) == (2, timedelta(hours=1))
+    code, doc, err = run(capsys, *publish, "--min-version", str(2**31 - 1))
+    assert (code, doc["version"]) == (0, 2**31 - 1), err
+    code, doc, err = run(capsys, *publish, "--min-version", "0")
+    assert (code, doc["version"]) == (0, 2**31), err  # the next version, not below
+
+
+def test_sync_now_timeout_above_0_and_at_most_a_day(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sync now --timeout 0` (or NaN, or more than a day) is refused before the hub is
+    asked: exit 2, one line; a day's is taken."""
+    hub, till = _hub_with_a_till(tmp_path, monkeypatch)
+    try:
+        now = ["sync", "now", "--data-dir", str(till), "--json"]
+        for bad in ("0", "-1", "nan", "86400.5"):
+            code, out, err = run(capsys, *now, "--timeout", bad)
+            assert (code, out) == (2, "")
+            assert err == (
+                "tillpoint: --timeout must be a number above 0 and at most 86400"
+                f" (got {float(bad)})\n"
+            )
+        code, doc, err = run(capsys, *now, "--timeout", "86400")
+        assert code == 0, err
+        assert doc["pull"]["status"] == "APPLIED"
     finally:
         hub.stop()
