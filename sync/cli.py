@@ -474,8 +474,17 @@ def _hub_serve(settings: Settings, args: argparse.Namespace) -> int:
     if args.port_file is not None:
         # A file a hub killed before (SIGKILL, power loss) left names its dead port: gone
         # before this one binds, so that a script waiting for the file reads this hub's.
-        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+        # A name the system refuses (longer than its file system takes: "internal error:
+        # OSError: [Errno 36] File name too long", exit 1, review 59, mut59b) is said
+        # before the hub starts, as the file's write is
+        try:
             args.port_file.unlink()
+        except (FileNotFoundError, IsADirectoryError):
+            pass
+        except OSError as exc:
+            from tillpoint.agent.db import write_refused
+
+            raise write_refused(args.port_file, exc, f"--port-file {args.port_file}") from None
     # SIGTERM is a graceful stop from before the port file says the hub serves: a script
     # that stopped the hub as soon as it read the file ended it at once (exit -15, the
     # file left) when the signal came before the handlers (review 34)
@@ -606,13 +615,20 @@ def _hub_publish(settings: Settings, args: argparse.Namespace) -> int:
 def _check_out(path: Path) -> None:
     """An `--out` is a file, written whole (a bundle is written beside it and renamed over
     it): not a folder, a pipe or a device, which the rename replaced with a regular file
-    (as root, `--out /dev/null` replaced the machine's /dev/null)."""
-    if path.exists() and not path.is_file():
-        raise InputError(
-            f"--out {path}: not a regular file (a folder, a pipe or a device): give a file's path"
-        )
-    if not path.parent.is_dir() and path.parent.exists():
-        raise InputError(f"--out {path}: {path.parent} is not a folder")
+    (as root, `--out /dev/null` replaced the machine's /dev/null). A path the system cannot
+    even look at (a name longer than its file system takes, a parent it may not search) is
+    said so: `exists()` raised it, "internal error: OSError: [Errno 36] File name too long",
+    exit 1 (review 59, mut59b)."""
+    try:
+        if path.exists() and not path.is_file():
+            raise InputError(
+                f"--out {path}: not a regular file (a folder, a pipe or a device):"
+                " give a file's path"
+            )
+        if not path.parent.is_dir() and path.parent.exists():
+            raise InputError(f"--out {path}: {path.parent} is not a folder")
+    except OSError as exc:
+        raise InputError(f"--out {path}: {exc.strerror or exc}") from None
 
 
 def _check_hub_address(address: str) -> None:

@@ -11,6 +11,7 @@ past the protocol's int64 as "internal error" (exit 1), now exit 2 in one line.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -247,3 +248,94 @@ def test_sync_now_timeout_above_0_and_at_most_a_day(
         assert doc["pull"]["status"] == "APPLIED"
     finally:
         hub.stop()
+
+
+# ---------------------------------------------------------------- where the hub is, what is written
+
+
+def test_the_hub_is_hub_dir_else_tillpoint_hub_dir_else_the_data_dirs_hub(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`hub init` without --hub-dir makes the hub in $TILLPOINT_HUB_DIR, else in <data
+    dir>/hub (the help's default); --hub-dir wins over the variable."""
+    monkeypatch.delenv("TILLPOINT_HUB_STORE", raising=False)
+    monkeypatch.delenv("TILLPOINT_HUB_DIR", raising=False)
+    data = tmp_path / "data"
+    code, doc, err = run(capsys, "--data-dir", str(data), "hub", "init", "--json")
+    assert (code, doc["hubDir"]) == (0, str(data / "hub")), err
+    assert (data / "hub" / "hub.db").is_file()
+    monkeypatch.setenv("TILLPOINT_HUB_DIR", str(tmp_path / "env-hub"))
+    code, doc, err = run(capsys, "--data-dir", str(data), "hub", "init", "--json")
+    assert (code, doc["hubDir"], doc["created"]) == (0, str(tmp_path / "env-hub"), True), err
+    flag = tmp_path / "flag-hub"
+    code, doc, err = run(
+        capsys, "--data-dir", str(data), "hub", "init", "--hub-dir", str(flag), "--json"
+    )
+    assert (code, doc["hubDir"]) == (0, str(flag)), err
+
+
+def test_an_out_or_port_file_the_system_cannot_look_at_is_one_line_exit_2_and_nothing_done(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A name longer than the file system takes (ENAMETOOLONG): `hub enroll --out`,
+    `hub export --out` and `hub serve --port-file` were "internal error: OSError: [Errno
+    36] File name too long", exit 1 (a script retries on 1), from `Path.exists()` and the
+    stale port file's unlink; now exit 2 in one line, nobody enrolled, nothing served."""
+    hub_dir = str(tmp_path / "hub")
+    assert (
+        run(capsys, "hub", "import", str(_catalogue(tmp_path)), "--publish", "--hub-dir", hub_dir)[
+            0
+        ]
+        == 0
+    )
+    assert run(capsys, "hub", "enroll", "till-0", "--hub-dir", hub_dir)[0] == 0
+    too_long = tmp_path / ("b" * 300 + ".json")
+    for argv in (
+        ["hub", "enroll", "till-1", "--out", str(too_long)],
+        ["hub", "export", "till-0", "--out", str(too_long)],
+        ["hub", "serve", "--listen", "127.0.0.1:0", "--port-file", str(too_long)],
+    ):
+        code, out, err = run(capsys, *argv, "--hub-dir", hub_dir)
+        flag = argv[-2]
+        assert (code, out, err) == (2, "", f"tillpoint: {flag} {too_long}: File name too long\n")
+    code, doc, _ = run(capsys, "hub", "status", "--hub-dir", hub_dir, "--json")
+    assert [d["deviceId"] for d in doc["devices"]] == ["till-0"]  # till-1 not enrolled
+
+
+def _catalogue(tmp_path: Path) -> Path:
+    """The sample master data as an import file."""
+    catalogue = tmp_path / "c.json"
+    catalogue.write_text(json.dumps(sample_master_data()), encoding="utf-8")
+    return catalogue
+
+
+def test_a_bundle_or_export_the_machine_will_not_write_is_one_line_and_says_the_way_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An `--out` in a folder nothing can be made in (/proc: as a full disk or a folder
+    made read-only meanwhile, which root would write anyway): `hub enroll` says the device
+    is enrolled and how to issue its bundle again, `hub export` that it cannot write; one
+    line each, no traceback."""
+    hub_dir = str(tmp_path / "hub")
+    assert (
+        run(capsys, "hub", "import", str(_catalogue(tmp_path)), "--publish", "--hub-dir", hub_dir)[
+            0
+        ]
+        == 0
+    )
+    nowhere = Path("/proc/tillpoint-review59-bundle.json")
+    code, out, err = run(
+        capsys, "hub", "enroll", "till-1", "--hub-dir", hub_dir, "--out", str(nowhere)
+    )
+    assert (code, out, err.count("\n")) == (2, "", 1), err
+    assert err.startswith(
+        f"tillpoint: device till-1 is enrolled, but its bundle could not be written to {nowhere}"
+    ), err
+    assert err.endswith("; issue it again with 'tillpoint hub enroll till-1 --renew --out FILE'\n")
+    code, doc, _ = run(capsys, "hub", "status", "--hub-dir", hub_dir, "--json")
+    assert [d["deviceId"] for d in doc["devices"]] == ["till-1"]
+    code, out, err = run(
+        capsys, "hub", "export", "till-1", "--hub-dir", hub_dir, "--out", str(nowhere)
+    )
+    assert (code, out, err.count("\n")) == (2, "", 1), err
+    assert err.startswith(f"tillpoint: cannot write {nowhere}"), err
