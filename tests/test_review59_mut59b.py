@@ -35,7 +35,7 @@ def _hub_with_a_till(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[L
 
 
 def _sell_offline(till: Path, receipt_id: str = "r1") -> None:
-    """A sale journalled in the till's ledger (its outbox), as the agent makes it."""
+    """A sale journalled in the ledger (its outbox) of a till that has its snapshot."""
     from tillpoint.agent.service import Agent
 
     agent = Agent(till, "till-1")
@@ -339,3 +339,70 @@ def test_a_bundle_or_export_the_machine_will_not_write_is_one_line_and_says_the_
     )
     assert (code, out, err.count("\n")) == (2, "", 1), err
     assert err.startswith(f"tillpoint: cannot write {nowhere}"), err
+
+
+def test_hub_migrate_on_a_sqlite_hub_says_it_migrates_itself(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`hub migrate` of a SQLite hub opens it (which migrates it) and says so; it is no
+    PostgreSQL URL to migrate."""
+    monkeypatch.delenv("TILLPOINT_HUB_STORE", raising=False)
+    hub_dir = str(tmp_path / "hub")
+    assert run(capsys, "hub", "init", "--hub-dir", hub_dir)[0] == 0
+    code, doc, err = run(capsys, "hub", "migrate", "--hub-dir", hub_dir, "--json")
+    assert (code, doc) == (0, {"store": "sqlite", "applied": [], "schemaVersion": None}), err
+    code, out, err = run(capsys, "hub", "migrate", "--hub-dir", hub_dir)
+    assert (code, out) == (0, "the SQLite store is up to date (it migrates itself when opened)\n")
+
+
+# ---------------------------------------------------------------- sync install
+
+
+def _sent_and_acked(till: Path) -> tuple[int, str | None]:
+    """The ledger's kept acknowledgements: sync_sent's rows and the hub's mark."""
+    import sqlite3
+
+    conn = sqlite3.connect(till / "ledger.db")
+    try:
+        (sent,) = conn.execute("SELECT count(*) FROM sync_sent").fetchone()
+        row = conn.execute("SELECT value FROM sync_state WHERE key = 'acked_through'").fetchone()
+    finally:
+        conn.close()
+    return sent, row[0] if row else None
+
+
+def test_another_hubs_bundle_forgets_the_old_hubs_acknowledgements_the_same_hubs_keeps_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A till whose sales hub A took: its renewed bundle from A keeps A's acknowledgements
+    (kept to resend were A restored from a backup); B's bundle forgets them, and the first
+    `sync now` to B sends nothing again (each sale of the last 35 days would be counted at
+    B a second time)."""
+    hub_a, till = _hub_with_a_till(tmp_path, monkeypatch)
+    hub_b = LoopbackHub(tmp_path / "hub-b", data=sample_master_data())
+    try:
+        assert run(capsys, "sync", "now", "--data-dir", str(till))[0] == 0  # its snapshot
+        _sell_offline(till)
+        code, doc, err = run(capsys, "sync", "now", "--data-dir", str(till), "--json")
+        assert (code, doc["pushed"], doc["outboxDepth"]) == (0, 1, 0), err
+        assert _sent_and_acked(till) == (1, "1")
+        for hub, name in ((hub_a, "hub"), (hub_b, "hub-b")):
+            bundle = tmp_path / f"{name}.json"
+            enroll = ["hub", "enroll", "till-1", "--hub-dir", str(tmp_path / name)]
+            enroll += ["--address", hub.address, "--out", str(bundle)]
+            code, _, err = run(capsys, *enroll, *(["--renew"] if hub is hub_a else []))
+            assert code == 0, err
+            code, _, err = run(capsys, "sync", "install", str(bundle), "--data-dir", str(till))
+            assert code == 0, err
+            if hub is hub_a:
+                assert _sent_and_acked(till) == (1, "1")  # the same hub: kept
+        assert _sent_and_acked(till) == (0, None)
+        code, doc, err = run(capsys, "sync", "now", "--data-dir", str(till), "--json")
+        assert (code, doc["pushed"], doc["outboxDepth"]) == (0, 0, 0), err
+        code, out, err = run(
+            capsys, "hub", "receipts", "--device", "till-1", "--hub-dir", str(tmp_path / "hub-b")
+        )
+        assert out.startswith("0 transaction(s) of till-1 stored"), out + err
+    finally:
+        hub_b.stop()
+        hub_a.stop()
