@@ -406,3 +406,83 @@ def test_another_hubs_bundle_forgets_the_old_hubs_acknowledgements_the_same_hubs
     finally:
         hub_b.stop()
         hub_a.stop()
+
+
+# ---------------------------------------------------------------- hub status
+
+
+def _enrolled_at(hub_dir: Path, device: str, when: datetime) -> None:
+    """Move a device's enrolment (and so its certificate's end) back in the hub's store."""
+    import sqlite3
+
+    conn = sqlite3.connect(hub_dir / "hub.db")
+    try:
+        with conn:
+            conn.execute(
+                "UPDATE devices SET enrolled_at = ? WHERE device_id = ?",
+                (when.isoformat(), device),
+            )
+    finally:
+        conn.close()
+
+
+def test_hub_status_says_each_tills_last_upload_certificate_end_and_revocation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the central team reads first: a till that never uploaded says so, one that did
+    says when (RFC 3339, "Z") and through which seq; a certificate's end is the enrolment
+    plus CERT_DAYS, to the second, with the renewal named from 30 days before and EXPIRED
+    after; a revoked till says when and no certificate end."""
+    from datetime import UTC
+
+    from tillpoint.sync.pki import CERT_DAYS
+
+    monkeypatch.delenv("TILLPOINT_HUB_STORE", raising=False)
+    hub, till = _hub_with_a_till(tmp_path, monkeypatch)
+    hub_dir = tmp_path / "hub"
+    try:
+        status = ["hub", "status", "--hub-dir", str(hub_dir)]
+        for device in ("till-2", "till-3", "till-4"):
+            assert run(capsys, "hub", "enroll", device, "--hub-dir", str(hub_dir))[0] == 0
+        assert run(capsys, "hub", "revoke", "till-4", "--hub-dir", str(hub_dir))[0] == 0
+        now = datetime.now(UTC).replace(microsecond=0)
+        _enrolled_at(hub_dir, "till-2", now - timedelta(days=CERT_DAYS - 10, seconds=-5))
+        _enrolled_at(hub_dir, "till-3", now - timedelta(days=CERT_DAYS + 1))
+        code, doc, err = run(capsys, *status, "--json")
+        assert code == 0, err
+        devices = {d["deviceId"]: d for d in doc["devices"]}
+        assert devices["till-1"]["lastUploadAt"] is None
+        assert devices["till-1"]["ackedThroughSeq"] == 0
+        ends = now + timedelta(days=10, seconds=5)
+        assert devices["till-2"]["certificateExpiresAt"] == ends.isoformat().replace("+00:00", "Z")
+        assert devices["till-4"]["certificateExpiresAt"] is None
+        assert devices["till-4"]["revokedAt"]
+        code, out, err = run(capsys, *status)
+        lines = {line.split(":", 1)[0]: line for line in out.splitlines()}
+        assert lines["till-1"].startswith("till-1: transactions through seq 0, no upload yet,")
+        assert lines["till-1"].endswith(
+            f", certificate expires {devices['till-1']['certificateExpiresAt']}"
+        )
+        renew = "renew: 'tillpoint hub enroll {} --renew --address HOST:PORT'"
+        assert lines["till-2"].endswith(
+            f", certificate expires at {devices['till-2']['certificateExpiresAt']} (in 10 days):"
+            f" {renew.format('till-2')}"
+        ), lines["till-2"]
+        assert ", certificate EXPIRED at " in lines["till-3"]
+        assert lines["till-3"].endswith(renew.format("till-3"))
+        assert lines["till-4"].endswith(f", revoked {devices['till-4']['revokedAt']}")
+
+        assert run(capsys, "sync", "now", "--data-dir", str(till))[0] == 0
+        _sell_offline(till)
+        before = datetime.now(UTC).replace(microsecond=0)
+        assert run(capsys, "sync", "now", "--data-dir", str(till))[0] == 0
+        after = datetime.now(UTC)
+        code, doc, err = run(capsys, *status, "--json")
+        (mine,) = (d for d in doc["devices"] if d["deviceId"] == "till-1")
+        assert mine["ackedThroughSeq"] == 1
+        assert mine["lastUploadAt"].endswith("Z")
+        assert before <= datetime.fromisoformat(mine["lastUploadAt"]) <= after
+        code, out, err = run(capsys, *status)
+        assert f"till-1: transactions through seq 1, last upload {mine['lastUploadAt']}," in out
+    finally:
+        hub.stop()
