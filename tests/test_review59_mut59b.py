@@ -486,3 +486,50 @@ def test_hub_status_says_each_tills_last_upload_certificate_end_and_revocation(
         assert f"till-1: transactions through seq 1, last upload {mine['lastUploadAt']}," in out
     finally:
         hub.stop()
+
+
+# ---------------------------------------------------------------- sync now's answers
+
+
+def test_sync_now_says_what_it_pushed_and_pulled(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sync now`'s line: how many transactions were pushed, how many wait, and the
+    snapshot applied (its size) or already the newest; exit 0, nothing on stderr."""
+    hub, till = _hub_with_a_till(tmp_path, monkeypatch)
+    try:
+        now = ["sync", "now", "--data-dir", str(till)]
+        code, out, err = run(capsys, *now)
+        assert (code, err) == (0, "")
+        assert out.startswith("pushed 0 transaction(s), 0 waiting; snapshot 1 applied (")
+        assert out.endswith(" bytes)\n")
+        _sell_offline(till, "r-1")
+        _sell_offline(till, "r-2")
+        code, out, err = run(capsys, *now)
+        assert (code, out, err) == (
+            0,
+            "pushed 2 transaction(s), 0 waiting; snapshot 1 is the newest\n",
+            "",
+        )
+        code, doc, err = run(capsys, *now, "--json")
+        assert code == 0, err
+        assert (doc["pushed"], doc["setAside"], doc["outboxDepth"]) == (0, 0, 0)
+        assert doc["pull"]["status"] == "UP_TO_DATE" and doc["hubCallsOwed"] == {
+            call: 0 for call in doc["hubCallsOwed"]
+        }
+    finally:
+        hub.stop()
+
+
+def test_owed_text_names_three_receipts_of_each_call_and_counts_the_rest() -> None:
+    """`sync now`'s words for the releases and shrinks the hub has still to take."""
+    from tillpoint.sync.cli import _owed_text
+
+    assert _owed_text({}) == ""
+    assert _owed_text({"release": [], "shrink": []}) == ""
+    tail = " still owed to the hub, sent by `tillpoint run` or the next `sync now`"
+    assert _owed_text({"release": ["r1"], "shrink": []}) == f"; 1 release(s) (r1){tail}"
+    four = ["r1", "r2", "r3", "r4"]
+    assert _owed_text({"release": four[:3], "shrink": four}) == (
+        f"; 3 release(s) (r1, r2, r3) and 4 shrink(s) (r1, r2, r3 and 1 more){tail}"
+    )
