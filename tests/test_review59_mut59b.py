@@ -533,3 +533,98 @@ def test_owed_text_names_three_receipts_of_each_call_and_counts_the_rest() -> No
     assert _owed_text({"release": four[:3], "shrink": four}) == (
         f"; 3 release(s) (r1, r2, r3) and 4 shrink(s) (r1, r2, r3 and 1 more){tail}"
     )
+
+
+# ---------------------------------------------------------------- enrolment
+
+
+def test_hub_enroll_checks_the_address_and_the_out_before_enrolling_and_renews_only_the_known(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad --address or --out is refused before the device is enrolled (a retry would
+    need --renew); an enrolled id without --renew, and --renew of an id never enrolled, are
+    refused and change nothing; `hub revoke` of an unknown id is exit 2."""
+    hub_dir = str(tmp_path / "hub")
+    assert run(capsys, "hub", "init", "--hub-dir", hub_dir)[0] == 0
+    enroll = ["hub", "enroll", "till-1", "--hub-dir", hub_dir]
+    code, out, err = run(capsys, *enroll, "--address", "hub.local:99999")
+    assert (code, out) == (2, "") and err.startswith("tillpoint: --address "), err
+    code, out, err = run(capsys, *enroll, "--out", str(tmp_path))
+    assert (code, out) == (2, "") and "not a regular file" in err, err
+    code, out, err = run(capsys, *enroll, "--out", str(tmp_path / "no-folder" / "b.json"))
+    assert code == 0, err  # a missing folder is made (`write_bundle`)
+    code, out, err = run(capsys, *enroll, "--renew", "--out", str(tmp_path / "b1.json"))
+    assert code == 0, err
+    code, out, err = run(capsys, *enroll, "--out", str(tmp_path / "b2.json"))
+    assert code == 2 and "device till-1 is already enrolled (since " in err, err
+    assert not (tmp_path / "b2.json").exists()
+    code, out, err = run(capsys, "hub", "enroll", "till-9", "--hub-dir", hub_dir, "--renew")
+    assert code == 2 and "device till-9 is not enrolled, so there is nothing to renew" in err
+    code, out, err = run(capsys, "hub", "revoke", "till-9", "--hub-dir", hub_dir)
+    assert (code, out, err) == (2, "", "tillpoint: device till-9 is not enrolled\n")
+    code, doc, err = run(capsys, "hub", "status", "--hub-dir", hub_dir, "--json")
+    assert [d["deviceId"] for d in doc["devices"]] == ["till-1"]
+    code, doc, err = run(capsys, "hub", "revoke", "till-1", "--hub-dir", hub_dir, "--json")
+    assert (code, doc) == (0, {"deviceId": "till-1", "revoked": True, "changed": True}), err
+    code, doc, err = run(capsys, "hub", "revoke", "till-1", "--hub-dir", hub_dir, "--json")
+    assert (code, doc["changed"]) == (0, False), err
+    code, out, err = run(capsys, *enroll, "--out", str(tmp_path / "b3.json"))
+    assert code == 2 and "device till-1 is already revoked (since " in err, err
+
+
+def test_sync_install_takes_its_hubs_bundle_again_with_crlf_line_endings_over_waiting_sales(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A renewed bundle of the same hub whose PEM came through a Windows copy (CRLF) is the
+    same CA: taken over a non-empty outbox, which then drains to that hub."""
+    hub, till = _hub_with_a_till(tmp_path, monkeypatch)
+    try:
+        assert run(capsys, "sync", "now", "--data-dir", str(till))[0] == 0
+        _sell_offline(till)
+        bundle = tmp_path / "renewed.json"
+        enroll = ["hub", "enroll", "till-1", "--hub-dir", str(tmp_path / "hub"), "--renew"]
+        assert run(capsys, *enroll, "--address", hub.address, "--out", str(bundle))[0] == 0
+        doc = json.loads(bundle.read_text(encoding="utf-8"))
+        doc["caCertificate"] = doc["caCertificate"].replace("\n", "\r\n")
+        bundle.write_text(json.dumps(doc), encoding="utf-8")
+        code, _, err = run(capsys, "sync", "install", str(bundle), "--data-dir", str(till))
+        assert code == 0, err
+        code, doc, err = run(capsys, "sync", "now", "--data-dir", str(till), "--json")
+        assert (code, doc["pushed"], doc["outboxDepth"]) == (0, 1, 0), err
+    finally:
+        hub.stop()
+
+
+def test_sync_install_refuses_another_hubs_bundle_while_sales_wait_and_a_ledger_of_another_device(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another hub's bundle for this device is refused while a sale waits (exit 2 with the
+    count; the enrolment and the sale unchanged); a bundle installed under another device
+    id on this ledger is refused before anything is written, naming both ids."""
+    from tillpoint.sync.pki import load_enrollment
+
+    hub, till = _hub_with_a_till(tmp_path, monkeypatch)
+    try:
+        assert run(capsys, "sync", "now", "--data-dir", str(till))[0] == 0
+        _sell_offline(till)
+        other = tmp_path / "other-hub"
+        assert run(capsys, "hub", "init", "--hub-dir", str(other))[0] == 0
+        bundle = tmp_path / "other.json"
+        argv = ["hub", "enroll", "till-1", "--hub-dir", str(other), "--out", str(bundle)]
+        assert run(capsys, *argv)[0] == 0
+        code, out, err = run(capsys, "sync", "install", str(bundle), "--data-dir", str(till))
+        assert (code, out) == (2, "")
+        assert err.startswith("tillpoint: 1 transaction(s) have not reached the current hub")
+        assert load_enrollment(till).hub_address == hub.address
+        argv = ["hub", "enroll", "till-2", "--hub-dir", str(other), "--out", str(bundle)]
+        assert run(capsys, *argv)[0] == 0
+        monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-2")
+        code, out, err = run(capsys, "sync", "install", str(bundle), "--data-dir", str(till))
+        assert (code, out) == (2, "")
+        assert err.startswith(f"tillpoint: the ledger of {till} holds the sales of device 'till-1'")
+        monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-1")
+        assert load_enrollment(till).device_id == "till-1"
+        code, doc, err = run(capsys, "sync", "now", "--data-dir", str(till), "--json")
+        assert (code, doc["pushed"]) == (0, 1), err
+    finally:
+        hub.stop()
