@@ -628,3 +628,44 @@ def test_sync_install_refuses_another_hubs_bundle_while_sales_wait_and_a_ledger_
         assert (code, doc["pushed"]) == (0, 1), err
     finally:
         hub.stop()
+
+
+# ---------------------------------------------------------------- receipts at the hub
+
+
+def test_hub_and_sync_receipts_list_pages_of_the_tills_sales_with_more_said(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three sales stored: `--limit 2` lists seq 1 and 2 and says there is more, `--since
+    2` lists seq 3, the JSON is ListTransactionsReply's; `sync receipts` (asked over mTLS)
+    says what `hub receipts` says; an id the hub never enrolled is exit 2."""
+    hub, till = _hub_with_a_till(tmp_path, monkeypatch)
+    try:
+        assert run(capsys, "sync", "now", "--data-dir", str(till))[0] == 0
+        for n in (1, 2, 3):
+            _sell_offline(till, f"r-{n}")
+        assert run(capsys, "sync", "now", "--data-dir", str(till))[0] == 0
+        at_hub = ["hub", "receipts", "--device", "till-1", "--hub-dir", str(tmp_path / "hub")]
+        at_till = ["sync", "receipts", "--data-dir", str(till)]
+        for argv in (at_hub, at_till):
+            code, out, err = run(capsys, *argv, "--limit", "2")
+            assert code == 0, err
+            lines = out.splitlines()
+            assert [line.split(" at ")[0] for line in lines[:2]] == [
+                "seq 1: CHECKOUT r-1",
+                "seq 2: CHECKOUT r-2",
+            ]
+            assert lines[2] == (
+                "2 transaction(s) of till-1 stored (more: --since the last seq);"
+                " all stored through seq 3"
+            )
+            code, doc, err = run(capsys, *argv, "--since", "2", "--json")
+            assert code == 0, err
+            assert [t["seq"] for t in doc["transactions"]] == [3]
+            assert (doc["ackedThroughSeq"], doc["more"]) == (3, False)
+            code, doc, err = run(capsys, *argv, "--json")
+            assert [t["receiptId"] for t in doc["transactions"]] == ["r-1", "r-2", "r-3"]
+        code, out, err = run(capsys, *at_hub[:3], "till-9", *at_hub[4:])
+        assert (code, out, err) == (2, "", "tillpoint: device till-9 is not enrolled at this hub\n")
+    finally:
+        hub.stop()
