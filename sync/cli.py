@@ -1138,6 +1138,9 @@ def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
     from tillpoint.agent.db import writes_until
 
     limit = _in_range("--timeout", args.timeout, 0, SYNC_NOW_TIMEOUT_MAX_S, above=True)
+    # a negative or NaN wait was taken as none, a mistyped `--wait -30` silently
+    # (review 59, mut59b); --timeout bounds it anyway
+    _in_range("--wait", args.wait, 0, SYNC_NOW_TIMEOUT_MAX_S)
     deadline = time.monotonic() + limit
     # its ledger writes too wait for another writer no later than the deadline (they
     # waited SQLite's 5 s busy timeout beside one: review 38, rev38b)

@@ -228,11 +228,11 @@ def test_hub_publish_ranges_ttl_above_0_and_min_version_within_the_stores_intege
     assert (code, doc["version"]) == (0, 2**31), err  # the next version, not below
 
 
-def test_sync_now_timeout_above_0_and_at_most_a_day(
+def test_sync_now_timeout_above_0_and_wait_at_least_0_and_at_most_a_day(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`sync now --timeout 0` (or NaN, or more than a day) is refused before the hub is
-    asked: exit 2, one line; a day's is taken."""
+    """`sync now --timeout 0` (or NaN, or more than a day) and `--wait -1` (or NaN) are
+    refused before the hub is asked: exit 2, one line; a day's timeout, no wait, taken."""
     hub, till = _hub_with_a_till(tmp_path, monkeypatch)
     try:
         now = ["sync", "now", "--data-dir", str(till), "--json"]
@@ -243,7 +243,14 @@ def test_sync_now_timeout_above_0_and_at_most_a_day(
                 "tillpoint: --timeout must be a number above 0 and at most 86400"
                 f" (got {float(bad)})\n"
             )
-        code, doc, err = run(capsys, *now, "--timeout", "86400")
+        for bad in ("-1", "nan", "86400.5"):  # --wait's: -1 was taken as 0, silently
+            code, out, err = run(capsys, *now, "--wait", bad)
+            assert (code, out) == (2, "")
+            assert err == (
+                "tillpoint: --wait must be a number at least 0 and at most 86400"
+                f" (got {float(bad)})\n"
+            )
+        code, doc, err = run(capsys, *now, "--timeout", "86400", "--wait", "0")
         assert code == 0, err
         assert doc["pull"]["status"] == "APPLIED"
     finally:
