@@ -93,7 +93,7 @@ def test_sync_receipts_refuses_a_since_or_limit_past_int64_before_asking_the_hub
 
 def _serve_and_stop(tmp_path: Path, hub_dir: Path, *flags: str) -> None:
     """`tillpoint hub serve FLAGS` as a real process on a random 127.0.0.1 port: it binds
-    (its port file written), then a SIGTERM ends it with exit 0."""
+    (its port file written), then a SIGTERM ends it with exit 0 and its port file gone."""
     import os
     import signal
     import subprocess
@@ -121,6 +121,7 @@ def _serve_and_stop(tmp_path: Path, hub_dir: Path, *flags: str) -> None:
         assert proc.poll() is None, proc.communicate()[1]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
+        assert not port_file.exists()  # no port once stopped
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -440,6 +441,7 @@ def test_hub_status_says_each_tills_last_upload_certificate_end_and_revocation(
     says when (RFC 3339, "Z") and through which seq; a certificate's end is the enrolment
     plus CERT_DAYS, to the second, with the renewal named from 30 days before and EXPIRED
     after; a revoked till says when and no certificate end."""
+    import time
     from datetime import UTC
 
     from tillpoint.sync.pki import CERT_DAYS
@@ -449,15 +451,25 @@ def test_hub_status_says_each_tills_last_upload_certificate_end_and_revocation(
     hub_dir = tmp_path / "hub"
     try:
         status = ["hub", "status", "--hub-dir", str(hub_dir)]
-        for device in ("till-2", "till-3", "till-4"):
+        for device in ("till-2", "till-3", "till-4", "till-5"):
             assert run(capsys, "hub", "enroll", device, "--hub-dir", str(hub_dir))[0] == 0
         assert run(capsys, "hub", "revoke", "till-4", "--hub-dir", str(hub_dir))[0] == 0
         now = datetime.now(UTC).replace(microsecond=0)
         _enrolled_at(hub_dir, "till-2", now - timedelta(days=CERT_DAYS - 10, seconds=-5))
         _enrolled_at(hub_dir, "till-3", now - timedelta(days=CERT_DAYS + 1))
-        code, doc, err = run(capsys, *status, "--json")
+        # a time without an offset (an older store's) is UTC, not the machine's zone
+        _enrolled_at(hub_dir, "till-5", datetime(2026, 1, 2, 3, 4, 5))
+        monkeypatch.setenv("TZ", "JST-9")
+        time.tzset()
+        try:
+            code, doc, err = run(capsys, *status, "--json")
+        finally:
+            monkeypatch.delenv("TZ")
+            time.tzset()
         assert code == 0, err
         devices = {d["deviceId"]: d for d in doc["devices"]}
+        five = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC) + timedelta(days=CERT_DAYS)
+        assert devices["till-5"]["certificateExpiresAt"] == five.isoformat().replace("+00:00", "Z")
         assert devices["till-1"]["lastUploadAt"] is None
         assert devices["till-1"]["ackedThroughSeq"] == 0
         ends = now + timedelta(days=10, seconds=5)
