@@ -91,37 +91,43 @@ def test_sync_receipts_refuses_a_since_or_limit_past_int64_before_asking_the_hub
 # ---------------------------------------------------------------- the flags' ranges
 
 
-def _serve_and_stop(tmp_path: Path, hub_dir: Path, *flags: str) -> None:
-    """`tillpoint hub serve FLAGS` as a real process on a random 127.0.0.1 port: it binds
-    (its port file written), then a SIGTERM ends it with exit 0 and its port file gone."""
+def _serve_and_stop(tmp_path: Path, hub_dir: Path, *flags: str, port_file: bool = True) -> None:
+    """`tillpoint hub serve FLAGS` as a real process on 127.0.0.1: it binds (its port file
+    written, or without one its port answering), then a SIGTERM ends it with exit 0 and
+    its port file gone."""
     import os
     import signal
+    import socket
     import subprocess
     import sys
 
     from tillpoint.sync.loopback import wait_for
 
-    port_file = tmp_path / "port"
+    from tests.conftest import free_port
+
+    def answers(port: int) -> bool:
+        with socket.socket() as probe:
+            probe.settimeout(5)
+            return probe.connect_ex(("127.0.0.1", port)) == 0
+
+    written = tmp_path / "port"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
-    argv = ["hub", "serve", "--hub-dir", str(hub_dir), "--listen", "127.0.0.1:0"]
+    port = 0 if port_file else free_port()
+    argv = ["hub", "serve", "--hub-dir", str(hub_dir), "--listen", f"127.0.0.1:{port}"]
+    argv += ["--port-file", str(written)] if port_file else []
     proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("tillpoint")),
-            *argv,
-            "--port-file",
-            str(port_file),
-            *flags,
-        ],
+        [str(Path(sys.executable).with_name("tillpoint")), *argv, *flags],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env=env,
     )
     try:
-        wait_for(lambda: port_file.exists() or proc.poll() is not None, timeout=60)
+        up = (lambda: written.exists()) if port_file else (lambda: answers(port))
+        wait_for(lambda: up() or proc.poll() is not None, timeout=60)
         assert proc.poll() is None, proc.communicate()[1]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
-        assert not port_file.exists()  # no port once stopped
+        assert not written.exists()  # no port once stopped
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -187,6 +193,7 @@ def test_hub_serve_takes_each_flag_at_the_ends_of_its_range(
         hub_dir,
         *("--publish-every", "604800", "--keep-deltas-days", "36600"),
         *("--workers", "10000", "--rate-kib", str(2**40)),
+        port_file=False,
     )
 
 
@@ -688,3 +695,19 @@ def test_hub_and_sync_receipts_list_pages_of_the_tills_sales_with_more_said(
         assert (code, out, err) == (2, "", "tillpoint: device till-9 is not enrolled at this hub\n")
     finally:
         hub.stop()
+
+
+def test_hub_import_into_a_new_sqlite_hub_makes_its_store_not_its_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite the hub.db an import makes is the hub; its keys are `hub init`'s (or the
+    first enrolment's), made then (on PostgreSQL, a shared database, the import makes
+    them)."""
+    monkeypatch.delenv("TILLPOINT_HUB_STORE", raising=False)
+    hub_dir = tmp_path / "hub"
+    assert (
+        run(capsys, "hub", "import", str(_catalogue(tmp_path)), "--hub-dir", str(hub_dir))[0] == 0
+    )
+    assert (hub_dir / "hub.db").is_file()
+    code, doc, err = run(capsys, "hub", "init", "--hub-dir", str(hub_dir), "--json")
+    assert (code, doc["created"]) == (0, True), err
