@@ -426,8 +426,9 @@ def test_another_hubs_bundle_forgets_the_old_hubs_acknowledgements_the_same_hubs
 # ---------------------------------------------------------------- hub status
 
 
-def _enrolled_at(hub_dir: Path, device: str, when: datetime) -> None:
-    """Move a device's enrolment (and so its certificate's end) back in the hub's store."""
+def _enrolled_at(hub_dir: Path, device: str, when: datetime | str) -> None:
+    """Move a device's enrolment (and so its certificate's end) back in the hub's store
+    (a text: written as it is)."""
     import sqlite3
 
     conn = sqlite3.connect(hub_dir / "hub.db")
@@ -435,7 +436,7 @@ def _enrolled_at(hub_dir: Path, device: str, when: datetime) -> None:
         with conn:
             conn.execute(
                 "UPDATE devices SET enrolled_at = ? WHERE device_id = ?",
-                (when.isoformat(), device),
+                (when if isinstance(when, str) else when.isoformat(), device),
             )
     finally:
         conn.close()
@@ -458,7 +459,7 @@ def test_hub_status_says_each_tills_last_upload_certificate_end_and_revocation(
     hub_dir = tmp_path / "hub"
     try:
         status = ["hub", "status", "--hub-dir", str(hub_dir)]
-        for device in ("till-2", "till-3", "till-4", "till-5"):
+        for device in ("till-2", "till-3", "till-4", "till-5", "till-6"):
             assert run(capsys, "hub", "enroll", device, "--hub-dir", str(hub_dir))[0] == 0
         assert run(capsys, "hub", "revoke", "till-4", "--hub-dir", str(hub_dir))[0] == 0
         now = datetime.now(UTC).replace(microsecond=0)
@@ -466,6 +467,7 @@ def test_hub_status_says_each_tills_last_upload_certificate_end_and_revocation(
         _enrolled_at(hub_dir, "till-3", now - timedelta(days=CERT_DAYS + 1))
         # a time without an offset (an older store's) is UTC, not the machine's zone
         _enrolled_at(hub_dir, "till-5", datetime(2026, 1, 2, 3, 4, 5))
+        _enrolled_at(hub_dir, "till-6", "not a time")  # no end known: none said
         monkeypatch.setenv("TZ", "JST-9")
         time.tzset()
         try:
@@ -497,6 +499,12 @@ def test_hub_status_says_each_tills_last_upload_certificate_end_and_revocation(
         assert ", certificate EXPIRED at " in lines["till-3"]
         assert lines["till-3"].endswith(renew.format("till-3"))
         assert lines["till-4"].endswith(f", revoked {devices['till-4']['revokedAt']}")
+        assert devices["till-6"]["certificateExpiresAt"] is None
+        assert lines["till-6"] == "till-6: transactions through seq 0, no upload yet"
+        assert out.splitlines()[-1] == (
+            f"the hub's server certificate expires {doc['serverCertificateExpiresAt']}"
+        )
+        assert doc["serverCertificateExpiresAt"].endswith("Z")
 
         assert run(capsys, "sync", "now", "--data-dir", str(till))[0] == 0
         _sell_offline(till)
