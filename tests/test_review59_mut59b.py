@@ -719,3 +719,37 @@ def test_hub_import_into_a_new_sqlite_hub_makes_its_store_not_its_keys(
     assert (hub_dir / "hub.db").is_file()
     code, doc, err = run(capsys, "hub", "init", "--hub-dir", str(hub_dir), "--json")
     assert (code, doc["created"]) == (0, True), err
+
+
+def test_sync_install_beside_a_running_till_says_to_restart_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While `tillpoint run` holds the data directory (its lock taken here, as run takes
+    it) the install is done and says the running till keeps its old enrolment until
+    restarted: `restartNeeded` true, its pid named."""
+    import os
+
+    from tillpoint.agent.lock import DataDirLock
+
+    monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-1")
+    hub_dir, bundle, till = str(tmp_path / "hub"), tmp_path / "b.json", tmp_path / "till"
+    assert run(capsys, "hub", "init", "--hub-dir", hub_dir)[0] == 0
+    argv = ["hub", "enroll", "till-1", "--hub-dir", hub_dir, "--address", "hub.local:50070"]
+    assert run(capsys, *argv, "--out", str(bundle))[0] == 0
+    till.mkdir()
+    lock = DataDirLock(till).acquire()
+    try:
+        code, out, err = run(capsys, "sync", "install", str(bundle), "--data-dir", str(till))
+        assert code == 0, err
+        assert out == (
+            "enrolled as till-1 with hub hub.local:50070; this till now accepts only snapshots"
+            f" signed by its hub; another tillpoint (pid {os.getpid()}) is running on {till}:"
+            " restart it (systemctl restart tillpoint), it keeps the enrolment it started"
+            " with until then\n"
+        )
+        code, doc, err = run(
+            capsys, "sync", "install", str(bundle), "--data-dir", str(till), "--json"
+        )
+        assert (code, doc["restartNeeded"]) == (0, True), err
+    finally:
+        lock.release()
