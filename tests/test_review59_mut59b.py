@@ -442,6 +442,20 @@ def _enrolled_at(hub_dir: Path, device: str, when: datetime | str) -> None:
         conn.close()
 
 
+def _uploaded_at(hub_dir: Path, device: str, text: str) -> None:
+    """Write a device's transactions' arrival time in the hub's store as `text`."""
+    import sqlite3
+
+    conn = sqlite3.connect(hub_dir / "hub.db")
+    try:
+        with conn:
+            conn.execute(
+                "UPDATE transactions SET ingested_at = ? WHERE device_id = ?", (text, device)
+            )
+    finally:
+        conn.close()
+
+
 def test_hub_status_says_each_tills_last_upload_certificate_end_and_revocation(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -511,13 +525,24 @@ def test_hub_status_says_each_tills_last_upload_certificate_end_and_revocation(
         before = datetime.now(UTC).replace(microsecond=0)
         assert run(capsys, "sync", "now", "--data-dir", str(till))[0] == 0
         after = datetime.now(UTC)
-        code, doc, err = run(capsys, *status, "--json")
+        monkeypatch.setenv("TZ", "JST-9")  # the store's time is UTC, the machine's is not
+        time.tzset()
+        try:
+            code, doc, err = run(capsys, *status, "--json")
+        finally:
+            monkeypatch.delenv("TZ")
+            time.tzset()
+        assert (code, doc["version"]) == (0, 1), err
         (mine,) = (d for d in doc["devices"] if d["deviceId"] == "till-1")
         assert mine["ackedThroughSeq"] == 1
         assert mine["lastUploadAt"].endswith("Z")
         assert before <= datetime.fromisoformat(mine["lastUploadAt"]) <= after
         code, out, err = run(capsys, *status)
+        assert out.startswith(f"snapshot version 1 issued {doc['issuedAt']}, 0 row(s) waiting")
         assert f"till-1: transactions through seq 1, last upload {mine['lastUploadAt']}," in out
+        _uploaded_at(hub_dir, "till-1", "a damaged time")  # said as the store has it
+        code, out, err = run(capsys, *status)
+        assert "till-1: transactions through seq 1, last upload a damaged time," in out
     finally:
         hub.stop()
 
