@@ -778,3 +778,19 @@ def test_sync_install_beside_a_running_till_says_to_restart_it(
         assert (code, doc["restartNeeded"]) == (0, True), err
     finally:
         lock.release()
+
+
+def test_hub_coupon_conflicts_and_set_aside_on_a_hub_with_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The review lists of a hub with nothing to review: a line saying so, exit 0, and
+    with --json the list's key holding an empty list."""
+    hub_dir = str(tmp_path / "hub")
+    assert run(capsys, "hub", "init", "--hub-dir", hub_dir)[0] == 0
+    for argv, key, none in (
+        (["coupon-conflicts"], "conflicts", "no coupon code was used twice"),
+        (["set-aside"], "setAside", "nothing was set aside"),
+        (["set-aside", "--device", "till-1"], "setAside", "nothing was set aside"),
+    ):
+        assert run(capsys, "hub", *argv, "--hub-dir", hub_dir) == (0, f"{none}\n", "")
+        assert run(capsys, "hub", *argv, "--hub-dir", hub_dir, "--json") == (0, {key: []}, "")
