@@ -784,7 +784,8 @@ def test_hub_coupon_conflicts_and_set_aside_on_a_hub_with_none(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The review lists of a hub with nothing to review: a line saying so, exit 0, and
-    with --json the list's key holding an empty list."""
+    with --json the list's key holding an empty list; its status says version 0, nothing
+    published yet, no conflict and nothing set aside."""
     hub_dir = str(tmp_path / "hub")
     assert run(capsys, "hub", "init", "--hub-dir", hub_dir)[0] == 0
     for argv, key, none in (
@@ -794,3 +795,14 @@ def test_hub_coupon_conflicts_and_set_aside_on_a_hub_with_none(
     ):
         assert run(capsys, "hub", *argv, "--hub-dir", hub_dir) == (0, f"{none}\n", "")
         assert run(capsys, "hub", *argv, "--hub-dir", hub_dir, "--json") == (0, {key: []}, "")
+    code, out, err = run(capsys, "hub", "status", "--hub-dir", hub_dir)
+    assert (code, err) == (0, "")
+    assert out.splitlines()[0] == (
+        "snapshot version 0 (nothing published yet), 0 row(s) waiting to be published"
+    )
+    assert out.splitlines()[-2] == (
+        "0 coupon conflict(s) (hub coupon-conflicts), 0 set-aside transaction(s) (hub set-aside)"
+    )
+    code, doc, err = run(capsys, "hub", "status", "--hub-dir", hub_dir, "--json")
+    assert (doc["version"], doc["issuedAt"], doc["devices"]) == (0, "", [])
+    assert (doc["setAside"], doc["setAsideResolved"], doc["couponConflicts"]) == (0, 0, 0)
