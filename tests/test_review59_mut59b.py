@@ -806,3 +806,23 @@ def test_hub_coupon_conflicts_and_set_aside_on_a_hub_with_none(
     code, doc, err = run(capsys, "hub", "status", "--hub-dir", hub_dir, "--json")
     assert (doc["version"], doc["issuedAt"], doc["devices"]) == (0, "", [])
     assert (doc["setAside"], doc["setAsideResolved"], doc["couponConflicts"]) == (0, 0, 0)
+
+
+def test_sync_install_of_a_file_that_is_no_bundle_on_an_enrolled_till_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A JSON list given as the bundle of an enrolled till: refused in one line, exit 2,
+    the enrolment as it was (not asked for its CA as if it were a bundle)."""
+    from tillpoint.sync.pki import load_enrollment
+
+    hub, till = _hub_with_a_till(tmp_path, monkeypatch)
+    try:
+        for bad in ("[]", '"a bundle"'):
+            wrong = tmp_path / "wrong.json"
+            wrong.write_text(bad, encoding="utf-8")
+            code, out, err = run(capsys, "sync", "install", str(wrong), "--data-dir", str(till))
+            assert (code, out, err.count("\n")) == (2, "", 1), err
+            assert "internal error" not in err
+        assert load_enrollment(till).hub_address == hub.address
+    finally:
+        hub.stop()
