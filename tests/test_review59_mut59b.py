@@ -826,3 +826,23 @@ def test_sync_install_of_a_file_that_is_no_bundle_on_an_enrolled_till_is_one_lin
         assert load_enrollment(till).hub_address == hub.address
     finally:
         hub.stop()
+
+
+def test_hub_migrate_and_import_on_postgresql_say_the_steps_and_make_the_keys(
+    pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`hub migrate` of a new PostgreSQL store names the steps it applied and the schema
+    version, then that it is up to date; `hub import` there makes the hub's keys (the
+    database is shared: no hub.db makes the hub)."""
+    from tillpoint.sync.hub_postgres import MIGRATIONS, SCHEMA_VERSION
+
+    monkeypatch.delenv("TILLPOINT_HUB_STORE", raising=False)
+    hub = ["--store", pg_url, "--hub-dir", str(tmp_path / "hub")]
+    code, out, err = run(capsys, "hub", "migrate", *hub)
+    steps = ", ".join(str(n) for n, _, _ in MIGRATIONS)
+    assert (code, out) == (0, f"applied migration(s) {steps}; schema version {SCHEMA_VERSION}\n")
+    code, out, err = run(capsys, "hub", "migrate", *hub)
+    assert (code, out) == (0, f"the schema is up to date (version {SCHEMA_VERSION})\n"), err
+    assert run(capsys, "hub", "import", str(_catalogue(tmp_path)), *hub)[0] == 0
+    assert (tmp_path / "hub" / "keys").is_dir()
+    assert not (tmp_path / "hub" / "hub.db").exists()
