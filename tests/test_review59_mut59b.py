@@ -1,12 +1,15 @@
 """Review 59 (mut59b): mutation testing of `sync/cli.py`, the command line of the reference
 hub (`tillpoint hub ...`) and of the till's sync side (`tillpoint sync ...`).
 
-The rules the tool's surviving mutants showed untested, pinned on real parts: a real hub
-directory made by `hub init`/`hub import`, the hub served in this process on a random
-127.0.0.1 port (`LoopbackHub`, the server `hub serve` runs), real SQLite ledgers, and
-`tillpoint.agent.cli.main` as the CLI runs it (`tests.test_sync_cli.run`). And the one
-product fault found: `hub receipts` and `sync receipts` told a `--since` or `--limit`
-past the protocol's int64 as "internal error" (exit 1), now exit 2 in one line.
+The rules the tool's surviving mutants showed untested, pinned on real parts: real hub
+directories made by `hub init`/`hub import` (SQLite, and one on a throwaway PostgreSQL),
+the hub served in this process on a random 127.0.0.1 port (`LoopbackHub`, the server
+`hub serve` runs) or as a real `tillpoint hub serve` process, real SQLite ledgers, and
+`tillpoint.agent.cli.main` as the CLI runs it (`tests.test_sync_cli.run`). And the four
+product faults found, each test failing before its fix: `hub receipts`/`sync receipts`
+told a `--since` or `--limit` past the protocol's int64 as "internal error" (exit 1);
+`--out` and `--port-file` names the file system refuses likewise; `sync now --wait -30`
+taken silently; a range's end said as 2.14748e+09.
 """
 
 from __future__ import annotations
@@ -846,3 +849,31 @@ def test_hub_migrate_and_import_on_postgresql_say_the_steps_and_make_the_keys(
     assert run(capsys, "hub", "import", str(_catalogue(tmp_path)), *hub)[0] == 0
     assert (tmp_path / "hub" / "keys").is_dir()
     assert not (tmp_path / "hub" / "hub.db").exists()
+
+
+def test_hub_import_publish_gives_the_version_its_ttl_and_refuses_a_ttl_of_0_before_importing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`hub import --publish` publishes a version valid the TTL (a week by default), not
+    one expired as published; a TTL of 0 is refused before anything is imported."""
+    import sqlite3
+
+    monkeypatch.delenv("TILLPOINT_HUB_STORE", raising=False)
+    hub_dir = tmp_path / "hub"
+    imp = ["hub", "import", str(_catalogue(tmp_path)), "--hub-dir", str(hub_dir), "--publish"]
+    code, out, err = run(capsys, *imp, "--ttl-hours", "0")
+    assert (code, out) == (2, "") and "--ttl-hours must be a number above 0" in err
+    assert not (hub_dir / "hub.db").exists()  # refused before the hub was made
+    assert run(capsys, *imp)[0] == 0
+    assert run(capsys, *imp, "--ttl-hours", "2")[0] == 0
+    conn = sqlite3.connect(hub_dir / "hub.db")
+    try:
+        rows = conn.execute(
+            "SELECT version, issued_at, expires_at FROM publications ORDER BY version"
+        ).fetchall()
+    finally:
+        conn.close()
+    lasted = [
+        datetime.fromisoformat(ends) - datetime.fromisoformat(issued) for _, issued, ends in rows
+    ]
+    assert lasted == [timedelta(hours=168), timedelta(hours=2)]
