@@ -475,8 +475,17 @@ def _hub_serve(settings: Settings, args: argparse.Namespace) -> int:
     if args.port_file is not None:
         # A file a hub killed before (SIGKILL, power loss) left names its dead port: gone
         # before this one binds, so that a script waiting for the file reads this hub's.
-        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+        # A name the system refuses (longer than its file system takes: "internal error:
+        # OSError: [Errno 36] File name too long", exit 1, review 59, mut59b) is said
+        # before the hub starts, as the file's write is
+        try:
             args.port_file.unlink()
+        except (FileNotFoundError, IsADirectoryError):
+            pass
+        except OSError as exc:
+            from tillpoint.agent.db import write_refused
+
+            raise write_refused(args.port_file, exc, f"--port-file {args.port_file}") from None
     # SIGTERM is a graceful stop from before the port file says the hub serves: a script
     # that stopped the hub as soon as it read the file ended it at once (exit -15, the
     # file left) when the signal came before the handlers (review 34)
@@ -565,9 +574,18 @@ def _in_range(flag: str, value: float, low: float, high: float, *, above: bool =
     """`value` of option `flag` if it is a finite number in [low, high] ((low, high] with
     `above`); else InputError (exit 2, one line)."""
     if not math.isfinite(value) or value > high or value < low or (above and value == low):
-        lowest = f"above {low:g}" if above else f"at least {low:g}"
-        raise InputError(f"{flag} must be a number {lowest} and at most {high:g} (got {value})")
+        lowest = f"above {_bound(low)}" if above else f"at least {_bound(low)}"
+        raise InputError(
+            f"{flag} must be a number {lowest} and at most {_bound(high)} (got {value})"
+        )
     return value
+
+
+def _bound(x: float) -> str:
+    """A range's end as written: a whole number in full ("at most 2147483647" of
+    --min-version, "1099511627776" of --rate-kib: %g said 2.14748e+09, which is no number a
+    user can give, review 59, mut59b), else as %g."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 def _ttl_hours(value: float) -> float:
@@ -598,13 +616,20 @@ def _hub_publish(settings: Settings, args: argparse.Namespace) -> int:
 def _check_out(path: Path) -> None:
     """An `--out` is a file, written whole (a bundle is written beside it and renamed over
     it): not a folder, a pipe or a device, which the rename replaced with a regular file
-    (as root, `--out /dev/null` replaced the machine's /dev/null)."""
-    if path.exists() and not path.is_file():
-        raise InputError(
-            f"--out {path}: not a regular file (a folder, a pipe or a device): give a file's path"
-        )
-    if not path.parent.is_dir() and path.parent.exists():
-        raise InputError(f"--out {path}: {path.parent} is not a folder")
+    (as root, `--out /dev/null` replaced the machine's /dev/null). A path the system cannot
+    even look at (a name longer than its file system takes, a parent it may not search) is
+    said so: `exists()` raised it, "internal error: OSError: [Errno 36] File name too long",
+    exit 1 (review 59, mut59b)."""
+    try:
+        if path.exists() and not path.is_file():
+            raise InputError(
+                f"--out {path}: not a regular file (a folder, a pipe or a device):"
+                " give a file's path"
+            )
+        if not path.parent.is_dir() and path.parent.exists():
+            raise InputError(f"--out {path}: {path.parent} is not a folder")
+    except OSError as exc:
+        raise InputError(f"--out {path}: {exc.strerror or exc}") from None
 
 
 def _check_hub_address(address: str) -> None:
@@ -935,11 +960,23 @@ def _hub_balance(settings: Settings, args: argparse.Namespace) -> int:
     )
 
 
+SEQ_MAX = 2**63 - 1  # a seq and a limit are the protocol's int64 (ListTransactions)
+
+
+def _seq_and_limit(args: argparse.Namespace) -> None:
+    """`hub receipts` and `sync receipts`: --since and --limit in [0, 2^63 - 1]. One past it
+    was "internal error: OverflowError: Python int too large to convert to SQLite INTEGER"
+    (`hub receipts`) or "internal error: ValueError: Value out of range" (`sync receipts`),
+    exit 1, a script told to try again (review 59, mut59b)."""
+    for flag, value in (("--since", args.since), ("--limit", args.limit)):
+        if not 0 <= value <= SEQ_MAX:
+            raise InputError(f"{flag} must be 0 or more and at most {SEQ_MAX} (got {value})")
+
+
 def _hub_receipts(settings: Settings, args: argparse.Namespace) -> int:
     from .hub_server import list_transactions
 
-    if args.since < 0 or args.limit < 0:
-        raise InputError("--since and --limit must be 0 or more")
+    _seq_and_limit(args)
     with closing(_existing_hub(settings, args).open_store()) as store:
         reply = list_transactions(store, args.device, args.since, args.limit, args.receipt)
         enrolled = store.device(args.device) is not None
@@ -1102,6 +1139,9 @@ def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
     from tillpoint.agent.db import writes_until
 
     limit = _in_range("--timeout", args.timeout, 0, SYNC_NOW_TIMEOUT_MAX_S, above=True)
+    # a negative or NaN wait was taken as none, a mistyped `--wait -30` silently
+    # (review 59, mut59b); --timeout bounds it anyway
+    _in_range("--wait", args.wait, 0, SYNC_NOW_TIMEOUT_MAX_S)
     deadline = time.monotonic() + limit
     # its ledger writes too wait for another writer no later than the deadline (they
     # waited SQLite's 5 s busy timeout beside one: review 38, rev38b)
@@ -1393,8 +1433,7 @@ def _sync_receipts(settings: Settings, args: argparse.Namespace) -> int:
 
     from .hub_server import MAX_LIST
 
-    if args.since < 0 or args.limit < 0:
-        raise InputError("--since and --limit must be 0 or more")
+    _seq_and_limit(args)
     enrollment, link, timings = sync_link(settings)  # `run`'s rules for the hub
     timeout = timings.call_timeout_s
     reply = pb.ListTransactionsReply()

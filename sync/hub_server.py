@@ -1383,7 +1383,10 @@ def list_transactions(
     store: HubStore, device_id: str, since_seq: int, limit: int, receipt_id: str = ""
 ) -> pb.ListTransactionsReply:
     """The answer of ListTransactions (and `hub receipts`): at most `limit` (0: all)."""
-    txs = store.transactions(device_id, since_seq, limit + 1 if limit else 0, receipt_id)
+    # one more than asked tells `more`; never past SQLite's int64 (`hub receipts --limit
+    # 9223372036854775807` was "internal error: OverflowError", review 59, mut59b)
+    fetch = min(limit + 1, 2**63 - 1) if limit else 0
+    txs = store.transactions(device_id, since_seq, fetch, receipt_id)
     more = bool(limit) and len(txs) > limit
     return pb.ListTransactionsReply(
         transactions=[stored_transaction(tx) for tx in (txs[:limit] if more else txs)],
