@@ -95,11 +95,17 @@ def _encodes(codec: str, ch: str) -> bool:
 
 # A host name, with the trailing dot of a fully qualified one if written so.
 _HOST_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?")
+# A name whose last label is a number (decimal, or hex as "0x7f"): no host name is (RFC
+# 1123 §2.1), and the C library's resolver reads it as an IPv4 address in the old forms
+# `ipaddress` refuses: "192.168.001.050" is 192.168.1.40 (octal), "192.168.1" 192.168.0.1.
+_NUMBER_LAST = re.compile(r"(?:.*\.)?(?:[0-9]+|0[xX][0-9A-Fa-f]*)\.?")
 
 
 def _check_host(host: str) -> None:
     """A host name or an IP address, as the connection takes it: "127.0.0.1:9100" or a
-    name with a blank passed the check and the printer was "not reachable" for ever."""
+    name with a blank passed the check and the printer was "not reachable" for ever; a
+    number that only looks like an address ("192.168.001.050") reached another device
+    (review 59, mut59c)."""
     try:
         ipaddress.ip_address(host)
         return
@@ -115,6 +121,11 @@ def _check_host(host: str) -> None:
         raise ValueError(
             f"printer host {host!r} is not a host name or an IP address "
             "(letters, digits, '.', '-' and '_' only, no blanks)"
+        )
+    if _NUMBER_LAST.fullmatch(host):
+        raise ValueError(
+            f"printer host {host!r} is not an IP address: write four numbers 0-255 without"
+            " leading zeros, such as 192.168.1.50 (a host name does not end in a number)"
         )
 
 

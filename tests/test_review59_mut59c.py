@@ -286,3 +286,63 @@ def test_an_offers_own_words_win_and_no_kind_means_no_words_made() -> None:
     assert offer_text({"id": "o", "text": "Текст", "printText": "Другой"}) == "Текст"
     assert offer_text({"id": "o", "printText": " "}) == " "  # no kind: nothing to say
     assert offer_text({"id": "o"}) == "" and offer_text({"id": "o", "text": 5}) == ""
+
+
+# --- the configuration: a printer's host ----------------------------------------------
+
+
+def write_config(tmp_path: Path, table: str) -> Path:
+    path = tmp_path / "tillpoint.toml"
+    path.write_text(table, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("host", "reached"),
+    [
+        ("192.168.001.050", "192.168.1.40"),  # leading zeros: octal to the C library
+        ("192.168.1", "192.168.0.1"),  # an octet left out: the last number fills the rest
+        ("10.1", "10.0.0.1"),
+        ("0x7f.1", "127.0.0.1"),
+        ("192.168.1.500", None),  # no such address: "not reachable" at every job
+        ("3232235826", "192.168.1.50"),  # the address as one number
+    ],
+)
+def test_a_host_that_only_looks_like_an_ip_address_is_refused(
+    tmp_path: Path, host: str, reached: str | None
+) -> None:
+    """`_check_host` took anything its host-name pattern matched once `ipaddress` had
+    refused it, and digits and dots match it: "192.168.001.050" passed `config check`
+    and the C library's resolver reads it as 192.168.1.40 (octal), another device (or
+    another till's printer) sent every coupon; "192.168.1" reached 192.168.0.1. No host
+    name ends in a number (RFC 1123 §2.1), so such a host is refused, saying why."""
+    import socket
+
+    found = None
+    try:
+        found = socket.getaddrinfo(host, 9100, proto=socket.IPPROTO_TCP)[0][4][0]
+    except OSError:
+        pass
+    assert found == reached  # what the connection would have reached
+    config = write_config(tmp_path, f'[printer]\nkind = "network"\nhost = "{host}"\n')
+    run = run_tillpoint("--config", config, "config", "check", cwd=tmp_path)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run
+    assert run.stderr.startswith("tillpoint: config [printer]: ")
+    assert f"printer host '{host}' is not an IP address" in run.stderr
+    assert "such as 192.168.1.50" in run.stderr
+
+
+def test_host_names_and_addresses_a_printer_has_are_taken() -> None:
+    for fine in (
+        "192.168.1.50",
+        "::1",
+        "fe80::1%eth0",
+        "prn-1",
+        "printer1.shop.local",
+        "prn.shop.example.",
+        "1prn.local",
+        "10.0.0.5.nip.io",
+        "p",
+        "x1",
+    ):
+        assert PrinterConfig(kind="network", host=fine).host == fine
