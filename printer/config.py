@@ -290,4 +290,11 @@ class ScannerConfig(_Model):
             codecs.lookup(self.encoding)
         except LookupError:
             raise ValueError(f"unknown scanner encoding {self.encoding!r}") from None
+        try:  # as the reader decodes a scan: "hex" or "undefined" are codecs, and no text's
+            b"2770000000017".decode(self.encoding, errors="replace")
+        except (LookupError, UnicodeError):
+            raise ValueError(
+                f"scanner encoding {self.encoding!r} cannot decode a scan"
+                " (use a text encoding such as utf-8 or cp1251)"
+            ) from None
         return self
