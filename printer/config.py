@@ -212,7 +212,9 @@ class PrinterConfig(_Model):
     retry_base_s: Seconds = 1.0
     retry_max_s: Seconds = 60.0
     poll_interval_s: Seconds = 2.0
-    max_job_age_s: Seconds | None = None
+    # an age, not a timeout: up to a week (the timeouts' hour refused "no coupon from
+    # yesterday", 86400, while no limit at all was taken; review 59, mut59c)
+    max_job_age_s: float | None = Field(None, gt=0, le=7 * 86400)
     # a job the printer drops this many times while sending or confirming it (connected,
     # the printer otherwise reachable: too big for it, a byte it rejects) becomes FAILED,
     # so the jobs behind it print (`tillpoint print retry` prints it again)

@@ -825,3 +825,18 @@ def test_a_scanner_encoding_that_decodes_is_taken() -> None:
 
     for encoding in ("utf-8", "UTF8", "cp1251", "cp866", "ascii", "latin-1", "utf-16"):
         assert ScannerConfig(encoding=encoding).encoding == encoding
+
+
+@pytest.mark.parametrize("age", [7200, 86400, 604800])
+def test_a_max_job_age_of_hours_or_days_is_taken(tmp_path: Path, age: int) -> None:
+    """`max_job_age_s` is an age, not a timeout, yet it took the timeouts' bound, an hour:
+    `max_job_age_s = 86400` ("no coupon from yesterday") was refused at start, "must be
+    3600 or less", while no limit at all (the default) was taken. Up to a week now."""
+    config = write_config(
+        tmp_path, f'[printer]\nkind = "network"\nhost = "127.0.0.1"\nmax_job_age_s = {age}\n'
+    )
+    run = run_tillpoint("--config", config, "config", "check", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout[run.stdout.index("{") :])["printer"]["max_job_age_s"] == age
+    assert "max_job_age_s: " in refused(PrinterConfig, max_job_age_s=604801)
+    assert "max_job_age_s: " in refused(PrinterConfig, max_job_age_s=0)
