@@ -623,7 +623,7 @@ def _model(name: str) -> type[Any]:
 
 
 @pytest.mark.parametrize(("table", "field", "low", "high", "extra"), BOUNDS)
-def test_each_number_is_taken_at_its_bounds_and_refused_past_them(
+def test_table_numbers_are_taken_at_their_bounds_and_refused_past_them(
     table: str, field: str, low: float, high: float, extra: dict[str, Any]
 ) -> None:
     """A baud rate of 0, a port of 0 or 65536, a display of 0 rows, a code table slot of
@@ -638,7 +638,7 @@ def test_each_number_is_taken_at_its_bounds_and_refused_past_them(
         assert refused(model, **extra, **{field: bad}).startswith(f"{field}: ")
 
 
-def test_a_heading_is_one_row_of_the_widest_paper() -> None:
+def test_table_numbers_a_heading_is_one_row_of_the_widest_paper() -> None:
     assert PrinterConfig(heading="Ш" * 96).heading == "Ш" * 96
     assert refused(PrinterConfig, heading="Ш" * 97).startswith("heading: ")
     from tillpoint.printer.config import DisplayConfig
@@ -647,7 +647,7 @@ def test_a_heading_is_one_row_of_the_widest_paper() -> None:
     assert refused(DisplayConfig, cd5220_charset="RU").startswith("cd5220_charset: ")
 
 
-def test_the_defaults_are_what_the_printing_guide_says() -> None:
+def test_table_numbers_default_to_what_the_printing_guide_says() -> None:
     """docs/PRINTING.md's tables, as the till runs with nothing set (each default ±1 and
     the models' flags survived: frozen, unknown keys refused, blanks stripped)."""
     from tillpoint.printer.config import DisplayConfig, ScannerConfig
@@ -665,6 +665,7 @@ def test_the_defaults_are_what_the_printing_guide_says() -> None:
     display = DisplayConfig()
     assert (display.columns, display.rows, display.codepage_table) == (20, 2, 17)
     assert (display.brightness, display.baudrate, display.cd5220_charset) == (4, 9600, "R")
+    assert display.stopbits == 1
     scanner = ScannerConfig()
     assert (scanner.max_length, scanner.baudrate, scanner.encoding) == (128, 9600, "utf-8")
     assert refused(PrinterConfig, prot=9100).startswith("prot: Extra inputs")
