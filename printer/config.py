@@ -266,7 +266,9 @@ class DisplayConfig(_Model):
         _check_nul("display", self.device)
         _check_serial("display", self.kind, self.device)
         check_single_byte_codec(self.codepage)
-        if not self.cd5220_charset.isascii():
+        # a letter names a CD5220 set (R: Russia); ESC or NUL went out as the n of ESC f n
+        # (review 59, mut59c)
+        if not (self.cd5220_charset.isascii() and self.cd5220_charset.isalpha()):
             raise ValueError("cd5220_charset must be one ASCII letter")
         return self
 

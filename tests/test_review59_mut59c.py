@@ -841,3 +841,25 @@ def test_a_max_job_age_of_hours_or_days_is_taken(tmp_path: Path, age: int) -> No
     assert json.loads(run.stdout[run.stdout.index("{") :])["printer"]["max_job_age_s"] == age
     assert "max_job_age_s: " in refused(PrinterConfig, max_job_age_s=604801)
     assert "max_job_age_s: " in refused(PrinterConfig, max_job_age_s=0)
+
+
+@pytest.mark.parametrize("charset", ["\x1b", "\x00", "1", "!"])
+def test_a_cd5220_charset_that_is_no_letter_is_refused(tmp_path: Path, charset: str) -> None:
+    """The message says "cd5220_charset must be one ASCII letter", the check `isascii()`: ESC
+    or NUL (`"\\u001b"` in the TOML file) passed `config check` and went out as the `n` of
+    `ESC f n` at every init, a command cut short that swallowed the next bytes; a digit
+    or "!" names no CD5220 character set."""
+    escaped = charset.encode("unicode_escape").decode().replace("\\x", "\\u00")
+    config = write_config(
+        tmp_path,
+        '[display]\nkind = "serial"\ndevice = "loop://"\ncommand_set = "cd5220"\n'
+        f'cd5220_charset = "{escaped}"\n',
+    )
+    run = run_tillpoint("--config", config, "config", "check", cwd=tmp_path)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run
+    assert run.stderr.startswith("tillpoint: config [display]: ")
+    assert "cd5220_charset must be one ASCII letter" in run.stderr
+    from tillpoint.printer.config import DisplayConfig
+
+    for letter in ("R", "U", "r"):
+        assert DisplayConfig(cd5220_charset=letter).cd5220_charset == letter
