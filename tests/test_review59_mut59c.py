@@ -863,3 +863,19 @@ def test_a_cd5220_charset_that_is_no_letter_is_refused(tmp_path: Path, charset: 
 
     for letter in ("R", "U", "r"):
         assert DisplayConfig(cd5220_charset=letter).cd5220_charset == letter
+
+
+def test_a_till_issued_coupon_code_is_what_its_offer_prints() -> None:
+    """§13: an `issueCoupon` offer prints the one-time code the till issued, never the
+    offer's `TP1-` code (`_offer_dict`'s `"code" not in out and …` as `or` replaced it);
+    an id that is no text gets no code made (the print worker's check reports it)."""
+    offers = [snapshot_offer(code="TP5TILL11"), {"id": "o-2", "printText": "Чай"}]
+    data = json.loads(payload_source_for_checkout("r1", None, None, offers))
+    assert [o["code"] for o in data["offers"]] == ["TP5TILL11", "TP1-o-2"]
+    profile = resolve_profile(PrinterConfig())
+    printed = render_escpos(offers_blocks(parse_payload(data)), profile)
+    assert decode(printed)[0].codes == ["TP5TILL11", "TP1-o-2"]
+    odd = json.loads(payload_source_for_checkout("r1", None, None, [{"id": 7, "printText": "x"}]))
+    assert "code" not in odd["offers"][0]
+    with pytest.raises(InputError, match=r"^bad print job payload: offers\.0\.id: "):
+        parse_payload(odd)
