@@ -231,6 +231,9 @@ def test_a_payload_is_refused_in_one_line_and_read_from_text_bytes_or_a_dict() -
         parse_payload(b"{")
     with pytest.raises(InputError, match=r"^bad print job payload: receiptId: .*string$"):
         parse_payload({"receiptId": 5})
+    # two faults: the first one named, in the fields' order (`errors()[0]`, not the last)
+    with pytest.raises(InputError, match=r"^bad print job payload: receiptId: Field required$"):
+        parse_payload({"offers": [{"id": "", "text": "x"}]})
     with pytest.raises(InputError, match=r"^bad print job payload: offers\.0\.validTo: "):
         parse_payload({"receiptId": "r", "offers": [{"id": "o", "text": "x", "validTo": "x"}]})
     # frozen: a job's payload is not changed on its way to the printer
