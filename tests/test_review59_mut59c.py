@@ -202,7 +202,7 @@ def test_a_code_is_printable_ascii_from_blank_to_tilde() -> None:
     """The code goes into the QR and CODE128 and onto the paper as text: printable ASCII,
     0x20 to 0x7E (the bounds ±1 and `<=` as `<` survived)."""
     one = {"id": "o", "text": "x"}
-    for fine in (" TP1", "TP1~", "TP1-o-1"):
+    for fine in (" TP1", "TP1~", "TP1-o-1", "7"):
         [offer] = parse_payload({"receiptId": "r", "offers": [{**one, "code": fine}]}).offers
         assert offer.scan_code == fine
     for bad in ("TP1\x1f", "TP1\x7f", "TP1\x1bd\x00", "ТП1"):
