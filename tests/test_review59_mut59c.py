@@ -397,6 +397,11 @@ def test_clean_makes_every_break_a_blank_and_drops_what_shows_nothing() -> None:
     assert clean("a" + "b".join(breaks) + "z") == "a" + "b".join(" " * len(breaks)) + "z"
     assert clean(f"a{SMUGGLED}z") == "apúVt@ z"  # the commands' letters stay, NEL a blank
     assert clean("e\u0301") == "é"  # NFC: one letter, encodable where the page has it
+    # the variation selectors, both ranges to their ends, and nothing beside them
+    selectors = "\ufe00\ufe0f\U000e0100\U000e01ef"
+    assert clean(f"a{selectors}b") == "ab"
+    assert clean("\ufdff\ufe10") == "\ufdff\ufe10"  # a ligature, a vertical comma
+    assert clean("\U000e00ff\U000e01f0") == ""  # unassigned
     assert clean("Анна Мария") == "Анна Мария"
 
 
