@@ -506,6 +506,7 @@ def test_a_coupon_line_never_passes_the_paper_even_once_degraded() -> None:
         ("Молоко кефир", 11, "Молоко."),
         ("Молоко кефир", 7, "Молоко."),
         ("Молоко кефир", 6, "Молок."),
+        ("Abc de fgh", 7, "Abc de."),  # the row ends at a blank: its words kept whole
         ("Молоко, кефир и сметана", 12, "Молоко."),
         ("Молоко ультрапастеризованное", 20, "Молоко ультрапастер."),
         ("Мо кефирсметана", 10, "Мо кефирс."),
@@ -671,6 +672,7 @@ def test_table_numbers_default_to_what_the_printing_guide_says() -> None:
     assert (printer.usb_in_ep, printer.usb_out_ep, printer.qr_module_px) == (0x82, 0x01, 6)
     assert (printer.max_send_failures, printer.probe_interval_s) == (5, 60.0)
     assert (printer.codepage, printer.codepage_table, printer.columns) == ("cp866", None, None)
+    assert (printer.query_status, printer.confirm) == (True, True)  # DLE EOT and GS r asked
     display = DisplayConfig()
     assert (display.columns, display.rows, display.codepage_table) == (20, 2, 17)
     assert (display.brightness, display.baudrate, display.cd5220_charset) == (4, 9600, "R")
