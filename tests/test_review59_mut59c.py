@@ -717,6 +717,7 @@ def test_usb_ids_are_read_in_hex_or_decimal_and_stop_bits_from_text(tmp_path: Pa
     [
         ({"kind": "network"}, 'printer kind "network" needs host'),
         ({"kind": "network", "host": ""}, 'printer kind "network" needs host'),
+        ({"kind": "network", "host": "prn 1"}, "is not a host name or an IP address"),
         ({"kind": "file"}, 'printer kind "file" needs device'),
         ({"kind": "serial"}, 'printer kind "serial" needs device'),
         ({"kind": "serial", "device": ""}, 'printer kind "serial" needs device'),
