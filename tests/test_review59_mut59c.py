@@ -507,6 +507,7 @@ def test_a_coupon_line_never_passes_the_paper_even_once_degraded() -> None:
         ("Молоко кефир", 7, "Молоко."),
         ("Молоко кефир", 6, "Молок."),
         ("Abc de fgh", 7, "Abc de."),  # the row ends at a blank: its words kept whole
+        ("Молоко и кефирчик", 12, "Молоко и."),  # one word back, not two
         ("Молоко, кефир и сметана", 12, "Молоко."),
         ("Молоко ультрапастеризованное", 20, "Молоко ультрапастер."),
         ("Мо кефирсметана", 10, "Мо кефирс."),
