@@ -95,11 +95,17 @@ def _encodes(codec: str, ch: str) -> bool:
 
 # A host name, with the trailing dot of a fully qualified one if written so.
 _HOST_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?")
+# A name whose last label is a number (decimal, or hex as "0x7f"): no host name is (RFC
+# 1123 §2.1), and the C library's resolver reads it as an IPv4 address in the old forms
+# `ipaddress` refuses: "192.168.001.050" is 192.168.1.40 (octal), "192.168.1" 192.168.0.1.
+_NUMBER_LAST = re.compile(r"(?:.*\.)?(?:[0-9]+|0[xX][0-9A-Fa-f]*)\.?")
 
 
 def _check_host(host: str) -> None:
     """A host name or an IP address, as the connection takes it: "127.0.0.1:9100" or a
-    name with a blank passed the check and the printer was "not reachable" for ever."""
+    name with a blank passed the check and the printer was "not reachable" for ever; a
+    number that only looks like an address ("192.168.001.050") reached another device
+    (review 59, mut59c)."""
     try:
         ipaddress.ip_address(host)
         return
@@ -115,6 +121,11 @@ def _check_host(host: str) -> None:
         raise ValueError(
             f"printer host {host!r} is not a host name or an IP address "
             "(letters, digits, '.', '-' and '_' only, no blanks)"
+        )
+    if _NUMBER_LAST.fullmatch(host):
+        raise ValueError(
+            f"printer host {host!r} is not an IP address: write four numbers 0-255 without"
+            " leading zeros, such as 192.168.1.50 (a host name does not end in a number)"
         )
 
 
@@ -201,7 +212,9 @@ class PrinterConfig(_Model):
     retry_base_s: Seconds = 1.0
     retry_max_s: Seconds = 60.0
     poll_interval_s: Seconds = 2.0
-    max_job_age_s: Seconds | None = None
+    # an age, not a timeout: up to a week (the timeouts' hour refused "no coupon from
+    # yesterday", 86400, while no limit at all was taken; review 59, mut59c)
+    max_job_age_s: float | None = Field(None, gt=0, le=7 * 86400)
     # a job the printer drops this many times while sending or confirming it (connected,
     # the printer otherwise reachable: too big for it, a byte it rejects) becomes FAILED,
     # so the jobs behind it print (`tillpoint print retry` prints it again)
@@ -253,7 +266,9 @@ class DisplayConfig(_Model):
         _check_nul("display", self.device)
         _check_serial("display", self.kind, self.device)
         check_single_byte_codec(self.codepage)
-        if not self.cd5220_charset.isascii():
+        # a letter names a CD5220 set (R: Russia); ESC or NUL went out as the n of ESC f n
+        # (review 59, mut59c)
+        if not (self.cd5220_charset.isascii() and self.cd5220_charset.isalpha()):
             raise ValueError("cd5220_charset must be one ASCII letter")
         return self
 
@@ -279,4 +294,11 @@ class ScannerConfig(_Model):
             codecs.lookup(self.encoding)
         except LookupError:
             raise ValueError(f"unknown scanner encoding {self.encoding!r}") from None
+        try:  # as the reader decodes a scan: "hex" or "undefined" are codecs, and no text's
+            b"2770000000017".decode(self.encoding, errors="replace")
+        except (LookupError, UnicodeError):
+            raise ValueError(
+                f"scanner encoding {self.encoding!r} cannot decode a scan"
+                " (use a text encoding such as utf-8 or cp1251)"
+            ) from None
         return self

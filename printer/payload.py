@@ -220,11 +220,13 @@ def _local_text(value: Any, zone: tzinfo) -> Any:
     """An RFC 3339 time as the same moment in ``zone``; anything else as it is (the print
     worker's check reports a time it cannot read). A moment that has no local time in
     ``zone`` (an offer "valid to" 9999-12-31T23:59:59Z is in year 10000 in Moscow) is
-    printed as written: raising here failed the checkout for a coupon's date."""
+    printed as written: raising here failed the checkout for a coupon's date. RFC 3339's
+    lowercase "t" and "z" (§2) are read as their capitals: `fromisoformat` refuses them, and
+    such a time was left as written, printed in UTC (review 59, mut59c)."""
     if not isinstance(value, str):
         return value
     try:
-        moment = datetime.fromisoformat(value)
+        moment = datetime.fromisoformat(value.upper())
         if moment.tzinfo is None:
             return value
         return moment.astimezone(zone).isoformat()

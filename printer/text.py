@@ -257,8 +257,11 @@ def wrap(text: str, width: int) -> list[str]:
 def fit(text: str, width: int) -> str:
     """Shorten one line to ``width`` columns, sensibly: cut at a word and mark it with ".".
 
-    "Молоко ультрапастеризованное" at 20 → "Молоко." ... rather than a word cut mid-letter;
-    a single long word is cut and ends in ".". Never returns more than ``width`` characters.
+    The cut is at the last word within the row when that keeps at least half of it
+    ("Молоко, кефир и сметана" at 12 → "Молоко."), else mid-word ("Молоко
+    ультрапастеризованное" at 20 → "Молоко ультрапастер.": "Молоко." would leave most of
+    the row empty; this docstring said "Молоко." until review 59); a single long word is
+    cut and ends in ".". Never returns more than ``width`` characters.
     """
     text = " ".join(text.split())
     if len(text) <= width:
