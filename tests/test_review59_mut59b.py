@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tillpoint.agent.results import receipt_from_json
@@ -476,6 +477,18 @@ def test_hub_status_says_each_tills_last_upload_certificate_end_and_revocation(
     hub_dir = tmp_path / "hub"
     try:
         status = ["hub", "status", "--hub-dir", str(hub_dir)]
+
+        def status_json() -> tuple[int, Any, str]:
+            """`hub status --json` on a machine whose zone is JST-9: the store's times
+            are UTC, not the machine's."""
+            monkeypatch.setenv("TZ", "JST-9")
+            time.tzset()
+            try:
+                return run(capsys, *status, "--json")
+            finally:
+                monkeypatch.delenv("TZ")
+                time.tzset()
+
         for device in ("till-2", "till-3", "till-4", "till-5", "till-6"):
             assert run(capsys, "hub", "enroll", device, "--hub-dir", str(hub_dir))[0] == 0
         assert run(capsys, "hub", "revoke", "till-4", "--hub-dir", str(hub_dir))[0] == 0
@@ -485,13 +498,7 @@ def test_hub_status_says_each_tills_last_upload_certificate_end_and_revocation(
         # a time without an offset (an older store's) is UTC, not the machine's zone
         _enrolled_at(hub_dir, "till-5", datetime(2026, 1, 2, 3, 4, 5))
         _enrolled_at(hub_dir, "till-6", "not a time")  # no end known: none said
-        monkeypatch.setenv("TZ", "JST-9")
-        time.tzset()
-        try:
-            code, doc, err = run(capsys, *status, "--json")
-        finally:
-            monkeypatch.delenv("TZ")
-            time.tzset()
+        code, doc, err = status_json()
         assert code == 0, err
         devices = {d["deviceId"]: d for d in doc["devices"]}
         five = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC) + timedelta(days=CERT_DAYS)
@@ -528,13 +535,7 @@ def test_hub_status_says_each_tills_last_upload_certificate_end_and_revocation(
         before = datetime.now(UTC).replace(microsecond=0)
         assert run(capsys, "sync", "now", "--data-dir", str(till))[0] == 0
         after = datetime.now(UTC)
-        monkeypatch.setenv("TZ", "JST-9")  # the store's time is UTC, the machine's is not
-        time.tzset()
-        try:
-            code, doc, err = run(capsys, *status, "--json")
-        finally:
-            monkeypatch.delenv("TZ")
-            time.tzset()
+        code, doc, err = status_json()
         assert (code, doc["version"]) == (0, 1), err
         (mine,) = (d for d in doc["devices"] if d["deviceId"] == "till-1")
         assert mine["ackedThroughSeq"] == 1
