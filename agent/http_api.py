@@ -284,10 +284,25 @@ class Call:
     on_loop: bool = False
 
 
-def _same_id(call: Call) -> str:
-    """The field a retry must keep: a refund's own id, not its sale's `receiptId` (a retry
-    under the same receiptId and a new refundId is a second refund; review 59)."""
-    return "refundId" if call.rpc == "Refund" else "receiptId"
+# The id a retry of each call must keep (`/openapi.json`'s 503s say it too): a refund's
+# own id, not its sale's `receiptId` (a retry under the same receiptId and a new refundId
+# is a second refund; review 59). Identify, balance and status have none.
+RETRIED_ID = {
+    "Quote": "receiptId",
+    "Hold": "receiptId",
+    "Confirm": "receiptId",
+    "Cancel": "receiptId",
+    "Checkout": "receiptId",
+    "Refund": "refundId",
+}
+
+
+def _retry(call: Call) -> str:
+    """What a 503 of the HTTP door asks: a retry with the same id, for a call that has one
+    (a timed-out identify, balance or status was told "the same receiptId", a field it
+    has not: review 59, rev59)."""
+    key = RETRIED_ID.get(call.rpc)
+    return f"retry with the same {key}" if key else "retry"
 
 
 CALLS = (
@@ -537,8 +552,7 @@ class Api:
             failed = "UNAVAILABLE"
             return error_body(
                 "UNAVAILABLE",
-                f"the agent did not answer within {CALL_TIMEOUT_S:.0f} s:"
-                f" retry with the same {_same_id(call)}",
+                f"the agent did not answer within {CALL_TIMEOUT_S:.0f} s: {_retry(call)}",
             )
         except asyncio.CancelledError:
             if self.serving:
@@ -551,7 +565,7 @@ class Api:
             return error_body(
                 "UNAVAILABLE",
                 "the agent is stopping and this call did not finish in time:"
-                f" retry with the same {_same_id(call)} once it is back",
+                f" {_retry(call)} once it is back",
             )
         except Exception as exc:  # one readable line to the POS, the trace to the log
             log.exception("HTTP %s %s failed", call.method, call.path)
@@ -1177,14 +1191,7 @@ def openapi(*, preflights: bool = False) -> dict[str, Any]:
         },
     }
     # 503: a sale's call is retried with the same id; the others have none
-    retried = {
-        "Quote": "receiptId",
-        "Hold": "receiptId",
-        "Confirm": "receiptId",
-        "Cancel": "receiptId",
-        "Checkout": "receiptId",
-        "Refund": "refundId",
-    }
+    retried = RETRIED_ID
     examples = copy.deepcopy(_examples())  # the document is the caller's to change
     paths: dict[str, Any] = {}
     for call in CALLS:
