@@ -77,9 +77,9 @@ SYNC_EVERY_S = 1.0
 SPACE_MARGIN = 64 * MIB
 EXPIRED_WORDS = " expired at "  # in `signing`'s refusal of an expired snapshot
 LIMIT_WORDS = " is above this till's limit of "  # in `_header_refusal`'s refusal
-# The slowest link a snapshot chunk is waited for (bytes a second, 256 kbit/s): a 1 MiB
-# chunk may take 32 s before the stream counts as stalled (a dead link is noticed by the
-# channel's keepalive within 20 s + 60 s).
+# The slowest link a snapshot chunk is waited for (bytes a second, 256 kbit/s): a chunk of
+# 256 KiB may take 8 s and `hub.call_timeout_ms` more (13 s; 1 MiB: 37 s) before the stream
+# counts as stalled (a dead link is noticed by the channel's keepalive within 20 s + 60 s).
 SLOWEST_LINK = 32 * 1024
 LAYOUT = 3  # pull.part holds the payload alone; the signature covers its manifest (v3)
 
@@ -808,11 +808,16 @@ class _Watchdog:
 
     def feed(self, size: int = 0) -> None:
         """A chunk of `size` bytes arrived: the next may take as long as a thin link needs
-        for one as big (`SLOWEST_LINK`), and at least `idle_s`. A chunk is one message of up
+        for one as big (`SLOWEST_LINK`), and `idle_s` more. A chunk is one message of up
         to 1 MiB that arrives whole: with `idle_s` (5 s) alone, a link below ~1.7 Mbit/s
-        had every pull cancelled as stalled after its first chunk."""
+        had every pull cancelled as stalled after its first chunk. `idle_s` more, not the
+        larger of the two (review 59, rev59): the time for the data alone at 32 KiB/s
+        (8 s for the hub's 256 KiB chunks) is less than a 256 kbit/s line needs for the
+        chunk with TCP's, TLS's, HTTP/2's and gRPC's framing (8.2-8.7 s), and such a line
+        had its pull cancelled as stalled every few chunks; it also leaves a live line
+        that pauses a few seconds its pull."""
         self._last = time.monotonic()
-        self._limit = max(self.idle_s, size / SLOWEST_LINK)
+        self._limit = self.idle_s + size / SLOWEST_LINK
 
     def _run(self) -> None:
         while not self._stop.wait(min(1.0, self.idle_s / 4)):

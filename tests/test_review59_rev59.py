@@ -16,20 +16,32 @@
    line needs for that chunk. The call it would cancel is a stand-in that is never
    cancelled (the watchdog is read right after a chunk, and stopped).
 
+And one reading found sound, pinned where no test held it: `hub receipts`' paging at
+int64's edge (review 59, mut59b, let `--since`/`--limit` reach 2^63 − 1), on SQLite and
+on PostgreSQL alike.
+
 docs/DECISIONS.md, "Review 59 (rev59)".
 """
 
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from tillpoint.agent import http_api
 from tillpoint.agent.http_api import HttpServer, openapi
+from tillpoint.agent.models import INT64_MAX
 from tillpoint.agent.service import Agent
+from tillpoint.sync.hub_server import CHUNK_BYTES, list_transactions
+from tillpoint.sync.loopback import import_doc, sample_master_data
+from tillpoint.sync.pull import _Watchdog
+from tillpoint.sync.signing import MAX_CHUNK
 
 from .conftest import receipt
 from .test_http_api import Client, error_of
+from .test_hub_sql import NOW, checkout
 
 # ---------------------------------------------------------------- 1. the HTTP door's 503
 
@@ -86,3 +98,68 @@ def test_the_door_and_its_document_name_the_same_id_for_every_call() -> None:
     assert http_api._retry(next(c for c in http_api.CALLS if c.rpc == "Refund")) == (
         "retry with the same refundId"
     )
+
+
+# ---------------------------------------------------------------- 2. the chunk watchdog
+
+LINE_256_KBIT = 32_000  # bytes a second
+# TCP/IP headers (52 bytes a 1448-byte segment), TLS records, HTTP/2 frames, gRPC's prefix
+# and the chunk's header: what a line carries besides a chunk's data, at most this share
+FRAMING = 0.05
+
+
+def limit_after(size: int, idle_s: float = 5.0) -> float:
+    """The time the watchdog gives the next chunk after one of `size` bytes."""
+    stand_in = SimpleNamespace(cancel=lambda: None)  # never cancelled: read at once
+    watchdog = _Watchdog(stand_in, idle_s, first_s=120.0)
+    try:
+        watchdog.feed(size)
+        return watchdog.limit
+    finally:
+        watchdog.stop()
+
+
+@pytest.mark.parametrize("size", [CHUNK_BYTES, MAX_CHUNK], ids=["256KiB", "1MiB"])
+def test_a_chunk_is_given_what_a_256_kbit_line_needs_for_it(size: int) -> None:
+    """The hub's chunk (256 KiB since session 59) and an earlier hub's (1 MiB): the next
+    is waited for at least as long as a 256 kbit/s line needs for one as big with its
+    framing, 8.6 s and 34.4 s. Fails before: 8 s and 32 s, `SLOWEST_LINK` (32 KiB/s) for
+    the data alone, so such a line's pull was cancelled as stalled every few chunks."""
+    needs = size * (1 + FRAMING) / LINE_256_KBIT
+    assert limit_after(size) >= needs
+
+
+def test_a_small_chunk_is_given_the_call_timeout_and_a_dead_line_is_still_noticed() -> None:
+    """What the rule keeps: a delta of a few KB, or a header, leaves the next chunk the
+    call timeout (`hub.call_timeout_ms`); a 256 KiB chunk is not waited for much longer
+    than 256 kbit/s needs (a dead line is still cancelled within seconds of that)."""
+    assert 5.0 <= limit_after(0) < 5.2
+    assert 5.0 <= limit_after(3_000) < 5.2
+    assert limit_after(CHUNK_BYTES) <= CHUNK_BYTES * (1 + FRAMING) / LINE_256_KBIT + 5.0
+    assert limit_after(CHUNK_BYTES, idle_s=60.0) <= 60.0 + 8.5
+
+
+# ---------------------------------------------------------------- checked: int64's edge
+
+
+def test_hub_receipts_pages_at_int64s_edge_on_both_stores(hub_store_factory: Any) -> None:
+    """What `hub receipts` and a till's ListTransactions read (`list_transactions`), with
+    the `--since`/`--limit` review 59 (mut59b) now lets through at their top, 2^63 − 1, on
+    SQLite and on PostgreSQL: seqs at the edge stored and paged, one more than the limit
+    fetched without passing int64 (a sound reading: this passes before)."""
+    store = hub_store_factory()
+    import_doc(store, sample_master_data())
+    store.publish(NOW, 7 * 86400.0)
+    seqs = [1, 2, INT64_MAX - 1, INT64_MAX]
+    assert store.ingest("a", "b1", [checkout(seq) for seq in seqs], NOW).count("STORED") == 4
+
+    def page(since: int, limit: int) -> tuple[list[int], bool]:
+        reply = list_transactions(store, "a", since, limit)
+        return [t.seq for t in reply.transactions], reply.more
+
+    assert page(0, INT64_MAX) == (seqs, False)
+    assert page(0, 0) == (seqs, False)
+    assert page(2, 1) == ([INT64_MAX - 1], True)
+    assert page(INT64_MAX - 1, 1) == ([INT64_MAX], False)
+    assert page(INT64_MAX - 1, INT64_MAX) == ([INT64_MAX], False)
+    assert page(INT64_MAX, INT64_MAX) == ([], False)
