@@ -84,20 +84,20 @@ def test_a_pull_slower_than_the_hubs_ping_is_not_cut(
 @pytest.mark.slow
 @pytest.mark.timeout(400)  # about 145 s of pulling at 32 KB/s
 def test_a_till_on_the_slowest_line_pulls_with_the_shipped_pings(tmp_path: Path) -> None:
-    """The shipped pings of both ends, window and chunks, a line at the till's slowest
-    (32,000 bytes a second: `SLOWEST_LINK` is 32 KiB/s), the till's own pull (`Puller`,
-    its resume) of a 4.5 MB snapshot: applied in one pull, about 145 s. The chunk
-    watchdog is given a minute (shipped: 5 s more than what `SLOWEST_LINK` needs for the
-    last chunk, 13 s since review 59's rev59; 8 s before, which this line missed every
-    few chunks). Fails before: the hub ended the
-    connection after about 100 s, "Socket closed" (its ping waiting behind what it had
-    under way, the till's window updates over 30 s apart)."""
+    """The shipped values of both ends (pings, window, chunks, the call timeout the
+    chunk watchdog adds to what `SLOWEST_LINK` needs for the last chunk: 13 s since
+    review 59's rev59), a line at the till's slowest (32,000 bytes a second:
+    `SLOWEST_LINK` is 32 KiB/s), the till's own pull (`Puller`) of a 4.5 MB snapshot:
+    applied in one pull, about 145 s. Fails before: the hub ended the connection after
+    about 100 s, "Socket closed" (its ping waiting behind what it had under way, the
+    till's window updates over 30 s apart); with that mended alone, the watchdog's 8 s
+    cut the pull every few chunks (rev59)."""
     hub = slow_hub(tmp_path / "hub")
     till = hub.till("till-1", tmp_path / "till", start=False)
     proxy = SlowProxy(hub.port, 32_000)
     link = HubLink(f"127.0.0.1:{proxy.port}", till.link.enrollment)
     try:
-        puller = Puller(till.agent, link, link.enrollment, call_timeout_s=60)
+        puller = Puller(till.agent, link, link.enrollment, call_timeout_s=5)
         result = puller.pull()
         assert result.version == 1 == cache_version(till.data_dir)
     finally:
