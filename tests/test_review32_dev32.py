@@ -452,8 +452,10 @@ def test_a_display_that_stops_reading_is_reported_and_shows_the_current_message_
             got += line.take()
         shown = _totals(got)
         assert shown and shown[-1] == 99
-        # at most the few messages the line held when it stopped, then the current one
-        assert len([n for n in shown if n != 99]) <= 4, shown
+        # a few messages the line held when it stopped, then the current one, never the
+        # backlog of some eighty (at most 4 here, 5 at load 10 in session 59's CI: the
+        # writer's turns between the shows are the scheduler's)
+        assert len([n for n in shown if n != 99]) <= 10, shown
         assert _until(lambda: display.status()["state"] == "OK", 10)
         display.show(["Итого: 100,00", ""])
         assert display.flush(5)

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from tillpoint.agent.errors import InputError, StorageError, TillpointError
-from tillpoint.sync.hub_server import MAX_CHUNK, HubConfig, HubDir, HubServer
+from tillpoint.sync.hub_server import CHUNK_BYTES, MAX_CHUNK, HubConfig, HubDir, HubServer
 from tillpoint.sync.hub_sqlite import SqliteHubStore
 from tillpoint.sync.hub_store import Publication, TxIn
 from tillpoint.sync.loopback import LoopbackHub, import_doc, sample_master_data, wait_for
@@ -58,13 +58,14 @@ def refused(message: str, **given: Any) -> None:
 def test_a_hub_config_s_defaults_are_the_ones_hub_serve_documents() -> None:
     """`hub serve` (docs/HUB.md, docs/PROTOCOL.md) and a hub made in code (`HubServer`,
     `LoopbackHub`) both serve with these unless told otherwise: snapshots valid 168 hours,
-    deltas from 30 days of versions, 64 workers, the files of 3 full snapshots kept."""
+    deltas from 30 days of versions, 64 workers, the files of 3 full snapshots kept,
+    chunks of 256 KiB."""
     config = HubConfig()
     assert config.snapshot_ttl_s == 7 * 86_400 == 168 * 3600
     assert config.delta_retention_s == 30 * 86_400
     assert config.max_workers == 64
     assert config.keep_versions == 3
-    assert config.chunk_size == MAX_CHUNK == 1024 * 1024
+    assert config.chunk_size == CHUNK_BYTES == 256 * 1024  # session 59; MAX_CHUNK 1 MiB
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.keep_versions = 1  # type: ignore[misc]  # shared by the servicer and builder
 
