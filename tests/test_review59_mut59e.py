@@ -16,12 +16,20 @@ or a fault named in docs/DECISIONS.md, review 59 (mut59e).
 
 from __future__ import annotations
 
+import json
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
 import pytest
-from tillpoint.printer.config import DisplayConfig
+from pydantic import BaseModel
+from tillpoint.printer.config import DisplayConfig, PrinterConfig, ScannerConfig
 from tillpoint.printer.display import message_bytes
 from tillpoint.printer.text import _LOOKALIKES, degrade, encode
 
-from .test_review59_mut59c import paper
+from .conftest import REPO
+from .test_review59_mut59c import paper, run_tillpoint, write_config
 
 # --- the signs CP866 lacks ------------------------------------------------------------
 
@@ -113,3 +121,135 @@ def test_every_look_alike_is_text_a_printer_prints() -> None:
             assert candidate == " " or (candidate.isprintable() and candidate.strip() == candidate)
         assert any(_can_encode(c, "cp866") for c in candidates), sign
         assert "?" not in degrade(sign, "ascii"), sign
+
+
+# --- the configuration: what the example and the printing guide state ------------------
+
+EXAMPLE = REPO / "packaging" / "tillpoint.example.toml"
+GUIDE = REPO / "docs" / "PRINTING.md"
+MODELS: dict[str, type[BaseModel]] = {
+    "printer": PrinterConfig,
+    "display": DisplayConfig,
+    "scanner": ScannerConfig,
+}
+# a device's choice of connection, not a setting with a default (the guide's example sets
+# a network printer, a serial display and a serial scanner)
+CHOSEN = {"kind", "host", "device"}
+KEY_LINE = re.compile(r"^(#\s?)?(\w+)\s*=\s*(.*?)(?:\s+#\s*(.*))?$")
+CONTINUED = re.compile(r"^#\s{5,}#")  # the guide's comment continued under a key's
+
+
+def device_keys(text: str) -> list[tuple[str, str, str, bool, str]]:
+    """(table, key, value as written, set or commented out, its comment) of each key line
+    of the device tables in a TOML text."""
+    out, table = [], ""
+    for line in text.splitlines():
+        if m := re.match(r"^\[(\w+)\]", line):
+            table = m.group(1)
+        elif table in MODELS and (m := KEY_LINE.match(line)):
+            key = m.group(2)
+            if key in MODELS[table].model_fields:
+                out.append((table, key, m.group(3), m.group(1) is None, m.group(4) or ""))
+    return out
+
+
+def guide_toml() -> str:
+    """docs/PRINTING.md's example of the three tables (its first TOML block)."""
+    text = GUIDE.read_text(encoding="utf-8")
+    return text.split("```toml\n", 1)[1].split("```", 1)[0]
+
+
+def bounds(table: str, key: str) -> dict[str, Any]:
+    """A field's bounds as the model checks them: ge, gt, le, max_length."""
+    found: dict[str, Any] = {}
+    for rule in MODELS[table].model_fields[key].metadata:
+        for name in ("ge", "gt", "le", "max_length"):
+            if getattr(rule, name, None) is not None:
+                found[name] = getattr(rule, name)
+    return found
+
+
+def test_a_file_that_writes_out_every_default_the_example_shows_is_taken(
+    tmp_path: Path,
+) -> None:
+    """The example's device tables with every key it shows commented out written out,
+    through `tillpoint config check`: taken, and the till runs on what the example says
+    (`stopbits = 1` written in a file: the stop bits' Literal [1, 2] as [2, 2] or [0, 2]
+    took the default and refused the value the example shows)."""
+    lines = []
+    for table, key, written, _, _ in device_keys(EXAMPLE.read_text(encoding="utf-8")):
+        if key in CHOSEN or (key.startswith("usb_") and key.endswith("_id")):
+            continue  # the kind stays "none"; an id is no default (the example says whose)
+        lines.append((table, f"{key} = {written}"))
+    text = "".join(
+        f"[{table}]\n" + "".join(f"{line}\n" for t, line in lines if t == table) for table in MODELS
+    )
+    assert "stopbits = 1" in text and "idle_flush_s = 0.1" in text
+    config = write_config(tmp_path, text)
+    run = run_tillpoint("--config", config, "config", "check", "--json", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    shown = json.loads(run.stdout)
+    for table, line in lines:
+        key, _, written = line.partition(" = ")
+        camel = key.split("_")[0] + "".join(p.title() for p in key.split("_")[1:])
+        value = shown[table].get(key, shown[table].get(camel))
+        assert value == tomllib.loads(line)[key], (table, key, value)
+
+
+def test_the_printing_guide_shows_the_defaults_the_till_runs_on() -> None:
+    """docs/PRINTING.md's example of the tables: each value it sets (but the kind, the host
+    and the device it chooses) is the code's default, as the till's IT team reads it; and
+    each one it shows commented out is, or says that it has none."""
+    checked = 0
+    for table, key, written, is_set, comment in device_keys(guide_toml()):
+        default = MODELS[table].model_fields[key].get_default(call_default_factory=True)
+        if key in CHOSEN:
+            continue
+        if default is None:
+            assert not is_set, (table, key)
+            continue
+        assert tomllib.loads(f"x = {written}")["x"] == default, (table, key, written, comment)
+        checked += 1
+    assert checked >= 30, checked
+
+
+@pytest.mark.parametrize("source", ["example", "guide"])
+def test_the_bounds_the_docs_state_are_the_tables_bounds(source: str) -> None:
+    """ "columns = 20  # 8..40", "brightness = 4  # 1..4", "at most 96 characters", "at
+    most a week (604800)": each range the example configuration or docs/PRINTING.md
+    states beside a key is the one its table checks (a till's IT team tunes by them)."""
+    text = EXAMPLE.read_text(encoding="utf-8") if source == "example" else guide_toml()
+    lines = text.splitlines()
+    stated = 0
+    for i, line in enumerate(lines):
+        m = KEY_LINE.match(line)
+        table = _table_of(lines, i)
+        if m is None or table not in MODELS or m.group(2) not in MODELS[table].model_fields:
+            continue
+        key = m.group(2)
+        # its own comment, the comment line just above, and a continuation below it
+        above, below = lines[i - 1], lines[i + 1] if i + 1 < len(lines) else ""
+        comment = " ".join(
+            [m.group(4) or ""]
+            + [above] * (not KEY_LINE.match(above) and not CONTINUED.match(above))
+            + [below] * bool(CONTINUED.match(below))
+        )
+        if r := re.search(r"\b(\d+)\.\.(\d+)\b", comment):
+            assert bounds(table, key) == {"ge": int(r[1]), "le": int(r[2])}, (table, key)
+            stated += 1
+        if r := re.search(r"at most (\d+) characters", comment):
+            assert bounds(table, key) == {"max_length": int(r[1])}, (table, key)
+            stated += 1
+        if "a week" in comment:
+            assert bounds(table, key) == {"gt": 0, "le": 604800}, (table, key)
+            assert "604800" in comment
+            stated += 1
+    assert stated == (5 if source == "example" else 2), stated
+
+
+def _table_of(lines: list[str], i: int) -> str:
+    """The table line `i` stands in."""
+    for line in reversed(lines[:i]):
+        if m := re.match(r"^\[(\w+)\]", line):
+            return m.group(1)
+    return ""
