@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 import serial
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from tillpoint.printer.config import DisplayConfig, PrinterConfig, ScannerConfig
 from tillpoint.printer.display import message_bytes
 from tillpoint.printer.scanner import ScannerReader
@@ -237,17 +237,35 @@ def test_the_bounds_the_docs_state_are_the_tables_bounds(source: str) -> None:
             + [above] * (not KEY_LINE.match(above) and not CONTINUED.match(above))
             + [below] * bool(CONTINUED.match(below))
         )
+        model = MODELS[table]
         if r := re.search(r"\b(\d+)\.\.(\d+)\b", comment):
-            assert bounds(table, key) == {"ge": int(r[1]), "le": int(r[2])}, (table, key)
+            low, high = int(r[1]), int(r[2])
+            assert bounds(table, key) == {"ge": low, "le": high}, (table, key)
+            _takes(model, key, taken=(low, high), refused=(low - 1, high + 1))
             stated += 1
         if r := re.search(r"at most (\d+) characters", comment):
-            assert bounds(table, key) == {"max_length": int(r[1])}, (table, key)
+            most = int(r[1])
+            assert bounds(table, key) == {"max_length": most}, (table, key)
+            _takes(model, key, taken=("Ш" * most,), refused=("Ш" * (most + 1),))
             stated += 1
         if "a week" in comment:
             assert bounds(table, key) == {"gt": 0, "le": 604800}, (table, key)
             assert "604800" in comment
+            _takes(model, key, taken=(0.5, 604800), refused=(0, 604801))
             stated += 1
     assert stated == (5 if source == "example" else 2), stated
+
+
+def _takes(
+    model: type[BaseModel], key: str, taken: tuple[Any, ...], refused: tuple[Any, ...]
+) -> None:
+    """The table takes each of `taken` for `key` and refuses each of `refused`, naming it."""
+    for value in taken:
+        assert getattr(model(**{key: value}), key) == value, (key, value)
+    for value in refused:
+        with pytest.raises(ValidationError) as caught:
+            model(**{key: value})
+        assert caught.value.errors()[0]["loc"] == (key,), (key, value)
 
 
 def _table_of(lines: list[str], i: int) -> str:
