@@ -295,10 +295,24 @@ class ScannerConfig(_Model):
         except LookupError:
             raise ValueError(f"unknown scanner encoding {self.encoding!r}") from None
         try:  # as the reader decodes a scan: "hex" or "undefined" are codecs, and no text's
-            b"2770000000017".decode(self.encoding, errors="replace")
+            read = _SCAN.decode(self.encoding, errors="replace")
         except (LookupError, UnicodeError):
             raise ValueError(
                 f"scanner encoding {self.encoding!r} cannot decode a scan"
                 " (use a text encoding such as utf-8 or cp1251)"
             ) from None
+        if read != _SCAN.decode("ascii"):
+            # the reader ends a scan at the byte CR or LF: "utf-16" read the first scan and
+            # then "㐀㘀㈀…" for ever, EBCDIC's "cp037" (a slip for cp437) no digit at all
+            # (review 59, mut59e)
+            raise ValueError(
+                f"scanner encoding {self.encoding!r} does not read a scan's digits and"
+                " Latin letters as the ASCII bytes a scanner sends"
+                " (use a text encoding such as utf-8 or cp1251)"
+            )
         return self
+
+
+# What a scanner sends, in ASCII in every encoding a scanner is set to: a barcode, a
+# card's number, a phone, a coupon's code (`TP1-...`).
+_SCAN = b"2770000000017 +7 916 123-45-67 TP1-o-1 ABCXYZ abcxyz 0123456789 ./:"

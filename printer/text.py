@@ -6,7 +6,8 @@ typographic quotes, the rouble sign, Ukrainian Ґ and І (CP866 has Є Ї Ў but
 plain Latin with accents. :func:`degrade` replaces each such character by the closest thing the
 code page has, so the result stays readable and :func:`encode` never fails:
 
-1. a table of look-alikes ("−" → "-", "«" → '"', "₽" → "Р", "І" → "I", "Ґ" → "Г", ...);
+1. a table of look-alikes ("−" → "-", "«" → '"', "₽" → "Р", "І" → "I", "Ґ" → "Г", "€" → "EUR",
+   the fraction slash of "½" → "/", ...);
 2. Cyrillic transliterated to Latin when the page has no Cyrillic at all;
 3. accents dropped (NFKD without combining marks: "é" → "e"; an accent the page lacks that
    stays apart after NFC, a stress mark over a Cyrillic vowel "а́", goes too);
@@ -62,6 +63,33 @@ _LOOKALIKES: dict[str, tuple[str, ...]] = {
     "\u00d7": ("x",),  # ×
     "\u00b7": (".",),
     "\u2022": ("*",),
+    # Signs a coupon's text uses that CP866 lacks, and that NFKD leaves or breaks: "½" was
+    # "1?2" (its decomposition's fraction slash had no look-alike) and "€" "?" (review 59,
+    # mut59e). A page that has the sign (CP1251's €, ©, ±) prints it as itself.
+    "\u2044": ("/",),  # fraction slash: ½ ¼ ¾ ⅓ … decompose to 1⁄2, now "1/2"
+    "\u2215": ("/",),  # division slash
+    "\u20ac": ("EUR",),  # €
+    "\u00a3": ("GBP",),  # £
+    "\u20b4": ("грн", "UAH"),  # ₴ (hryvnia), as a Ukrainian price tag writes it
+    "\u20b8": ("тг", "KZT"),  # ₸ (tenge)
+    "\u00a9": ("(c)",),  # ©
+    "\u00ae": ("(R)",),  # ®
+    "\u00b1": ("+/-",),  # ±
+    "\u00f7": (":",),  # ÷
+    "\u2264": ("<=",),  # ≤
+    "\u2265": (">=",),  # ≥
+    "\u2248": ("~",),  # ≈
+    "\u2032": ("'",),  # ′ (minutes, feet)
+    "\u2033": ('"',),  # ″ (seconds, inches)
+    "\u2039": ("<",),  # ‹
+    "\u203a": (">",),  # ›
+    "\u2192": ("->",),  # →
+    "\u2190": ("<-",),  # ←
+    "\u2713": ("\u221a", "v"),  # ✓: CP866's √
+    "\u2714": ("\u221a", "v"),  # ✔
+    "\u25cf": ("*",),  # ●
+    "\u2605": ("*",),  # ★
+    "\u2606": ("*",),  # ☆
     "\u0490": ("Г", "G"),  # Ґ
     "\u0491": ("г", "g"),  # ґ
     "\u0406": ("I",),  # І (Ukrainian/Belarusian)
