@@ -1,0 +1,191 @@
+"""Review 59 (mut59d): the rest of review 59's mutation testing of `sync/cli.py`: the
+till's `sync now` (`_sync_now_by`) and the hub's `enroll`, `revoke`, `export` and
+`balance`, whose tool mutants review 59's first pass (mut59b) never ran.
+
+The rules the surviving mutants showed untested, pinned on real parts: real hub
+directories made by `hub import` (SQLite), the hub served in this process on a random
+127.0.0.1 port (`LoopbackHub`, the server `hub serve` runs), real SQLite ledgers, and
+`tillpoint.agent.cli.main` as the CLI runs it (`tests.test_sync_cli.run`). And the product
+fault found, its test failing before the fix: `hub export` of a revoked till wrote the
+signed snapshot (customers and all) the hub itself refuses that till.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.test_review59_mut59b import _catalogue, _hub_with_a_till, _sell_offline
+from tests.test_sync_cli import run
+
+
+def _published_hub(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[str, str]:
+    """A SQLite hub with the sample data published (version 1); its `--hub-dir` flag."""
+    hub_dir = str(tmp_path / "hub")
+    code, _, err = run(
+        capsys, "hub", "import", str(_catalogue(tmp_path)), "--publish", "--hub-dir", hub_dir
+    )
+    assert code == 0, err
+    return "--hub-dir", hub_dir
+
+
+# ------------------------------------------------------------ the fault: a revoked till's export
+
+
+def test_hub_export_refuses_a_revoked_till_as_the_hub_does_and_takes_it_renewed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The hub answers a revoked till's calls PERMISSION_DENIED; `hub export D` of a
+    revoked D wrote it the signed snapshot all the same (exit 0), the customers' data on
+    a USB stick for a till the retailer cut off. Now exit 2, one line, no file; renewed
+    (`hub enroll D --renew`), it is exported again."""
+    h = _published_hub(tmp_path, capsys)
+    assert run(capsys, "hub", "enroll", "till-1", *h, "--out", str(tmp_path / "b.json"))[0] == 0
+    code, doc, err = run(capsys, "hub", "revoke", "till-1", *h, "--json")
+    assert (code, doc) == (0, {"deviceId": "till-1", "revoked": True, "changed": True}), err
+    out = tmp_path / "snap.json"
+    for argv in (["--out", str(out)], []):
+        code, printed, err = run(capsys, "hub", "export", "till-1", *h, *argv)
+        assert (code, printed, err.count("\n")) == (2, "", 1), err
+        assert err.startswith("tillpoint: device till-1 is revoked (since "), err
+        assert err.endswith("`tillpoint hub enroll till-1 --renew` to enrol it again\n"), err
+    assert not out.exists()
+    renew = ["--renew", "--out", str(tmp_path / "b2.json")]
+    assert run(capsys, "hub", "enroll", "till-1", *h, *renew)[0] == 0
+    code, doc, err = run(capsys, "hub", "export", "till-1", *h, "--out", str(out), "--json")
+    assert code == 0, err
+    assert doc == {
+        "deviceId": "till-1",
+        "version": 1,
+        "file": str(out),
+        "bytes": out.stat().st_size,
+    }
+
+
+# ---------------------------------------------------------------- export
+
+
+def test_hub_export_is_the_full_snapshot_of_the_newest_version_to_a_file_or_stdout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The file is the newest version's full snapshot (base version 0: what a till with
+    nothing loads), the same bytes to standard output (exit 0), its human line naming the
+    version, the device, the file and the file's size."""
+    h = _published_hub(tmp_path, capsys)
+    assert run(capsys, "hub", "publish", *h)[0] == 0  # version 2
+    assert run(capsys, "hub", "enroll", "till-1", *h, "--out", str(tmp_path / "b.json"))[0] == 0
+    out = tmp_path / "snap.json"
+    code, line, err = run(capsys, "hub", "export", "till-1", *h, "--out", str(out))
+    assert (code, err) == (0, "")
+    size = out.stat().st_size
+    assert line == f"signed snapshot 2 for till-1 in {out} ({size} bytes)\n"
+    head = json.loads(out.read_text(encoding="utf-8"))
+    assert (head["version"], head["baseVersion"]) == (2, 0)
+    code, printed, err = run(capsys, "hub", "export", "till-1", *h)
+    assert (code, err) == (0, "")
+    assert printed.encode("utf-8") == out.read_bytes()
+
+
+def test_hub_export_refuses_an_unknown_till_and_a_hub_with_nothing_published(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exit 2, one line each, no file: an id never enrolled, and a hub with nothing
+    published yet (its enrolled till has nothing to load)."""
+    hub_dir = str(tmp_path / "hub")
+    h = ("--hub-dir", hub_dir)
+    assert run(capsys, "hub", "init", *h)[0] == 0
+    assert run(capsys, "hub", "enroll", "till-1", *h, "--out", str(tmp_path / "b.json"))[0] == 0
+    out = tmp_path / "snap.json"
+    code, printed, err = run(capsys, "hub", "export", "till-9", *h, "--out", str(out))
+    assert (code, printed, err) == (
+        2,
+        "",
+        "tillpoint: device till-9 is not enrolled: `tillpoint hub enroll` first\n",
+    )
+    code, printed, err = run(capsys, "hub", "export", "till-1", *h, "--out", str(out))
+    assert (code, printed, err) == (
+        2,
+        "",
+        "tillpoint: nothing is published yet: `tillpoint hub publish` first\n",
+    )
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------- enroll and revoke
+
+
+def test_hub_enroll_says_enrolled_or_revoked_of_a_known_id_and_its_bundle_and_address(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A known id without `--renew` is refused naming its state: "already enrolled", and
+    once revoked "already revoked"; the bundle goes to `<hub>/bundles/D.json` without
+    `--out`, its human line names it and the `sync install` to run; `--json` says the
+    address given ("" without one)."""
+    h = _published_hub(tmp_path, capsys)
+    hub_dir = Path(h[1])
+    code, line, err = run(capsys, "hub", "enroll", "till-1", *h)
+    assert (code, err) == (0, "")
+    bundle = hub_dir / "bundles" / "till-1.json"
+    assert bundle.is_file()
+    assert line == (
+        f"device till-1 enrolled; bundle {bundle} (secret: copy it to the till and run"
+        " `tillpoint sync install till-1.json`)\n"
+    )
+    code, out, err = run(capsys, "hub", "enroll", "till-1", *h)
+    assert (code, out) == (2, "")
+    assert err.startswith("tillpoint: device till-1 is already enrolled (since "), err
+    code, doc, err = run(capsys, "hub", "revoke", "till-1", *h, "--json")
+    assert (code, doc["revoked"], doc["changed"]) == (0, True, True), err
+    code, line, err = run(capsys, "hub", "revoke", "till-1", *h)
+    assert (code, line, err) == (0, "device till-1 is revoked\n", "")
+    code, out, err = run(capsys, "hub", "enroll", "till-1", *h)
+    assert (code, out) == (2, "")
+    assert err.startswith("tillpoint: device till-1 is already revoked (since "), err
+    code, doc, err = run(
+        capsys, "hub", "enroll", "till-2", *h, "--address", "hub.example:7443", "--json"
+    )
+    assert code == 0, err
+    assert (doc["deviceId"], doc["hubAddress"]) == ("till-2", "hub.example:7443")
+    assert doc["bundle"] == str(hub_dir / "bundles" / "till-2.json")
+    assert json.loads((hub_dir / "bundles" / "till-2.json").read_text())["hubAddress"] == (
+        "hub.example:7443"
+    )
+    code, doc, err = run(capsys, "hub", "enroll", "till-3", *h, "--json")
+    assert (code, doc["hubAddress"]) == (0, ""), err  # the till takes its configuration's
+
+
+# ---------------------------------------------------------------- balance
+
+
+def test_hub_balance_is_the_customers_own_now_or_at_the_time_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`hub balance C` is C's points, not another customer's; `--at` asks at that moment
+    (before the sale pushed: none pending), without it now."""
+    hub, till = _hub_with_a_till(tmp_path, monkeypatch)
+    try:
+        assert run(capsys, "sync", "now", "--data-dir", str(till))[0] == 0
+        _sell_offline(till, "r-1")
+        assert run(capsys, "sync", "now", "--data-dir", str(till))[0] == 0
+        h = ("--hub-dir", str(tmp_path / "hub"))
+        code, now, err = run(capsys, "hub", "balance", "c-1", *h, "--json")
+        assert code == 0, err
+        assert now["customerId"] == "c-1"
+        assert now["availablePoints"] + now["pendingPoints"] > 1200
+        code, other, err = run(capsys, "hub", "balance", "c-2", *h, "--json")
+        assert (code, other["availablePoints"], other["pendingPoints"]) == (0, 300, 0), err
+        code, before, err = run(
+            capsys, "hub", "balance", "c-1", *h, "--at", "2000-01-01T00:00:00Z", "--json"
+        )
+        assert code == 0, err
+        assert (before["availablePoints"], before["pendingPoints"]) != (
+            now["availablePoints"],
+            now["pendingPoints"],
+        )
+        code, line, err = run(capsys, "hub", "balance", "c-2", *h)
+        assert (code, err) == (0, "")
+        assert line == ("c-2: 300 pts available, 0 pending, 0 held for redemptions in progress\n")
+    finally:
+        hub.stop()
