@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 import pytest
+from tillpoint.sync.loopback import LoopbackHub
 
 from tests.test_review59_mut59b import _catalogue, _hub_with_a_till, _sell_offline
 from tests.test_sync_cli import run
@@ -187,5 +188,64 @@ def test_hub_balance_is_the_customers_own_now_or_at_the_time_given(
         code, line, err = run(capsys, "hub", "balance", "c-2", *h)
         assert (code, err) == (0, "")
         assert line == ("c-2: 300 pts available, 0 pending, 0 held for redemptions in progress\n")
+    finally:
+        hub.stop()
+
+
+# ---------------------------------------------------------------- sync now: set aside
+
+
+def _hub_holds_another_transaction(hub: LoopbackHub, receipt_id: str) -> None:
+    """The hub stores a transaction of till-1 for `receipt_id` under a seq of its own
+    (a restored old disk's sale, as test_sync_reset's): the till's own sale of that
+    receipt is then set aside (CONFLICT) when pushed."""
+    from datetime import UTC, datetime
+
+    from tillpoint.sync.hub_store import TxIn
+
+    now = datetime.now(UTC)
+    seq = 100 + int(receipt_id.rsplit("-", 1)[-1])
+    body = json.dumps({"receiptId": receipt_id})
+    old = TxIn("till-1", seq, "CHECKOUT", now.isoformat(), "c-2", "", body, "{}", 1, 0, "")
+    hub.store.ingest("till-1", "", [old], now)
+
+
+def test_sync_now_names_three_set_aside_transactions_counts_the_rest_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four of the till's sales the hub sets aside: the line says "pushed 0 …, 4 SET
+    ASIDE by the hub", stderr one line naming the first three by seq and outcome and
+    "and 1 more", exit 1 (a script retries, the support engineer looks); the next `sync
+    now`, with nothing new set aside, exits 0 with the warning that 4 are unreviewed."""
+    hub, till = _hub_with_a_till(tmp_path, monkeypatch)
+    try:
+        now = ["sync", "now", "--data-dir", str(till)]
+        assert run(capsys, *now)[0] == 0
+        ids = [f"r-{n}" for n in range(1, 5)]
+        for receipt_id in ids:
+            _hub_holds_another_transaction(hub, receipt_id)
+            _sell_offline(till, receipt_id)
+        code, out, err = run(capsys, *now)
+        assert code == 1, err
+        assert out.startswith("pushed 0 transaction(s), 4 SET ASIDE by the hub, 0 waiting; ")
+        assert err.count("\n") == 1, err
+        assert err.startswith(
+            "tillpoint: the hub set aside 4 transaction(s) and did not store them:"
+        )
+        shown = err.split(": ", 2)[2]
+        assert [part.split(" (")[0] for part in shown.split("; ")[:3]] == [
+            "seq 1 CONFLICT",
+            "seq 2 CONFLICT",
+            "seq 3 CONFLICT",
+        ], err
+        assert "seq 4" not in err
+        assert err.endswith("; and 1 more; they are kept in sync_set_aside in ledger.db\n"), err
+        code, out, err = run(capsys, *now)
+        assert code == 0
+        assert out.startswith("pushed 0 transaction(s), 0 waiting; "), out
+        assert err == (
+            "tillpoint: warning: 4 transaction(s) set aside earlier are still unreviewed"
+            " (see `tillpoint status`)\n"
+        )
     finally:
         hub.stop()
