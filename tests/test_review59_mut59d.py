@@ -249,3 +249,34 @@ def test_sync_now_names_three_set_aside_transactions_counts_the_rest_and_exits_1
         )
     finally:
         hub.stop()
+
+
+# ---------------------------------------------------------------- the flags' defaults
+
+
+def test_the_hub_and_sync_flags_defaults_are_the_documented_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What a till or hub ships with when the flag is not given: `hub serve --workers` 64
+    (PROTOCOL: one thread per connected till) and its chunk the hub's `CHUNK_BYTES`;
+    `hub publish --min-version` 0; `hub receipts`/`sync receipts` from seq 0 with no
+    limit (and `hub receipts` needs `--device`: exit 2 without); `sync now --timeout` 60 s
+    and `--wait` 30 s (PROTOCOL's `sync now` row)."""
+    from tillpoint.agent.cli import build_parser
+    from tillpoint.sync.hub_server import CHUNK_BYTES
+
+    def parsed(*argv: str) -> dict[str, object]:
+        return vars(build_parser(list(argv)).parse_args(list(argv)))
+
+    serve = parsed("hub", "serve")
+    assert (serve["workers"], serve["chunk_kib"] * 1024) == (64, CHUNK_BYTES)
+    assert parsed("hub", "publish")["min_version"] == 0
+    for argv in (("hub", "receipts", "--device", "till-1"), ("sync", "receipts")):
+        got = parsed(*argv)
+        assert (got["since"], got["limit"]) == (0, 0), argv
+    now = parsed("sync", "now")
+    assert (now["timeout"], now["wait"]) == (60.0, 30.0)
+    with pytest.raises(SystemExit) as stopped:  # argparse's own exit
+        run(capsys, "hub", "receipts", "--hub-dir", str(tmp_path / "hub"))
+    out, err = capsys.readouterr()
+    assert (stopped.value.code, out) == (2, "") and "--device" in err, err
