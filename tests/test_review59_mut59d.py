@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from tillpoint.sync.loopback import LoopbackHub
 
+from tests.conftest import CLI
 from tests.test_review59_mut59b import _catalogue, _hub_with_a_till, _sell_offline
 from tests.test_sync_cli import run
 
@@ -280,3 +281,58 @@ def test_the_hub_and_sync_flags_defaults_are_the_documented_ones(
         run(capsys, "hub", "receipts", "--hub-dir", str(tmp_path / "hub"))
     out, err = capsys.readouterr()
     assert (stopped.value.code, out) == (2, "") and "--device" in err, err
+
+
+def test_sync_now_with_the_snapshot_refused_says_why_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A version the till refuses (here expired before it arrives: `hub publish
+    --ttl-hours 1e-9`): the line says "snapshot N REFUSED: why", stderr ends with the
+    why as `tillpoint: …`, and the exit is 1 (CONTRACT §10: the cache keeps the old
+    version, a script retries) though the push worked."""
+    hub, till = _hub_with_a_till(tmp_path, monkeypatch)
+    try:
+        now = ["sync", "now", "--data-dir", str(till)]
+        assert run(capsys, *now)[0] == 0
+        h = ("--hub-dir", str(tmp_path / "hub"))
+        assert run(capsys, "hub", "publish", *h, "--ttl-hours", "1e-9")[0] == 0
+        _sell_offline(till, "r-1")
+        code, out, err = run(capsys, *now)
+        assert code == 1, (out, err)
+        assert out.startswith("pushed 1 transaction(s), 0 waiting; snapshot 2 REFUSED: "), out
+        why = out.split("REFUSED: ", 1)[1].rstrip("\n")
+        assert "expired" in why, why
+        assert err.endswith(f"tillpoint: {why}\n"), err
+    finally:
+        hub.stop()
+
+
+def test_sync_now_cut_after_the_hub_answered_records_a_till_recorded_offline_online(
+    tmp_path: Path, hub: LoopbackHub, cli: CLI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 37's rule from the other side: a till recorded OFFLINE (an earlier outage)
+    whose `sync now` reached the hub (its mark answered) and was then cut by its own
+    `--timeout` at a slow push is recorded ONLINE: the hub answered this command. (Review
+    37's test starts ONLINE, which a gave-up that records nothing leaves as it was.)"""
+    from tillpoint.agent.ledger import open_ledger
+    from tillpoint.sync import state
+
+    from tests.conftest import enrolled_till, receipt
+    from tests.test_review36_rev36c import _recorded_mode
+    from tests.test_review37_rev37b import _slow
+
+    data = tmp_path / "data"
+    enrolled_till(hub, data, "till-1").stop()
+    assert cli("sync", "now", "--timeout", "30").code == 0
+    conn = open_ledger(data)
+    try:
+        state.put(conn, {"mode": "OFFLINE"})
+    finally:
+        conn.close()
+    assert cli("checkout", receipt("s-1"), "--json").code == 0
+    _slow(monkeypatch, "PushTransactions", 2.5)
+    hub.restart()  # with the slow handler
+    done = cli("sync", "now", "--timeout", "1.5")
+    assert done.code == 1, done.err
+    assert "gave up at its deadline" in done.err, done.err
+    assert _recorded_mode(data) == "ONLINE"
