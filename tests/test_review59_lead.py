@@ -60,6 +60,7 @@ def pulled_bytes(link: HubLink, device: str) -> int:
     return got
 
 
+@pytest.mark.slow  # ~22 s in CI; its twin in the default run: the values' ratio below
 def test_a_pull_slower_than_the_hubs_ping_is_not_cut(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
