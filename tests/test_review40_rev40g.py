@@ -45,11 +45,12 @@ import pytest
 from tillpoint.agent import http_api
 from tillpoint.agent.http_api import HttpServer
 from tillpoint.agent.service import LATE_GRANT_S, Agent
+from tillpoint.sync.authoriser import HubAuthoriser
 from tillpoint.sync.hub_server import HubServicer
 from tillpoint.sync.loopback import LoopbackHub
 
 from . import test_review39_flake39 as flake39
-from .conftest import ManualClock, enrolled_till, receipt
+from .conftest import ANSWERED_S, ManualClock, enrolled_till, receipt
 from .test_review33_hold33 import OFFLINE_LIMIT, a_receipt, hold33_hub
 from .test_review37_spec37c import answers_of
 
@@ -301,7 +302,12 @@ def test_an_owed_shrink_is_kept_across_a_restart(
     a = enrolled_till(hub, tmp_path / "a", "a", clock=clock)
     _held_with_nothing_at_the_hub(hub, a, "s-3")
     a.agent.close()  # the process ends; its hub link is the next one's
-    again = Agent(a.data_dir, "a", clock=clock, hub=a.authoriser)
+    # the next process's own authoriser, with a deadline a loaded machine's hub keeps
+    # (conftest's ANSWERED_S): under FAST's 300 ms the retried shrink was cut once, at the
+    # end of a fresh clone's `make test` (session 59), and never recorded; the hold above
+    # needed the short one (the hub's answer past it)
+    authoriser = HubAuthoriser(a.link, a.data_dir, "a", ANSWERED_S)
+    again = Agent(a.data_dir, "a", clock=clock, hub=authoriser)
     try:
         assert again.hub_calls_owed()["shrink"] == 1
         clock.advance(LATE_GRANT_S + 1)
@@ -310,6 +316,7 @@ def test_an_owed_shrink_is_kept_across_a_restart(
         assert again.hub_calls_owed()["shrink"] == 0
     finally:
         again.close()
+        authoriser.close()
         a.link.close()
         a.authoriser.close()
 
