@@ -72,8 +72,8 @@ from .config import (
     token_problem,
 )
 from .errors import HTTP_STATUS, InputError, TillpointError, edge_of, one_line
-from .limits import TEXT_MAX
-from .models import INT64_MAX, INT64_MIN, Receipt, _time_of_a_sale
+from .limits import INT64_MAX, INT64_MIN, TEXT_MAX
+from .models import Receipt, _time_of_a_sale
 from .results import CheckoutResult, json_text
 from .service import MAX_FISCAL_DOCUMENT, Agent
 from .wire import json_of, receipt_from_json, refund_from_json, status_json

@@ -8,6 +8,9 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any, AnyStr
 
+# The protocol's int64 (a seq, a limit, points): SQLite's INTEGER and proto's int64 alike.
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
 # Every text field of a request (receipt, refund, identify, balance), in characters.
 TEXT_MAX = 128
 # One request (a receipt or refund file, a gRPC message to the PosAgent server), in bytes.

@@ -40,11 +40,9 @@ from pydantic_core import PydanticUseDefault, core_schema
 
 from .errors import InputError
 from .expiry import last_instant
-from .limits import TEXT_MAX
+from .limits import INT64_MAX, INT64_MIN, TEXT_MAX
 from .money import line_amount, round_half_up_ratio
 
-INT64_MIN = -(2**63)
-INT64_MAX = 2**63 - 1
 # An int64 written as a string (proto3 JSON): digits, a minus sign first if any, no blanks.
 INT64_TEXT = r"-?[0-9]+"
 # The highest `appliedThrough` a snapshot may carry: a device numbers its transactions

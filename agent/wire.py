@@ -31,7 +31,7 @@ from google.protobuf.message import Message
 from tillpoint.v1 import tillpoint_pb2 as pb
 
 from .advice import whole_number_advice
-from .limits import TEXT_MAX
+from .limits import INT64_MAX, INT64_MIN, TEXT_MAX
 from .results import (
     Balance,
     Card,
@@ -101,7 +101,6 @@ _WHOLE_TEXT = re.compile(r"-?[0-9]+")
 _SIGNED64 = frozenset(
     {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_SINT64, FieldDescriptor.TYPE_SFIXED64}
 )
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # models.INT64_MIN, INT64_MAX
 _INTEGERS = _INT64 | {
     FieldDescriptor.TYPE_INT32,
     FieldDescriptor.TYPE_UINT32,
@@ -157,7 +156,7 @@ def _whole_numbers(descriptor: Descriptor, data: Any, where: str) -> None:
                     number = int(item)
                 if number is None:
                     _whole_number(f"{name}[{i}]" if many else name, item)
-                elif field.type in _SIGNED64 and not _INT64_MIN <= number <= _INT64_MAX:
+                elif field.type in _SIGNED64 and not INT64_MIN <= number <= INT64_MAX:
                     place = f"{name}[{i}]" if many else name
                     raise json_format.ParseError(f"{place} does not fit in a signed 64-bit integer")
             elif inner is not None and isinstance(item, Mapping):

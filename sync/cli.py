@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tillpoint.agent.errors import HubUnavailable, InputError, TillpointError, one_line
+from tillpoint.agent.limits import INT64_MAX
 
 if TYPE_CHECKING:  # `tillpoint --help` must not import pydantic (agent/app.py)
     from tillpoint.agent.config import Settings
@@ -968,17 +969,14 @@ def _hub_balance(settings: Settings, args: argparse.Namespace) -> int:
     )
 
 
-SEQ_MAX = 2**63 - 1  # a seq and a limit are the protocol's int64 (ListTransactions)
-
-
 def _seq_and_limit(args: argparse.Namespace) -> None:
     """`hub receipts` and `sync receipts`: --since and --limit in [0, 2^63 - 1]. One past it
     was "internal error: OverflowError: Python int too large to convert to SQLite INTEGER"
     (`hub receipts`) or "internal error: ValueError: Value out of range" (`sync receipts`),
     exit 1, a script told to try again (review 59, mut59b)."""
     for flag, value in (("--since", args.since), ("--limit", args.limit)):
-        if not 0 <= value <= SEQ_MAX:
-            raise InputError(f"{flag} must be 0 or more and at most {SEQ_MAX} (got {value})")
+        if not 0 <= value <= INT64_MAX:
+            raise InputError(f"{flag} must be 0 or more and at most {INT64_MAX} (got {value})")
 
 
 def _hub_receipts(settings: Settings, args: argparse.Namespace) -> int:

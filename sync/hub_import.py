@@ -50,7 +50,6 @@ from tillpoint.agent.advice import whole_number_advice
 from tillpoint.agent.errors import InputError
 from tillpoint.agent.identify import ascii_digits, ean13_ok, normalise
 from tillpoint.agent.models import (
-    INT64_MAX,
     CardRecord,
     Category,
     Coupon,
@@ -216,7 +215,7 @@ def _points_problem(row: Customer) -> str | None:
             f"customer {row.id}: balancePoints and the pending points add up past a signed"
             " 64-bit integer"
         )
-    if sum(part.points for part in row.expiring) > INT64_MAX:
+    if sum(part.points for part in row.expiring) > limits.INT64_MAX:
         return f"customer {row.id}: the expiring points add up past a signed 64-bit integer"
     return None
 

@@ -40,10 +40,8 @@ from tillpoint.agent.coupons import issued_by, issued_prefix
 from tillpoint.agent.errors import InputError, NotFound
 from tillpoint.agent.expiry import Movement, Wallet, expiry_time, wallet_of
 from tillpoint.agent.ledger import utc_text
-from tillpoint.agent.limits import has_lone_surrogate, is_utf8_text
+from tillpoint.agent.limits import INT64_MAX, INT64_MIN, has_lone_surrogate, is_utf8_text
 from tillpoint.agent.models import (
-    INT64_MAX,
-    INT64_MIN,
     Coupon,
     Program,
     _timestamp,

@@ -45,6 +45,7 @@ from tillpoint.agent.errors import InputError, StorageError, TillpointError, one
 from tillpoint.agent.files import write_whole
 from tillpoint.agent.grpc_decode import RefuseUndecodable
 from tillpoint.agent.grpc_health import ReadinessHealth
+from tillpoint.agent.limits import INT64_MAX
 from tillpoint.agent.logs import say_once
 from tillpoint.agent.models import _timestamp, coupon_code
 from tillpoint.v1 import tillpoint_pb2 as pb
@@ -1385,7 +1386,7 @@ def list_transactions(
     """The answer of ListTransactions (and `hub receipts`): at most `limit` (0: all)."""
     # one more than asked tells `more`; never past SQLite's int64 (`hub receipts --limit
     # 9223372036854775807` was "internal error: OverflowError", review 59, mut59b)
-    fetch = min(limit + 1, 2**63 - 1) if limit else 0
+    fetch = min(limit + 1, INT64_MAX) if limit else 0
     txs = store.transactions(device_id, since_seq, fetch, receipt_id)
     more = bool(limit) and len(txs) > limit
     return pb.ListTransactionsReply(

@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 import pytest
 from tillpoint.agent.errors import InputError
-from tillpoint.agent.models import INT64_MAX
+from tillpoint.agent.limits import INT64_MAX
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.sync.hub_import import read_file
 from tillpoint.sync.hub_store import ImportRefused, TxIn, Unsynced

@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 from tillpoint.agent import http_api
 from tillpoint.agent.http_api import HttpServer, openapi
-from tillpoint.agent.models import INT64_MAX
+from tillpoint.agent.limits import INT64_MAX
 from tillpoint.agent.service import Agent
 from tillpoint.sync.hub_server import CHUNK_BYTES, list_transactions
 from tillpoint.sync.loopback import import_doc, sample_master_data
