@@ -1,0 +1,88 @@
+"""Review 60 (mut60b): the rules of the CLI's forward to the running agent
+(`agent/forward.py`) and of the typed gRPC client (`agent/client.py`) that mutation
+testing found no test holding, in the functions review 59 (mut59a) left unrun
+(docs/DECISIONS.md, "Review 60 (mut60b)").
+
+The forward is driven in this process (`main`, the suite's `cli` fixture) against review
+59's scripted loopback server (`scripted`: each request recorded, the answer a test
+gives), imported from `tests/test_review59_mut59a.py`; the client against that file's
+real gRPC servicer on 127.0.0.1 (`failing`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+from tillpoint.agent.cli import main
+
+from .conftest import Run, receipt
+from .test_review59_mut59a import (  # noqa: F401 (the fixtures `scripted`, `_forwarding`)
+    Scripted,
+    _forwarding,
+    http_answer,
+    scripted,
+)
+
+
+def run_here(*args: str) -> Run:
+    """The CLI in this process without `--data-dir` (the environment and the current
+    directory decide)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+    return Run(code, out.getvalue(), err.getvalue())
+
+
+def _no_data_dir_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if key.upper() in ("TILLPOINT_DATA_DIR", "TILLPOINT_CONFIG"):
+            monkeypatch.delenv(key)
+
+
+# ---------------------------------------------------------------- forward: where it goes
+
+
+@pytest.mark.parametrize("blank", ["", "   "])
+def test_a_blank_data_directory_is_refused_not_forwarded_to_the_current_one(
+    scripted: Scripted,  # noqa: F811 (the fixture imported above)
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    blank: str,
+) -> None:
+    """An empty `TILLPOINT_DATA_DIR` (a script's unset variable) or `data_dir = ""` in
+    the file is refused by the configuration (exit 2, nothing run). The forward took it
+    for the current directory: a command run from a data directory an agent serves (a
+    support engineer's `cd /var/lib/tillpoint`) was sent to that agent, a checkout
+    committed there, where the local run refuses it."""
+    server = scripted(http_answer(200, {"sent": True}))
+    data = tmp_path / "data"
+    monkeypatch.chdir(data)
+    _no_data_dir_variable(monkeypatch)
+    monkeypatch.setenv("TILLPOINT_DATA_DIR", blank)
+    r = tmp_path / "r.json"
+    r.write_text(json.dumps(receipt("b-1")), encoding="utf-8")
+    for args in (("status", "--json"), ("checkout", str(r), "--json")):
+        run = run_here(*args)
+        assert (run.code, run.out) == (2, ""), (args, run)
+        assert run.err == (
+            "tillpoint: config: data_dir must not be empty (set by TILLPOINT_DATA_DIR)\n"
+        )
+    _no_data_dir_variable(monkeypatch)
+    conf = tmp_path / "till.toml"
+    conf.write_text(f'data_dir = "{blank}"\n', encoding="utf-8")
+    for args in (("status", "--json"), ("checkout", str(r), "--json")):
+        run = run_here("--config", str(conf), *args)
+        assert (run.code, run.out) == (2, ""), (args, run)
+        assert run.err.startswith("tillpoint: config: data_dir must not be empty"), run.err
+    assert server.requests == []
+    # the same directory named: sent
+    assert run_here("--data-dir", ".", "status", "--json").out.startswith('{"sent": true}')
+    assert len(server.requests) == 1
