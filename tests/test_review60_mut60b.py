@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 from tillpoint.agent.cli import main
+from tillpoint.agent.limits import REQUEST_MAX_BYTES
 
-from .conftest import Run, receipt
+from .conftest import CLI, Run, receipt
 from .test_review59_mut59a import (  # noqa: F401 (the fixtures `scripted`, `_forwarding`)
     Scripted,
     _forwarding,
@@ -86,3 +87,48 @@ def test_a_blank_data_directory_is_refused_not_forwarded_to_the_current_one(
     # the same directory named: sent
     assert run_here("--data-dir", ".", "status", "--json").out.startswith('{"sent": true}')
     assert len(server.requests) == 1
+
+
+# ---------------------------------------------------------------- forward: what is sent
+
+
+def _stdin(monkeypatch: pytest.MonkeyPatch, raw: bytes) -> None:
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8"))
+
+
+def test_standard_input_past_4_mib_is_refused_and_at_4_mib_sent_whole(
+    scripted: Scripted,  # noqa: F811 (the fixture imported above)
+    cli: CLI,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`quote -`: the forward reads standard input as much as `read_json` reads (4 MiB and
+    one byte) and puts it back: one byte over 4 MiB is refused as the local run refuses
+    it (exit 2, nothing sent); a document of exactly 4 MiB, its last byte its closing
+    brace, is sent whole (put back one byte short, its brace was lost: "not valid JSON";
+    put back at 4 MiB, the one over was cut to a valid document and sent)."""
+    server = scripted(http_answer(200, {"sent": True}))
+    doc = json.dumps(receipt("i-1"))
+    _stdin(monkeypatch, (doc + " " * (REQUEST_MAX_BYTES + 1 - len(doc))).encode())
+    run = cli("quote", "-", "--json")
+    assert (run.code, run.out) == (2, ""), run
+    assert run.err == "tillpoint: -: the request is larger than 4 MiB (4194304 bytes): refused\n"
+    assert server.requests == []
+    _stdin(monkeypatch, (" " * (REQUEST_MAX_BYTES - len(doc)) + doc).encode())
+    run = cli("quote", "-", "--json")
+    assert (run.code, run.out, run.err) == (0, '{"sent": true}\n', ""), run
+    assert server.requests[0][1] == json.dumps(receipt("i-1"), separators=(",", ":")).encode()
+
+
+def test_a_file_is_sent_in_utf_8_not_escaped(
+    scripted: Scripted,  # noqa: F811 (the fixture imported above)
+    cli: CLI,
+) -> None:
+    """The body is the file's JSON compact, its text as UTF-8 (a receipt id in Cyrillic is
+    2 bytes a letter, not a 6-byte `\\uXXXX` escape: the agent reads the same bytes a
+    POS would send, and a document the CLI reads within 4 MiB stays within the edge's)."""
+    server = scripted(http_answer(200, {"sent": True}))
+    doc = receipt("чек-1")
+    assert cli("checkout", doc, "--json").code == 0
+    sent = server.requests[0][1]
+    assert sent == json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+    assert "чек-1".encode() in sent
