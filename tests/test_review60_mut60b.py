@@ -132,3 +132,27 @@ def test_a_file_is_sent_in_utf_8_not_escaped(
     sent = server.requests[0][1]
     assert sent == json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
     assert "чек-1".encode() in sent
+
+
+def test_the_serving_agents_pid_is_checked_without_a_signal(
+    scripted: Scripted,  # noqa: F811 (the fixture imported above)
+    cli: CLI,
+    tmp_path: Path,
+) -> None:
+    """Whether the agent of `serving.json` runs is asked with signal 0, which delivers
+    nothing: a process named there that a hang-up would end (a stand-in: `run` logs and
+    ignores SIGHUP, so each forwarded call would have written a line in the till's log)
+    is still running after the calls, which were sent."""
+    import subprocess
+    import sys
+
+    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        server = scripted(http_answer(200, {"sent": True}), pid=stand_in.pid)
+        for _ in range(2):
+            assert cli("status", "--json").out == '{"sent": true}\n'
+        assert len(server.requests) == 2
+        assert stand_in.poll() is None
+    finally:
+        stand_in.kill()
+        stand_in.wait()
