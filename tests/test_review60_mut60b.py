@@ -16,9 +16,11 @@ import io
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tillpoint.agent.cli import main
+from tillpoint.agent.client import ClientError
 from tillpoint.agent.limits import REQUEST_MAX_BYTES
 
 from .conftest import CLI, Run, receipt
@@ -156,3 +158,49 @@ def test_the_serving_agents_pid_is_checked_without_a_signal(
     finally:
         stand_in.kill()
         stand_in.wait()
+
+
+# ---------------------------------------------------------------- the gRPC client
+
+
+# what grpcio cannot send (a file's newline, a letter beyond ASCII, a NUL), or the agent
+# cannot have (a blank, more than 512 characters)
+BAD_TOKENS = ["s3cret\n", "s3crét", "s3\x00cret", "s3 cret", " s3cret", "s3cret\t", "t" * 513]
+
+
+def test_a_token_the_agent_cannot_have_is_refused_when_the_client_is_made(
+    agent: Any,
+) -> None:
+    """`PosAgentClient(token=…)`: the agent's `[server] token` is printable ASCII without
+    blanks, at most 512 characters (`config.Token`). A token read from a file with its
+    newline, or with a letter beyond ASCII, failed every call with `ClientError`
+    INTERNAL "Invalid metadata" (grpcio's), which a POS reads as "a bug in tillpoint,
+    sell without loyalty" (docs/INTEGRATION.md); now the client is refused (ValueError)
+    with the token's rule, as its other settings are. The longest token and every
+    printable character are taken, and the agent with it answers."""
+    import grpc
+    from pydantic import TypeAdapter, ValidationError
+    from tillpoint.agent.config import Token
+    from tillpoint.agent.server import build_server
+    from tillpoint.client import PosAgentClient
+
+    rule = TypeAdapter(Token)
+    for bad in BAD_TOKENS:
+        with pytest.raises(ValueError, match="printable ASCII without blanks"):
+            PosAgentClient("127.0.0.1:1", token=bad)
+        with pytest.raises(ValidationError):  # the agent's rule: no agent has it
+            rule.validate_python(bad)
+    printable = "".join(map(chr, range(0x21, 0x7F)))
+    for good in (printable, "t" * 512):
+        assert rule.validate_python(good) == good
+        server, port, _ = build_server(agent, "127.0.0.1:0", token=good)
+        server.start()
+        try:
+            with PosAgentClient(f"127.0.0.1:{port}", token=good, timeout=30) as till:
+                assert till.status()["deviceId"] == "till-1"
+            with PosAgentClient(f"127.0.0.1:{port}", token="", timeout=30) as till:
+                with pytest.raises(ClientError) as refused:
+                    till.status()
+                assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
+        finally:
+            server.stop(0).wait()
