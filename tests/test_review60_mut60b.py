@@ -15,6 +15,7 @@ import contextlib
 import io
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,11 @@ from tillpoint.agent.client import ClientError
 from tillpoint.agent.limits import REQUEST_MAX_BYTES
 
 from .conftest import CLI, Run, receipt
-from .test_review59_mut59a import (  # noqa: F401 (the fixtures `scripted`, `_forwarding`)
+from .test_review59_mut59a import (  # noqa: F401 (the fixtures `scripted`, `failing`, …)
     Scripted,
+    _Failing,
     _forwarding,
+    failing,
     http_answer,
     scripted,
 )
@@ -204,3 +207,20 @@ def test_a_token_the_agent_cannot_have_is_refused_when_the_client_is_made(
                 assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
         finally:
             server.stop(0).wait()
+
+
+def test_confirm_sends_its_fiscal_document(failing: Callable[..., _Failing]) -> None:  # noqa: F811
+    """`confirm(receipt_id, fiscal_document)`: the document in the request's
+    `fiscalDocument` (a confirm without one sends none: review 59's test); the answer is
+    the agent's result as JSON, every field present."""
+    from tillpoint.client import PosAgentClient
+    from tillpoint.v1 import tillpoint_pb2 as pb
+
+    server = failing()
+    with PosAgentClient(server.address, timeout=30) as till:
+        answer = till.confirm("k-1", "ФД-0001")
+        assert answer["receiptId"] == "" and answer["lines"] == []
+    method, body, _, _ = server.calls[0]
+    sent = pb.ConfirmRequest.FromString(body)
+    assert (method, sent.receipt_id, sent.fiscal_document) == ("Confirm", "k-1", "ФД-0001")
+    assert sent.HasField("fiscal_document")
