@@ -224,3 +224,55 @@ def test_confirm_sends_its_fiscal_document(failing: Callable[..., _Failing]) -> 
     sent = pb.ConfirmRequest.FromString(body)
     assert (method, sent.receipt_id, sent.fiscal_document) == ("Confirm", "k-1", "ФД-0001")
     assert sent.HasField("fiscal_document")
+
+
+def test_a_callers_channel_of_another_kind_is_taken_as_open(
+    failing: Callable[..., _Failing],  # noqa: F811 (the fixture imported above)
+) -> None:
+    """`channel=`: one grpcio cannot be asked its state without connecting (an intercepted
+    channel, a POS's logging or tracing) is taken as open, not refused as closed, and its
+    calls pass through its interceptor; `close` leaves it to its owner."""
+    import grpc
+    from tillpoint.client import PosAgentClient
+
+    seen: list[str] = []
+
+    class Logged(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+        def intercept_unary_unary(self, call: Any, details: Any, request: Any) -> Any:
+            seen.append(details.method)
+            return call(details, request)
+
+    server = failing()
+    with grpc.insecure_channel(server.address) as plain:
+        channel = grpc.intercept_channel(plain, Logged())
+        with PosAgentClient(server.address, channel=channel, timeout=30) as till:
+            assert till.status()["deviceId"] == "till-9"
+        with PosAgentClient(server.address, channel=channel, timeout=30) as again:
+            assert again.status()["deviceId"] == "till-9"
+    assert seen == ["/tillpoint.v1.PosAgent/Status"] * 2
+
+
+def test_a_request_refused_before_it_is_sent_is_a_first_attempt(
+    failing: Callable[..., _Failing],  # noqa: F811 (the fixture imported above)
+) -> None:
+    """A request the client refuses itself (a field this `tillpoint.v1` lacks, a method it
+    lacks) is `ClientError` at its first attempt (`attempts` 1, as a refusal the agent
+    gives at once), nothing sent, no retry counted; its message is the first line of
+    protobuf's reason after the message's name."""
+    import grpc
+    from tillpoint.client import PosAgentClient
+
+    server = failing()
+    with PosAgentClient(server.address, timeout=30) as till:
+        with pytest.raises(ClientError) as bad_json:
+            till.call("Status", {"nope": 1})
+        assert bad_json.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert bad_json.value.message == (
+            'StatusRequest: Message type "tillpoint.v1.StatusRequest" has no field named'
+            ' "nope" at "StatusRequest".'
+        )
+        assert bad_json.value.attempts == 1
+        with pytest.raises(ClientError) as missing:
+            till.call("Unheard", {})
+        assert (missing.value.code, missing.value.attempts) == (grpc.StatusCode.UNIMPLEMENTED, 1)
+        assert till.retries == 0 and server.calls == []
