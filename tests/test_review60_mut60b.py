@@ -166,21 +166,22 @@ def test_the_serving_agents_pid_is_checked_without_a_signal(
 # ---------------------------------------------------------------- the gRPC client
 
 
-# what grpcio cannot send (a file's newline, a letter beyond ASCII, a NUL), or the agent
-# cannot have (a blank, more than 512 characters)
-BAD_TOKENS = ["s3cret\n", "s3crét", "s3\x00cret", "s3 cret", " s3cret", "s3cret\t", "t" * 513]
+# what grpcio cannot send (a letter beyond ASCII, a NUL, a line end inside), or the agent
+# cannot have (a blank inside, more than 512 characters)
+BAD_TOKENS = ["s3crét", "s3\x00cret", "s3\ncret", "s3 cret", "t" * 513]
+# blanks and line ends around it, a file's newline: no part of it, as the agent reads it
+AROUND = ["s3cret\n", "s3cret\r\n", " s3cret", "\ts3cret ", "s3cret"]
 
 
-def test_a_token_the_agent_cannot_have_is_refused_when_the_client_is_made(
-    agent: Any,
-) -> None:
-    """`PosAgentClient(token=…)`: the agent's `[server] token` is printable ASCII without
-    blanks, at most 512 characters (`config.Token`). A token read from a file with its
-    newline, or with a letter beyond ASCII, failed every call with `ClientError`
-    INTERNAL "Invalid metadata" (grpcio's), which a POS reads as "a bug in tillpoint,
-    sell without loyalty" (docs/INTEGRATION.md); now the client is refused (ValueError)
-    with the token's rule, as its other settings are. The longest token and every
-    printable character are taken, and the agent with it answers."""
+def test_a_token_read_from_a_file_is_sent_and_one_no_agent_has_refused(agent: Any) -> None:
+    """`PosAgentClient(token=…)`: a token read from a file with its newline (or a letter
+    beyond ASCII) failed every call with `ClientError` INTERNAL "Invalid metadata"
+    (grpcio's), which a POS reads as "a bug in tillpoint, sell without loyalty"
+    (docs/INTEGRATION.md). Blanks and line ends around it are now no part of it, as the
+    agent reads the header (`bearer_matches`): the call is answered; a token the agent
+    cannot have (`config.Token`: printable ASCII without blanks, at most 512) is refused
+    when the client is made (ValueError with the rule), as its other settings are. The
+    longest token and every printable character are taken."""
     import grpc
     from pydantic import TypeAdapter, ValidationError
     from tillpoint.agent.config import Token
@@ -194,13 +195,14 @@ def test_a_token_the_agent_cannot_have_is_refused_when_the_client_is_made(
         with pytest.raises(ValidationError):  # the agent's rule: no agent has it
             rule.validate_python(bad)
     printable = "".join(map(chr, range(0x21, 0x7F)))
-    for good in (printable, "t" * 512):
+    for good, sent in [("s3cret", AROUND), (printable, [printable]), ("t" * 512, ["t" * 512])]:
         assert rule.validate_python(good) == good
         server, port, _ = build_server(agent, "127.0.0.1:0", token=good)
         server.start()
         try:
-            with PosAgentClient(f"127.0.0.1:{port}", token=good, timeout=30) as till:
-                assert till.status()["deviceId"] == "till-1"
+            for token in sent:
+                with PosAgentClient(f"127.0.0.1:{port}", token=token, timeout=30) as till:
+                    assert till.status()["deviceId"] == "till-1", repr(token)
             with PosAgentClient(f"127.0.0.1:{port}", token="", timeout=30) as till:
                 with pytest.raises(ClientError) as refused:
                     till.status()
