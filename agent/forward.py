@@ -81,12 +81,14 @@ def _local_env() -> bool:
 def data_dir_of(args: Any) -> Path | None:
     """The data directory by the configuration's precedence (flag, TILLPOINT_DATA_DIR, the
     TOML file's data_dir, the default), without loading the configuration; None when the
-    file cannot be read (the local run reports it)."""
+    file cannot be read or the value is blank (the local run reports it)."""
     if getattr(args, "data_dir", None) is not None:
         return Path(args.data_dir)
     env = _env("TILLPOINT_DATA_DIR")
     if env is not None:
-        return Path(env)
+        # a blank one is refused by the configuration (the local run says so): it is not
+        # the current directory, whose agent took the call (review 60, mut60b)
+        return Path(env) if env.strip() else None
     config = getattr(args, "config", None)
     if config is None and os.environ.get("TILLPOINT_CONFIG"):
         config = Path(os.environ["TILLPOINT_CONFIG"])
@@ -102,7 +104,7 @@ def data_dir_of(args: Any) -> Path | None:
         # configuration reads it (`config._by_field_name`); `DATA_DIR` was not read (rev38i)
         value = next((v for k, v in values.items() if k.lower() == "data_dir"), None)
         if value is not None:
-            return Path(value) if isinstance(value, str) else None
+            return Path(value) if isinstance(value, str) and value.strip() else None
     return default_data_dir()
 
 
