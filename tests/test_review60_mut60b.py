@@ -24,7 +24,7 @@ from tillpoint.agent.cli import main
 from tillpoint.agent.client import ClientError
 from tillpoint.agent.limits import REQUEST_MAX_BYTES
 
-from .conftest import CLI, Run, receipt
+from .conftest import CLI, Run, grpc_served, receipt
 from .test_review59_mut59a import (  # noqa: F401 (the fixtures `scripted`, `failing`, …)
     Scripted,
     _Failing,
@@ -186,7 +186,6 @@ def test_a_token_read_from_a_file_is_sent_and_one_no_agent_has_refused(agent: An
     import grpc
     from pydantic import TypeAdapter, ValidationError
     from tillpoint.agent.config import Token
-    from tillpoint.agent.server import build_server
     from tillpoint.client import PosAgentClient
 
     rule = TypeAdapter(Token)
@@ -198,9 +197,7 @@ def test_a_token_read_from_a_file_is_sent_and_one_no_agent_has_refused(agent: An
     printable = "".join(map(chr, range(0x21, 0x7F)))
     for good, sent in [("s3cret", AROUND), (printable, [printable]), ("t" * 512, ["t" * 512])]:
         assert rule.validate_python(good) == good
-        server, port, _ = build_server(agent, "127.0.0.1:0", token=good)
-        server.start()
-        try:
+        with grpc_served(agent, token=good) as port:
             for token in sent:
                 with PosAgentClient(f"127.0.0.1:{port}", token=token, timeout=30) as till:
                     assert till.status()["deviceId"] == "till-1", repr(token)
@@ -208,8 +205,6 @@ def test_a_token_read_from_a_file_is_sent_and_one_no_agent_has_refused(agent: An
                 with pytest.raises(ClientError) as refused:
                     till.status()
                 assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
-        finally:
-            server.stop(0).wait()
 
 
 def test_confirm_sends_its_fiscal_document(failing: Callable[..., _Failing]) -> None:  # noqa: F811
