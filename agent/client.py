@@ -94,14 +94,20 @@ def _check_timeout(timeout: float) -> None:
 
 
 CLOSED = "the gRPC channel is closed"
-# The agent's `[server] token` (`config.Token`): printable ASCII without blanks, at most 512.
-# grpcio refuses a control character or a letter beyond ASCII in metadata at every call,
-# INTERNAL "Invalid metadata", which a POS reads as a bug in tillpoint (review 60, mut60b):
-# a token read from a file with its newline failed every call so. Blanks and line ends
-# around it are no part of it, as the agent reads the header (`config.bearer_matches`).
-_TOKEN = re.compile(r"[!-~]{0,512}")
+# A token gRPC metadata can carry: printable ASCII. grpcio refuses a control character or a
+# letter beyond ASCII in metadata at every call, INTERNAL "Invalid metadata", which a POS
+# reads as a bug in tillpoint (review 60, mut60b): a token read from a file with its
+# newline failed every call so. Blanks and line ends around it are no part of it, as the
+# agent reads the header (`config.bearer_matches`). One the agent's `[server] token` cannot
+# be (`config.Token`: no blank inside, at most 512) is sent as before, not refused: an
+# agent without a token takes the call whatever it carries, and one with a token answers
+# UNAUTHENTICATED; refusing it broke a POS that worked (review 60, rev60).
+_TOKEN = re.compile(r"[ -~]*")
 _AROUND = " \t\r\n"
-TOKEN_RULE = "token must be the agent's: printable ASCII without blanks, at most 512 characters"
+TOKEN_RULE = (
+    "token must be printable ASCII: gRPC metadata carries no control character"
+    " and no letter beyond ASCII"
+)
 
 
 def _closed(channel: grpc.Channel) -> bool:
@@ -135,9 +141,9 @@ class PosAgentClient:
     `attempts` is how many times a retryable failure is tried in all; the n-th retry waits
     a random time between half and all of min(`backoff_cap`, `backoff` × 2ⁿ⁻¹) seconds
     (the defaults: 0.1, 0.2, 0.4, 0.8, 1.6, 2, 2).
-    `token`: the agent's `[server] token`, sent with every call (blanks and line ends
-    around it dropped, a file's newline; one the agent cannot have, with a blank inside
-    or a letter beyond ASCII, is refused: ValueError).
+    `token`: the agent's `[server] token`, sent with every call ("" or None: none; blanks
+    and line ends around it dropped, a file's newline; one gRPC cannot send, with a
+    control character inside or a letter beyond ASCII, is refused: ValueError).
     `channel`: one of the caller's to use instead of the client's own (left open by
     `close`); a closed one is refused (ValueError), and a call after its owner closed it
     is a `ClientError` CANCELLED.
@@ -154,14 +160,15 @@ class PosAgentClient:
         channel: grpc.Channel | None = None,
         rng: random.Random | None = None,
         sleep: Callable[[float], None] = time.sleep,
-        token: str = "",
+        token: str | None = "",
     ) -> None:
         _check_timeout(timeout)
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
         if backoff <= 0 or backoff_cap < backoff:
             raise ValueError("need 0 < backoff <= backoff_cap")
-        token = token.strip(_AROUND)
+        # None is no token, as it was until review 60: `token=os.environ.get("…")` unset
+        token = (token or "").strip(_AROUND)
         if not _TOKEN.fullmatch(token):
             raise ValueError(TOKEN_RULE)
         self.address = address
