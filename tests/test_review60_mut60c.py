@@ -11,57 +11,89 @@ The helpers of review 58's file are imported from it, not copied.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from tillpoint.agent.db import (
+    LiveCache,
     cache_migrations,
     connect,
+    full_disk_hint,
     migrate,
     storage_error,
+    write_refused,
     write_transaction,
 )
-from tillpoint.agent.errors import StorageError
+from tillpoint.agent.errors import InputError, StorageError, TillpointError
+
+from .test_review58_mut58a import _till_with_a_generation
+
+EXE = Path(sys.executable).parent / "tillpoint"
 
 # ---------------------------------------- the storage errors' words
 
-NOBODY = 65534  # a user this process is not (the tests run as root, or as their own user)
+NOBODY = 65534  # "nobody" on most systems
+NAMELESS = 54321  # a user id with no name in the password database (checked)
 
 
-def _owned_by_another_user(path: Path) -> None:
-    """`path` given to user NOBODY (only root may: skipped elsewhere)."""
+def _user_name(uid: int) -> str:
+    """A user's name as `owner_hint` says it: its number when it has none."""
+    import pwd
+
     try:
-        os.chown(path, NOBODY, NOBODY)
-    except PermissionError:
-        pytest.skip("only root can give a file to another user")
-    if os.geteuid() == NOBODY:
-        pytest.skip("this runs as the user the file was given to")
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
+def _given_to(path: Path, uid: int) -> None:
+    """`path` given to user `uid` (only root may: skipped elsewhere)."""
+    if uid != os.geteuid():
+        try:
+            os.chown(path, uid, uid)
+        except PermissionError:
+            pytest.skip("only root can give a file to another user")
+
+
+@pytest.mark.parametrize("owner", ["this-process", "nobody", "nameless"])
 def test_a_refused_write_names_the_owner_and_a_failed_write_names_only_what(
-    tmp_path: Path,
+    tmp_path: Path, owner: str
 ) -> None:
     """CONTRACT §10/§12 (a storage fault says what explains it). A migration refused
     "readonly" (a file of another user's, a read-only mount: here `query_only`, SQLite's
-    same SQLITE_READONLY) names the file after its words and whose the file is; a
-    checkout's write that fails for a constraint on that same file says the write's
-    words alone: no owner, no file (the owner's hint given to a non-"readonly" error, or
-    the full disk's to a "readonly" one — `"readonly" in str(exc)` negated — survived, as
-    did `named` negated: the migration's file unsaid, every write's file said)."""
+    same SQLITE_READONLY) names the file after its words and, when it is another user's,
+    whose it is, by name or by number when the user has no name; a checkout's write that
+    fails for a constraint on that same file says the write's words alone: no owner, no
+    file. Survived on the sets: the owner's hint given to a non-"readonly" error, or the
+    full disk's to a "readonly" one (`"readonly" in str(exc)` negated or `not in`);
+    `named` negated or its default True (the migration's file unsaid, every write's file
+    said); `owner_hint`'s "" for this process's own file and `name`'s number made None
+    ("…databaseNone", "belongs to user None")."""
+    uid = {"this-process": os.geteuid(), "nobody": NOBODY, "nameless": NAMELESS}[owner]
+    if owner == "nameless":
+        import pwd
+
+        with contextlib.suppress(KeyError):
+            pwd.getpwuid(NAMELESS)
+            pytest.skip(f"user id {NAMELESS} has a name here")
     path = tmp_path / "cache.db"
     conn = connect(path)
-    _owned_by_another_user(path)
+    _given_to(path, uid)
     try:
         conn.execute("PRAGMA query_only = 1")
         with pytest.raises(StorageError) as refused:
             migrate(conn, cache_migrations)
-        assert refused.value.message.startswith(
-            f"cannot migrate the database schema of {path}: attempt to write a readonly database ("
-        ), refused.value.message
-        assert refused.value.message.endswith("; this runs as root)" if os.geteuid() == 0 else ")")
-        assert f"({path} belongs to user " in refused.value.message
+        said = f"cannot migrate the database schema of {path}: attempt to write a readonly database"
+        if uid != os.geteuid():
+            me = _user_name(os.geteuid())
+            said += f" ({path} belongs to user {_user_name(uid)}; this runs as {me})"
+        assert refused.value.message == said
         conn.execute("PRAGMA query_only = 0")
         migrate(conn, cache_migrations)
         conn.execute("CREATE TABLE t (x INTEGER PRIMARY KEY)")
@@ -90,3 +122,100 @@ def test_a_raw_write_s_error_is_told_as_a_storage_error_with_its_words(tmp_path:
         assert told.message == ("the ledger could not be written: UNIQUE constraint failed: t.x")
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize(
+    ("code", "kind", "hint"),
+    [
+        (errno.ENOSPC, StorageError, "; the file system of {dir} is full (no room for a file)"),
+        (errno.EDQUOT, StorageError, "; the disk quota of this user on {dir} is used up"),
+        (errno.EISDIR, InputError, ""),
+        (errno.EACCES, InputError, ""),
+    ],
+    ids=["no-room", "quota", "a-directory", "its-mode"],
+)
+def test_a_file_the_user_named_refused_is_the_machine_s_fault_or_the_input_s(
+    tmp_path: Path, code: int, kind: type[TillpointError], hint: str
+) -> None:
+    """CONTRACT §10's storage rule: `--out`, `--png`, `--export` refused for room (no
+    space, a quota) is exit 1 with the room said; refused for the path (a directory, a
+    mode) is exit 2, the system's words alone. `write_refused`'s `in ROOM_ERRNOS` (negated
+    or `not in`) and either `return` made None survived on the sets (a full disk exit 2
+    as a wrong path; `raise None`). The disk here has room, so the no-room hint is the
+    one for "no room for a file" (its inodes, root's blocks): a nearly full /tmp skips."""
+    if code == errno.ENOSPC and full_disk_hint(tmp_path):
+        pytest.skip("this machine's temporary directory is really nearly full")
+    out = tmp_path / "export.json"
+    refused = write_refused(
+        out, OSError(code, os.strerror(code)), f"cannot write {out}", " (nothing written)"
+    )
+    assert type(refused) is kind
+    assert refused.message == (
+        f"cannot write {out}: {os.strerror(code)}{hint.format(dir=tmp_path)} (nothing written)"
+    )
+
+
+# ---------------------------------------- LiveCache: a refused generation left for a while
+
+
+def test_a_refused_generation_is_not_opened_again_before_its_retry_time(tmp_path: Path) -> None:
+    """`LiveCache` (the agent's cache): a generation it cannot read (a later release's,
+    switched in during an upgrade in place) is tried again only after `RETRY_S`, not on
+    each read of a till's day. Here the refused file is mended in place (its later
+    step's record removed: same file, same identity) just after the refusal: the reader
+    still prices from its fallback on the next reads (its move after `RETRY_S` is
+    review 24's test). `monotonic() + RETRY_S` as `-` survived: the refused generation
+    opened and migrated again on every read (the warning's memo hid it)."""
+    from .test_cache_generations import switch_in_a_later_generation
+
+    fallback = _till_with_a_generation(tmp_path)
+    later = switch_in_a_later_generation(tmp_path, "cache-2-0badcafe.db")
+    live = LiveCache(tmp_path, fallback=fallback)
+    try:
+        assert live.path == fallback
+        mended = sqlite3.connect(later)
+        mended.execute("DELETE FROM _sqlite_migrations WHERE name = 'm099_from_a_later_release'")
+        mended.commit()
+        mended.close()
+        for _ in range(3):
+            live.connection()
+            assert live.path == fallback
+    finally:
+        live.close()
+
+
+# ---------------------------------------- a data directory that may not be written
+
+
+def test_a_writable_ledger_in_a_directory_that_may_not_be_written_is_said_read_only(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §10 (a read-only data directory: exit 2 naming it). A till's ledger and
+    cache that this process may write, in a directory it may not (SQLite cannot make
+    their -wal and -shm: "unable to open database file"): `tillpoint status` says the
+    directory is read-only, exit 2, one line. `read_only_part`'s `candidate == path`
+    negated survived (the writable file ended the look: exit 1, "cannot open …", the
+    directory unsaid); review 25's and 19's tests hold a read-only directory with no
+    file and a read-only file. Run without root's powers over file modes (setpriv)."""
+    from .test_review25_ops25 import _without_root_powers
+
+    data = tmp_path / "data"
+    _till_with_a_generation(data)
+    for path in data.iterdir():
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o666)
+    data.chmod(0o555)
+    try:
+        run = subprocess.run(
+            _without_root_powers([str(EXE), "--data-dir", str(data), "status", "--json"]),
+            env={**os.environ, "TILLPOINT_DEVICE_ID": "till-1", "TILLPOINT_CLI_LOCAL": "1"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        data.chmod(0o755)
+    assert run.returncode == 2, (run.returncode, run.stderr)
+    assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr, run.stderr
+    assert f"{data} is read-only for this process" in run.stderr, run.stderr
