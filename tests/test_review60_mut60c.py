@@ -17,6 +17,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -219,3 +220,40 @@ def test_a_writable_ledger_in_a_directory_that_may_not_be_written_is_said_read_o
     assert run.returncode == 2, (run.returncode, run.stderr)
     assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr, run.stderr
     assert f"{data} is read-only for this process" in run.stderr, run.stderr
+
+
+# ---------------------------------------- connect: a connection any thread may use
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"create": False}, {"readonly": True}],
+    ids=["ledger", "existing", "read-only"],
+)
+def test_a_connection_made_on_one_thread_reads_on_another(
+    tmp_path: Path, options: dict[str, bool]
+) -> None:
+    """The agent opens its ledger and its cache once and serves every gRPC and HTTP call
+    from a pool of threads (under its lock), and `LiveCache` opens a new generation on
+    whichever thread reads first: every connection `connect` makes is usable from any
+    thread (`check_same_thread=False` made True, either branch, survived on the sets:
+    "SQLite objects created in a thread can only be used in that same thread" at the
+    first call served on another thread)."""
+    path = tmp_path / "ledger.db"
+    connect(path).close()
+    conn = connect(path, **options)
+    read: list[object] = []
+
+    def on_another_thread() -> None:
+        try:
+            read.append(conn.execute("PRAGMA journal_mode").fetchone()[0])
+        except sqlite3.Error as exc:
+            read.append(exc)
+
+    try:
+        thread = threading.Thread(target=on_another_thread)
+        thread.start()
+        thread.join(timeout=60)
+        assert read == ["wal"], read
+    finally:
+        conn.close()
