@@ -257,3 +257,26 @@ def test_a_connection_made_on_one_thread_reads_on_another(
         assert read == ["wal"], read
     finally:
         conn.close()
+
+
+# ---------------------------------------- remove_cache: whatever of the cache is there
+
+
+@pytest.mark.parametrize("by_hand", [False, True], ids=["whole", "cache.db-deleted-by-hand"])
+def test_a_reset_removes_every_cache_file_whatever_is_left_of_them(
+    tmp_path: Path, by_hand: bool
+) -> None:
+    """`reset` removes the cache with `remove_cache`: ``cache.db`` and every generation
+    and leftover. A data directory whose ``cache.db`` was deleted by hand (what a damaged
+    cache's message tells, done while the agent ran) is no error: the rest goes too
+    (`cache.db`'s `missing_ok=True` made False survived: FileNotFoundError, "internal
+    error", and the generations left)."""
+    from tillpoint.agent.db import remove_cache
+
+    generation = _till_with_a_generation(tmp_path)
+    (tmp_path / "cache.db-wal").write_bytes(b"")  # an older install's plain file's
+    if by_hand:
+        (tmp_path / "cache.db").unlink()
+    remove_cache(tmp_path)
+    assert not generation.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("cache")) == []
