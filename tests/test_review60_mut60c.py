@@ -280,3 +280,32 @@ def test_a_reset_removes_every_cache_file_whatever_is_left_of_them(
     remove_cache(tmp_path)
     assert not generation.exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("cache")) == []
+
+
+# ---------------------------------------- a schema step's script, written compactly
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        "CREATE TABLE a (x TEXT);CREATE TABLE b (y TEXT);INSERT INTO a VALUES ('p;q');"
+        "INSERT INTO b VALUES ('r')",
+        "CREATE TABLE a (x INTEGER);INSERT INTO a VALUES (1);INSERT INTO a VALUES (2);",
+    ],
+    ids=["no-final-semicolon", "semicolon-last"],
+)
+def test_a_compact_script_s_statements_are_split_as_sqlite_utils_splits_them(
+    tmp_path: Path, script: str
+) -> None:
+    """Review 39's comparison of `_PlainDatabase.executescript` (a schema step's script
+    inside the migration's transaction) with sqlite-utils' own, on scripts whose
+    statements follow each other with no line break: every script of today's steps has
+    one after each `;`, which hid the split's arithmetic (`char == ";"` as `!=`, the next
+    statement's `start` one character further): a later step written so would fail
+    ("You can only execute one statement at a time", a syntax error) or lose a
+    character."""
+    from .test_review39_rev39h import (
+        test_a_script_s_statements_are_split_as_sqlite_utils_splits_them,
+    )
+
+    test_a_script_s_statements_are_split_as_sqlite_utils_splits_them(tmp_path, script)
