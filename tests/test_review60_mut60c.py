@@ -27,6 +27,7 @@ from tillpoint.agent.db import (
     connect,
     full_disk_hint,
     migrate,
+    remove_replaced_plain_wal,
     storage_error,
     write_refused,
     write_transaction,
@@ -309,3 +310,20 @@ def test_a_compact_script_s_statements_are_split_as_sqlite_utils_splits_them(
     )
 
     test_a_script_s_statements_are_split_as_sqlite_utils_splits_them(tmp_path, script)
+
+
+def test_a_replaced_plain_cache_s_shm_without_its_wal_is_removed(tmp_path: Path) -> None:
+    """A replaced plain ``cache.db`` whose -wal is already gone (removed by an earlier
+    clean-up that was cut between its two unlinks, or by hand) and whose -shm is left:
+    the next clean-up removes the -shm (the -wal's `missing_ok=True` made False
+    survived: its FileNotFoundError, swallowed, ended the clean-up before the -shm)."""
+    from .test_review58_mut58a import _plain_cache_switched_under_a_held_lock
+
+    live = LiveCache(tmp_path)  # a reader on the plain file, as in review 58's tests
+    try:
+        wal, shm = _plain_cache_switched_under_a_held_lock(tmp_path)
+        wal.unlink()
+        remove_replaced_plain_wal(tmp_path)
+        assert not shm.exists()
+    finally:
+        live.close()
