@@ -1,0 +1,94 @@
+"""Review 60 (mut60d): the end of review 59's mutation testing of `sync/cli.py`: the rest
+of the till's `sync now` (`_sync_now_by`), `hub import` (`_hub_import`), `hub serve`
+(`_hub_serve`), `_needs_action` and `_emit`, which reviews 59b and 59d left unrun.
+
+The rules the surviving mutants showed untested, pinned on real parts: a real hub over
+loopback mTLS on a random 127.0.0.1 port whose snapshot stream is cut where a test says
+(the hub's own servicer with a chunk hook, as a broken link would cut it: review 51's
+`RogueServicer`), real SQLite ledgers and hub stores, `tillpoint.agent.cli.main` as the
+CLI runs it (`tests.test_sync_cli.run`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tillpoint.sync.hub_server import HubConfig
+from tillpoint.sync.loopback import LoopbackHub
+from tillpoint.v1 import tillpoint_pb2 as pb
+
+from tests.test_sync_cli import run
+from tests.test_sync_snapshots import RogueServicer, big_master_data
+
+
+@pytest.fixture()
+def rogue_hub(tmp_path: Path) -> Iterator[LoopbackHub]:
+    """A served hub of 1 KiB chunks (the bundle many of them) whose servicer may cut its
+    snapshot stream (review 51's fixture, with the sample data and 300 products)."""
+    config = HubConfig(chunk_size=1024, heartbeat_s=1.0, watch_interval_s=0.1, publish_every_s=0)
+    hub = LoopbackHub(tmp_path / "hub", config, data=big_master_data(), start=False)
+    server = hub.server
+    server.servicer = RogueServicer(server.store, server.builder, server.notifier, config)
+    hub.start()
+    yield hub
+    hub.stop()
+
+
+def _cut_the_first_streams(hub: LoopbackHub, cuts: int) -> None:
+    """The hub's first `cuts` snapshot streams end after their first chunk (a link that
+    breaks mid-stream); the next ones are whole."""
+    started = [0]
+
+    def hook(i: int, chunk: pb.SnapshotChunk) -> pb.SnapshotChunk | None:
+        if i == 0:
+            started[0] += 1
+        return None if i == 1 and started[0] <= cuts else chunk
+
+    servicer = hub.server.servicer
+    assert isinstance(servicer, RogueServicer)
+    servicer.chunk_hook = hook
+
+
+@pytest.mark.parametrize("cuts", [1, 2])
+def test_sync_now_retries_a_broken_snapshot_stream_twice_and_resumes_it(
+    rogue_hub: LoopbackHub,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    cuts: int,
+) -> None:
+    """A snapshot stream broken once or twice in one `sync now` is resumed in the same
+    command (three tries): the snapshot applied, resumed from what arrived, exit 0."""
+    monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-1")
+    till = tmp_path / "till"
+    rogue_hub.enroll("till-1", till)
+    _cut_the_first_streams(rogue_hub, cuts)
+    code, doc, err = run(capsys, "sync", "now", "--data-dir", str(till), "--json")
+    assert code == 0, err
+    assert doc["pull"]["status"] == "APPLIED", doc
+    assert doc["pull"]["resumedFrom"] == cuts * 1024, doc
+
+
+def test_sync_now_with_the_snapshot_stream_broken_three_times_says_so_and_exits_1(
+    rogue_hub: LoopbackHub,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Broken three times: the third break is the command's one line (where the download
+    stands, that the next pull resumes it), exit 1 for a script to retry; the next
+    `sync now` resumes at the 3 KiB kept and applies it."""
+    monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-1")
+    till = tmp_path / "till"
+    rogue_hub.enroll("till-1", till)
+    _cut_the_first_streams(rogue_hub, 3)
+    code, out, err = run(capsys, "sync", "now", "--data-dir", str(till))
+    assert (code, out) == (1, ""), err
+    assert err.count("\n") == 1, err
+    assert err.startswith("tillpoint: the snapshot stream ended at byte 3072 of "), err
+    assert err.endswith("; will resume\n"), err
+    code, doc, err = run(capsys, "sync", "now", "--data-dir", str(till), "--json")
+    assert code == 0, err
+    assert (doc["pull"]["status"], doc["pull"]["resumedFrom"]) == ("APPLIED", 3072), doc
