@@ -92,3 +92,33 @@ def test_sync_now_with_the_snapshot_stream_broken_three_times_says_so_and_exits_
     code, doc, err = run(capsys, "sync", "now", "--data-dir", str(till), "--json")
     assert code == 0, err
     assert (doc["pull"]["status"], doc["pull"]["resumedFrom"]) == ("APPLIED", 3072), doc
+
+
+def test_sync_now_with_the_hub_failing_mid_stream_says_the_hubs_error_not_its_deadline(
+    rogue_hub: LoopbackHub,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The hub's stream failing with an error of its own (here its servicer raising after
+    the first chunk: gRPC's UNKNOWN) is the hub's line, exit 1, and the till recorded
+    OFFLINE, not "gave up at its deadline" with a minute of --timeout left."""
+    from tests.test_review36_rev36c import _recorded_mode
+
+    monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-1")
+    till = tmp_path / "till"
+    rogue_hub.enroll("till-1", till)
+
+    def fail(i: int, chunk: pb.SnapshotChunk) -> pb.SnapshotChunk:
+        if i == 1:
+            raise RuntimeError("the hub's disk failed")
+        return chunk
+
+    servicer = rogue_hub.server.servicer
+    assert isinstance(servicer, RogueServicer)
+    servicer.chunk_hook = fail
+    code, out, err = run(capsys, "sync", "now", "--data-dir", str(till))
+    assert (code, out) == (1, ""), err
+    assert err.count("\n") == 1 and "the hub's disk failed" in err, err
+    assert "gave up" not in err and "deadline" not in err, err
+    assert _recorded_mode(till) == "OFFLINE"
