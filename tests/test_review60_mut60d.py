@@ -122,3 +122,43 @@ def test_sync_now_with_the_hub_failing_mid_stream_says_the_hubs_error_not_its_de
     assert err.count("\n") == 1 and "the hub's disk failed" in err, err
     assert "gave up" not in err and "deadline" not in err, err
     assert _recorded_mode(till) == "OFFLINE"
+
+
+# ---------------------------------------------------------------- hub import
+
+
+def test_hub_import_says_each_kind_it_imported_and_no_rows_of_an_empty_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The human line names each kind with its count (sorted), the removals, the draft and,
+    with --publish, the version; a file of no rows says "imported no rows"."""
+    from tests.test_review59_mut59b import _catalogue
+
+    monkeypatch.delenv("TILLPOINT_HUB_STORE", raising=False)
+    h = ("--hub-dir", str(tmp_path / "hub"))
+    code, out, err = run(capsys, "hub", "import", str(_catalogue(tmp_path)), *h, "--publish")
+    assert (code, err) == (0, ""), err
+    assert out == (
+        "imported 2 card, 2 category, 2 customer, 3 product, 1 program; 0 removal(s);"
+        " 10 row(s) to publish; published version 1\n"
+    )
+    empty = tmp_path / "empty.json"
+    empty.write_text("{}", encoding="utf-8")
+    code, out, err = run(capsys, "hub", "import", str(empty), *h)
+    assert (code, out, err) == (0, "imported no rows; 0 removal(s); 0 row(s) to publish\n", "")
+
+
+def test_hub_import_publish_into_a_new_postgresql_database_migrates_it_first(
+    pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`hub import --publish` on a PostgreSQL database no `hub migrate` has touched brings
+    its schema up first (as `hub serve` does), imports and publishes version 1."""
+    from tests.test_review59_mut59b import _catalogue
+
+    monkeypatch.delenv("TILLPOINT_HUB_STORE", raising=False)
+    hub = ["--store", pg_url, "--hub-dir", str(tmp_path / "hub")]
+    code, doc, err = run(
+        capsys, "hub", "import", str(_catalogue(tmp_path)), *hub, "--publish", "--json"
+    )
+    assert code == 0, err
+    assert (doc["rows"], doc["publishedVersion"]) == (10, 1), doc
