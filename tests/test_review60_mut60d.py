@@ -11,7 +11,15 @@ CLI runs it (`tests.test_sync_cli.run`).
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -162,3 +170,90 @@ def test_hub_import_publish_into_a_new_postgresql_database_migrates_it_first(
     )
     assert code == 0, err
     assert (doc["rows"], doc["publishedVersion"]) == (10, 1), doc
+
+
+# ---------------------------------------------------------------- hub serve
+
+
+@contextlib.contextmanager
+def _hub_serving(tmp_path: Path, hub_dir: Path, *flags: str) -> Iterator[tuple[int, Path]]:
+    """`tillpoint hub serve --listen 127.0.0.1:0 --port-file F FLAGS` as a real process,
+    its log in a file: (the port, the log) once F is written, the port already answering;
+    then a SIGTERM ends it with exit 0 and F gone. A stale F (a port of a hub killed
+    before) is there when it starts."""
+    from tillpoint.sync.loopback import wait_for
+
+    port_file, log = tmp_path / "hub.port", tmp_path / "hub.log"
+    port_file.write_text("1\n", encoding="ascii")  # a dead hub's
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
+    argv = ["hub", "serve", "--hub-dir", str(hub_dir), "--listen", "127.0.0.1:0"]
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("tillpoint")),
+                *argv,
+                "--port-file",
+                str(port_file),
+                *flags,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=env,
+        )
+    try:
+        wait_for(lambda: _read_port(port_file) > 1 or proc.poll() is not None, timeout=60)
+        assert proc.poll() is None, log.read_text()
+        port = _read_port(port_file)
+        with socket.create_connection(("127.0.0.1", port), timeout=10):
+            pass  # the file is written once the hub listens
+        yield port, log
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log.read_text()
+        assert not port_file.exists()  # no port once stopped
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def _read_port(port_file: Path) -> int:
+    try:
+        return int(port_file.read_text(encoding="ascii") or 0)
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+def _publications(hub_dir: Path) -> list[tuple[int, timedelta]]:
+    """Each version of a SQLite hub and how long it is valid (expiresAt − issuedAt)."""
+    conn = sqlite3.connect(hub_dir / "hub.db")
+    try:
+        rows = conn.execute(
+            "SELECT version, issued_at, expires_at FROM publications ORDER BY version"
+        ).fetchall()
+    finally:
+        conn.close()
+    return [
+        (version, datetime.fromisoformat(ends) - datetime.fromisoformat(issued))
+        for version, issued, ends in rows
+    ]
+
+
+def test_hub_serve_publishes_its_balance_refresh_valid_ttl_hours(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`hub serve --ttl-hours 2 --publish-every 1`: a version past half its validity
+    (published for 0.72 s) is refreshed by a version valid 2 hours, not 2 seconds or 0:
+    the tills' snapshots would expire under them."""
+    from tillpoint.sync.loopback import wait_for
+
+    from tests.test_review59_mut59b import _catalogue
+
+    monkeypatch.delenv("TILLPOINT_HUB_STORE", raising=False)
+    hub_dir = tmp_path / "hub"
+    imp = ["hub", "import", str(_catalogue(tmp_path)), "--hub-dir", str(hub_dir)]
+    assert run(capsys, *imp, "--publish", "--ttl-hours", "0.0002")[0] == 0
+    with _hub_serving(tmp_path, hub_dir, "--ttl-hours", "2", "--publish-every", "1"):
+        wait_for(lambda: len(_publications(hub_dir)) >= 2, timeout=60)
+    versions = _publications(hub_dir)
+    assert versions[0] == (1, timedelta(seconds=0.72)), versions
+    assert versions[1] == (2, timedelta(hours=2)), versions
