@@ -257,3 +257,30 @@ def test_hub_serve_publishes_its_balance_refresh_valid_ttl_hours(
     versions = _publications(hub_dir)
     assert versions[0] == (1, timedelta(seconds=0.72)), versions
     assert versions[1] == (2, timedelta(hours=2)), versions
+
+
+def test_hub_serve_prunes_the_versions_older_than_keep_deltas_days(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`hub serve --keep-deltas-days 1e-5` (0.864 s): the versions before the one newest
+    0.864 s ago are pruned (at the start, or once version 3 is published 1.5 s later: its
+    log says "versions before N pruned"), not kept for ever as with a retention of 0."""
+    import time
+
+    from tillpoint.sync.loopback import wait_for
+
+    from tests.test_review59_mut59b import _catalogue
+
+    monkeypatch.delenv("TILLPOINT_HUB_STORE", raising=False)
+    hub_dir = tmp_path / "hub"
+    h = ("--hub-dir", str(hub_dir))
+    assert run(capsys, "hub", "import", str(_catalogue(tmp_path)), *h, "--publish")[0] == 0
+    assert run(capsys, "hub", "publish", *h)[0] == 0
+    with _hub_serving(tmp_path, hub_dir, "--keep-deltas-days", "1e-5") as (_, log):
+        time.sleep(1.5)  # version 2 older than the retention: a lower bound, not a verdict
+        assert run(capsys, "hub", "publish", *h)[0] == 0
+        wait_for(lambda: "pruned" in log.read_text(), timeout=60)
+    assert (
+        "versions before 2 pruned" in log.read_text()
+        or "versions before 3 pruned" in log.read_text()
+    )
