@@ -284,3 +284,29 @@ def test_hub_serve_prunes_the_versions_older_than_keep_deltas_days(
         "versions before 2 pruned" in log.read_text()
         or "versions before 3 pruned" in log.read_text()
     )
+
+
+def test_sync_now_says_why_the_hub_set_a_transaction_aside(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The set-aside line gives each transaction's seq, outcome and the hub's reason in
+    brackets (what the support engineer acts on), exit 1."""
+    from tests.test_review59_mut59b import _hub_with_a_till, _sell_offline
+    from tests.test_review59_mut59d import _hub_holds_another_transaction
+
+    hub, till = _hub_with_a_till(tmp_path, monkeypatch)
+    try:
+        now = ["sync", "now", "--data-dir", str(till)]
+        assert run(capsys, *now)[0] == 0
+        _hub_holds_another_transaction(hub, "r-1")
+        _sell_offline(till, "r-1")
+        code, out, err = run(capsys, *now)
+        assert code == 1, err
+        assert out.startswith("pushed 0 transaction(s), 1 SET ASIDE by the hub, 0 waiting; ")
+        assert err == (
+            "tillpoint: the hub set aside 1 transaction(s) and did not store them: seq 1"
+            " CONFLICT (receipt r-1 is already stored as seq 101 of till-1 with another"
+            " request); they are kept in sync_set_aside in ledger.db\n"
+        )
+    finally:
+        hub.stop()
