@@ -5,8 +5,9 @@ of the till's `sync now` (`_sync_now_by`), `hub import` (`_hub_import`), `hub se
 The rules the surviving mutants showed untested, pinned on real parts: a real hub over
 loopback mTLS on a random 127.0.0.1 port whose snapshot stream is cut where a test says
 (the hub's own servicer with a chunk hook, as a broken link would cut it: review 51's
-`RogueServicer`), real SQLite ledgers and hub stores, `tillpoint.agent.cli.main` as the
-CLI runs it (`tests.test_sync_cli.run`).
+`RogueServicer`), real `tillpoint hub serve` processes with their port files and logs,
+real SQLite ledgers and hub stores, a throwaway PostgreSQL, `tillpoint.agent.cli.main` as
+the CLI runs it (`tests.test_sync_cli.run`). No product fault was found.
 """
 
 from __future__ import annotations
