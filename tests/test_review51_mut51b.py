@@ -18,27 +18,20 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from tillpoint.sync.hub_server import HubConfig
 from tillpoint.sync.loopback import LoopbackHub, Till
 from tillpoint.sync.pull import Puller, PullInterrupted, cache_version
 from tillpoint.sync.signing import SignedSnapshot, manifest, sign
 from tillpoint.v1 import tillpoint_pb2 as pb
 
 from .conftest import CLI
-from .test_sync_snapshots import RogueServicer, big_master_data, in_memory
+from .test_sync_snapshots import RogueServicer, in_memory, serve_rogue_hub
 
 DEVICE = "till-1"
 
 
 @pytest.fixture()
 def hub(tmp_path: Path) -> Iterator[LoopbackHub]:
-    config = HubConfig(chunk_size=1024, heartbeat_s=1.0, watch_interval_s=0.1, publish_every_s=0)
-    hub = LoopbackHub(tmp_path / "hub", config, data=big_master_data(), start=False)
-    server = hub.server
-    server.servicer = RogueServicer(server.store, server.builder, server.notifier, config)
-    hub.start()
-    yield hub
-    hub.stop()
+    yield from serve_rogue_hub(tmp_path / "hub")
 
 
 @pytest.fixture()

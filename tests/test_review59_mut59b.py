@@ -857,8 +857,6 @@ def test_hub_import_publish_gives_the_version_its_ttl_and_refuses_a_ttl_of_0_bef
 ) -> None:
     """`hub import --publish` publishes a version valid the TTL (a week by default), not
     one expired as published; a TTL of 0 is refused before anything is imported."""
-    import sqlite3
-
     monkeypatch.delenv("TILLPOINT_HUB_STORE", raising=False)
     hub_dir = tmp_path / "hub"
     imp = ["hub", "import", str(_catalogue(tmp_path)), "--hub-dir", str(hub_dir), "--publish"]
@@ -867,6 +865,14 @@ def test_hub_import_publish_gives_the_version_its_ttl_and_refuses_a_ttl_of_0_bef
     assert not (hub_dir / "hub.db").exists()  # refused before the hub was made
     assert run(capsys, *imp)[0] == 0
     assert run(capsys, *imp, "--ttl-hours", "2")[0] == 0
+    lasted = [valid for _, valid in publications(hub_dir)]
+    assert lasted == [timedelta(hours=168), timedelta(hours=2)]
+
+
+def publications(hub_dir: Path) -> list[tuple[int, timedelta]]:
+    """Each version of a SQLite hub and how long it is valid (expiresAt − issuedAt)."""
+    import sqlite3
+
     conn = sqlite3.connect(hub_dir / "hub.db")
     try:
         rows = conn.execute(
@@ -874,7 +880,7 @@ def test_hub_import_publish_gives_the_version_its_ttl_and_refuses_a_ttl_of_0_bef
         ).fetchall()
     finally:
         conn.close()
-    lasted = [
-        datetime.fromisoformat(ends) - datetime.fromisoformat(issued) for _, issued, ends in rows
+    return [
+        (version, datetime.fromisoformat(ends) - datetime.fromisoformat(issued))
+        for version, issued, ends in rows
     ]
-    assert lasted == [timedelta(hours=168), timedelta(hours=2)]

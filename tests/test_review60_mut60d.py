@@ -16,33 +16,26 @@ import contextlib
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from tillpoint.sync.hub_server import HubConfig
 from tillpoint.sync.loopback import LoopbackHub
 from tillpoint.v1 import tillpoint_pb2 as pb
 
+from tests.test_review59_mut59b import publications
 from tests.test_sync_cli import run
-from tests.test_sync_snapshots import RogueServicer, big_master_data
+from tests.test_sync_snapshots import RogueServicer, serve_rogue_hub
 
 
 @pytest.fixture()
 def rogue_hub(tmp_path: Path) -> Iterator[LoopbackHub]:
-    """A served hub of 1 KiB chunks (the bundle many of them) whose servicer may cut its
-    snapshot stream (review 51's fixture, with the sample data and 300 products)."""
-    config = HubConfig(chunk_size=1024, heartbeat_s=1.0, watch_interval_s=0.1, publish_every_s=0)
-    hub = LoopbackHub(tmp_path / "hub", config, data=big_master_data(), start=False)
-    server = hub.server
-    server.servicer = RogueServicer(server.store, server.builder, server.notifier, config)
-    hub.start()
-    yield hub
-    hub.stop()
+    """A served hub of 1 KiB chunks whose servicer may cut its snapshot stream (review
+    51's fixture)."""
+    yield from serve_rogue_hub(tmp_path / "hub")
 
 
 def _cut_the_first_streams(hub: LoopbackHub, cuts: int) -> None:
@@ -224,21 +217,6 @@ def _read_port(port_file: Path) -> int:
         return 0
 
 
-def _publications(hub_dir: Path) -> list[tuple[int, timedelta]]:
-    """Each version of a SQLite hub and how long it is valid (expiresAt − issuedAt)."""
-    conn = sqlite3.connect(hub_dir / "hub.db")
-    try:
-        rows = conn.execute(
-            "SELECT version, issued_at, expires_at FROM publications ORDER BY version"
-        ).fetchall()
-    finally:
-        conn.close()
-    return [
-        (version, datetime.fromisoformat(ends) - datetime.fromisoformat(issued))
-        for version, issued, ends in rows
-    ]
-
-
 def test_hub_serve_publishes_its_balance_refresh_valid_ttl_hours(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -254,8 +232,8 @@ def test_hub_serve_publishes_its_balance_refresh_valid_ttl_hours(
     imp = ["hub", "import", str(_catalogue(tmp_path)), "--hub-dir", str(hub_dir)]
     assert run(capsys, *imp, "--publish", "--ttl-hours", "0.0002")[0] == 0
     with _hub_serving(tmp_path, hub_dir, "--ttl-hours", "2", "--publish-every", "1"):
-        wait_for(lambda: len(_publications(hub_dir)) >= 2, timeout=60)
-    versions = _publications(hub_dir)
+        wait_for(lambda: len(publications(hub_dir)) >= 2, timeout=60)
+    versions = publications(hub_dir)
     assert versions[0] == (1, timedelta(seconds=0.72)), versions
     assert versions[1] == (2, timedelta(hours=2)), versions
 

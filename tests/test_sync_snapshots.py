@@ -73,15 +73,22 @@ class RogueServicer(HubServicer):
             yield out
 
 
-@pytest.fixture()
-def hub(tmp_path: Path) -> Iterator[LoopbackHub]:
+def serve_rogue_hub(where: Path) -> Iterator[LoopbackHub]:
+    """A served hub of 1 KiB chunks (a bundle of many) over the sample data and 300
+    products, whose `RogueServicer` a test may tell to cut its streams; stopped after.
+    The `hub` fixture here and review 51's and 60's (`yield from serve_rogue_hub(...)`)."""
     config = HubConfig(chunk_size=1024, heartbeat_s=1.0, watch_interval_s=0.1, publish_every_s=0)
-    hub = LoopbackHub(tmp_path / "hub", config, data=big_master_data(), start=False)
+    hub = LoopbackHub(where, config, data=big_master_data(), start=False)
     server = hub.server
     server.servicer = RogueServicer(server.store, server.builder, server.notifier, config)
     hub.start()
     yield hub
     hub.stop()
+
+
+@pytest.fixture()
+def hub(tmp_path: Path) -> Iterator[LoopbackHub]:
+    yield from serve_rogue_hub(tmp_path / "hub")
 
 
 @pytest.fixture()
