@@ -1191,7 +1191,6 @@ def openapi(*, preflights: bool = False) -> dict[str, Any]:
         },
     }
     # 503: a sale's call is retried with the same id; the others have none
-    retried = RETRIED_ID
     examples = copy.deepcopy(_examples())  # the document is the caller's to change
     paths: dict[str, Any] = {}
     for call in CALLS:
@@ -1202,11 +1201,11 @@ def openapi(*, preflights: bool = False) -> dict[str, Any]:
         met = {*anywhere, *own}
         if call.method == "POST":
             met.update(of_a_body)
-        if call.rpc in retried:
+        if call.rpc in RETRIED_ID:
             own = {
                 **own,
                 "503": f"not ready, the call timed out, or the ledger cannot be written:"
-                f" retry with the same body and {retried[call.rpc]}",
+                f" retry with the same body and {RETRIED_ID[call.rpc]}",
             }
         operation: dict[str, Any] = {
             "operationId": call.rpc[0].lower() + call.rpc[1:],

@@ -321,6 +321,15 @@ def switch_in_a_later_generation(data_dir: Path, name: str) -> Path:
     return later
 
 
+def forget_the_later_migration(later: Path) -> None:
+    """Make a generation `switch_in_a_later_generation` marked readable again (the file
+    replaced, the release upgraded): its unknown migration gone."""
+    conn = sqlite3.connect(later)
+    conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm099_from_a_later_release'")
+    conn.commit()
+    conn.close()
+
+
 def test_a_generation_a_later_release_wrote_is_tried_again_only_after_a_while(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 
 from .conftest import receipt, snapshot
-from .test_cache_generations import switch_in_a_later_generation
+from .test_cache_generations import forget_the_later_migration, switch_in_a_later_generation
 
 
 def _switch_in_a_later_generation(data_dir: Path) -> Path:
@@ -38,10 +37,7 @@ def test_a_reader_started_on_the_fallback_tries_the_refused_generation_again(
         try:
             assert reader.path == old
             # the refused generation becomes readable (the later migration gone)
-            conn = sqlite3.connect(later)
-            conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm099_from_a_later_release'")
-            conn.commit()
-            conn.close()
+            forget_the_later_migration(later)
             reader.connection()
             assert reader.path == later
         finally:

@@ -32,6 +32,7 @@ from tillpoint.printer.scanner import ScannerReader
 from tillpoint.printer.text import _LOOKALIKES, degrade, encode
 
 from .conftest import REPO
+from .test_review44_review44 import _can
 from .test_review59_mut59c import paper, run_tillpoint, write_config
 
 # --- the signs CP866 lacks ------------------------------------------------------------
@@ -100,18 +101,10 @@ def test_a_page_that_has_the_sign_prints_it_as_itself(codec: str) -> None:
     """A look-alike only where the page lacks the sign: CP1251 and CP1252 have €, ©, ±;
     CP437 has ½, ¼, ±, ÷, ≤, ≥, ≈."""
     for sign in "€©®±½¼÷≤≥≈£":
-        if _can_encode(sign, codec):
+        if _can(sign, codec):
             assert degrade(sign, codec) == sign, (sign, codec)
         else:
             assert "?" not in degrade(sign, codec), (sign, codec)
-
-
-def _can_encode(text: str, codec: str) -> bool:
-    try:
-        text.encode(codec)
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def test_every_look_alike_is_text_a_printer_prints() -> None:
@@ -122,7 +115,7 @@ def test_every_look_alike_is_text_a_printer_prints() -> None:
         assert candidates, sign
         for candidate in candidates:
             assert candidate == " " or (candidate.isprintable() and candidate.strip() == candidate)
-        assert any(_can_encode(c, "cp866") for c in candidates), sign
+        assert any(_can(c, "cp866") for c in candidates), sign
         assert "?" not in degrade(sign, "ascii"), sign
 
 

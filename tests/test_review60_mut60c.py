@@ -168,17 +168,14 @@ def test_a_refused_generation_is_not_opened_again_before_its_retry_time(tmp_path
     still prices from its fallback on the next reads (its move after `RETRY_S` is
     review 24's test). `monotonic() + RETRY_S` as `-` survived: the refused generation
     opened and migrated again on every read (the warning's memo hid it)."""
-    from .test_cache_generations import switch_in_a_later_generation
+    from .test_cache_generations import forget_the_later_migration, switch_in_a_later_generation
 
     fallback = _till_with_a_generation(tmp_path)
     later = switch_in_a_later_generation(tmp_path, "cache-2-0badcafe.db")
     live = LiveCache(tmp_path, fallback=fallback)
     try:
         assert live.path == fallback
-        mended = sqlite3.connect(later)
-        mended.execute("DELETE FROM _sqlite_migrations WHERE name = 'm099_from_a_later_release'")
-        mended.commit()
-        mended.close()
+        forget_the_later_migration(later)
         for _ in range(3):
             live.connection()
             assert live.path == fallback
